@@ -1,0 +1,371 @@
+//! Normalized hyper-parameters, whatever the checkpoint format.
+//!
+//! Hugging Face `config.json` and GGUF metadata name the same facts
+//! differently; the rest of mwtop only ever sees [`ModelConfig`].
+
+use std::path::Path;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::error::{CheckpointError, Result};
+
+/// Model families mwtop knows how to name and (in the model layer) run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Architecture {
+    Llama,
+    Mistral,
+    Qwen2,
+    Gemma3,
+}
+
+impl Architecture {
+    /// From a Hugging Face `model_type` (or a GGUF `general.architecture`).
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "llama" => Some(Self::Llama),
+            "mistral" => Some(Self::Mistral),
+            "qwen2" => Some(Self::Qwen2),
+            "gemma3" | "gemma3_text" => Some(Self::Gemma3),
+            _ => None,
+        }
+    }
+
+    /// The `model_type` written to a converted `config.json`.
+    pub fn hf_model_type(self) -> &'static str {
+        match self {
+            Self::Llama => "llama",
+            Self::Mistral => "mistral",
+            Self::Qwen2 => "qwen2",
+            Self::Gemma3 => "gemma3_text",
+        }
+    }
+
+    /// The class name Hugging Face transformers instantiates.
+    pub fn hf_class(self) -> &'static str {
+        match self {
+            Self::Llama => "LlamaForCausalLM",
+            Self::Mistral => "MistralForCausalLM",
+            Self::Qwen2 => "Qwen2ForCausalLM",
+            Self::Gemma3 => "Gemma3ForCausalLM",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Llama => "llama",
+            Self::Mistral => "mistral",
+            Self::Qwen2 => "qwen2",
+            Self::Gemma3 => "gemma3",
+        }
+    }
+}
+
+/// RoPE frequency scaling, as far as the checkpoint states it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum RopeScaling {
+    /// Llama 3.x: `factor`, `low_freq_factor`, `high_freq_factor`, original context.
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: usize,
+    },
+    /// Positions divided by `factor`.
+    Linear { factor: f64 },
+    /// GGUF files store llama3 scaling as precomputed per-frequency divisors.
+    FrequencyFactors { tensor: String },
+}
+
+/// Everything the forward pass and the UI need to know about the shape of a model.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelConfig {
+    pub architecture: Architecture,
+    pub n_layers: usize,
+    pub d_model: usize,
+    pub d_ff: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub rope_theta: f64,
+    pub rope_scaling: Option<RopeScaling>,
+    pub norm_eps: f64,
+    pub vocab_size: usize,
+    pub tied_embeddings: bool,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+    pub max_position_embeddings: usize,
+    pub hidden_act: String,
+}
+
+fn field<'a>(cfg: &'a Value, key: &str) -> Option<&'a Value> {
+    cfg.get(key).filter(|v| !v.is_null())
+}
+
+fn usize_field(path: &Path, cfg: &Value, key: &str) -> Result<Option<usize>> {
+    match field(cfg, key) {
+        None => Ok(None),
+        Some(v) => v.as_u64().map(|n| Some(n as usize)).ok_or_else(|| {
+            CheckpointError::malformed(
+                path,
+                format!("{key} must be a non-negative integer, got {v}"),
+            )
+        }),
+    }
+}
+
+fn required_usize(path: &Path, cfg: &Value, key: &str) -> Result<usize> {
+    usize_field(path, cfg, key)?
+        .ok_or_else(|| CheckpointError::malformed(path, format!("missing {key}")))
+}
+
+fn f64_field(path: &Path, cfg: &Value, key: &str) -> Result<Option<f64>> {
+    match field(cfg, key) {
+        None => Ok(None),
+        Some(v) => v.as_f64().map(Some).ok_or_else(|| {
+            CheckpointError::malformed(path, format!("{key} must be a number, got {v}"))
+        }),
+    }
+}
+
+fn token_ids(v: Option<&Value>) -> Vec<u32> {
+    match v {
+        Some(Value::Number(n)) => n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64())
+            .map(|n| n as u32)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+impl ModelConfig {
+    /// Parses a Hugging Face `config.json` (already read into `text`).
+    pub fn from_hf_json(path: &Path, text: &str) -> Result<Self> {
+        let root: Value = serde_json::from_str(text)
+            .map_err(|e| CheckpointError::malformed(path, format!("invalid JSON: {e}")))?;
+        if !root.is_object() {
+            return Err(CheckpointError::malformed(path, "expected a JSON object"));
+        }
+        // Gemma 3 multimodal configs nest the language model under text_config.
+        let cfg = field(&root, "text_config").unwrap_or(&root);
+        let model_type = field(&root, "model_type")
+            .or_else(|| field(cfg, "model_type"))
+            .and_then(Value::as_str)
+            .ok_or_else(|| CheckpointError::malformed(path, "missing model_type"))?;
+        let architecture = Architecture::from_name(model_type).ok_or_else(|| {
+            CheckpointError::unsupported(
+                path,
+                format!("architecture {model_type:?} (supported: llama, mistral, qwen2, gemma3)"),
+            )
+        })?;
+        let d_model = required_usize(path, cfg, "hidden_size")?;
+        let n_heads = required_usize(path, cfg, "num_attention_heads")?;
+        if n_heads == 0 {
+            return Err(CheckpointError::malformed(path, "num_attention_heads is 0"));
+        }
+        let n_kv_heads = usize_field(path, cfg, "num_key_value_heads")?.unwrap_or(n_heads);
+        let head_dim = usize_field(path, cfg, "head_dim")?.unwrap_or(d_model / n_heads);
+        let rope_scaling = match field(cfg, "rope_scaling") {
+            None => None,
+            Some(rs) => parse_hf_rope_scaling(path, rs)?,
+        };
+        let default_tied = architecture == Architecture::Gemma3;
+        let tied_embeddings = field(&root, "tie_word_embeddings")
+            .or_else(|| field(cfg, "tie_word_embeddings"))
+            .and_then(Value::as_bool)
+            .unwrap_or(default_tied);
+        let bos = token_ids(field(&root, "bos_token_id").or_else(|| field(cfg, "bos_token_id")));
+        let eos = token_ids(field(&root, "eos_token_id").or_else(|| field(cfg, "eos_token_id")));
+        let hidden_act = field(cfg, "hidden_act")
+            .or_else(|| field(cfg, "hidden_activation"))
+            .and_then(Value::as_str)
+            .unwrap_or(if architecture == Architecture::Gemma3 {
+                "gelu_pytorch_tanh"
+            } else {
+                "silu"
+            })
+            .to_string();
+        let config = Self {
+            architecture,
+            n_layers: required_usize(path, cfg, "num_hidden_layers")?,
+            d_model,
+            d_ff: required_usize(path, cfg, "intermediate_size")?,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            rope_theta: f64_field(path, cfg, "rope_theta")?.unwrap_or(10_000.0),
+            rope_scaling,
+            norm_eps: f64_field(path, cfg, "rms_norm_eps")?.unwrap_or(1e-6),
+            vocab_size: required_usize(path, cfg, "vocab_size")?,
+            tied_embeddings,
+            bos_token_id: bos.first().copied(),
+            eos_token_ids: eos,
+            max_position_embeddings: usize_field(path, cfg, "max_position_embeddings")?
+                .unwrap_or(2048),
+            hidden_act,
+        };
+        config.check_sane(path)?;
+        Ok(config)
+    }
+
+    /// Rejects values no real model has, before anything is sized from them.
+    pub(crate) fn check_sane(&self, path: &Path) -> Result<()> {
+        let bad = |m: String| Err(CheckpointError::malformed(path, m));
+        if self.n_layers == 0 || self.d_model == 0 || self.d_ff == 0 || self.vocab_size == 0 {
+            return bad(format!(
+                "layers {}, d_model {}, d_ff {}, vocab {}: none may be 0",
+                self.n_layers, self.d_model, self.d_ff, self.vocab_size
+            ));
+        }
+        if self.n_kv_heads == 0 || !self.n_heads.is_multiple_of(self.n_kv_heads) {
+            return bad(format!(
+                "{} attention heads are not a multiple of {} key/value heads",
+                self.n_heads, self.n_kv_heads
+            ));
+        }
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
+            return bad(format!(
+                "head_dim {} must be even and non-zero",
+                self.head_dim
+            ));
+        }
+        Ok(())
+    }
+
+    /// Plain numbers per layer, for the parameter count and the shape checks.
+    pub fn expected_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let mut out = vec![
+            (
+                "model.embed_tokens.weight".to_string(),
+                vec![self.vocab_size, self.d_model],
+            ),
+            ("model.norm.weight".to_string(), vec![self.d_model]),
+        ];
+        if !self.tied_embeddings {
+            out.push((
+                "lm_head.weight".to_string(),
+                vec![self.vocab_size, self.d_model],
+            ));
+        }
+        let q = self.n_heads * self.head_dim;
+        let kv = self.n_kv_heads * self.head_dim;
+        for i in 0..self.n_layers {
+            let p = format!("model.layers.{i}");
+            out.push((
+                format!("{p}.self_attn.q_proj.weight"),
+                vec![q, self.d_model],
+            ));
+            out.push((
+                format!("{p}.self_attn.k_proj.weight"),
+                vec![kv, self.d_model],
+            ));
+            out.push((
+                format!("{p}.self_attn.v_proj.weight"),
+                vec![kv, self.d_model],
+            ));
+            out.push((
+                format!("{p}.self_attn.o_proj.weight"),
+                vec![self.d_model, q],
+            ));
+            out.push((
+                format!("{p}.mlp.gate_proj.weight"),
+                vec![self.d_ff, self.d_model],
+            ));
+            out.push((
+                format!("{p}.mlp.up_proj.weight"),
+                vec![self.d_ff, self.d_model],
+            ));
+            out.push((
+                format!("{p}.mlp.down_proj.weight"),
+                vec![self.d_model, self.d_ff],
+            ));
+            out.push((format!("{p}.input_layernorm.weight"), vec![self.d_model]));
+            out.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                vec![self.d_model],
+            ));
+        }
+        out
+    }
+
+    /// The `config.json` a converted checkpoint carries, as transformers reads it.
+    pub fn to_hf_json(&self, torch_dtype: &str) -> Value {
+        let mut v = serde_json::json!({
+            "architectures": [self.architecture.hf_class()],
+            "model_type": self.architecture.hf_model_type(),
+            "hidden_size": self.d_model,
+            "intermediate_size": self.d_ff,
+            "num_hidden_layers": self.n_layers,
+            "num_attention_heads": self.n_heads,
+            "num_key_value_heads": self.n_kv_heads,
+            "head_dim": self.head_dim,
+            "hidden_act": self.hidden_act,
+            "max_position_embeddings": self.max_position_embeddings,
+            "rms_norm_eps": self.norm_eps,
+            "rope_theta": self.rope_theta,
+            "vocab_size": self.vocab_size,
+            "tie_word_embeddings": self.tied_embeddings,
+            "attention_bias": self.architecture == Architecture::Qwen2,
+            "mlp_bias": false,
+            "torch_dtype": torch_dtype,
+        });
+        if let Some(bos) = self.bos_token_id {
+            v["bos_token_id"] = bos.into();
+        }
+        match self.eos_token_ids.as_slice() {
+            [] => {}
+            [one] => v["eos_token_id"] = (*one).into(),
+            many => v["eos_token_id"] = many.to_vec().into(),
+        }
+        match &self.rope_scaling {
+            Some(RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            }) => {
+                v["rope_scaling"] = serde_json::json!({
+                    "rope_type": "llama3", "factor": factor,
+                    "low_freq_factor": low_freq_factor, "high_freq_factor": high_freq_factor,
+                    "original_max_position_embeddings": original_max_position_embeddings,
+                })
+            }
+            Some(RopeScaling::Linear { factor }) => {
+                v["rope_scaling"] = serde_json::json!({"rope_type": "linear", "factor": factor})
+            }
+            Some(RopeScaling::FrequencyFactors { .. }) | None => {}
+        }
+        v
+    }
+}
+
+fn parse_hf_rope_scaling(path: &Path, rs: &Value) -> Result<Option<RopeScaling>> {
+    let kind = rs
+        .get("rope_type")
+        .or_else(|| rs.get("type"))
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    let num = |k: &str| rs.get(k).and_then(Value::as_f64);
+    let factor = num("factor").unwrap_or(1.0);
+    match kind {
+        "default" => Ok(None),
+        "linear" => Ok(Some(RopeScaling::Linear { factor })),
+        "llama3" => Ok(Some(RopeScaling::Llama3 {
+            factor,
+            low_freq_factor: num("low_freq_factor").unwrap_or(1.0),
+            high_freq_factor: num("high_freq_factor").unwrap_or(4.0),
+            original_max_position_embeddings: rs
+                .get("original_max_position_embeddings")
+                .and_then(Value::as_u64)
+                .unwrap_or(8192) as usize,
+        })),
+        other => Err(CheckpointError::unsupported(
+            path,
+            format!("rope_scaling type {other:?} (supported: linear, llama3)"),
+        )),
+    }
+}

@@ -1,0 +1,143 @@
+//! A `tokenizers::Tokenizer` built from a GGUF file's own vocabulary
+//! (`tokenizer.ggml.*`), so a GGUF checkpoint needs no tokenizer.json.
+//!
+//! Supported: the GPT-2 style byte-level BPE (`tokenizer.ggml.model = "gpt2"`)
+//! with the pre-tokenizers llama.cpp names `smollm`, `gpt2`/`default`,
+//! `llama-bpe` (Llama 3) and `qwen2`. The pre-tokenizer matters: SmolLM2 splits
+//! digits one by one before the byte-level split, Llama 3 groups up to three.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::processors::template::TemplateProcessing;
+use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer};
+
+use super::error::{CheckpointError, Result};
+use super::gguf::GgufValue;
+
+/// llama.cpp's token types (`enum llama_token_type`).
+const TOKEN_TYPE_CONTROL: u64 = 3;
+const TOKEN_TYPE_USER_DEFINED: u64 = 4;
+
+const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+fn strings(meta: &BTreeMap<String, GgufValue>, key: &str) -> Option<Vec<String>> {
+    meta.get(key)?
+        .as_array()?
+        .iter()
+        .map(|v| v.as_str().map(str::to_string))
+        .collect()
+}
+
+/// Builds the tokenizer described by GGUF metadata.
+pub fn build(path: &Path, meta: &BTreeMap<String, GgufValue>) -> Result<Tokenizer> {
+    let err = |m: String| CheckpointError::Tokenizer {
+        path: path.to_path_buf(),
+        message: m,
+    };
+    let model = meta
+        .get("tokenizer.ggml.model")
+        .and_then(GgufValue::as_str)
+        .ok_or_else(|| err("no tokenizer.ggml.model in the metadata".into()))?;
+    if model != "gpt2" {
+        return Err(err(format!(
+            "tokenizer model {model:?} is not supported yet (supported: gpt2 byte-level BPE)"
+        )));
+    }
+    let tokens = strings(meta, "tokenizer.ggml.tokens")
+        .ok_or_else(|| err("tokenizer.ggml.tokens missing or not a list of strings".into()))?;
+    let merges = strings(meta, "tokenizer.ggml.merges")
+        .ok_or_else(|| err("tokenizer.ggml.merges missing or not a list of strings".into()))?;
+    let types: Vec<u64> = meta
+        .get("tokenizer.ggml.token_type")
+        .and_then(GgufValue::as_array)
+        .map(|a| a.iter().map(|v| v.as_u64().unwrap_or(1)).collect())
+        .unwrap_or_default();
+
+    let vocab: tokenizers::models::bpe::Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
+    let mut pairs = Vec::with_capacity(merges.len());
+    for m in &merges {
+        let (a, b) = m.split_once(' ').ok_or_else(|| {
+            err(format!(
+                "merge {m:?} is not two tokens separated by a space"
+            ))
+        })?;
+        pairs.push((a.to_string(), b.to_string()));
+    }
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, pairs)
+        .build()
+        .map_err(|e| err(format!("BPE: {e}")))?;
+
+    let pre = meta
+        .get("tokenizer.ggml.pre")
+        .and_then(GgufValue::as_str)
+        .unwrap_or("default");
+    let byte_level = ByteLevel::new(false, true, true);
+    let pre_tokenizer: PreTokenizerWrapper = match pre {
+        "smollm" => Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
+        "gpt2" | "default" => byte_level.into(),
+        "llama-bpe" | "llama3" | "qwen2" => {
+            let pattern = if pre == "qwen2" { QWEN2_PATTERN } else { LLAMA3_PATTERN };
+            let split = Split::new(
+                SplitPattern::Regex(pattern.to_string()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(|e| err(format!("pre-tokenizer regex: {e}")))?;
+            Sequence::new(vec![split.into(), ByteLevel::new(false, true, false).into()]).into()
+        }
+        other => {
+            return Err(err(format!(
+                "pre-tokenizer {other:?} is not supported yet (supported: smollm, gpt2, llama-bpe, qwen2)"
+            )))
+        }
+    };
+
+    let mut tokenizer = Tokenizer::new(bpe);
+    tokenizer.with_pre_tokenizer(Some(pre_tokenizer));
+    tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
+    let special: Vec<AddedToken> = tokens
+        .iter()
+        .zip(types.iter())
+        .filter(|(_, &t)| t == TOKEN_TYPE_CONTROL || t == TOKEN_TYPE_USER_DEFINED)
+        .map(|(tok, &t)| AddedToken::from(tok.clone(), t == TOKEN_TYPE_CONTROL))
+        .collect();
+    tokenizer
+        .add_special_tokens(special)
+        .map_err(|e| err(format!("special tokens: {e}")))?;
+
+    let add_bos = meta
+        .get("tokenizer.ggml.add_bos_token")
+        .and_then(GgufValue::as_bool)
+        .unwrap_or(false);
+    let bos = meta
+        .get("tokenizer.ggml.bos_token_id")
+        .and_then(GgufValue::as_u64);
+    if let (true, Some(bos)) = (add_bos, bos) {
+        let bos_text = tokens
+            .get(bos as usize)
+            .ok_or_else(|| err(format!("bos_token_id {bos} is outside the vocabulary")))?
+            .clone();
+        let post = TemplateProcessing::builder()
+            .try_single(format!("{bos_text} $A"))
+            .and_then(|b| b.try_pair(format!("{bos_text} $A {bos_text} $B")))
+            .map_err(|e| err(format!("post-processor: {e}")))?
+            .special_tokens(vec![(bos_text, bos as u32)])
+            .build()
+            .map_err(|e| err(format!("post-processor: {e}")))?;
+        tokenizer.with_post_processor(Some(post));
+    }
+    Ok(tokenizer)
+}

@@ -1,0 +1,547 @@
+//! The checkpoint layer: one read-only view over Hugging Face safetensors
+//! directories, GGUF files and hub ids.
+//!
+//! Opening maps the files and parses headers only; tensor bytes are touched
+//! when [`Checkpoint::tensor`] asks for one. Tensors are always presented under
+//! canonical Hugging Face names and in Hugging Face layout, whatever the format.
+
+pub mod config;
+pub mod error;
+pub mod gguf;
+pub mod gguf_tokenizer;
+pub mod gguf_writer;
+pub mod hub;
+pub mod names;
+mod safetensors_dir;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::GgmlDType;
+use candle_core::{DType, Device, Tensor};
+use memmap2::Mmap;
+use serde::Serialize;
+
+pub use config::{Architecture, ModelConfig, RopeScaling};
+pub use error::{CheckpointError, Result};
+use gguf::{GgufHeader, GgufValue};
+use names::Transform;
+
+/// Where a checkpoint came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Safetensors,
+    Gguf,
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Safetensors => "safetensors",
+            Self::Gguf => "gguf",
+        })
+    }
+}
+
+/// How a tensor is stored on disk.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum StoredDType {
+    Safetensors(safetensors::Dtype),
+    Ggml(GgmlDType),
+}
+
+impl fmt::Display for StoredDType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Safetensors(d) => write!(f, "{d:?}"),
+            Self::Ggml(d) => f.write_str(gguf::ggml_dtype_name(*d)),
+        }
+    }
+}
+
+impl Serialize for StoredDType {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// One tensor of a checkpoint, as its header describes it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TensorInfo {
+    /// Canonical Hugging Face name (`model.layers.{i}.mlp.up_proj.weight`).
+    pub name: String,
+    /// The name in the file.
+    pub stored_name: String,
+    pub dtype: StoredDType,
+    /// Row-major (Hugging Face) shape.
+    pub shape: Vec<usize>,
+    pub bytes: u64,
+    /// Absolute byte offset of the data in its file.
+    pub offset: u64,
+    /// The file that holds it.
+    pub file: PathBuf,
+    #[serde(skip)]
+    file_index: usize,
+    #[serde(skip)]
+    transform: Transform,
+}
+
+impl TensorInfo {
+    pub fn elements(&self) -> u64 {
+        self.shape.iter().map(|&d| d as u64).product()
+    }
+}
+
+/// A read-only memory map of one file of the checkpoint.
+struct MappedFile {
+    path: PathBuf,
+    map: Mmap,
+}
+
+impl MappedFile {
+    fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).map_err(|e| CheckpointError::io(path, e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| CheckpointError::io(path, e))?
+            .len();
+        if len == 0 {
+            return Err(CheckpointError::malformed(path, "the file is empty"));
+        }
+        // SAFETY: the mapping is read-only; mwtop never writes to a checkpoint.
+        // Another process truncating the file while it is mapped is outside
+        // what any mmap-based reader (safetensors, llama.cpp) can defend against.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| CheckpointError::io(path, e))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            map,
+        })
+    }
+}
+
+/// Where the tokenizer comes from.
+enum TokenizerSource {
+    File(PathBuf),
+    Gguf,
+    Missing,
+}
+
+/// An opened checkpoint: configuration, tensor table and lazily read tensors.
+pub struct Checkpoint {
+    source: PathBuf,
+    format: Format,
+    config: ModelConfig,
+    tensors: Vec<TensorInfo>,
+    index: HashMap<String, usize>,
+    files: Vec<MappedFile>,
+    tokenizer: TokenizerSource,
+    gguf_metadata: Option<BTreeMap<String, GgufValue>>,
+}
+
+impl fmt::Debug for Checkpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Checkpoint")
+            .field("source", &self.source)
+            .field("format", &self.format)
+            .field("tensors", &self.tensors.len())
+            .finish()
+    }
+}
+
+impl Checkpoint {
+    /// Opens a path (directory or GGUF file) or, if no such path exists and the
+    /// text looks like `owner/name`, a Hugging Face hub id.
+    pub fn open(spec: &str) -> Result<Self> {
+        let path = Path::new(spec);
+        if !path.exists() && hub::looks_like_hub_id(spec) {
+            let dir = hub::resolve(spec)?;
+            return Self::open_path(&dir);
+        }
+        Self::open_path(path)
+    }
+
+    /// Opens a Hugging Face directory or a GGUF file.
+    pub fn open_path(path: &Path) -> Result<Self> {
+        let meta = std::fs::metadata(path).map_err(|e| CheckpointError::io(path, e))?;
+        if meta.is_dir() {
+            safetensors_dir::open(path)
+        } else {
+            Self::open_gguf(path)
+        }
+    }
+
+    fn open_gguf(path: &Path) -> Result<Self> {
+        let file = MappedFile::open(path)?;
+        let header = gguf::parse(path, &file.map)?;
+        let config = gguf_config(path, &header)?;
+        let arch = config.architecture;
+        let tensors: Vec<TensorInfo> = header
+            .tensors
+            .iter()
+            .map(|t| {
+                let name = names::canonical_name(arch, &t.name);
+                TensorInfo {
+                    transform: names::transform_for(arch, &name, config.n_heads, config.n_kv_heads),
+                    name,
+                    stored_name: t.name.clone(),
+                    dtype: StoredDType::Ggml(t.dtype),
+                    shape: t.shape(),
+                    bytes: t.bytes,
+                    offset: t.offset,
+                    file: path.to_path_buf(),
+                    file_index: 0,
+                }
+            })
+            .collect();
+        let has_vocab = header.metadata.contains_key("tokenizer.ggml.tokens");
+        Self::assemble(
+            path,
+            Format::Gguf,
+            config,
+            tensors,
+            vec![file],
+            if has_vocab {
+                TokenizerSource::Gguf
+            } else {
+                TokenizerSource::Missing
+            },
+            Some(header.metadata),
+        )
+    }
+
+    /// Indexes the tensors and checks them against the configuration.
+    fn assemble(
+        source: &Path,
+        format: Format,
+        config: ModelConfig,
+        tensors: Vec<TensorInfo>,
+        files: Vec<MappedFile>,
+        tokenizer: TokenizerSource,
+        gguf_metadata: Option<BTreeMap<String, GgufValue>>,
+    ) -> Result<Self> {
+        let mut index = HashMap::with_capacity(tensors.len());
+        for (i, t) in tensors.iter().enumerate() {
+            if index.insert(t.name.clone(), i).is_some() {
+                return Err(CheckpointError::malformed(
+                    &t.file,
+                    format!("two tensors map to the name {}", t.name),
+                ));
+            }
+        }
+        let ckpt = Self {
+            source: source.to_path_buf(),
+            format,
+            config,
+            tensors,
+            index,
+            files,
+            tokenizer,
+            gguf_metadata,
+        };
+        ckpt.check_shapes()?;
+        Ok(ckpt)
+    }
+
+    /// The configuration and the tensor shapes must tell the same story.
+    fn check_shapes(&self) -> Result<()> {
+        let what = match self.format {
+            Format::Safetensors => "config.json",
+            Format::Gguf => "the GGUF metadata",
+        };
+        let cfg_path = match self.format {
+            Format::Safetensors => self.source.join("config.json"),
+            Format::Gguf => self.source.clone(),
+        };
+        for (name, shape) in self.config.expected_shapes() {
+            match self.info(&name) {
+                None => {
+                    return Err(CheckpointError::inconsistent(
+                        &cfg_path,
+                        format!("{what} implies a tensor {name}, which the checkpoint lacks"),
+                    ))
+                }
+                Some(t) if t.shape != shape => {
+                    return Err(CheckpointError::inconsistent(
+                        &cfg_path,
+                        format!(
+                            "{what} implies shape {shape:?} for {name}, but the file stores {:?}",
+                            t.shape
+                        ),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The directory or file this checkpoint was opened from.
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Every tensor, in file order.
+    pub fn tensors(&self) -> &[TensorInfo] {
+        &self.tensors
+    }
+
+    pub fn info(&self, name: &str) -> Option<&TensorInfo> {
+        self.index.get(name).map(|&i| &self.tensors[i])
+    }
+
+    /// Total number of parameters (elements of every tensor).
+    pub fn parameter_count(&self) -> u64 {
+        self.tensors.iter().map(TensorInfo::elements).sum()
+    }
+
+    /// The GGUF metadata, for GGUF checkpoints.
+    pub fn gguf_metadata(&self) -> Option<&BTreeMap<String, GgufValue>> {
+        self.gguf_metadata.as_ref()
+    }
+
+    /// Reads one tensor (canonical name) as a dense tensor of `dtype` on `device`.
+    /// Quantized GGUF data is dequantized from the mapped bytes; GGUF's RoPE
+    /// row permutation of q/k is undone, so the result is in Hugging Face layout.
+    pub fn tensor(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
+        let info = self
+            .info(name)
+            .ok_or_else(|| CheckpointError::MissingTensor {
+                path: self.source.clone(),
+                name: name.to_string(),
+            })?;
+        let file = &self.files[info.file_index];
+        let candle_err = |source| CheckpointError::Candle {
+            path: file.path.clone(),
+            name: name.to_string(),
+            source: Box::new(source),
+        };
+        let start = info.offset as usize;
+        let data = &file.map[start..start + info.bytes as usize];
+        let tensor = match info.dtype {
+            StoredDType::Safetensors(st) => {
+                let view = safetensors::tensor::TensorView::new(st, info.shape.clone(), data)
+                    .map_err(|e| CheckpointError::malformed(&file.path, format!("{name}: {e}")))?;
+                candle_core::safetensors::Load::load(&view, &Device::Cpu).map_err(candle_err)?
+            }
+            StoredDType::Ggml(g) => dequantize_ggml(g, data, &info.shape).map_err(candle_err)?,
+        };
+        let tensor = apply_transform(tensor, info.transform).map_err(candle_err)?;
+        tensor
+            .to_dtype(dtype)
+            .and_then(|t| t.to_device(device))
+            .map_err(candle_err)
+    }
+
+    /// The tokenizer: tokenizer.json for directories, the GGUF's own vocabulary for GGUF.
+    pub fn tokenizer(&self) -> Result<tokenizers::Tokenizer> {
+        match &self.tokenizer {
+            TokenizerSource::File(path) => {
+                tokenizers::Tokenizer::from_file(path).map_err(|e| CheckpointError::Tokenizer {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })
+            }
+            TokenizerSource::Gguf => gguf_tokenizer::build(
+                &self.source,
+                self.gguf_metadata
+                    .as_ref()
+                    .expect("GGUF checkpoints keep their metadata"),
+            ),
+            TokenizerSource::Missing => Err(CheckpointError::Tokenizer {
+                path: self.source.clone(),
+                message: "no tokenizer.json and no tokenizer.ggml.* metadata".into(),
+            }),
+        }
+    }
+
+    /// The chat template the checkpoint ships, if any.
+    pub fn chat_template(&self) -> Option<String> {
+        match &self.gguf_metadata {
+            Some(m) => m
+                .get("tokenizer.chat_template")?
+                .as_str()
+                .map(str::to_string),
+            None => {
+                let text =
+                    std::fs::read_to_string(self.source.join("tokenizer_config.json")).ok()?;
+                let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+                v.get("chat_template")?.as_str().map(str::to_string)
+            }
+        }
+    }
+}
+
+/// Dequantizes (or just reinterprets) GGML bytes into an f32 CPU tensor.
+fn dequantize_ggml(dtype: GgmlDType, data: &[u8], shape: &[usize]) -> candle_core::Result<Tensor> {
+    // candle reinterprets the bytes as blocks in place: give it 4-byte aligned
+    // memory (a mapping is page aligned and GGUF offsets are aligned, but
+    // general.alignment may legally be 1 or 2).
+    let aligned: Vec<u32>;
+    let bytes = if data.as_ptr().align_offset(4) == 0 {
+        data
+    } else {
+        let mut v = vec![0u32; data.len().div_ceil(4)];
+        // SAFETY: v holds at least data.len() bytes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), v.as_mut_ptr() as *mut u8, data.len());
+        }
+        aligned = v;
+        // SAFETY: reading back the bytes just copied.
+        unsafe { std::slice::from_raw_parts(aligned.as_ptr() as *const u8, data.len()) }
+    };
+    let q = candle_core::quantized::ggml_file::qtensor_from_ggml(
+        dtype,
+        bytes,
+        shape.to_vec(),
+        &Device::Cpu,
+    )?;
+    q.dequantize(&Device::Cpu)
+}
+
+/// Undoes what llama.cpp's converter did to the stored values.
+fn apply_transform(t: Tensor, transform: Transform) -> candle_core::Result<Tensor> {
+    match transform {
+        Transform::None => Ok(t),
+        Transform::SubtractOne => t.affine(1.0, -1.0),
+        Transform::UnpermuteRope { heads } => {
+            let (rows, cols) = t.dims2()?;
+            let half = rows / heads / 2;
+            // GGUF rows per head are (half, 2) interleaved; HF has (2, half).
+            t.reshape((heads, half, 2, cols))?
+                .transpose(1, 2)?
+                .contiguous()?
+                .reshape((rows, cols))
+        }
+    }
+}
+
+fn meta_u64(meta: &BTreeMap<String, GgufValue>, key: &str) -> Option<u64> {
+    meta.get(key).and_then(GgufValue::as_u64)
+}
+
+/// Normalized hyper-parameters from GGUF metadata (`{arch}.*` keys).
+fn gguf_config(path: &Path, header: &GgufHeader) -> Result<ModelConfig> {
+    let meta = &header.metadata;
+    let arch_name = meta
+        .get("general.architecture")
+        .and_then(GgufValue::as_str)
+        .ok_or_else(|| {
+            CheckpointError::malformed(path, "no general.architecture in the metadata")
+        })?;
+    let architecture = Architecture::from_name(arch_name).ok_or_else(|| {
+        CheckpointError::unsupported(
+            path,
+            format!("architecture {arch_name:?} (supported: llama, mistral, qwen2, gemma3)"),
+        )
+    })?;
+    let key = |k: &str| format!("{arch_name}.{k}");
+    let need = |k: &str| {
+        meta_u64(meta, &key(k)).map(|v| v as usize).ok_or_else(|| {
+            CheckpointError::malformed(path, format!("missing or invalid {}", key(k)))
+        })
+    };
+    let d_model = need("embedding_length")?;
+    let n_heads = need("attention.head_count")?;
+    if n_heads == 0 {
+        return Err(CheckpointError::malformed(
+            path,
+            format!("{} is 0", key("attention.head_count")),
+        ));
+    }
+    let n_kv_heads =
+        meta_u64(meta, &key("attention.head_count_kv")).map_or(n_heads, |v| v as usize);
+    let head_dim =
+        meta_u64(meta, &key("attention.key_length")).map_or(d_model / n_heads, |v| v as usize);
+    let vocab_size = meta_u64(meta, &key("vocab_size"))
+        .map(|v| v as usize)
+        .or_else(|| {
+            meta.get("tokenizer.ggml.tokens")
+                .and_then(GgufValue::as_array)
+                .map(<[_]>::len)
+        })
+        .or_else(|| {
+            header
+                .tensors
+                .iter()
+                .find(|t| t.name == "token_embd.weight")
+                .and_then(|t| t.ggml_dims.get(1).map(|&d| d as usize))
+        })
+        .ok_or_else(|| CheckpointError::malformed(path, "cannot tell the vocabulary size"))?;
+    let rope_scaling = if header.tensors.iter().any(|t| t.name == "rope_freqs.weight") {
+        Some(RopeScaling::FrequencyFactors {
+            tensor: "rope_freqs.weight".into(),
+        })
+    } else {
+        match meta
+            .get(&key("rope.scaling.type"))
+            .and_then(GgufValue::as_str)
+        {
+            Some("linear") => Some(RopeScaling::Linear {
+                factor: meta
+                    .get(&key("rope.scaling.factor"))
+                    .and_then(GgufValue::as_f64)
+                    .unwrap_or(1.0),
+            }),
+            Some("none") | None => None,
+            Some(other) => {
+                return Err(CheckpointError::unsupported(
+                    path,
+                    format!("rope scaling type {other:?}"),
+                ))
+            }
+        }
+    };
+    let config = ModelConfig {
+        architecture,
+        n_layers: need("block_count")?,
+        d_model,
+        d_ff: need("feed_forward_length")?,
+        n_heads,
+        n_kv_heads,
+        head_dim,
+        rope_theta: meta
+            .get(&key("rope.freq_base"))
+            .and_then(GgufValue::as_f64)
+            .unwrap_or(10_000.0),
+        rope_scaling,
+        norm_eps: meta
+            .get(&key("attention.layer_norm_rms_epsilon"))
+            .and_then(GgufValue::as_f64)
+            .unwrap_or(1e-5),
+        vocab_size,
+        tied_embeddings: !header.tensors.iter().any(|t| t.name == "output.weight"),
+        bos_token_id: meta_u64(meta, "tokenizer.ggml.bos_token_id").map(|v| v as u32),
+        eos_token_ids: meta_u64(meta, "tokenizer.ggml.eos_token_id")
+            .map(|v| vec![v as u32])
+            .unwrap_or_default(),
+        max_position_embeddings: meta_u64(meta, &key("context_length"))
+            .map_or(2048, |v| v as usize),
+        hidden_act: if architecture == Architecture::Gemma3 {
+            "gelu_pytorch_tanh".into()
+        } else {
+            "silu".into()
+        },
+    };
+    config.check_sane(path)?;
+    Ok(config)
+}
+
+/// A hidden sibling path for writing `path` atomically (write there, then rename).
+pub fn temp_sibling(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out".into());
+    path.with_file_name(format!(".{name}.mwtop-tmp-{}", std::process::id()))
+}

@@ -1,0 +1,124 @@
+//! `mwtop inspect`: format, architecture, hyper-parameters, parameter count
+//! and the tensor table. Reads headers only.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::checkpoint::{Checkpoint, Format, ModelConfig, TensorInfo};
+
+#[derive(Serialize)]
+pub struct InspectReport<'a> {
+    pub source: String,
+    pub format: Format,
+    pub config: &'a ModelConfig,
+    pub parameters: u64,
+    pub bytes: u64,
+    pub tensors: &'a [TensorInfo],
+}
+
+pub fn report(ckpt: &Checkpoint) -> InspectReport<'_> {
+    InspectReport {
+        source: ckpt.source().display().to_string(),
+        format: ckpt.format(),
+        config: ckpt.config(),
+        parameters: ckpt.parameter_count(),
+        bytes: ckpt.tensors().iter().map(|t| t.bytes).sum(),
+        tensors: ckpt.tensors(),
+    }
+}
+
+/// Short human form of a count: 134.5M, 70.6B.
+pub fn human_count(n: u64) -> String {
+    match n {
+        n if n >= 1_000_000_000 => format!("{:.2}B", n as f64 / 1e9),
+        n if n >= 1_000_000 => format!("{:.1}M", n as f64 / 1e6),
+        n if n >= 1_000 => format!("{:.1}K", n as f64 / 1e3),
+        n => n.to_string(),
+    }
+}
+
+/// The header lines: what the model is.
+pub fn summary(ckpt: &Checkpoint) -> String {
+    let c = ckpt.config();
+    let mut s = String::new();
+    let bytes: u64 = ckpt.tensors().iter().map(|t| t.bytes).sum();
+    let _ = writeln!(s, "source        {}", ckpt.source().display());
+    let _ = writeln!(s, "format        {}", ckpt.format());
+    let _ = writeln!(s, "architecture  {}", c.architecture.name());
+    let _ = writeln!(
+        s,
+        "parameters    {} ({}), {} tensors, {:.1} MB stored",
+        human_count(ckpt.parameter_count()),
+        ckpt.parameter_count(),
+        ckpt.tensors().len(),
+        bytes as f64 / 1e6
+    );
+    let _ = writeln!(
+        s,
+        "layers {}  d_model {}  d_ff {}  heads {}  kv heads {}  head dim {}",
+        c.n_layers, c.d_model, c.d_ff, c.n_heads, c.n_kv_heads, c.head_dim
+    );
+    let scaling = match &c.rope_scaling {
+        None => "none".to_string(),
+        Some(r) => serde_json::to_string(r).unwrap_or_default(),
+    };
+    let _ = writeln!(
+        s,
+        "vocab {}  tied embeddings {}  rope theta {}  rope scaling {}  norm eps {:e}",
+        c.vocab_size, c.tied_embeddings, c.rope_theta, scaling, c.norm_eps
+    );
+    let eos: Vec<String> = c.eos_token_ids.iter().map(u32::to_string).collect();
+    let _ = writeln!(
+        s,
+        "bos {}  eos {}  context {}  activation {}",
+        c.bos_token_id.map_or("-".into(), |b| b.to_string()),
+        if eos.is_empty() {
+            "-".into()
+        } else {
+            eos.join(",")
+        },
+        c.max_position_embeddings,
+        c.hidden_act
+    );
+    s
+}
+
+/// The full human-readable report: summary, then one line per tensor.
+pub fn render_text(ckpt: &Checkpoint) -> String {
+    let mut s = summary(ckpt);
+    let name_w = ckpt
+        .tensors()
+        .iter()
+        .map(|t| t.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let stored_w = ckpt
+        .tensors()
+        .iter()
+        .map(|t| t.stored_name.len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "{:<name_w$}  {:<stored_w$}  {:<5}  {:<14}  {:>12}  {:>12}",
+        "name", "stored", "dtype", "shape", "bytes", "offset"
+    );
+    for t in ckpt.tensors() {
+        let shape = format!("{:?}", t.shape);
+        let _ = writeln!(
+            s,
+            "{:<name_w$}  {:<stored_w$}  {:<5}  {:<14}  {:>12}  {:>12}",
+            t.name,
+            t.stored_name,
+            t.dtype.to_string(),
+            shape,
+            t.bytes,
+            t.offset
+        );
+    }
+    s
+}

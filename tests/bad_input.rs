@@ -1,0 +1,343 @@
+//! Broken checkpoints: every case gets one clear line naming the file and the
+//! problem, exit status 1, and no panic (which would exit 101) or abort.
+
+mod common;
+
+use std::path::Path;
+
+use candle_core::quantized::GgmlDType;
+use mwtop::checkpoint::gguf::GgufValue;
+use mwtop::checkpoint::gguf_writer::{self, GgufTensorData};
+use mwtop::synthetic::Spec;
+
+/// Runs `mwtop inspect PATH` and checks the failure is one line with all `needles`.
+fn assert_one_line_error(path: &Path, needles: &[&str]) {
+    let out = common::mwtop(&["inspect", common::path_str(path)]);
+    let err = common::stderr(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "exit status for {}; stderr: {err}",
+        path.display()
+    );
+    assert!(common::stdout(&out).is_empty(), "nothing on stdout");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line, got: {err}");
+    let line = lines[0];
+    assert!(line.starts_with("mwtop: error: "), "{line}");
+    for n in needles {
+        assert!(line.contains(n), "{line:?} should mention {n:?}");
+    }
+}
+
+fn safetensors_file(header: &str, data_len: usize) -> Vec<u8> {
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(header.as_bytes());
+    out.extend(std::iter::repeat_n(0u8, data_len));
+    out
+}
+
+/// A valid tiny HF directory whose model.safetensors is then replaced.
+fn hf_dir_with_weights(dir: &Path, weights: Option<Vec<u8>>) {
+    Spec::default()
+        .write_hf_dir(dir, safetensors::Dtype::F32)
+        .unwrap();
+    if let Some(w) = weights {
+        std::fs::write(dir.join("model.safetensors"), w).unwrap();
+    }
+}
+
+#[test]
+fn missing_path() {
+    let dir = common::tempdir();
+    let p = dir.path().join("nothing-here");
+    assert_one_line_error(&p, &["nothing-here", "no such file"]);
+}
+
+#[test]
+fn directory_without_config_json() {
+    let dir = common::tempdir();
+    assert_one_line_error(dir.path(), &["no config.json"]);
+}
+
+#[test]
+fn truncated_safetensors() {
+    let dir = common::tempdir();
+    hf_dir_with_weights(dir.path(), None);
+    let p = dir.path().join("model.safetensors");
+    let bytes = std::fs::read(&p).unwrap();
+    std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+    assert_one_line_error(
+        dir.path(),
+        &["model.safetensors", "not a valid safetensors file"],
+    );
+}
+
+#[test]
+fn truncated_inside_the_safetensors_header() {
+    let dir = common::tempdir();
+    hf_dir_with_weights(
+        dir.path(),
+        Some(b"\xff\xff\x00\x00\x00\x00\x00\x00{\"a\"".to_vec()),
+    );
+    assert_one_line_error(
+        dir.path(),
+        &["model.safetensors", "not a valid safetensors file"],
+    );
+}
+
+#[test]
+fn safetensors_offsets_past_the_end() {
+    let dir = common::tempdir();
+    let header = r#"{"x":{"dtype":"F32","shape":[1000],"data_offsets":[0,4000]}}"#;
+    hf_dir_with_weights(dir.path(), Some(safetensors_file(header, 16)));
+    assert_one_line_error(
+        dir.path(),
+        &["model.safetensors", "not a valid safetensors file"],
+    );
+}
+
+#[test]
+fn safetensors_overlapping_tensors() {
+    let dir = common::tempdir();
+    let header = r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},"b":{"dtype":"F32","shape":[4],"data_offsets":[8,24]}}"#;
+    hf_dir_with_weights(dir.path(), Some(safetensors_file(header, 24)));
+    assert_one_line_error(dir.path(), &["model.safetensors", "invalid offset"]);
+}
+
+#[test]
+fn safetensors_negative_size() {
+    let dir = common::tempdir();
+    let header = r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[16,0]}}"#;
+    hf_dir_with_weights(dir.path(), Some(safetensors_file(header, 16)));
+    assert_one_line_error(
+        dir.path(),
+        &["model.safetensors", "not a valid safetensors file"],
+    );
+    let header = r#"{"a":{"dtype":"F32","shape":[-4],"data_offsets":[0,16]}}"#;
+    hf_dir_with_weights(dir.path(), Some(safetensors_file(header, 16)));
+    assert_one_line_error(
+        dir.path(),
+        &["model.safetensors", "not a valid safetensors file"],
+    );
+}
+
+#[test]
+fn safetensors_unsupported_dtype() {
+    let dir = common::tempdir();
+    let header = r#"{"a":{"dtype":"I64","shape":[2],"data_offsets":[0,16]}}"#;
+    hf_dir_with_weights(dir.path(), Some(safetensors_file(header, 16)));
+    assert_one_line_error(dir.path(), &["model.safetensors", "unsupported", "I64"]);
+}
+
+#[test]
+fn config_disagrees_with_tensor_shapes() {
+    let dir = common::tempdir();
+    hf_dir_with_weights(dir.path(), None);
+    let p = dir.path().join("config.json");
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("\"intermediate_size\": 512", "\"intermediate_size\": 1024");
+    std::fs::write(&p, text).unwrap();
+    assert_one_line_error(
+        dir.path(),
+        &[
+            "config.json",
+            "[1024, 256]",
+            "model.layers.0.mlp.gate_proj.weight",
+            "[512, 256]",
+        ],
+    );
+}
+
+#[test]
+fn config_with_missing_layers() {
+    let dir = common::tempdir();
+    hf_dir_with_weights(dir.path(), None);
+    let p = dir.path().join("config.json");
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 3");
+    std::fs::write(&p, text).unwrap();
+    assert_one_line_error(dir.path(), &["config.json", "model.layers.2.", "lacks"]);
+}
+
+#[test]
+fn unsupported_architecture() {
+    let dir = common::tempdir();
+    hf_dir_with_weights(dir.path(), None);
+    let p = dir.path().join("config.json");
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("\"model_type\": \"llama\"", "\"model_type\": \"gpt2\"");
+    std::fs::write(&p, text).unwrap();
+    assert_one_line_error(dir.path(), &["config.json", "unsupported", "gpt2"]);
+}
+
+#[test]
+fn invalid_config_json() {
+    let dir = common::tempdir();
+    hf_dir_with_weights(dir.path(), None);
+    std::fs::write(dir.path().join("config.json"), "{ not json").unwrap();
+    assert_one_line_error(dir.path(), &["config.json", "invalid JSON"]);
+}
+
+fn tiny_gguf() -> Vec<u8> {
+    let t = GgufTensorData {
+        name: "token_embd.weight".into(),
+        dtype: GgmlDType::F32,
+        shape: vec![2, 32],
+        data: gguf_writer::f32_bytes(&[0.5; 64]),
+    };
+    gguf_writer::to_bytes(
+        &[(
+            "general.architecture".into(),
+            GgufValue::String("llama".into()),
+        )],
+        &[t],
+    )
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+#[test]
+fn gguf_wrong_magic() {
+    let dir = common::tempdir();
+    let mut b = tiny_gguf();
+    b[..4].copy_from_slice(b"GGML");
+    let p = write(dir.path(), "bad.gguf", &b);
+    assert_one_line_error(&p, &["bad.gguf", "not a GGUF file"]);
+}
+
+#[test]
+fn gguf_unknown_version() {
+    let dir = common::tempdir();
+    let mut b = tiny_gguf();
+    b[4..8].copy_from_slice(&9u32.to_le_bytes());
+    let p = write(dir.path(), "v9.gguf", &b);
+    assert_one_line_error(&p, &["v9.gguf", "unsupported", "GGUF version 9"]);
+}
+
+#[test]
+fn gguf_lying_tensor_count() {
+    let dir = common::tempdir();
+    let mut b = tiny_gguf();
+    b[8..16].copy_from_slice(&(1u64 << 60).to_le_bytes());
+    let p = write(dir.path(), "count.gguf", &b);
+    assert_one_line_error(
+        &p,
+        &["count.gguf", "tensor count claims 1152921504606846976"],
+    );
+}
+
+#[test]
+fn gguf_lying_metadata_count() {
+    let dir = common::tempdir();
+    let mut b = tiny_gguf();
+    b[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
+    let p = write(dir.path(), "kv.gguf", &b);
+    assert_one_line_error(&p, &["kv.gguf", "metadata count claims"]);
+}
+
+#[test]
+fn gguf_lying_string_length() {
+    let dir = common::tempdir();
+    let mut b = tiny_gguf();
+    // The first metadata key's length.
+    b[24..32].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
+    let p = write(dir.path(), "str.gguf", &b);
+    assert_one_line_error(&p, &["str.gguf", "string length", "runs past the end"]);
+}
+
+#[test]
+fn gguf_truncated_data() {
+    let dir = common::tempdir();
+    let b = tiny_gguf();
+    let p = write(dir.path(), "short.gguf", &b[..b.len() - 100]);
+    assert_one_line_error(
+        &p,
+        &["short.gguf", "token_embd.weight", "runs past the end"],
+    );
+}
+
+#[test]
+fn gguf_unsupported_tensor_type() {
+    let dir = common::tempdir();
+    let mut b = tiny_gguf();
+    // The type id sits 12 bytes before the end of the single tensor entry (type u32, offset u64).
+    let header_end = b
+        .windows(17)
+        .position(|w| w == b"token_embd.weight")
+        .unwrap()
+        + 17
+        + 4
+        + 16;
+    b[header_end..header_end + 4].copy_from_slice(&16u32.to_le_bytes());
+    let p = write(dir.path(), "iq.gguf", &b);
+    assert_one_line_error(&p, &["iq.gguf", "unsupported", "GGML type id 16"]);
+}
+
+#[test]
+fn gguf_unsupported_architecture() {
+    let dir = common::tempdir();
+    let b = gguf_writer::to_bytes(
+        &[(
+            "general.architecture".into(),
+            GgufValue::String("gpt2".into()),
+        )],
+        &[],
+    );
+    let p = write(dir.path(), "arch.gguf", &b);
+    assert_one_line_error(&p, &["arch.gguf", "unsupported", "\"gpt2\""]);
+}
+
+#[test]
+fn gguf_overlapping_tensors() {
+    let dir = common::tempdir();
+    let t = |name: &str| GgufTensorData {
+        name: name.into(),
+        dtype: GgmlDType::F32,
+        shape: vec![32],
+        data: gguf_writer::f32_bytes(&[1.0; 32]),
+    };
+    let mut b = gguf_writer::to_bytes(
+        &[(
+            "general.architecture".into(),
+            GgufValue::String("llama".into()),
+        )],
+        &[t("a.weight"), t("b.weight")],
+    );
+    // Point b's offset (the last 8 bytes of its entry) at a's data.
+    let pos = b.windows(8).position(|w| w == b"b.weight").unwrap() + 8 + 4 + 8 + 4;
+    b[pos..pos + 8].copy_from_slice(&0u64.to_le_bytes());
+    let p = write(dir.path(), "overlap.gguf", &b);
+    assert_one_line_error(&p, &["overlap.gguf", "overlap"]);
+}
+
+#[test]
+fn empty_file() {
+    let dir = common::tempdir();
+    let p = write(dir.path(), "empty.gguf", b"");
+    assert_one_line_error(&p, &["empty.gguf", "empty"]);
+}
+
+#[test]
+fn gguf_missing_hyper_parameters() {
+    let dir = common::tempdir();
+    let p = write(dir.path(), "nohp.gguf", &tiny_gguf());
+    assert_one_line_error(&p, &["nohp.gguf", "llama.embedding_length"]);
+}
+
+#[test]
+fn valid_synthetic_gguf_still_opens() {
+    // The control: the unbroken file is fine, so the cases above fail for their reason.
+    let dir = common::tempdir();
+    let p = dir.path().join("ok.gguf");
+    Spec::default().write_gguf(&p, GgmlDType::Q8_0).unwrap();
+    let out = common::mwtop(&["inspect", common::path_str(&p)]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+}
