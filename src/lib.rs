@@ -5,8 +5,10 @@
 //! and engine layers build on it. The binary (`src/main.rs`) is a thin clap
 //! front-end over [`cli`].
 
+pub mod analysis;
 pub mod checkpoint;
 pub mod cli;
 pub mod convert;
 pub mod demo;
+pub mod model;
 pub mod synthetic;

@@ -1,7 +1,9 @@
 //! Headless subcommands: human text by default, JSON with `--json`.
 //! stdout carries only the result; progress and logs go to stderr.
 
+pub mod generate;
 pub mod inspect;
+pub mod load;
 
 use std::path::PathBuf;
 

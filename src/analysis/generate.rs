@@ -1,0 +1,174 @@
+//! Generation: greedy or sampled (temperature, top-p, seed), tokens streamed
+//! as they come, several intervention sets side by side as one batch (the
+//! original and the attacked model share one forward per step).
+
+use std::ops::ControlFlow;
+
+use candle_core::IndexOp;
+use candle_transformers::generation::{LogitsProcessor, Sampling};
+use serde::Serialize;
+
+use crate::model::intervention::Interventions;
+use crate::model::{LogitsMode, Model, Result, RunOptions};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GenerateParams {
+    pub max_tokens: usize,
+    /// 0 means greedy (argmax).
+    pub temperature: f64,
+    pub top_p: Option<f64>,
+    pub seed: u64,
+    pub stop_at_eos: bool,
+}
+
+impl Default for GenerateParams {
+    fn default() -> Self {
+        Self {
+            max_tokens: 64,
+            temperature: 0.0,
+            top_p: None,
+            seed: 299_792_458,
+            stop_at_eos: true,
+        }
+    }
+}
+
+impl GenerateParams {
+    fn sampling(&self) -> Sampling {
+        match (self.temperature, self.top_p) {
+            (t, _) if t <= 0.0 => Sampling::ArgMax,
+            (t, Some(p)) if p < 1.0 => Sampling::TopP { p, temperature: t },
+            (t, _) => Sampling::All { temperature: t },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    Eos,
+    MaxTokens,
+    Cancelled,
+    /// The position tables ran out.
+    Context,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Generated {
+    pub tokens: Vec<u32>,
+    pub text: String,
+    pub stop: StopReason,
+}
+
+/// Incremental detokenization: emits only text that is complete (no
+/// half-decoded UTF-8 sequence at the end).
+struct TextStream {
+    tokens: Vec<u32>,
+    emitted: usize,
+}
+
+impl TextStream {
+    fn push(&mut self, tok: &tokenizers::Tokenizer, id: u32) -> String {
+        self.tokens.push(id);
+        let text = tok.decode(&self.tokens, true).unwrap_or_default();
+        if text.ends_with('\u{FFFD}')
+            || text.len() < self.emitted
+            || !text.is_char_boundary(self.emitted)
+        {
+            return String::new();
+        }
+        let piece = text[self.emitted..].to_string();
+        self.emitted = text.len();
+        piece
+    }
+}
+
+/// Generates from `prompt` once per intervention set (one batch row each).
+/// `on_token(row, id, text_piece)` sees every token as it comes; returning
+/// `Break` cancels the whole generation.
+pub fn generate(
+    model: &Model,
+    tokenizer: &tokenizers::Tokenizer,
+    prompt: &[u32],
+    rows: &[Interventions],
+    params: &GenerateParams,
+    mut on_token: impl FnMut(usize, u32, &str) -> ControlFlow<()>,
+) -> Result<Vec<Generated>> {
+    let b = rows.len().max(1);
+    let eos = &model.config().eos_token_ids;
+    let mut samplers: Vec<LogitsProcessor> = (0..b)
+        .map(|_| LogitsProcessor::from_sampling(params.seed, params.sampling()))
+        .collect();
+    let mut streams: Vec<TextStream> = (0..b)
+        .map(|_| TextStream {
+            tokens: Vec::new(),
+            emitted: 0,
+        })
+        .collect();
+    let mut out: Vec<Generated> = (0..b)
+        .map(|_| Generated {
+            tokens: Vec::new(),
+            text: String::new(),
+            stop: StopReason::MaxTokens,
+        })
+        .collect();
+    let mut done = vec![false; b];
+    let mut cache = model.new_cache();
+    let opts = RunOptions {
+        interventions: rows.to_vec(),
+        logits: LogitsMode::Last,
+        ..Default::default()
+    };
+    let mut input: Vec<Vec<u32>> = vec![prompt.to_vec(); b];
+    for _ in 0..params.max_tokens {
+        if cache.len() + input[0].len() > model.max_positions() {
+            for (r, g) in out.iter_mut().enumerate() {
+                if !done[r] {
+                    g.stop = StopReason::Context;
+                }
+            }
+            break;
+        }
+        let logits = model
+            .forward(&input, Some(&mut cache), &opts)?
+            .logits
+            .expect("last logits were asked for");
+        let mut next = Vec::with_capacity(b);
+        for r in 0..b {
+            let id = samplers[r].sample(&logits.i((r, 0))?)?;
+            next.push(vec![id]);
+            if done[r] {
+                continue;
+            }
+            if params.stop_at_eos && eos.contains(&id) {
+                done[r] = true;
+                out[r].stop = StopReason::Eos;
+                continue;
+            }
+            out[r].tokens.push(id);
+            let piece = streams[r].push(tokenizer, id);
+            out[r].text.push_str(&piece);
+            if on_token(r, id, &piece).is_break() {
+                for (g, d) in out.iter_mut().zip(done.iter()) {
+                    if !d {
+                        g.stop = StopReason::Cancelled;
+                    }
+                }
+                return Ok(finish(out, tokenizer));
+            }
+        }
+        if done.iter().all(|&d| d) {
+            break;
+        }
+        input = next;
+    }
+    Ok(finish(out, tokenizer))
+}
+
+/// The final text is the decode of all tokens (the stream may hold back a partial character).
+fn finish(mut out: Vec<Generated>, tokenizer: &tokenizers::Tokenizer) -> Vec<Generated> {
+    for g in &mut out {
+        g.text = tokenizer.decode(&g.tokens, true).unwrap_or_default();
+    }
+    out
+}

@@ -1,0 +1,6 @@
+//! The analysis layer: pure functions over what the model returns —
+//! perplexity and generation here; detection of massive activations and
+//! weights builds on the same runs. The TUI and the CLI share all of it.
+
+pub mod generate;
+pub mod perplexity;

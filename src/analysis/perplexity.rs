@@ -1,0 +1,110 @@
+//! Perplexity of a token sequence: exp(mean negative log-likelihood of every
+//! token after the first).
+//!
+//! Longer than the window: a sliding window (as in the Hugging Face
+//! perplexity guide). Windows start every `stride` tokens; each token is
+//! scored exactly once, in the first window that holds it with at least one
+//! token of context. With stride = window, windows do not overlap (cheapest,
+//! least context); the default stride of half a window gives every token at
+//! least half a window of context except in the first window.
+
+use serde::Serialize;
+
+use crate::model::intervention::Interventions;
+use crate::model::{LogitsMode, Model, Result, RunOptions};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Perplexity {
+    pub perplexity: f64,
+    /// Mean negative log-likelihood (nats per token).
+    pub nll: f64,
+    /// Tokens in the text.
+    pub tokens: usize,
+    /// Tokens scored (tokens - 1).
+    pub scored: usize,
+    pub window: usize,
+    pub stride: usize,
+}
+
+/// Sliding-window settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    pub size: usize,
+    pub stride: usize,
+}
+
+impl Window {
+    /// Up to 2048 tokens (or the model's limit), stride half of that.
+    pub fn default_for(model: &Model) -> Self {
+        let size = model.max_positions().min(2048);
+        Self {
+            size,
+            stride: size / 2,
+        }
+    }
+}
+
+/// Perplexity of `tokens` for each intervention set (one batch row each; an
+/// empty slice means one unmodified run). All rows run in one batch.
+pub fn perplexity(
+    model: &Model,
+    tokens: &[u32],
+    rows: &[Interventions],
+    window: Window,
+) -> Result<Vec<Perplexity>> {
+    let n = tokens.len();
+    let b = rows.len().max(1);
+    if n < 2 {
+        return Err(crate::model::ModelError::Invalid(format!(
+            "perplexity needs at least 2 tokens, the text has {n}"
+        )));
+    }
+    let size = window.size.clamp(2, model.max_positions());
+    let stride = window.stride.clamp(1, size - 1);
+    let mut nll = vec![0f64; b];
+    let mut scored_upto = 1usize; // next token index to score
+    let mut begin = 0usize;
+    loop {
+        let end = (begin + size).min(n);
+        let chunk = &tokens[begin..end];
+        let batch: Vec<Vec<u32>> = vec![chunk.to_vec(); b];
+        let opts = RunOptions {
+            interventions: rows.to_vec(),
+            logits: LogitsMode::All,
+            ..Default::default()
+        };
+        let logits = model
+            .forward(&batch, None, &opts)?
+            .logits
+            .expect("all logits were asked for");
+        for (r, total) in nll.iter_mut().enumerate() {
+            let lp = Model::next_token_logprobs(&logits.get(r)?, chunk)?;
+            // lp[i] scores token begin + i + 1.
+            for (i, v) in lp.iter().enumerate() {
+                if begin + i + 1 >= scored_upto {
+                    *total -= *v as f64;
+                }
+            }
+        }
+        scored_upto = end;
+        if end == n {
+            break;
+        }
+        begin += stride;
+    }
+    let scored = n - 1;
+    Ok(nll
+        .into_iter()
+        .map(|total| {
+            let mean = total / scored as f64;
+            Perplexity {
+                perplexity: mean.exp(),
+                nll: mean,
+                tokens: n,
+                scored,
+                window: size,
+                stride,
+            }
+        })
+        .collect())
+}

@@ -1,0 +1,65 @@
+//! Chat templates: the checkpoint's own Jinja template (GGUF
+//! `tokenizer.chat_template` or tokenizer_config.json), rendered with
+//! minijinja; ChatML (SmolLM2's format) when the checkpoint has none.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    pub fn user(content: &str) -> Self {
+        Self {
+            role: "user".into(),
+            content: content.into(),
+        }
+    }
+}
+
+/// ChatML, as SmolLM2 and Qwen2 use it.
+pub const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+/// Renders `messages` with `template` (or ChatML), ending with the assistant's turn.
+pub fn render(
+    template: Option<&str>,
+    messages: &[Message],
+    bos: &str,
+    eos: &str,
+) -> Result<String, String> {
+    let mut env = minijinja::Environment::new();
+    env.add_function(
+        "raise_exception",
+        |msg: String| -> Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                msg,
+            ))
+        },
+    );
+    env.add_template("chat", template.unwrap_or(CHATML))
+        .map_err(|e| format!("chat template: {e}"))?;
+    let tmpl = env
+        .get_template("chat")
+        .map_err(|e| format!("chat template: {e}"))?;
+    tmpl.render(minijinja::context! {
+        messages => messages,
+        add_generation_prompt => true,
+        bos_token => bos,
+        eos_token => eos,
+    })
+    .map_err(|e| format!("chat template: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chatml_renders_a_user_turn() {
+        let s = render(None, &[Message::user("Hi")], "", "").unwrap();
+        assert_eq!(s, "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+    }
+}

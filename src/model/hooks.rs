@@ -1,0 +1,244 @@
+//! Hook points (TransformerLens names) and what a run captures at them.
+//!
+//! A capture names a hook point and a reduction; the reduction runs where the
+//! tensor lives (CPU or GPU), so only small results cross to the host. Nothing
+//! is captured unless asked for.
+
+use std::fmt;
+use std::str::FromStr;
+
+use candle_core::{DType, Result, Tensor, D};
+use serde::Serialize;
+
+/// Where in a block a state is observed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum HookPoint {
+    /// The residual stream entering block i.
+    ResidPre,
+    /// After the attention residual add, before the MLP.
+    ResidMid,
+    /// The residual stream leaving block i.
+    ResidPost,
+    /// The d_ff intermediate state act(gate(x)) * up(x): the input of down_proj,
+    /// after any d_ff mask.
+    MlpPost,
+}
+
+impl HookPoint {
+    pub const ALL: [HookPoint; 4] = [
+        Self::ResidPre,
+        Self::ResidMid,
+        Self::ResidPost,
+        Self::MlpPost,
+    ];
+
+    fn suffix(self) -> &'static str {
+        match self {
+            Self::ResidPre => "hook_resid_pre",
+            Self::ResidMid => "hook_resid_mid",
+            Self::ResidPost => "hook_resid_post",
+            Self::MlpPost => "mlp.hook_post",
+        }
+    }
+}
+
+/// A hook point of one layer: `blocks.{layer}.hook_resid_post`, ...
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct HookName {
+    pub layer: usize,
+    pub point: HookPoint,
+}
+
+impl HookName {
+    pub fn new(layer: usize, point: HookPoint) -> Self {
+        Self { layer, point }
+    }
+}
+
+impl fmt::Display for HookName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "blocks.{}.{}", self.layer, self.point.suffix())
+    }
+}
+
+impl FromStr for HookName {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let rest = s
+            .strip_prefix("blocks.")
+            .ok_or_else(|| format!("hook name {s:?} must start with blocks."))?;
+        let (layer, suffix) = rest
+            .split_once('.')
+            .ok_or_else(|| format!("hook name {s:?} has no hook after the layer"))?;
+        let layer = layer
+            .parse()
+            .map_err(|_| format!("hook name {s:?}: {layer:?} is not a layer index"))?;
+        let point = HookPoint::ALL
+            .into_iter()
+            .find(|p| p.suffix() == suffix)
+            .ok_or_else(|| format!("hook name {s:?}: unknown hook {suffix:?}"))?;
+        Ok(Self { layer, point })
+    }
+}
+
+/// How a captured (batch, tokens, dims) state is reduced before leaving the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Reduction {
+    /// max over tokens of |x|: (batch, dims).
+    MaxAbsPerDim,
+    /// median over dims of |x| for each token: (batch, tokens).
+    MedianAbsPerToken,
+    /// the k largest |x| over tokens x dims: values (batch, k) and flat indices.
+    TopK(usize),
+    /// one token's whole vector: (batch, dims).
+    Position(usize),
+    /// everything: (batch, tokens, dims).
+    Full,
+}
+
+/// What to capture: at these layers (None: every layer), this point, reduced so.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CaptureRequest {
+    pub layers: Option<Vec<usize>>,
+    pub point: HookPoint,
+    pub reduction: Reduction,
+}
+
+impl CaptureRequest {
+    pub fn every_layer(point: HookPoint, reduction: Reduction) -> Self {
+        Self {
+            layers: None,
+            point,
+            reduction,
+        }
+    }
+
+    pub fn at(layer: usize, point: HookPoint, reduction: Reduction) -> Self {
+        Self {
+            layers: Some(vec![layer]),
+            point,
+            reduction,
+        }
+    }
+
+    pub(crate) fn wants(&self, layer: usize, point: HookPoint) -> bool {
+        self.point == point && self.layers.as_ref().is_none_or(|l| l.contains(&layer))
+    }
+}
+
+/// One reduced capture, on the host, as f32.
+#[derive(Debug, Clone, Serialize)]
+pub struct Captured {
+    pub hook: HookName,
+    pub reduction: Reduction,
+    /// Row-major shape of `values`.
+    pub shape: Vec<usize>,
+    pub values: Vec<f32>,
+    /// For TopK: flat index (token * dims + dim) of each value.
+    pub indices: Vec<u32>,
+}
+
+impl Captured {
+    /// Values of one batch row.
+    pub fn row(&self, b: usize) -> &[f32] {
+        let per: usize = self.shape[1..].iter().product();
+        &self.values[b * per..(b + 1) * per]
+    }
+}
+
+/// Reduces `x` (batch, tokens, dims) on its device, then copies the result to the host.
+pub(crate) fn reduce(hook: HookName, reduction: Reduction, x: &Tensor) -> Result<Captured> {
+    let (b, t, d) = x.dims3()?;
+    let x = x.to_dtype(DType::F32)?;
+    let (out, indices, shape) = match reduction {
+        Reduction::MaxAbsPerDim => (x.abs()?.max(1)?, None, vec![b, d]),
+        Reduction::MedianAbsPerToken => {
+            let sorted = x.abs()?.contiguous()?.sort_last_dim(true)?.0;
+            // The median of an even count is the mean of the two middle values (numpy's).
+            let med = if d % 2 == 1 {
+                sorted.narrow(D::Minus1, d / 2, 1)?
+            } else {
+                ((sorted.narrow(D::Minus1, d / 2 - 1, 1)?
+                    + sorted.narrow(D::Minus1, d / 2, 1)?)?
+                    / 2.0)?
+            };
+            (med.squeeze(D::Minus1)?, None, vec![b, t])
+        }
+        Reduction::TopK(k) => {
+            let k = k.min(t * d);
+            let flat = x.reshape((b, t * d))?;
+            let idx = flat
+                .abs()?
+                .contiguous()?
+                .arg_sort_last_dim(false)?
+                .narrow(1, 0, k)?
+                .contiguous()?;
+            let vals = flat.gather(&idx, 1)?;
+            (vals, Some(idx), vec![b, k])
+        }
+        Reduction::Position(p) => (
+            x.narrow(1, p.min(t.saturating_sub(1)), 1)?.squeeze(1)?,
+            None,
+            vec![b, d],
+        ),
+        Reduction::Full => (x.clone(), None, vec![b, t, d]),
+    };
+    Ok(Captured {
+        hook,
+        reduction,
+        shape,
+        values: out.flatten_all()?.to_vec1::<f32>()?,
+        indices: match indices {
+            Some(i) => i.flatten_all()?.to_vec1::<u32>()?,
+            None => Vec::new(),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn hook_names_round_trip() {
+        for p in HookPoint::ALL {
+            let h = HookName::new(17, p);
+            assert_eq!(h.to_string().parse::<HookName>().unwrap(), h);
+        }
+        assert_eq!(
+            HookName::new(3, HookPoint::MlpPost).to_string(),
+            "blocks.3.mlp.hook_post"
+        );
+        assert!("blocks.x.hook_resid_pre".parse::<HookName>().is_err());
+        assert!("blocks.1.hook_nothing".parse::<HookName>().is_err());
+    }
+
+    #[test]
+    fn reductions_compute_what_they_say() {
+        // batch 1, 2 tokens, 4 dims
+        let x = Tensor::new(
+            &[[[1f32, -8.0, 3.0, 0.5], [-2.0, 4.0, -0.25, 6.0]]],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let h = HookName::new(0, HookPoint::ResidPost);
+        assert_eq!(
+            reduce(h, Reduction::MaxAbsPerDim, &x).unwrap().values,
+            vec![2.0, 8.0, 3.0, 6.0]
+        );
+        // |.| sorted: [0.5,1,3,8] -> 2.0 ; [0.25,2,4,6] -> 3.0
+        assert_eq!(
+            reduce(h, Reduction::MedianAbsPerToken, &x).unwrap().values,
+            vec![2.0, 3.0]
+        );
+        let top = reduce(h, Reduction::TopK(2), &x).unwrap();
+        assert_eq!(top.values, vec![-8.0, 6.0]);
+        assert_eq!(top.indices, vec![1, 7]);
+        assert_eq!(
+            reduce(h, Reduction::Position(1), &x).unwrap().values,
+            vec![-2.0, 4.0, -0.25, 6.0]
+        );
+    }
+}

@@ -1,0 +1,79 @@
+//! Interventions applied during a run, per sequence of the batch, without
+//! touching the loaded weights.
+//!
+//! With no biases, zeroing row j of W_up (or W_gate) zeroes d_ff dim j of the
+//! intermediate state, so both House-of-Cards attacks are a mask over d_ff
+//! (a test proves the equivalence against physically zeroed weights).
+//! A single-weight edit W[row, col] = v adds x[col] * (v - W[row, col]) to
+//! output `row`, which equals running with the edited matrix.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// Which d_ff dims of a layer survive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MaskMode {
+    /// The listed dims are zeroed (top-k zeroing).
+    Zero,
+    /// Only the listed dims survive (top-k retaining, "keep only").
+    Keep,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FfnMask {
+    pub mode: MaskMode,
+    pub dims: Vec<usize>,
+}
+
+impl FfnMask {
+    /// The multiplier (0 or 1) for each of `d_ff` dims.
+    pub fn multipliers(&self, d_ff: usize) -> Vec<f32> {
+        let (base, listed) = match self.mode {
+            MaskMode::Zero => (1.0, 0.0),
+            MaskMode::Keep => (0.0, 1.0),
+        };
+        let mut m = vec![base; d_ff];
+        for &d in &self.dims {
+            if d < d_ff {
+                m[d] = listed;
+            }
+        }
+        m
+    }
+}
+
+/// Set one entry of a named weight matrix (canonical name) to `value`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WeightEdit {
+    pub tensor: String,
+    pub row: usize,
+    pub col: usize,
+    pub value: f32,
+}
+
+/// Everything done to one sequence of a batch.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Interventions {
+    /// layer -> mask over its d_ff dims.
+    pub ffn_masks: BTreeMap<usize, FfnMask>,
+    pub weight_edits: Vec<WeightEdit>,
+}
+
+impl Interventions {
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ffn_masks.is_empty() && self.weight_edits.is_empty()
+    }
+
+    /// A d_ff mask on one layer.
+    pub fn ffn_mask(layer: usize, mode: MaskMode, dims: Vec<usize>) -> Self {
+        let mut s = Self::default();
+        s.ffn_masks.insert(layer, FfnMask { mode, dims });
+        s
+    }
+}

@@ -1,0 +1,640 @@
+//! The model layer: our own forward pass over candle operations, because
+//! candle-transformers' models return only the last logits and expose nothing
+//! inside. Llama family (SmolLM/SmolLM2, Llama 2/3, Mistral; Qwen2's q/k/v
+//! biases too): RMSNorm, RoPE, grouped-query attention with a causal mask,
+//! SwiGLU MLP, tied or untied output head.
+//!
+//! Every run can capture reduced hook states ([`hooks`]) and apply
+//! per-sequence interventions ([`intervention`]) without reloading weights.
+//! Quantized checkpoints are dequantized to dense weights: candle's quantized
+//! matmul rounds activations to 8 bits, which is wrong for a tool about
+//! activations in the tens of thousands.
+
+pub mod hooks;
+pub mod intervention;
+pub mod rope;
+
+use candle_core::{DType, Device, IndexOp, Tensor, D};
+use candle_nn::kv_cache::KvCache;
+
+use crate::checkpoint::{Architecture, Checkpoint, CheckpointError, ModelConfig, RopeScaling};
+use hooks::{CaptureRequest, Captured, HookName, HookPoint};
+use intervention::Interventions;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("model: {0}")]
+    Candle(#[from] candle_core::Error),
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T> = std::result::Result<T, ModelError>;
+
+/// Which logits a forward returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitsMode {
+    /// (batch, tokens, vocab): every position (perplexity, comparisons).
+    All,
+    /// (batch, 1, vocab): only the last position (generation).
+    Last,
+    /// No logits (activation-only probes skip the output head).
+    None,
+}
+
+/// What one forward does besides computing logits.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub capture: Vec<CaptureRequest>,
+    /// One entry per batch row, or a single entry for every row.
+    pub interventions: Vec<Interventions>,
+    pub logits: LogitsMode,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            capture: Vec::new(),
+            interventions: Vec::new(),
+            logits: LogitsMode::All,
+        }
+    }
+}
+
+pub struct ForwardOutput {
+    /// f32 logits on the model's device, shaped as [`LogitsMode`] says.
+    pub logits: Option<Tensor>,
+    pub captures: Vec<Captured>,
+}
+
+struct Linear {
+    name: String,
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+struct Block {
+    input_norm: Tensor,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    post_attention_norm: Tensor,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+/// A loaded model: dense weights on one device in one dtype.
+pub struct Model {
+    config: ModelConfig,
+    device: Device,
+    dtype: DType,
+    embed: Tensor,
+    blocks: Vec<Block>,
+    norm: Tensor,
+    lm_head: Linear,
+    rope: rope::Rope,
+}
+
+/// Per-layer key/value cache for incremental decoding.
+pub struct Cache {
+    layers: Vec<KvCache>,
+    len: usize,
+}
+
+impl Cache {
+    /// Tokens already processed.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Model {
+    /// Loads every tensor of the checkpoint, dequantized, as `dtype` on `device`.
+    /// `progress(done, total)` is called after each tensor.
+    pub fn load(
+        ckpt: &Checkpoint,
+        device: &Device,
+        dtype: DType,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<Self> {
+        let config = ckpt.config().clone();
+        match config.architecture {
+            Architecture::Llama | Architecture::Mistral | Architecture::Qwen2 => {}
+            Architecture::Gemma3 => {
+                return Err(ModelError::Unsupported(
+                    "the gemma3 forward pass is not implemented yet (llama, mistral, qwen2 are)"
+                        .into(),
+                ))
+            }
+        }
+        if config.hidden_act != "silu" {
+            return Err(ModelError::Unsupported(format!(
+                "activation {}",
+                config.hidden_act
+            )));
+        }
+        let total = 3 + config.n_layers * 9;
+        let mut done = 0usize;
+        let mut get = |name: &str| -> Result<Tensor> {
+            let t = ckpt.tensor(name, dtype, device)?;
+            done += 1;
+            progress(done.min(total), total);
+            Ok(t)
+        };
+        let linear =
+            |get: &mut dyn FnMut(&str) -> Result<Tensor>, name: String| -> Result<Linear> {
+                let weight = get(&format!("{name}.weight"))?;
+                let bias_name = format!("{name}.bias");
+                let bias = match ckpt.info(&bias_name) {
+                    Some(_) => Some(ckpt.tensor(&bias_name, dtype, device)?),
+                    None => None,
+                };
+                Ok(Linear {
+                    name: format!("{name}.weight"),
+                    weight,
+                    bias,
+                })
+            };
+        let embed = get("model.embed_tokens.weight")?;
+        let mut blocks = Vec::with_capacity(config.n_layers);
+        for i in 0..config.n_layers {
+            let p = format!("model.layers.{i}");
+            blocks.push(Block {
+                input_norm: get(&format!("{p}.input_layernorm.weight"))?,
+                q: linear(&mut get, format!("{p}.self_attn.q_proj"))?,
+                k: linear(&mut get, format!("{p}.self_attn.k_proj"))?,
+                v: linear(&mut get, format!("{p}.self_attn.v_proj"))?,
+                o: linear(&mut get, format!("{p}.self_attn.o_proj"))?,
+                post_attention_norm: get(&format!("{p}.post_attention_layernorm.weight"))?,
+                gate: linear(&mut get, format!("{p}.mlp.gate_proj"))?,
+                up: linear(&mut get, format!("{p}.mlp.up_proj"))?,
+                down: linear(&mut get, format!("{p}.mlp.down_proj"))?,
+            });
+        }
+        let norm = get("model.norm.weight")?;
+        let lm_head = if config.tied_embeddings && ckpt.info("lm_head.weight").is_none() {
+            Linear {
+                name: "model.embed_tokens.weight".into(),
+                weight: embed.clone(),
+                bias: None,
+            }
+        } else {
+            linear(&mut get, "lm_head".into())?
+        };
+        progress(total, total);
+        let factors = match &config.rope_scaling {
+            Some(RopeScaling::FrequencyFactors { tensor }) => Some(
+                ckpt.tensor(tensor, DType::F32, &Device::Cpu)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?,
+            ),
+            _ => None,
+        };
+        let inv = rope::inv_freq(
+            config.head_dim,
+            config.rope_theta,
+            config.rope_scaling.as_ref(),
+            factors.as_deref(),
+        );
+        let rope = rope::Rope::new(
+            &inv,
+            config.max_position_embeddings.max(4096),
+            dtype,
+            device,
+        )?;
+        Ok(Self {
+            config,
+            device: device.clone(),
+            dtype,
+            embed,
+            blocks,
+            norm,
+            lm_head,
+            rope,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn new_cache(&self) -> Cache {
+        Cache {
+            layers: (0..self.config.n_layers)
+                .map(|_| KvCache::new(2, 512))
+                .collect(),
+            len: 0,
+        }
+    }
+
+    /// The longest sequence the position tables cover.
+    pub fn max_positions(&self) -> usize {
+        self.rope.max_positions
+    }
+
+    /// Zeroes rows of W_up and W_gate of one layer in the loaded weights: the
+    /// paper's definition of the attack, kept to prove the d_ff mask equal to it.
+    pub fn physically_zero_ffn_rows(&mut self, layer: usize, dims: &[usize]) -> Result<()> {
+        let d_ff = self.config.d_ff;
+        let mut keep = vec![1f32; d_ff];
+        for &d in dims {
+            keep[d] = 0.0;
+        }
+        let mask = Tensor::from_vec(keep, (d_ff, 1), &self.device)?.to_dtype(self.dtype)?;
+        let block = &mut self.blocks[layer];
+        block.up.weight = block.up.weight.broadcast_mul(&mask)?;
+        block.gate.weight = block.gate.weight.broadcast_mul(&mask)?;
+        Ok(())
+    }
+
+    /// Runs `tokens` (batch of equal-length sequences) from the cache's
+    /// position on (a fresh run when `cache` is None).
+    pub fn forward(
+        &self,
+        tokens: &[Vec<u32>],
+        cache: Option<&mut Cache>,
+        opts: &RunOptions,
+    ) -> Result<ForwardOutput> {
+        let b = tokens.len();
+        let t = tokens.first().map_or(0, Vec::len);
+        if b == 0 || t == 0 {
+            return Err(ModelError::Invalid(
+                "forward needs at least one token".into(),
+            ));
+        }
+        if tokens.iter().any(|s| s.len() != t) {
+            return Err(ModelError::Invalid(
+                "all sequences of a batch must have the same length".into(),
+            ));
+        }
+        if !(opts.interventions.len() <= 1 || opts.interventions.len() == b) {
+            return Err(ModelError::Invalid(format!(
+                "{} intervention sets for a batch of {b}",
+                opts.interventions.len()
+            )));
+        }
+        let vocab = self.config.vocab_size as u32;
+        if let Some(bad) = tokens.iter().flatten().find(|&&id| id >= vocab) {
+            return Err(ModelError::Invalid(format!(
+                "token id {bad} is outside the vocabulary ({vocab})"
+            )));
+        }
+        let start = cache.as_ref().map_or(0, |c| c.len);
+        if start + t > self.rope.max_positions {
+            return Err(ModelError::Invalid(format!(
+                "{} positions exceed the model's {} (use a sliding window)",
+                start + t,
+                self.rope.max_positions
+            )));
+        }
+        let plan = Plan::new(self, opts, b)?;
+        let flat: Vec<u32> = tokens.iter().flatten().copied().collect();
+        let ids = Tensor::from_vec(flat.clone(), (b, t), &self.device)?;
+        let mut x =
+            self.embed
+                .embedding(&ids.flatten_all()?)?
+                .reshape((b, t, self.config.d_model))?;
+        x = plan.edit_embedding(self, x, &flat, b, t)?;
+        let mask = causal_mask(t, start, self.dtype, &self.device)?;
+        let mut captures = Vec::new();
+        let mut cache = cache;
+        for (i, block) in self.blocks.iter().enumerate() {
+            plan.capture(i, HookPoint::ResidPre, &x, &mut captures)?;
+            let kv = cache.as_mut().map(|c| &mut c.layers[i]);
+            let h = candle_nn::ops::rms_norm(&x, &block.input_norm, self.config.norm_eps as f32)?;
+            let attn = self.attention(block, &h, start, mask.as_ref(), kv, &plan)?;
+            x = (x + attn)?;
+            plan.capture(i, HookPoint::ResidMid, &x, &mut captures)?;
+            let h = candle_nn::ops::rms_norm(
+                &x,
+                &block.post_attention_norm,
+                self.config.norm_eps as f32,
+            )?;
+            let gate = plan.linear(&block.gate, &h)?;
+            let up = plan.linear(&block.up, &h)?;
+            let mut inter = (candle_nn::ops::silu(&gate)? * up)?;
+            if let Some(m) = plan.ffn_mask(i) {
+                inter = inter.broadcast_mul(m)?;
+            }
+            plan.capture(i, HookPoint::MlpPost, &inter, &mut captures)?;
+            x = (x + plan.linear(&block.down, &inter)?)?;
+            plan.capture(i, HookPoint::ResidPost, &x, &mut captures)?;
+        }
+        if let Some(c) = cache {
+            c.len = start + t;
+        }
+        let logits = match opts.logits {
+            LogitsMode::None => None,
+            mode => {
+                let x = if mode == LogitsMode::Last {
+                    x.narrow(1, t - 1, 1)?
+                } else {
+                    x
+                };
+                let h = candle_nn::ops::rms_norm(&x, &self.norm, self.config.norm_eps as f32)?;
+                Some(plan.linear(&self.lm_head, &h)?.to_dtype(DType::F32)?)
+            }
+        };
+        Ok(ForwardOutput { logits, captures })
+    }
+
+    fn attention(
+        &self,
+        block: &Block,
+        h: &Tensor,
+        start: usize,
+        mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+        plan: &Plan,
+    ) -> Result<Tensor> {
+        let (b, t, _) = h.dims3()?;
+        let c = &self.config;
+        let split = |y: Tensor, heads: usize| -> candle_core::Result<Tensor> {
+            y.reshape((b, t, heads, c.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let q = split(plan.linear(&block.q, h)?, c.n_heads)?;
+        let k = split(plan.linear(&block.k, h)?, c.n_kv_heads)?;
+        let v = split(plan.linear(&block.v, h)?, c.n_kv_heads)?;
+        let q = self.rope.apply(&q, start)?;
+        let k = self.rope.apply(&k, start)?;
+        let (k, v) = match cache {
+            Some(cache) => cache.append(&k, &v)?,
+            None => (k, v),
+        };
+        let rep = c.n_heads / c.n_kv_heads;
+        let k = candle_transformers::utils::repeat_kv(k, rep)?.contiguous()?;
+        let v = candle_transformers::utils::repeat_kv(v, rep)?.contiguous()?;
+        let scale = 1.0 / (c.head_dim as f64).sqrt();
+        let mut scores = (q.matmul(&k.t()?)? * scale)?;
+        if let Some(m) = mask {
+            scores = scores.broadcast_add(m)?;
+        }
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let y = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b, t, c.n_heads * c.head_dim))?;
+        plan.linear(&block.o, &y)
+    }
+}
+
+/// (t, start + t) additive mask: query i (absolute start + i) sees keys <= start + i.
+fn causal_mask(t: usize, start: usize, dtype: DType, device: &Device) -> Result<Option<Tensor>> {
+    if t == 1 {
+        return Ok(None);
+    }
+    let total = start + t;
+    let m: Vec<f32> = (0..t)
+        .flat_map(|i| {
+            (0..total).map(move |j| {
+                if j > start + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
+    Ok(Some(
+        Tensor::from_vec(m, (t, total), device)?.to_dtype(dtype)?,
+    ))
+}
+
+/// One forward's interventions and captures, resolved against the model.
+struct Plan<'a> {
+    opts: &'a RunOptions,
+    /// layer -> (batch, 1, d_ff) multipliers.
+    masks: Vec<Option<Tensor>>,
+    /// weight name -> (row, col, per-batch-row delta (batch, 1, 1)).
+    edits: Vec<(String, usize, usize, Tensor)>,
+    /// Embedding edits as (batch row, token id, dim, delta).
+    embed_edits: Vec<(usize, u32, usize, f32)>,
+}
+
+impl<'a> Plan<'a> {
+    fn new(model: &Model, opts: &'a RunOptions, b: usize) -> Result<Self> {
+        let c = &model.config;
+        let per_row = |r: usize| -> Option<&Interventions> {
+            match opts.interventions.len() {
+                0 => None,
+                1 => opts.interventions.first(),
+                _ => opts.interventions.get(r),
+            }
+        };
+        let mut masks = vec![None; c.n_layers];
+        for (layer, slot) in masks.iter_mut().enumerate() {
+            let rows: Vec<Option<Vec<f32>>> = (0..b)
+                .map(|r| {
+                    per_row(r)
+                        .and_then(|iv| iv.ffn_masks.get(&layer))
+                        .map(|m| m.multipliers(c.d_ff))
+                })
+                .collect();
+            if rows.iter().all(Option::is_none) {
+                continue;
+            }
+            let flat: Vec<f32> = rows
+                .into_iter()
+                .flat_map(|r| r.unwrap_or_else(|| vec![1.0; c.d_ff]))
+                .collect();
+            *slot =
+                Some(Tensor::from_vec(flat, (b, 1, c.d_ff), &model.device)?.to_dtype(model.dtype)?);
+        }
+        for r in 0..b {
+            if let Some(iv) = per_row(r) {
+                for (&layer, m) in &iv.ffn_masks {
+                    if layer >= c.n_layers {
+                        return Err(ModelError::Invalid(format!(
+                            "mask on layer {layer}; the model has {}",
+                            c.n_layers
+                        )));
+                    }
+                    if let Some(&d) = m.dims.iter().find(|&&d| d >= c.d_ff) {
+                        return Err(ModelError::Invalid(format!(
+                            "mask dim {d}; d_ff is {}",
+                            c.d_ff
+                        )));
+                    }
+                }
+            }
+        }
+        let mut edits = Vec::new();
+        let mut embed_edits = Vec::new();
+        for r in 0..b {
+            let Some(iv) = per_row(r) else { continue };
+            for e in &iv.weight_edits {
+                let w = model.weight(&e.tensor).ok_or_else(|| {
+                    ModelError::Invalid(format!("weight edit: no matrix named {}", e.tensor))
+                })?;
+                let (rows, cols) = w.dims2()?;
+                if e.row >= rows || e.col >= cols {
+                    return Err(ModelError::Invalid(format!(
+                        "weight edit {}[{}, {}] is outside its shape [{rows}, {cols}]",
+                        e.tensor, e.row, e.col
+                    )));
+                }
+                let old = w
+                    .i((e.row, e.col))?
+                    .to_dtype(DType::F32)?
+                    .to_scalar::<f32>()?;
+                let delta = e.value - old;
+                let canonical = model.canonical_weight_name(&e.tensor);
+                if canonical == "model.embed_tokens.weight" {
+                    embed_edits.push((r, e.row as u32, e.col, delta));
+                }
+                if canonical == model.lm_head.name || canonical != "model.embed_tokens.weight" {
+                    let mut per = vec![0f32; b];
+                    per[r] = delta;
+                    let per =
+                        Tensor::from_vec(per, (b, 1, 1), &model.device)?.to_dtype(model.dtype)?;
+                    edits.push((canonical, e.row, e.col, per));
+                }
+            }
+        }
+        Ok(Self {
+            opts,
+            masks,
+            edits,
+            embed_edits,
+        })
+    }
+
+    fn ffn_mask(&self, layer: usize) -> Option<&Tensor> {
+        self.masks[layer].as_ref()
+    }
+
+    /// y = x W^T (+ b), plus the effect of any single-weight edits of W.
+    fn linear(&self, l: &Linear, x: &Tensor) -> Result<Tensor> {
+        let (b, t, d) = x.dims3()?;
+        let out = l.weight.dim(0)?;
+        let mut y = x
+            .reshape((b * t, d))?
+            .matmul(&l.weight.t()?)?
+            .reshape((b, t, out))?;
+        if let Some(bias) = &l.bias {
+            y = y.broadcast_add(bias)?;
+        }
+        for (name, row, col, delta) in &self.edits {
+            if *name != l.name {
+                continue;
+            }
+            let contribution = x.narrow(2, *col, 1)?.broadcast_mul(delta)?; // (b, t, 1)
+            let mut onehot = vec![0f32; out];
+            onehot[*row] = 1.0;
+            let onehot = Tensor::from_vec(onehot, (1, 1, out), x.device())?.to_dtype(x.dtype())?;
+            y = (y + contribution.broadcast_mul(&onehot)?)?;
+        }
+        Ok(y)
+    }
+
+    fn edit_embedding(
+        &self,
+        model: &Model,
+        x: Tensor,
+        flat: &[u32],
+        b: usize,
+        t: usize,
+    ) -> Result<Tensor> {
+        if self.embed_edits.is_empty() {
+            return Ok(x);
+        }
+        let d = model.config.d_model;
+        let mut add = vec![0f32; b * t * d];
+        for &(r, token, dim, delta) in &self.embed_edits {
+            for p in 0..t {
+                if flat[r * t + p] == token {
+                    add[(r * t + p) * d + dim] += delta;
+                }
+            }
+        }
+        let add = Tensor::from_vec(add, (b, t, d), &model.device)?.to_dtype(model.dtype)?;
+        Ok((x + add)?)
+    }
+
+    fn capture(
+        &self,
+        layer: usize,
+        point: HookPoint,
+        x: &Tensor,
+        out: &mut Vec<Captured>,
+    ) -> Result<()> {
+        for req in &self.opts.capture {
+            if req.wants(layer, point) {
+                out.push(hooks::reduce(
+                    HookName::new(layer, point),
+                    req.reduction,
+                    x,
+                )?);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Model {
+    /// With tied embeddings, lm_head.weight and model.embed_tokens.weight are one matrix.
+    fn canonical_weight_name(&self, name: &str) -> String {
+        if name == "lm_head.weight" && self.lm_head.name == "model.embed_tokens.weight" {
+            "model.embed_tokens.weight".into()
+        } else {
+            name.to_string()
+        }
+    }
+
+    /// A loaded weight matrix by canonical name.
+    pub fn weight(&self, name: &str) -> Option<&Tensor> {
+        let name = self.canonical_weight_name(name);
+        if name == "model.embed_tokens.weight" {
+            return Some(&self.embed);
+        }
+        if name == self.lm_head.name {
+            return Some(&self.lm_head.weight);
+        }
+        let rest = name.strip_prefix("model.layers.")?;
+        let (layer, part) = rest.split_once('.')?;
+        let block = self.blocks.get(layer.parse::<usize>().ok()?)?;
+        Some(match part {
+            "self_attn.q_proj.weight" => &block.q.weight,
+            "self_attn.k_proj.weight" => &block.k.weight,
+            "self_attn.v_proj.weight" => &block.v.weight,
+            "self_attn.o_proj.weight" => &block.o.weight,
+            "mlp.gate_proj.weight" => &block.gate.weight,
+            "mlp.up_proj.weight" => &block.up.weight,
+            "mlp.down_proj.weight" => &block.down.weight,
+            _ => return None,
+        })
+    }
+
+    /// Log-probabilities (f32, host) of each next token: entry p is
+    /// log P(tokens[p + 1] | tokens[..=p]) for one sequence's all-position logits.
+    pub fn next_token_logprobs(logits: &Tensor, tokens: &[u32]) -> Result<Vec<f32>> {
+        let t = tokens.len();
+        if t < 2 {
+            return Ok(Vec::new());
+        }
+        let logits = logits.narrow(0, 0, t - 1)?;
+        let lsm = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+        let targets = Tensor::from_vec(tokens[1..].to_vec(), (t - 1, 1), logits.device())?;
+        Ok(lsm.gather(&targets, 1)?.squeeze(1)?.to_vec1::<f32>()?)
+    }
+}
