@@ -265,6 +265,54 @@ impl Model {
         Ok(())
     }
 
+    /// Sets W[row, col] of a loaded matrix for good (unlike a [`intervention::WeightEdit`],
+    /// which lasts one run). With tied embeddings the output head changes too.
+    pub fn set_weight_entry(
+        &mut self,
+        name: &str,
+        row: usize,
+        col: usize,
+        value: f32,
+    ) -> Result<()> {
+        let w = self
+            .weight(name)
+            .ok_or_else(|| ModelError::Invalid(format!("no matrix named {name}")))?;
+        let (rows, cols) = w.dims2()?;
+        if row >= rows || col >= cols {
+            return Err(ModelError::Invalid(format!(
+                "{name}[{row}, {col}] is outside [{rows}, {cols}]"
+            )));
+        }
+        let mut v = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        v[row * cols + col] = value;
+        let new = Tensor::from_vec(v, (rows, cols), &self.device)?.to_dtype(self.dtype)?;
+        let canonical = self.canonical_weight_name(name);
+        if canonical == "model.embed_tokens.weight" {
+            self.embed = new.clone();
+        }
+        if canonical == self.lm_head.name {
+            self.lm_head.weight = new;
+            return Ok(());
+        }
+        if canonical == "model.embed_tokens.weight" {
+            return Ok(());
+        }
+        let rest = canonical.strip_prefix("model.layers.").unwrap_or_default();
+        let (layer, part) = rest.split_once('.').unwrap_or_default();
+        let block = &mut self.blocks[layer.parse::<usize>().unwrap_or_default()];
+        let slot = match part {
+            "self_attn.q_proj.weight" => &mut block.q.weight,
+            "self_attn.k_proj.weight" => &mut block.k.weight,
+            "self_attn.v_proj.weight" => &mut block.v.weight,
+            "self_attn.o_proj.weight" => &mut block.o.weight,
+            "mlp.gate_proj.weight" => &mut block.gate.weight,
+            "mlp.up_proj.weight" => &mut block.up.weight,
+            _ => &mut block.down.weight,
+        };
+        *slot = new;
+        Ok(())
+    }
+
     /// Runs `tokens` (batch of equal-length sequences) from the cache's
     /// position on (a fresh run when `cache` is None).
     pub fn forward(
