@@ -266,7 +266,7 @@ fn sliding_window_scores_every_token_once_in_its_first_window() {
     .unwrap()
     .remove(0);
     let logits = model
-        .forward(&[tokens.clone()], None, &RunOptions::default())
+        .forward(std::slice::from_ref(&tokens), None, &RunOptions::default())
         .unwrap()
         .logits
         .unwrap();
@@ -292,7 +292,7 @@ fn sliding_window_scores_every_token_once_in_its_first_window() {
         let end = (begin + 16).min(40);
         let chunk = tokens[begin..end].to_vec();
         let lg = model
-            .forward(&[chunk.clone()], None, &RunOptions::default())
+            .forward(std::slice::from_ref(&chunk), None, &RunOptions::default())
             .unwrap()
             .logits
             .unwrap();
