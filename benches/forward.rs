@@ -48,7 +48,9 @@ fn main() {
         let mut prompt_times = Vec::new();
         for _ in 0..3 {
             let t = Instant::now();
-            model.forward(&[ids.clone()], None, &prompt_opts).unwrap();
+            model
+                .forward(std::slice::from_ref(&ids), None, &prompt_opts)
+                .unwrap();
             prompt_times.push(t.elapsed().as_secs_f64());
         }
         // Decode: 20 prompt tokens, then greedy steps with the KV cache.
