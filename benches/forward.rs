@@ -26,6 +26,7 @@ fn ui_captures() -> Vec<CaptureRequest> {
 }
 
 fn main() {
+    mwtop::pin_thread_count();
     let json = std::env::args().any(|a| a == "--json");
     let path = mwtop::demo::ensure().expect("demo model");
     let ckpt = Checkpoint::open_path(&path).unwrap();

@@ -269,6 +269,7 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    mwtop::pin_thread_count();
     if let Err(e) = color_eyre::install() {
         eprintln!("mwtop: cannot install error hooks: {e}");
     }

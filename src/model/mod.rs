@@ -10,6 +10,7 @@
 //! matmul rounds activations to 8 bits, which is wrong for a tool about
 //! activations in the tens of thousands.
 
+mod gemv;
 pub mod hooks;
 pub mod intervention;
 pub mod rope;
@@ -429,17 +430,24 @@ impl Model {
             Some(cache) => cache.append(&k, &v)?,
             None => (k, v),
         };
+        // Grouped-query attention without copying keys and values per head: the
+        // `rep` query heads that share a key/value head are stacked as rows of
+        // one matrix, so each kv head is one batched matmul.
         let rep = c.n_heads / c.n_kv_heads;
-        let k = candle_transformers::utils::repeat_kv(k, rep)?.contiguous()?;
-        let v = candle_transformers::utils::repeat_kv(v, rep)?.contiguous()?;
+        let total = k.dim(2)?;
+        let q = q.reshape((b, c.n_kv_heads, rep * t, c.head_dim))?;
         let scale = 1.0 / (c.head_dim as f64).sqrt();
-        let mut scores = (q.matmul(&k.t()?)? * scale)?;
+        let mut scores = (q.matmul(&k.contiguous()?.t()?)? * scale)?;
         if let Some(m) = mask {
-            scores = scores.broadcast_add(m)?;
+            scores = scores
+                .reshape((b, c.n_kv_heads, rep, t, total))?
+                .broadcast_add(m)?
+                .reshape((b, c.n_kv_heads, rep * t, total))?;
         }
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let y = probs
-            .matmul(&v)?
+            .matmul(&v.contiguous()?)?
+            .reshape((b, c.n_heads, t, c.head_dim))?
             .transpose(1, 2)?
             .reshape((b, t, c.n_heads * c.head_dim))?;
         plan.linear(&block.o, &y)
@@ -575,10 +583,18 @@ impl<'a> Plan<'a> {
     fn linear(&self, l: &Linear, x: &Tensor) -> Result<Tensor> {
         let (b, t, d) = x.dims3()?;
         let out = l.weight.dim(0)?;
-        let mut y = x
-            .reshape((b * t, d))?
-            .matmul(&l.weight.t()?)?
-            .reshape((b, t, out))?;
+        let fast = if b * t == 1 {
+            gemv::gemv(&l.weight, x)?
+        } else {
+            None
+        };
+        let mut y = match fast {
+            Some(y) => y.reshape((b, t, out))?,
+            None => x
+                .reshape((b * t, d))?
+                .matmul(&l.weight.t()?)?
+                .reshape((b, t, out))?,
+        };
         if let Some(bias) = &l.bias {
             y = y.broadcast_add(bias)?;
         }
