@@ -6,9 +6,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use color_eyre::eyre::{eyre, Result, WrapErr};
 
+use mwtop::analysis::attack::{Attack, AttackMode};
 use mwtop::analysis::generate::GenerateParams;
+use mwtop::analysis::massive::{self, MedianScope, Thresholds};
 use mwtop::analysis::perplexity::{perplexity, Window};
 use mwtop::cli::{self, generate, inspect, load};
+use mwtop::model::intervention::Interventions;
 
 /// top for the inside of a language model: massive activations and the
 /// massive weights that make them.
@@ -68,6 +71,11 @@ enum Command {
         #[arg(long)]
         no_stop: bool,
         #[command(flatten)]
+        attack: AttackArgs,
+        /// Print the original and the attacked generation side by side (one batch of two).
+        #[arg(long)]
+        compare: bool,
+        #[command(flatten)]
         run: RunArgs,
         #[arg(long)]
         json: bool,
@@ -89,12 +97,132 @@ enum Command {
         #[arg(long)]
         stride: Option<usize>,
         #[command(flatten)]
+        attack: AttackArgs,
+        /// Seed of the random-k controls.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Every mode for k in {0,1,2,4,8,16,32}: the paper's table.
+        #[arg(long)]
+        sweep: bool,
+        #[command(flatten)]
+        run: RunArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Find massive activations, the massive layer, its massive weights and super weights.
+    Scan {
+        /// Model path or hub id; omitted: the demo model.
+        model: Option<String>,
+        /// The probe text (BOS is put first when the model has one).
+        #[arg(long, default_value = cli::attack::DEFAULT_PROBE)]
+        prompt: String,
+        /// How many massive weights (d_ff dims) to list.
+        #[arg(long, default_value_t = 8)]
+        k: usize,
+        #[command(flatten)]
+        thresholds: ThresholdArgs,
+        #[command(flatten)]
         run: RunArgs,
         #[arg(long)]
         json: bool,
     },
     /// Fetch the demo model (if needed) and print its path.
     Demo,
+}
+
+/// Sun et al.'s definition of a massive activation.
+#[derive(clap::Args, Clone)]
+struct ThresholdArgs {
+    /// |x| must exceed this.
+    #[arg(long, default_value_t = 100.0)]
+    min_abs: f32,
+    /// |x| must be at least this many times the median |x|.
+    #[arg(long, default_value_t = 1000.0)]
+    min_ratio: f32,
+    /// The median of the whole layer output (as the published code) or of the token's vector.
+    #[arg(long, value_enum, default_value_t = Scope::Layer)]
+    median: Scope,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Scope {
+    Layer,
+    Token,
+}
+
+impl ThresholdArgs {
+    fn get(&self) -> Thresholds {
+        Thresholds {
+            min_abs: self.min_abs,
+            min_ratio: self.min_ratio,
+            scope: match self.median {
+                Scope::Layer => MedianScope::Layer,
+                Scope::Token => MedianScope::Token,
+            },
+        }
+    }
+}
+
+/// Which attack to run (House of Cards), on the massive layer by default.
+#[derive(clap::Args, Clone)]
+struct AttackArgs {
+    /// original, zero (top-k rows zeroed), keep (only the top-k kept),
+    /// random-zero, random-keep (k random dims, the controls).
+    #[arg(long, default_value = "original")]
+    mode: String,
+    /// How many massive weights the attack touches.
+    #[arg(long, default_value_t = 2)]
+    k: usize,
+    /// The layer to attack (default: the massive layer found by a scan of --probe).
+    #[arg(long)]
+    layer: Option<usize>,
+    /// Explicit d_ff dims (comma-separated), most massive first; sets k to their count.
+    #[arg(long, value_delimiter = ',')]
+    dims: Option<Vec<usize>>,
+    /// The probe used to find the massive layer and rank its dims.
+    #[arg(long, default_value = cli::attack::DEFAULT_PROBE)]
+    probe: String,
+    #[command(flatten)]
+    thresholds: ThresholdArgs,
+}
+
+impl AttackArgs {
+    fn mode(&self) -> Result<AttackMode> {
+        self.mode.parse().map_err(|e: String| eyre!(e))
+    }
+
+    /// The target and the attack, or None for the original model with nothing resolved.
+    fn resolve(
+        &self,
+        model: &mwtop::model::Model,
+        tok: &tokenizers::Tokenizer,
+        seed: u64,
+        needed: bool,
+    ) -> Result<Option<(cli::attack::Target, Attack)>> {
+        let mode = self.mode()?;
+        if mode == AttackMode::Original && !needed {
+            return Ok(None);
+        }
+        let target = cli::attack::resolve_target(
+            model,
+            tok,
+            &self.probe,
+            self.thresholds.get(),
+            self.layer,
+            self.dims.clone(),
+        )
+        .map_err(|e| eyre!(e))?;
+        let k = self.dims.as_ref().map_or(self.k, Vec::len);
+        let attack = Attack::new(
+            mode,
+            target.layer,
+            &target.ranked,
+            k,
+            model.config().d_ff,
+            seed,
+        );
+        Ok(Some((target, attack)))
+    }
 }
 
 /// Where and in which precision the model runs.
@@ -130,6 +258,21 @@ impl From<OutDType> for candle_core::DType {
             OutDType::F16 => Self::F16,
             OutDType::Bf16 => Self::BF16,
         }
+    }
+}
+
+/// "zero top-2 of layer 11 (dims 1229,1487)".
+fn describe(a: &Attack) -> String {
+    let dims: Vec<String> = a.dims.iter().take(6).map(usize::to_string).collect();
+    let more = if a.dims.len() > 6 { ",..." } else { "" };
+    match a.mode {
+        AttackMode::Original => "original".into(),
+        m => format!(
+            "{m} k={} on layer {} (dims {}{more})",
+            a.k,
+            a.layer,
+            dims.join(",")
+        ),
     }
 }
 
@@ -181,6 +324,8 @@ fn run(cli: Cli) -> Result<()> {
             top_p,
             seed,
             no_stop,
+            attack,
+            compare,
             run,
             json,
         }) => {
@@ -190,6 +335,7 @@ fn run(cli: Cli) -> Result<()> {
             if ids.is_empty() {
                 return Err(eyre!("the prompt is empty"));
             }
+            attack.mode()?;
             let model = run.load(&ckpt)?;
             let params = GenerateParams {
                 max_tokens,
@@ -198,16 +344,56 @@ fn run(cli: Cli) -> Result<()> {
                 seed,
                 stop_at_eos: !no_stop,
             };
-            let report = generate::run(&model, &tok, &ids, &params, json)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+            let resolved = attack.resolve(&model, &tok, seed, compare)?;
+            let attacked = resolved
+                .as_ref()
+                .map(|(_, a)| a.interventions())
+                .unwrap_or_default();
+            let rows = if compare {
+                vec![Interventions::none(), attacked]
             } else {
+                vec![attacked]
+            };
+            let mut reports = generate::run(&model, &tok, &ids, &rows, &params, !json && !compare)?;
+            let label = resolved
+                .as_ref()
+                .map(|(_, a)| describe(a))
+                .unwrap_or_else(|| "original".into());
+            if json {
+                let value = if compare {
+                    let attacked = reports.pop().expect("two rows");
+                    let original = reports.pop().expect("two rows");
+                    serde_json::json!({"original": original, "attacked": attacked, "attack": resolved.map(|(_, a)| a)})
+                } else {
+                    let mut v = serde_json::to_value(reports.pop().expect("one row"))?;
+                    v["attack"] = serde_json::to_value(resolved.map(|(_, a)| a))?;
+                    v
+                };
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else if compare {
+                let width = std::env::var("COLUMNS")
+                    .ok()
+                    .and_then(|c| c.parse().ok())
+                    .or_else(|| crossterm::terminal::size().ok().map(|(w, _)| w as usize))
+                    .unwrap_or(100);
+                print!(
+                    "{}",
+                    generate::side_by_side(
+                        "original",
+                        &reports[0].text,
+                        &label,
+                        &reports[1].text,
+                        width
+                    )
+                );
+            } else {
+                let r = &reports[0];
                 eprintln!(
-                    "mwtop: {} tokens in {:.2}s ({:.1} tokens/s), stop: {:?}",
-                    report.tokens.len(),
-                    report.seconds,
-                    report.tokens.len() as f64 / report.seconds.max(1e-9),
-                    report.stop
+                    "mwtop: {} tokens in {:.2}s ({:.1} tokens/s), stop: {:?}; {label}",
+                    r.tokens.len(),
+                    r.seconds,
+                    r.tokens.len() as f64 / r.seconds.max(1e-9),
+                    r.stop
                 );
             }
         }
@@ -217,6 +403,9 @@ fn run(cli: Cli) -> Result<()> {
             bos,
             window,
             stride,
+            attack,
+            seed,
+            sweep,
             run,
             json,
         }) => {
@@ -236,6 +425,7 @@ fn run(cli: Cli) -> Result<()> {
                     .ok_or_else(|| eyre!("--bos: the model has no BOS token"))?;
                 ids.insert(0, b);
             }
+            attack.mode()?;
             let model = run.load(&ckpt)?;
             let mut w = Window::default_for(&model);
             if let Some(size) = window {
@@ -245,14 +435,92 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(s) = stride {
                 w.stride = s;
             }
-            let report = perplexity(&model, &ids, &[], w)?.remove(0);
+            if sweep {
+                let (target, _) = attack
+                    .resolve(&model, &tok, seed, true)?
+                    .expect("resolved when needed");
+                let attacks = cli::attack::sweep_attacks(&target, model.config().d_ff, seed);
+                let t0 = std::time::Instant::now();
+                let ppl = cli::attack::run_attacks(&model, &ids, &attacks, w)?;
+                let runs: Vec<cli::attack::SweepRun> = attacks
+                    .iter()
+                    .zip(&ppl)
+                    .map(|(a, p)| cli::attack::SweepRun {
+                        mode: a.mode,
+                        k: a.k,
+                        dims: a.dims.clone(),
+                        perplexity: p.perplexity,
+                    })
+                    .collect();
+                if json {
+                    let v = serde_json::json!({"layer": target.layer, "ranked_dims": &target.ranked[..target.ranked.len().min(32)], "tokens": ids.len(), "seconds": t0.elapsed().as_secs_f64(), "runs": runs});
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                } else {
+                    let top: Vec<String> =
+                        target.ranked.iter().take(8).map(usize::to_string).collect();
+                    println!(
+                        "perplexity of {} ({} tokens{}), attacks on layer {} (massive dims {} ...), {:.1}s",
+                        text.display(),
+                        ids.len(),
+                        if bos { ", BOS first" } else { "" },
+                        target.layer,
+                        top.join(","),
+                        t0.elapsed().as_secs_f64()
+                    );
+                    print!("{}", cli::attack::render_sweep(&runs));
+                }
+                return Ok(());
+            }
+            let resolved = attack.resolve(&model, &tok, seed, false)?;
+            let rows: Vec<Interventions> =
+                resolved.iter().map(|(_, a)| a.interventions()).collect();
+            let report = perplexity(&model, &ids, &rows, w)?.remove(0);
+            let (mode, layer, dims) = match &resolved {
+                Some((_, a)) => (a.mode, Some(a.layer), a.dims.clone()),
+                None => (AttackMode::Original, None, Vec::new()),
+            };
+            if json {
+                let mut v = serde_json::to_value(&report)?;
+                v["mode"] = mode.name().into();
+                v["layer"] = serde_json::to_value(layer)?;
+                v["dims"] = serde_json::to_value(&dims)?;
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let label = resolved
+                    .as_ref()
+                    .map(|(_, a)| describe(a))
+                    .unwrap_or_else(|| "original".into());
+                println!(
+                    "perplexity {:.4}  (nll {:.4} nats/token over {} scored of {} tokens; window {}, stride {}; {label})",
+                    report.perplexity, report.nll, report.scored, report.tokens, report.window, report.stride
+                );
+            }
+        }
+        Some(Command::Scan {
+            model,
+            prompt,
+            k,
+            thresholds,
+            run,
+            json,
+        }) => {
+            let ckpt = cli::open_model(model.as_deref().or(cli.model.as_deref()))?;
+            let tok = ckpt.tokenizer()?;
+            let ids = tok
+                .encode(prompt.as_str(), false)
+                .map_err(|e| eyre!("tokenizer: {e}"))?
+                .get_ids()
+                .to_vec();
+            let model = run.load(&ckpt)?;
+            let (probe, position0) = massive::probe_tokens(&model, &ids);
+            if probe.is_empty() {
+                return Err(eyre!("the prompt is empty and the model has no BOS token"));
+            }
+            let report = massive::scan(&model, &tok, &probe, position0, k, thresholds.get())?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                println!(
-                    "perplexity {:.4}  (nll {:.4} nats/token over {} scored of {} tokens; window {}, stride {})",
-                    report.perplexity, report.nll, report.scored, report.tokens, report.window, report.stride
-                );
+                print!("{}", cli::scan::render(&report));
             }
         }
         Some(Command::Demo) => {
@@ -278,8 +546,21 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line: the error and its causes, no backtrace.
-            let msg = format!("{e:#}").replace('\n', " ");
+            // One line: the first line of the error and of each cause (candle
+            // appends a backtrace to its messages when RUST_BACKTRACE is set).
+            // A cause already quoted by the message before it is not repeated.
+            let mut msg = String::new();
+            for cause in e.chain() {
+                let text = cause.to_string();
+                let line = text.lines().next().unwrap_or_default().trim();
+                if line.is_empty() || msg.contains(line) {
+                    continue;
+                }
+                if !msg.is_empty() {
+                    msg.push_str(": ");
+                }
+                msg.push_str(line);
+            }
             eprintln!("mwtop: error: {msg}");
             ExitCode::FAILURE
         }

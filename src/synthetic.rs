@@ -27,6 +27,22 @@ pub struct Spec {
     pub vocab_size: usize,
     pub tied_embeddings: bool,
     pub seed: u64,
+    /// A massive weight planted on purpose (see [`Plant`]).
+    pub plant: Option<Plant>,
+}
+
+/// A planted massive weight: at `layer`, rows `ffn_dims` of W_up and W_gate
+/// point along the BOS token's embedding, so the d_ff state at the BOS
+/// position is huge exactly at those dims (the first largest); down_proj
+/// column `ffn_dims[0]` is zero except for `super_value` at row `hidden_dim`
+/// (the super weight), which writes a massive activation into `hidden_dim`
+/// of the residual stream at position 0 from `layer` on.
+#[derive(Debug, Clone)]
+pub struct Plant {
+    pub layer: usize,
+    pub ffn_dims: Vec<usize>,
+    pub hidden_dim: usize,
+    pub super_value: f32,
 }
 
 impl Default for Spec {
@@ -41,6 +57,7 @@ impl Default for Spec {
             vocab_size: 256 + SPECIAL_TOKENS.len(),
             tied_embeddings: true,
             seed: 7,
+            plant: None,
         }
     }
 }
@@ -49,6 +66,21 @@ impl Default for Spec {
 pub const SPECIAL_TOKENS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
 
 impl Spec {
+    /// The default tiny model with a massive weight planted at layer 1:
+    /// d_ff dims 300 then 17, hidden dim 42, super weight 1.5.
+    pub fn planted() -> Self {
+        Self {
+            n_layers: 3,
+            plant: Some(Plant {
+                layer: 1,
+                ffn_dims: vec![300, 17],
+                hidden_dim: 42,
+                super_value: 1.5,
+            }),
+            ..Self::default()
+        }
+    }
+
     pub fn config(&self) -> ModelConfig {
         ModelConfig {
             architecture: Architecture::Llama,
@@ -72,6 +104,51 @@ impl Spec {
 
     /// Every tensor in Hugging Face layout: (canonical name, shape, values).
     pub fn tensors(&self) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+        let mut out = self.random_tensors();
+        if let Some(p) = &self.plant {
+            self.apply_plant(p, &mut out);
+        }
+        out
+    }
+
+    fn apply_plant(&self, p: &Plant, tensors: &mut [(String, Vec<usize>, Vec<f32>)]) {
+        let d = self.d_model;
+        // A fixed sign pattern: the BOS embedding, and the direction the planted rows read.
+        let signs: Vec<f32> = (0..d)
+            .map(|i| if (i * 7 + 3) % 5 < 2 { -1.0 } else { 1.0 })
+            .collect();
+        let bos = 256;
+        let find = |tensors: &mut [(String, Vec<usize>, Vec<f32>)], name: &str| {
+            tensors
+                .iter()
+                .position(|(n, _, _)| n == name)
+                .expect("tensor exists")
+        };
+        let e = find(tensors, "model.embed_tokens.weight");
+        for (i, s) in signs.iter().enumerate() {
+            tensors[e].2[bos * d + i] = 0.5 * s;
+        }
+        let l = p.layer;
+        for (rank, &dim) in p.ffn_dims.iter().enumerate() {
+            // The first dim is the strongest: 3.0, then 2.0, ...
+            let strength = 3.0 - rank as f32;
+            for name in ["gate_proj", "up_proj"] {
+                let t = find(tensors, &format!("model.layers.{l}.mlp.{name}.weight"));
+                for (i, s) in signs.iter().enumerate() {
+                    tensors[t].2[dim * d + i] = strength * s / (d as f32).sqrt();
+                }
+            }
+            let down = find(tensors, &format!("model.layers.{l}.mlp.down_proj.weight"));
+            for row in 0..d {
+                tensors[down].2[row * self.d_ff + dim] = 0.0;
+            }
+            if rank == 0 {
+                tensors[down].2[p.hidden_dim * self.d_ff + dim] = p.super_value;
+            }
+        }
+    }
+
+    fn random_tensors(&self) -> Vec<(String, Vec<usize>, Vec<f32>)> {
         let mut rng = XorShift(self.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
         self.config()
             .expected_shapes()

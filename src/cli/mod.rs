@@ -1,9 +1,11 @@
 //! Headless subcommands: human text by default, JSON with `--json`.
 //! stdout carries only the result; progress and logs go to stderr.
 
+pub mod attack;
 pub mod generate;
 pub mod inspect;
 pub mod load;
+pub mod scan;
 
 use std::path::PathBuf;
 

@@ -89,6 +89,8 @@ pub enum Reduction {
     MaxAbsPerDim,
     /// median over dims of |x| for each token: (batch, tokens).
     MedianAbsPerToken,
+    /// median of |x| over the whole (tokens, dims) state: (batch, 1).
+    MedianAbs,
     /// the k largest |x| over tokens x dims: values (batch, k) and flat indices.
     TopK(usize),
     /// one token's whole vector: (batch, dims).
@@ -147,23 +149,109 @@ impl Captured {
     }
 }
 
-/// Reduces `x` (batch, tokens, dims) on its device, then copies the result to the host.
+/// The lower middle of `v` (as `torch.median`, which the published
+/// massive-activation code uses); reorders `v`. O(n), no full sort.
+fn lower_median(v: &mut [f32]) -> f32 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    let mid = (v.len() - 1) / 2;
+    *v.select_nth_unstable_by(mid, f32::total_cmp).1
+}
+
+/// Reduces `x` (batch, tokens, dims) where it lives, then copies the (small)
+/// result to the host. On the CPU the state already is host memory, so the
+/// reductions run as selection algorithms over it (medians and top-k in
+/// linear time instead of sorting).
 pub(crate) fn reduce(hook: HookName, reduction: Reduction, x: &Tensor) -> Result<Captured> {
     let (b, t, d) = x.dims3()?;
     let x = x.to_dtype(DType::F32)?;
+    let captured = |shape: Vec<usize>, values: Vec<f32>, indices: Vec<u32>| Captured {
+        hook,
+        reduction,
+        shape,
+        values,
+        indices,
+    };
+    if x.device().is_cpu() && !matches!(reduction, Reduction::Full | Reduction::Position(_)) {
+        let all = x.flatten_all()?.to_vec1::<f32>()?;
+        let rows = all.chunks(t * d);
+        return Ok(match reduction {
+            Reduction::MaxAbsPerDim => {
+                let mut out = vec![0f32; b * d];
+                for (r, row) in rows.enumerate() {
+                    let dst = &mut out[r * d..(r + 1) * d];
+                    for tok in row.chunks(d) {
+                        for (m, v) in dst.iter_mut().zip(tok) {
+                            *m = m.max(v.abs());
+                        }
+                    }
+                }
+                captured(vec![b, d], out, Vec::new())
+            }
+            Reduction::MedianAbsPerToken => {
+                let mut scratch = vec![0f32; d];
+                let out = all
+                    .chunks(d)
+                    .map(|tok| {
+                        for (s, v) in scratch.iter_mut().zip(tok) {
+                            *s = v.abs();
+                        }
+                        lower_median(&mut scratch)
+                    })
+                    .collect();
+                captured(vec![b, t], out, Vec::new())
+            }
+            Reduction::MedianAbs => {
+                let out = rows
+                    .map(|row| {
+                        let mut a: Vec<f32> = row.iter().map(|v| v.abs()).collect();
+                        lower_median(&mut a)
+                    })
+                    .collect();
+                captured(vec![b, 1], out, Vec::new())
+            }
+            Reduction::TopK(k) => {
+                let k = k.min(t * d);
+                let mut values = Vec::with_capacity(b * k);
+                let mut indices = Vec::with_capacity(b * k);
+                for row in rows {
+                    let mut idx: Vec<u32> = (0..row.len() as u32).collect();
+                    let by_abs_desc = |a: &u32, c: &u32| {
+                        row[*c as usize].abs().total_cmp(&row[*a as usize].abs())
+                    };
+                    if k < idx.len() {
+                        idx.select_nth_unstable_by(k, by_abs_desc);
+                        idx.truncate(k);
+                    }
+                    idx.sort_by(by_abs_desc);
+                    values.extend(idx.iter().map(|&i| row[i as usize]));
+                    indices.extend(idx);
+                }
+                captured(vec![b, k], values, indices)
+            }
+            Reduction::Position(_) | Reduction::Full => unreachable!("handled below"),
+        });
+    }
+    let lower_middle = |sorted: &Tensor, n: usize| sorted.narrow(D::Minus1, (n.max(1) - 1) / 2, 1);
     let (out, indices, shape) = match reduction {
         Reduction::MaxAbsPerDim => (x.abs()?.max(1)?, None, vec![b, d]),
         Reduction::MedianAbsPerToken => {
             let sorted = x.abs()?.contiguous()?.sort_last_dim(true)?.0;
-            // The median of an even count is the mean of the two middle values (numpy's).
-            let med = if d % 2 == 1 {
-                sorted.narrow(D::Minus1, d / 2, 1)?
-            } else {
-                ((sorted.narrow(D::Minus1, d / 2 - 1, 1)?
-                    + sorted.narrow(D::Minus1, d / 2, 1)?)?
-                    / 2.0)?
-            };
-            (med.squeeze(D::Minus1)?, None, vec![b, t])
+            (
+                lower_middle(&sorted, d)?.squeeze(D::Minus1)?,
+                None,
+                vec![b, t],
+            )
+        }
+        Reduction::MedianAbs => {
+            let sorted = x
+                .abs()?
+                .reshape((b, t * d))?
+                .contiguous()?
+                .sort_last_dim(true)?
+                .0;
+            (lower_middle(&sorted, t * d)?, None, vec![b, 1])
         }
         Reduction::TopK(k) => {
             let k = k.min(t * d);
@@ -184,16 +272,14 @@ pub(crate) fn reduce(hook: HookName, reduction: Reduction, x: &Tensor) -> Result
         ),
         Reduction::Full => (x.clone(), None, vec![b, t, d]),
     };
-    Ok(Captured {
-        hook,
-        reduction,
+    Ok(captured(
         shape,
-        values: out.flatten_all()?.to_vec1::<f32>()?,
-        indices: match indices {
+        out.flatten_all()?.to_vec1::<f32>()?,
+        match indices {
             Some(i) => i.flatten_all()?.to_vec1::<u32>()?,
             None => Vec::new(),
         },
-    })
+    ))
 }
 
 #[cfg(test)]
@@ -228,10 +314,15 @@ mod tests {
             reduce(h, Reduction::MaxAbsPerDim, &x).unwrap().values,
             vec![2.0, 8.0, 3.0, 6.0]
         );
-        // |.| sorted: [0.5,1,3,8] -> 2.0 ; [0.25,2,4,6] -> 3.0
+        // |.| sorted: [0.5,1,3,8] -> 1 ; [0.25,2,4,6] -> 2 (lower middle, as torch.median)
         assert_eq!(
             reduce(h, Reduction::MedianAbsPerToken, &x).unwrap().values,
-            vec![2.0, 3.0]
+            vec![1.0, 2.0]
+        );
+        // all |.|: [0.25,0.5,1,2,3,4,6,8] -> 2
+        assert_eq!(
+            reduce(h, Reduction::MedianAbs, &x).unwrap().values,
+            vec![2.0]
         );
         let top = reduce(h, Reduction::TopK(2), &x).unwrap();
         assert_eq!(top.values, vec![-8.0, 6.0]);

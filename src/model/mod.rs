@@ -394,7 +394,7 @@ impl Model {
             LogitsMode::None => None,
             mode => {
                 let x = if mode == LogitsMode::Last {
-                    x.narrow(1, t - 1, 1)?
+                    x.narrow(1, t - 1, 1)?.contiguous()?
                 } else {
                     x
                 };

@@ -1,0 +1,321 @@
+//! Massive activations (Sun et al. 2024, "Massive Activations in Large
+//! Language Models"), the massive weights that create them (Oh, Shin, Oh
+//! 2024, "House of Cards: Massive Weights in LLMs") and super-weight
+//! candidates (Yu et al. 2024, "The Super Weight in Large Language Models").
+//!
+//! - An activation is massive when |x| > `min_abs` (100) and
+//!   |x| >= `min_ratio` (1000) x the median |x| of its hidden state.
+//!   "Its hidden state" is, by default, the whole (tokens x dims) output of
+//!   the layer, as the published code computes it (`torch.median` over the
+//!   layer output); `MedianScope::Token` uses the token's own vector instead.
+//!   The scope matters: in SmolLM2-135M the BOS token's vector is large in
+//!   every dim from layer 11 on (median ~50), so per-token ratios stay near
+//!   500 while the massive dim reaches ~25,000.
+//! - The massive layer is the first layer whose output (resid_post) holds one.
+//! - Its massive weights: with BOS at position 0, the top-k dims of |d_ff
+//!   intermediate state| at position 0 of that layer name rows of W_up/W_gate.
+//! - Super weight: down_proj[massive hidden dim, top intermediate dim] of that layer.
+
+use candle_core::{DType, Device};
+use serde::Serialize;
+
+use crate::model::hooks::{CaptureRequest, Captured, HookPoint, Reduction};
+use crate::model::{LogitsMode, Model, Result, RunOptions};
+
+/// Which median the ratio is taken against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MedianScope {
+    /// The whole layer output (all tokens x dims).
+    Layer,
+    /// The token's own hidden state.
+    Token,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Thresholds {
+    pub min_abs: f32,
+    pub min_ratio: f32,
+    pub scope: MedianScope,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Self {
+            min_abs: 100.0,
+            min_ratio: 1000.0,
+            scope: MedianScope::Layer,
+        }
+    }
+}
+
+/// One large activation of a layer's output.
+#[derive(Debug, Clone, Serialize)]
+pub struct Activation {
+    pub layer: usize,
+    pub position: usize,
+    pub token: String,
+    pub dim: usize,
+    pub value: f32,
+    /// |value| / the median in scope.
+    pub ratio: f32,
+    pub massive: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerScan {
+    pub layer: usize,
+    /// Median |x| of the whole layer output.
+    pub median: f32,
+    /// The largest |x| of the layer output, largest first.
+    pub top: Vec<Activation>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MassiveWeights {
+    pub layer: usize,
+    /// d_ff dims ranked by |intermediate state| at position 0: rows of W_up and W_gate.
+    pub dims: Vec<usize>,
+    pub values: Vec<f32>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SuperWeight {
+    pub layer: usize,
+    pub row: usize,
+    pub col: usize,
+    pub value: f32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ScanReport {
+    pub tokens: Vec<u32>,
+    pub token_texts: Vec<String>,
+    /// What sits at position 0: "bos" (the model's BOS token was prepended)
+    /// or "first-token" (no BOS: the first token of the probe).
+    pub position0: String,
+    pub thresholds: Thresholds,
+    pub layers: Vec<LayerScan>,
+    pub massive_layer: Option<usize>,
+    pub massive_activations: Vec<Activation>,
+    pub massive_weights: Option<MassiveWeights>,
+    /// The super weight of the massive layer first, then the largest
+    /// |entries| of every down_proj.
+    pub super_weights: Vec<SuperWeight>,
+}
+
+/// How many of the largest activations each layer reports.
+const TOP_PER_LAYER: usize = 16;
+/// How many of the largest |entries| of each down_proj are listed.
+const DOWN_PROJ_TOP: usize = 2;
+
+/// Builds the probe: BOS first when the model has one.
+pub fn probe_tokens(model: &Model, tokens: &[u32]) -> (Vec<u32>, &'static str) {
+    match model.config().bos_token_id {
+        Some(bos) if tokens.first() != Some(&bos) => {
+            let mut v = vec![bos];
+            v.extend_from_slice(tokens);
+            (v, "bos")
+        }
+        Some(_) => (tokens.to_vec(), "bos"),
+        None => (tokens.to_vec(), "first-token"),
+    }
+}
+
+fn find(caps: &[Captured], layer: usize, point: HookPoint, r: Reduction) -> &Captured {
+    caps.iter()
+        .find(|c| c.hook.layer == layer && c.hook.point == point && c.reduction == r)
+        .expect("requested capture present")
+}
+
+/// Scans a probe (already BOS-prefixed, see [`probe_tokens`]) for massive
+/// activations, the massive layer, its top-`k` massive weights and super weights.
+pub fn scan(
+    model: &Model,
+    tokenizer: &tokenizers::Tokenizer,
+    tokens: &[u32],
+    position0: &str,
+    k: usize,
+    th: Thresholds,
+) -> Result<ScanReport> {
+    let opts = RunOptions {
+        capture: vec![
+            CaptureRequest::every_layer(HookPoint::ResidPost, Reduction::TopK(TOP_PER_LAYER)),
+            CaptureRequest::every_layer(HookPoint::ResidPost, Reduction::MedianAbs),
+            CaptureRequest::every_layer(HookPoint::ResidPost, Reduction::MedianAbsPerToken),
+            CaptureRequest::every_layer(HookPoint::MlpPost, Reduction::Position(0)),
+        ],
+        logits: LogitsMode::None,
+        ..Default::default()
+    };
+    let out = model.forward(&[tokens.to_vec()], None, &opts)?;
+    let d = model.config().d_model;
+    let token_texts: Vec<String> = tokens
+        .iter()
+        .map(|&t| tokenizer.decode(&[t], false).unwrap_or_default())
+        .collect();
+    let mut layers = Vec::new();
+    let mut massive_activations = Vec::new();
+    for layer in 0..model.config().n_layers {
+        let top = find(
+            &out.captures,
+            layer,
+            HookPoint::ResidPost,
+            Reduction::TopK(TOP_PER_LAYER),
+        );
+        let median = find(
+            &out.captures,
+            layer,
+            HookPoint::ResidPost,
+            Reduction::MedianAbs,
+        )
+        .values[0];
+        let per_token = &find(
+            &out.captures,
+            layer,
+            HookPoint::ResidPost,
+            Reduction::MedianAbsPerToken,
+        )
+        .values;
+        let acts: Vec<Activation> = top
+            .values
+            .iter()
+            .zip(&top.indices)
+            .map(|(&value, &flat)| {
+                let (position, dim) = (flat as usize / d, flat as usize % d);
+                let base = match th.scope {
+                    MedianScope::Layer => median,
+                    MedianScope::Token => per_token[position],
+                };
+                let ratio = value.abs() / base.max(f32::MIN_POSITIVE);
+                Activation {
+                    layer,
+                    position,
+                    token: token_texts[position].clone(),
+                    dim,
+                    value,
+                    ratio,
+                    massive: value.abs() > th.min_abs && ratio >= th.min_ratio,
+                }
+            })
+            .collect();
+        massive_activations.extend(acts.iter().filter(|a| a.massive).cloned());
+        layers.push(LayerScan {
+            layer,
+            median,
+            top: acts,
+        });
+    }
+    let massive_layer = massive_activations.first().map(|a| a.layer);
+    let massive_weights = massive_layer.map(|layer| {
+        let inter = &find(
+            &out.captures,
+            layer,
+            HookPoint::MlpPost,
+            Reduction::Position(0),
+        )
+        .values;
+        let dims = rank_by_abs(inter, k);
+        MassiveWeights {
+            layer,
+            values: dims.iter().map(|&i| inter[i]).collect(),
+            dims,
+        }
+    });
+    let mut super_weights = Vec::new();
+    if let (Some(mw), Some(layer)) = (&massive_weights, massive_layer) {
+        // The massive hidden dim: the largest massive activation at position 0 of that layer.
+        let hidden = massive_activations
+            .iter()
+            .filter(|a| a.layer == layer)
+            .max_by(|a, b| {
+                (a.position == 0, a.value.abs())
+                    .partial_cmp(&(b.position == 0, b.value.abs()))
+                    .unwrap()
+            })
+            .map(|a| a.dim);
+        if let (Some(row), Some(&col)) = (hidden, mw.dims.first()) {
+            let w = model
+                .weight(&format!("model.layers.{layer}.mlp.down_proj.weight"))
+                .expect("down_proj");
+            let value = w
+                .to_device(&Device::Cpu)?
+                .to_dtype(DType::F32)?
+                .get(row)?
+                .get(col)?
+                .to_scalar::<f32>()?;
+            super_weights.push(SuperWeight {
+                layer,
+                row,
+                col,
+                value,
+            });
+        }
+    }
+    for layer in 0..model.config().n_layers {
+        super_weights.extend(largest_entries(model, layer, DOWN_PROJ_TOP)?);
+    }
+    Ok(ScanReport {
+        tokens: tokens.to_vec(),
+        token_texts,
+        position0: position0.to_string(),
+        thresholds: th,
+        layers,
+        massive_layer,
+        massive_activations,
+        massive_weights,
+        super_weights,
+    })
+}
+
+/// Indices of the `k` largest |v|, largest first.
+pub fn rank_by_abs(v: &[f32], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..v.len()).collect();
+    idx.sort_by(|&a, &b| v[b].abs().total_cmp(&v[a].abs()));
+    idx.truncate(k);
+    idx
+}
+
+/// The `n` largest |entries| of a layer's down_proj, with coordinates.
+fn largest_entries(model: &Model, layer: usize, n: usize) -> Result<Vec<SuperWeight>> {
+    let w = model
+        .weight(&format!("model.layers.{layer}.mlp.down_proj.weight"))
+        .expect("down_proj");
+    let (_rows, cols) = w.dims2()?;
+    let v = w
+        .to_device(&Device::Cpu)?
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    Ok(rank_by_abs(&v, n)
+        .into_iter()
+        .map(|i| SuperWeight {
+            layer,
+            row: i / cols,
+            col: i % cols,
+            value: v[i],
+        })
+        .collect())
+}
+
+/// Every d_ff dim of `layer` ranked by |intermediate state| at position 0 of
+/// `tokens` (BOS-first): the House-of-Cards ranking of W_up/W_gate rows.
+pub fn rank_ffn_dims(
+    model: &Model,
+    tokens: &[u32],
+    layer: usize,
+) -> Result<(Vec<usize>, Vec<f32>)> {
+    let opts = RunOptions {
+        capture: vec![CaptureRequest::at(
+            layer,
+            HookPoint::MlpPost,
+            Reduction::Position(0),
+        )],
+        logits: LogitsMode::None,
+        ..Default::default()
+    };
+    let out = model.forward(&[tokens.to_vec()], None, &opts)?;
+    let inter = out.captures.into_iter().next().expect("one capture").values;
+    let ranked = rank_by_abs(&inter, inter.len());
+    Ok((ranked, inter))
+}
