@@ -159,6 +159,83 @@ fn lower_median(v: &mut [f32]) -> f32 {
     *v.select_nth_unstable_by(mid, f32::total_cmp).1
 }
 
+/// The CPU reductions, over the state's own memory (no copy): selection
+/// instead of sorting, a bounded heap for top-k, tokens in parallel.
+fn cpu_reduce(
+    all: &[f32],
+    (b, t, d): (usize, usize, usize),
+    reduction: Reduction,
+    captured: impl Fn(Vec<usize>, Vec<f32>, Vec<u32>) -> Captured,
+) -> Captured {
+    use rayon::prelude::*;
+    let rows = all.chunks(t * d);
+    match reduction {
+        Reduction::MaxAbsPerDim => {
+            let mut out = vec![0f32; b * d];
+            for (r, row) in rows.enumerate() {
+                let dst = &mut out[r * d..(r + 1) * d];
+                for tok in row.chunks(d) {
+                    for (m, v) in dst.iter_mut().zip(tok) {
+                        *m = m.max(v.abs());
+                    }
+                }
+            }
+            captured(vec![b, d], out, Vec::new())
+        }
+        Reduction::MedianAbsPerToken => {
+            let out = all
+                .par_chunks(d)
+                .map(|tok| {
+                    let mut a: Vec<f32> = tok.iter().map(|v| v.abs()).collect();
+                    lower_median(&mut a)
+                })
+                .collect();
+            captured(vec![b, t], out, Vec::new())
+        }
+        Reduction::MedianAbs => {
+            let out = rows
+                .map(|row| {
+                    let mut a: Vec<f32> = row.iter().map(|v| v.abs()).collect();
+                    lower_median(&mut a)
+                })
+                .collect();
+            captured(vec![b, 1], out, Vec::new())
+        }
+        Reduction::TopK(k) => {
+            let k = k.min(t * d);
+            let mut values = Vec::with_capacity(b * k);
+            let mut indices = Vec::with_capacity(b * k);
+            for row in rows {
+                let top = top_k_by_abs(row, k);
+                values.extend(top.iter().map(|&i| row[i as usize]));
+                indices.extend(top);
+            }
+            captured(vec![b, k], values, indices)
+        }
+        Reduction::Position(_) | Reduction::Full => unreachable!("not reduced on the host"),
+    }
+}
+
+/// Indices of the `k` largest |v|, largest first, in one pass with a small
+/// sorted buffer (k is a handful; the state is hundreds of thousands).
+fn top_k_by_abs(v: &[f32], k: usize) -> Vec<u32> {
+    if k == 0 {
+        return Vec::new();
+    }
+    // (|value|, index), sorted descending; the last entry is the threshold.
+    let mut best: Vec<(f32, u32)> = Vec::with_capacity(k + 1);
+    for (i, x) in v.iter().enumerate() {
+        let a = x.abs();
+        if best.len() == k && a <= best[k - 1].0 {
+            continue;
+        }
+        let pos = best.partition_point(|&(b, _)| b >= a);
+        best.insert(pos, (a, i as u32));
+        best.truncate(k);
+    }
+    best.into_iter().map(|(_, i)| i).collect()
+}
+
 /// Reduces `x` (batch, tokens, dims) where it lives, then copies the (small)
 /// result to the host. On the CPU the state already is host memory, so the
 /// reductions run as selection algorithms over it (medians and top-k in
@@ -174,64 +251,13 @@ pub(crate) fn reduce(hook: HookName, reduction: Reduction, x: &Tensor) -> Result
         indices,
     };
     if x.device().is_cpu() && !matches!(reduction, Reduction::Full | Reduction::Position(_)) {
-        let all = x.flatten_all()?.to_vec1::<f32>()?;
-        let rows = all.chunks(t * d);
-        return Ok(match reduction {
-            Reduction::MaxAbsPerDim => {
-                let mut out = vec![0f32; b * d];
-                for (r, row) in rows.enumerate() {
-                    let dst = &mut out[r * d..(r + 1) * d];
-                    for tok in row.chunks(d) {
-                        for (m, v) in dst.iter_mut().zip(tok) {
-                            *m = m.max(v.abs());
-                        }
-                    }
-                }
-                captured(vec![b, d], out, Vec::new())
-            }
-            Reduction::MedianAbsPerToken => {
-                let mut scratch = vec![0f32; d];
-                let out = all
-                    .chunks(d)
-                    .map(|tok| {
-                        for (s, v) in scratch.iter_mut().zip(tok) {
-                            *s = v.abs();
-                        }
-                        lower_median(&mut scratch)
-                    })
-                    .collect();
-                captured(vec![b, t], out, Vec::new())
-            }
-            Reduction::MedianAbs => {
-                let out = rows
-                    .map(|row| {
-                        let mut a: Vec<f32> = row.iter().map(|v| v.abs()).collect();
-                        lower_median(&mut a)
-                    })
-                    .collect();
-                captured(vec![b, 1], out, Vec::new())
-            }
-            Reduction::TopK(k) => {
-                let k = k.min(t * d);
-                let mut values = Vec::with_capacity(b * k);
-                let mut indices = Vec::with_capacity(b * k);
-                for row in rows {
-                    let mut idx: Vec<u32> = (0..row.len() as u32).collect();
-                    let by_abs_desc = |a: &u32, c: &u32| {
-                        row[*c as usize].abs().total_cmp(&row[*a as usize].abs())
-                    };
-                    if k < idx.len() {
-                        idx.select_nth_unstable_by(k, by_abs_desc);
-                        idx.truncate(k);
-                    }
-                    idx.sort_by(by_abs_desc);
-                    values.extend(idx.iter().map(|&i| row[i as usize]));
-                    indices.extend(idx);
-                }
-                captured(vec![b, k], values, indices)
-            }
-            Reduction::Position(_) | Reduction::Full => unreachable!("handled below"),
-        });
+        let x = x.contiguous()?;
+        let (storage, layout) = x.storage_and_layout();
+        let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)) = &*storage else {
+            candle_core::bail!("reduce: expected f32 CPU storage");
+        };
+        let all = &data[layout.start_offset()..layout.start_offset() + b * t * d];
+        return Ok(cpu_reduce(all, (b, t, d), reduction, captured));
     }
     let lower_middle = |sorted: &Tensor, n: usize| sorted.narrow(D::Minus1, (n.max(1) - 1) / 2, 1);
     let (out, indices, shape) = match reduction {
