@@ -10,8 +10,10 @@ pub mod checkpoint;
 pub mod cli;
 pub mod convert;
 pub mod demo;
+pub mod engine;
 pub mod model;
 pub mod synthetic;
+pub mod tui;
 
 /// Fixes the CPU thread count once, at start-up, before any other thread exists.
 ///

@@ -22,6 +22,13 @@ struct Cli {
     /// (owner/name). Omitted: the SmolLM2-135M-Instruct demo model.
     model: Option<String>,
 
+    /// The UI's first prompt.
+    #[arg(long)]
+    prompt: Option<String>,
+
+    #[command(flatten)]
+    run: RunArgs,
+
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -343,6 +350,7 @@ fn run(cli: Cli) -> Result<()> {
                 top_p,
                 seed,
                 stop_at_eos: !no_stop,
+                cancel: None,
             };
             let resolved = attack.resolve(&model, &tok, seed, compare)?;
             let attacked = resolved
@@ -528,9 +536,17 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", path.display());
         }
         None => {
-            // The TUI is not built yet: show what the model is.
-            let ckpt = cli::open_model(cli.model.as_deref())?;
-            print!("{}", inspect::summary(&ckpt));
+            let device = load::parse_device(cli.run.device.as_deref()).map_err(|e| eyre!(e))?;
+            let dtype = load::parse_dtype(&cli.run.dtype).map_err(|e| eyre!(e))?;
+            // A path that does not exist fails here, before the screen is taken.
+            if let Some(m) = &cli.model {
+                if !std::path::Path::new(m).exists()
+                    && !mwtop::checkpoint::hub::looks_like_hub_id(m)
+                {
+                    return Err(eyre!("{m}: no such file or directory"));
+                }
+            }
+            mwtop::tui::run(cli.model.clone(), device, dtype, cli.prompt.clone())?;
         }
     }
     Ok(())
@@ -541,8 +557,12 @@ fn main() -> ExitCode {
     if let Err(e) = color_eyre::install() {
         eprintln!("mwtop: cannot install error hooks: {e}");
     }
-    init_logging();
     let cli = Cli::parse();
+    if cli.command.is_none() {
+        mwtop::tui::init_logging();
+    } else {
+        init_logging();
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

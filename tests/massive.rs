@@ -90,6 +90,7 @@ fn attacks_remove_or_keep_the_planted_activation() {
             )],
             interventions: vec![attack.interventions()],
             logits: LogitsMode::None,
+            ..Default::default()
         };
         model
             .forward(std::slice::from_ref(&tokens), None, &opts)

@@ -331,6 +331,7 @@ fn sampling_is_reproducible_by_seed() {
             top_p,
             seed,
             stop_at_eos: false,
+            cancel: None,
         };
         generate(
             &model,

@@ -9,7 +9,7 @@ use candle_transformers::generation::{LogitsProcessor, Sampling};
 use serde::Serialize;
 
 use crate::model::intervention::Interventions;
-use crate::model::{LogitsMode, Model, Result, RunOptions};
+use crate::model::{CancelToken, LogitsMode, Model, Result, RunOptions};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct GenerateParams {
@@ -19,6 +19,9 @@ pub struct GenerateParams {
     pub top_p: Option<f64>,
     pub seed: u64,
     pub stop_at_eos: bool,
+    /// Stops the generation (as Cancelled) when a newer request supersedes it.
+    #[serde(skip)]
+    pub cancel: Option<CancelToken>,
 }
 
 impl Default for GenerateParams {
@@ -29,6 +32,7 @@ impl Default for GenerateParams {
             top_p: None,
             seed: 299_792_458,
             stop_at_eos: true,
+            cancel: None,
         }
     }
 }
@@ -117,6 +121,7 @@ pub fn generate(
     let opts = RunOptions {
         interventions: rows.to_vec(),
         logits: LogitsMode::Last,
+        cancel: params.cancel.clone(),
         ..Default::default()
     };
     let mut input: Vec<Vec<u32>> = vec![prompt.to_vec(); b];
@@ -129,10 +134,19 @@ pub fn generate(
             }
             break;
         }
-        let logits = model
-            .forward(&input, Some(&mut cache), &opts)?
-            .logits
-            .expect("last logits were asked for");
+        let logits = match model.forward(&input, Some(&mut cache), &opts) {
+            Err(crate::model::ModelError::Cancelled) => {
+                for (g, d) in out.iter_mut().zip(done.iter()) {
+                    if !d {
+                        g.stop = StopReason::Cancelled;
+                    }
+                }
+                return Ok(finish(out, tokenizer));
+            }
+            other => other,
+        }?
+        .logits
+        .expect("last logits were asked for");
         let mut next = Vec::with_capacity(b);
         for r in 0..b {
             let id = samplers[r].sample(&logits.i((r, 0))?)?;

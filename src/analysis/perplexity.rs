@@ -11,7 +11,7 @@
 use serde::Serialize;
 
 use crate::model::intervention::Interventions;
-use crate::model::{LogitsMode, Model, Result, RunOptions};
+use crate::model::{CancelToken, LogitsMode, Model, Result, RunOptions};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Perplexity {
@@ -52,6 +52,17 @@ pub fn perplexity(
     rows: &[Interventions],
     window: Window,
 ) -> Result<Vec<Perplexity>> {
+    perplexity_cancellable(model, tokens, rows, window, None)
+}
+
+/// [`perplexity`] that stops with `ModelError::Cancelled` once `cancel` fires.
+pub fn perplexity_cancellable(
+    model: &Model,
+    tokens: &[u32],
+    rows: &[Interventions],
+    window: Window,
+    cancel: Option<CancelToken>,
+) -> Result<Vec<Perplexity>> {
     let n = tokens.len();
     let b = rows.len().max(1);
     if n < 2 {
@@ -71,6 +82,7 @@ pub fn perplexity(
         let opts = RunOptions {
             interventions: rows.to_vec(),
             logits: LogitsMode::All,
+            cancel: cancel.clone(),
             ..Default::default()
         };
         let logits = model

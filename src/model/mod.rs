@@ -32,6 +32,8 @@ pub enum ModelError {
     Unsupported(String),
     #[error("{0}")]
     Invalid(String),
+    #[error("cancelled")]
+    Cancelled,
 }
 
 pub type Result<T> = std::result::Result<T, ModelError>;
@@ -54,6 +56,26 @@ pub struct RunOptions {
     /// One entry per batch row, or a single entry for every row.
     pub interventions: Vec<Interventions>,
     pub logits: LogitsMode,
+    /// Checked between layers: a cancelled run stops with [`ModelError::Cancelled`].
+    pub cancel: Option<CancelToken>,
+}
+
+/// Cancels runs that a newer request made obsolete: the token is live while
+/// the shared epoch still equals the epoch it was made at.
+#[derive(Debug, Clone)]
+pub struct CancelToken {
+    epoch: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    at: u64,
+}
+
+impl CancelToken {
+    pub fn new(epoch: std::sync::Arc<std::sync::atomic::AtomicU64>, at: u64) -> Self {
+        Self { epoch, at }
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.epoch.load(std::sync::atomic::Ordering::Relaxed) != self.at
+    }
 }
 
 impl Default for RunOptions {
@@ -62,6 +84,7 @@ impl Default for RunOptions {
             capture: Vec::new(),
             interventions: Vec::new(),
             logits: LogitsMode::All,
+            cancel: None,
         }
     }
 }
@@ -366,6 +389,9 @@ impl Model {
         let mut captures = Vec::new();
         let mut cache = cache;
         for (i, block) in self.blocks.iter().enumerate() {
+            if opts.cancel.as_ref().is_some_and(CancelToken::is_cancelled) {
+                return Err(ModelError::Cancelled);
+            }
             plan.capture(i, HookPoint::ResidPre, &x, &mut captures)?;
             let kv = cache.as_mut().map(|c| &mut c.layers[i]);
             let h = candle_nn::ops::rms_norm(&x, &block.input_norm, self.config.norm_eps as f32)?;

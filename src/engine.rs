@@ -1,0 +1,566 @@
+//! The engine: one dedicated OS thread owns the device and the model (CUDA
+//! contexts are bound to threads). The UI sends [`Job`]s and receives
+//! [`Event`]s; it never waits on the model.
+//!
+//! - A newer job of a kind replaces a pending one of the same kind (only the
+//!   latest request matters to a user who is toggling).
+//! - Every job that starts a new "what-if" (generation, perplexity) bumps a
+//!   shared epoch, which cancels the running generation or perplexity between
+//!   two layers.
+//! - Jobs run in priority order: load, probe, layer detail, generation, then
+//!   perplexity, so a toggle's first token is not stuck behind a long
+//!   perplexity run.
+
+use std::collections::VecDeque;
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device};
+use serde::Serialize;
+
+use crate::analysis::attack::Attack;
+use crate::analysis::generate::{generate, GenerateParams, StopReason};
+use crate::analysis::massive::{self, ScanReport, Thresholds};
+use crate::analysis::perplexity::{perplexity_cancellable, Window};
+use crate::checkpoint::chat::{self, Message};
+use crate::checkpoint::ModelConfig;
+use crate::model::hooks::{CaptureRequest, HookPoint, Reduction};
+use crate::model::intervention::Interventions;
+use crate::model::{CancelToken, LogitsMode, Model, ModelError, RunOptions};
+
+/// What the UI asks for.
+#[derive(Debug, Clone)]
+pub enum Job {
+    /// Open (fetching the demo model when `spec` is None) and load the model.
+    Load {
+        spec: Option<String>,
+        device: Device,
+        dtype: DType,
+    },
+    /// Scan a probe: heatmaps, massive layer, massive weights.
+    Probe { prompt: String },
+    /// Full tokens x dims states of one layer, for the probe.
+    Detail { layer: usize },
+    /// Original and attacked generation side by side, one batch of two.
+    Generate {
+        prompt: String,
+        chat: bool,
+        attack: Option<Attack>,
+        max_tokens: usize,
+    },
+    /// Perplexity of the evaluation text, original and attacked.
+    Evaluate { attack: Option<Attack> },
+}
+
+impl Job {
+    fn kind(&self) -> usize {
+        match self {
+            Job::Load { .. } => 0,
+            Job::Probe { .. } => 1,
+            Job::Detail { .. } => 2,
+            Job::Generate { .. } => 3,
+            Job::Evaluate { .. } => 4,
+        }
+    }
+}
+
+/// Static facts about the loaded model, for the title bar and panels.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    pub name: String,
+    pub config: ModelConfig,
+    pub parameters: u64,
+    pub device: String,
+    pub dtype: String,
+    pub load_seconds: f64,
+}
+
+/// Per-row statistics of the massive layer's W_up / W_gate.
+#[derive(Debug, Clone, Serialize)]
+pub struct RowStats {
+    pub dim: usize,
+    pub value: f32,
+    pub up_norm: f32,
+    pub up_max: f32,
+    pub gate_norm: f32,
+    pub gate_max: f32,
+}
+
+/// What a probe gives the views.
+#[derive(Debug, Clone)]
+pub struct ProbeResult {
+    pub report: ScanReport,
+    /// layers x d_model: max over tokens of |resid_post|.
+    pub resid_max: Vec<Vec<f32>>,
+    /// layers x d_ff: the d_ff state at position 0.
+    pub mlp_pos0: Vec<Vec<f32>>,
+    /// The layer the attacks use (massive layer, else the layer of the largest activation).
+    pub attack_layer: usize,
+    /// All d_ff dims of `attack_layer`, most massive first.
+    pub ranked: Vec<usize>,
+    pub row_stats: Vec<RowStats>,
+}
+
+/// tokens x dims states of one layer.
+#[derive(Debug, Clone)]
+pub struct LayerDetail {
+    pub layer: usize,
+    pub resid: Vec<Vec<f32>>,
+    pub mlp: Vec<Vec<f32>>,
+    pub median: f32,
+}
+
+/// What the engine reports.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Status(String),
+    Loading {
+        done: usize,
+        total: usize,
+    },
+    Loaded(Box<ModelInfo>),
+    Failed(String),
+    Probed(Box<ProbeResult>),
+    Detail(Box<LayerDetail>),
+    /// A token for row 0 (original) or 1 (attacked) of generation `epoch`.
+    Token {
+        epoch: u64,
+        row: usize,
+        text: String,
+    },
+    GenerationDone {
+        epoch: u64,
+        stop: [StopReason; 2],
+    },
+    Perplexity {
+        epoch: u64,
+        original: f64,
+        attacked: f64,
+    },
+}
+
+/// The UI's handle: submit jobs, cancel what-ifs.
+pub struct EngineHandle {
+    jobs: Sender<Job>,
+    epoch: Arc<AtomicU64>,
+}
+
+impl EngineHandle {
+    /// Starts the engine thread; events go to `events`.
+    pub fn spawn(events: impl Fn(Event) + Send + 'static, eval_text: String) -> Self {
+        let (tx, rx) = mpsc::channel();
+        let epoch = Arc::new(AtomicU64::new(0));
+        let e = epoch.clone();
+        std::thread::Builder::new()
+            .name("mwtop-engine".into())
+            .spawn(move || Engine::new(rx, e, events, eval_text).run())
+            .expect("the engine thread starts");
+        Self { jobs: tx, epoch }
+    }
+
+    /// Sends a job. Generation and perplexity jobs start a new epoch, which
+    /// cancels the running ones; returns the epoch the job belongs to.
+    pub fn submit(&self, job: Job) -> u64 {
+        let epoch = if matches!(job, Job::Generate { .. }) {
+            self.epoch.fetch_add(1, Ordering::SeqCst) + 1
+        } else {
+            self.epoch.load(Ordering::SeqCst)
+        };
+        let _ = self.jobs.send(job);
+        epoch
+    }
+}
+
+struct Loaded {
+    model: Model,
+    tokenizer: tokenizers::Tokenizer,
+    chat_template: Option<String>,
+    eval_tokens: Vec<u32>,
+    probe: Vec<u32>,
+    original_ppl: Option<f64>,
+}
+
+struct Engine<F: Fn(Event)> {
+    rx: Receiver<Job>,
+    epoch: Arc<AtomicU64>,
+    emit: F,
+    eval_text: String,
+    pending: VecDeque<Job>,
+    loaded: Option<Loaded>,
+}
+
+impl<F: Fn(Event)> Engine<F> {
+    fn new(rx: Receiver<Job>, epoch: Arc<AtomicU64>, emit: F, eval_text: String) -> Self {
+        Self {
+            rx,
+            epoch,
+            emit,
+            eval_text,
+            pending: VecDeque::new(),
+            loaded: None,
+        }
+    }
+
+    /// Keeps the newest job of each kind.
+    fn enqueue(&mut self, job: Job) {
+        self.pending.retain(|p| p.kind() != job.kind());
+        self.pending.push_back(job);
+    }
+
+    fn run(mut self) {
+        loop {
+            // Block for the first job, then take whatever else is waiting.
+            if self.pending.is_empty() {
+                match self.rx.recv() {
+                    Ok(job) => self.enqueue(job),
+                    Err(_) => return,
+                }
+            }
+            loop {
+                match self.rx.recv_timeout(Duration::from_millis(0)) {
+                    Ok(job) => self.enqueue(job),
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            }
+            let next = (0..self.pending.len()).min_by_key(|&i| self.pending[i].kind());
+            if let Some(i) = next {
+                let job = self.pending.remove(i).expect("index in range");
+                if let Err(e) = self.handle(job) {
+                    if !matches!(e, ModelError::Cancelled) {
+                        tracing::error!("{e}");
+                        (self.emit)(Event::Failed(e.to_string()));
+                    }
+                }
+            }
+        }
+    }
+
+    fn token(&self) -> CancelToken {
+        CancelToken::new(self.epoch.clone(), self.epoch.load(Ordering::SeqCst))
+    }
+
+    fn handle(&mut self, job: Job) -> Result<(), ModelError> {
+        match job {
+            Job::Load {
+                spec,
+                device,
+                dtype,
+            } => self.load(spec, device, dtype),
+            Job::Probe { prompt } => self.probe(&prompt),
+            Job::Detail { layer } => self.detail(layer),
+            Job::Generate {
+                prompt,
+                chat,
+                attack,
+                max_tokens,
+            } => self.generate(&prompt, chat, attack, max_tokens),
+            Job::Evaluate { attack } => self.evaluate(attack),
+        }
+    }
+
+    fn load(
+        &mut self,
+        spec: Option<String>,
+        device: Device,
+        dtype: DType,
+    ) -> Result<(), ModelError> {
+        let start = Instant::now();
+        if spec.is_none() {
+            (self.emit)(Event::Status("fetching the demo model (once)".into()));
+        }
+        let ckpt = crate::cli::open_model(spec.as_deref())
+            .map_err(|e| ModelError::Invalid(e.to_string()))?;
+        (self.emit)(Event::Status(format!(
+            "loading {}",
+            ckpt.source().display()
+        )));
+        let model = Model::load(&ckpt, &device, dtype, |done, total| {
+            (self.emit)(Event::Loading { done, total })
+        })?;
+        let tokenizer = ckpt.tokenizer()?;
+        let eval_tokens = tokenizer
+            .encode(self.eval_text.as_str(), false)
+            .map_err(|e| ModelError::Invalid(format!("tokenizer: {e}")))?
+            .get_ids()
+            .to_vec();
+        let (eval_tokens, _) = massive::probe_tokens(&model, &eval_tokens);
+        let name = ckpt
+            .source()
+            .file_name()
+            .map(|n| n.to_string_lossy().trim_end_matches(".gguf").to_string())
+            .unwrap_or_default();
+        let info = ModelInfo {
+            name,
+            config: model.config().clone(),
+            parameters: ckpt.parameter_count(),
+            device: if device.is_cuda() {
+                "cuda".into()
+            } else {
+                "cpu".into()
+            },
+            dtype: format!("{dtype:?}").to_lowercase(),
+            load_seconds: start.elapsed().as_secs_f64(),
+        };
+        tracing::info!("loaded {} in {:.2}s", info.name, info.load_seconds);
+        self.loaded = Some(Loaded {
+            model,
+            tokenizer,
+            chat_template: ckpt.chat_template(),
+            eval_tokens,
+            probe: Vec::new(),
+            original_ppl: None,
+        });
+        (self.emit)(Event::Loaded(Box::new(info)));
+        Ok(())
+    }
+
+    fn loaded(&mut self) -> Result<&mut Loaded, ModelError> {
+        self.loaded
+            .as_mut()
+            .ok_or_else(|| ModelError::Invalid("no model loaded".into()))
+    }
+
+    fn probe(&mut self, prompt: &str) -> Result<(), ModelError> {
+        let l = self.loaded()?;
+        let ids = l
+            .tokenizer
+            .encode(prompt, false)
+            .map_err(|e| ModelError::Invalid(format!("tokenizer: {e}")))?
+            .get_ids()
+            .to_vec();
+        let (probe, pos0) = massive::probe_tokens(&l.model, &ids);
+        if probe.is_empty() {
+            return Err(ModelError::Invalid("the probe is empty".into()));
+        }
+        let report = massive::scan(
+            &l.model,
+            &l.tokenizer,
+            &probe,
+            pos0,
+            8,
+            Thresholds::default(),
+        )?;
+        let opts = RunOptions {
+            capture: vec![
+                CaptureRequest::every_layer(HookPoint::ResidPost, Reduction::MaxAbsPerDim),
+                CaptureRequest::every_layer(HookPoint::MlpPost, Reduction::Position(0)),
+            ],
+            logits: LogitsMode::None,
+            ..Default::default()
+        };
+        let out = l.model.forward(std::slice::from_ref(&probe), None, &opts)?;
+        let mut resid_max = Vec::new();
+        let mut mlp_pos0 = Vec::new();
+        for c in out.captures {
+            match c.hook.point {
+                HookPoint::ResidPost => resid_max.push(c.values),
+                _ => mlp_pos0.push(c.values),
+            }
+        }
+        let attack_layer = report.massive_layer.unwrap_or_else(|| {
+            report
+                .layers
+                .iter()
+                .max_by(|a, b| a.top[0].value.abs().total_cmp(&b.top[0].value.abs()))
+                .map_or(0, |l| l.layer)
+        });
+        let ranked = massive::rank_by_abs(&mlp_pos0[attack_layer], mlp_pos0[attack_layer].len());
+        let row_stats = row_stats(
+            &l.model,
+            attack_layer,
+            &ranked[..ranked.len().min(16)],
+            &mlp_pos0[attack_layer],
+        )?;
+        l.probe = probe;
+        (self.emit)(Event::Probed(Box::new(ProbeResult {
+            report,
+            resid_max,
+            mlp_pos0,
+            attack_layer,
+            ranked,
+            row_stats,
+        })));
+        Ok(())
+    }
+
+    fn detail(&mut self, layer: usize) -> Result<(), ModelError> {
+        let l = self.loaded()?;
+        if l.probe.is_empty() || layer >= l.model.config().n_layers {
+            return Ok(());
+        }
+        let opts = RunOptions {
+            capture: vec![
+                CaptureRequest::at(layer, HookPoint::ResidPost, Reduction::Full),
+                CaptureRequest::at(layer, HookPoint::MlpPost, Reduction::Full),
+                CaptureRequest::at(layer, HookPoint::ResidPost, Reduction::MedianAbs),
+            ],
+            logits: LogitsMode::None,
+            ..Default::default()
+        };
+        let out = l
+            .model
+            .forward(std::slice::from_ref(&l.probe), None, &opts)?;
+        let find = |point: HookPoint, r: Reduction| {
+            out.captures
+                .iter()
+                .find(|c| c.hook.point == point && c.reduction == r)
+                .expect("requested capture present")
+        };
+        let rows = |c: &crate::model::hooks::Captured| -> Vec<Vec<f32>> {
+            c.values.chunks(c.shape[2]).map(<[f32]>::to_vec).collect()
+        };
+        (self.emit)(Event::Detail(Box::new(LayerDetail {
+            layer,
+            resid: rows(find(HookPoint::ResidPost, Reduction::Full)),
+            mlp: rows(find(HookPoint::MlpPost, Reduction::Full)),
+            median: find(HookPoint::ResidPost, Reduction::MedianAbs).values[0],
+        })));
+        Ok(())
+    }
+
+    fn generate(
+        &mut self,
+        prompt: &str,
+        chat_mode: bool,
+        attack: Option<Attack>,
+        max_tokens: usize,
+    ) -> Result<(), ModelError> {
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        let cancel = self.token();
+        let l = self
+            .loaded
+            .as_ref()
+            .ok_or_else(|| ModelError::Invalid("no model loaded".into()))?;
+        let text = if chat_mode {
+            let name = |id: Option<u32>| {
+                id.and_then(|i| l.tokenizer.id_to_token(i))
+                    .unwrap_or_default()
+            };
+            let cfg = l.model.config();
+            chat::render(
+                l.chat_template.as_deref(),
+                &[Message::user(prompt)],
+                &name(cfg.bos_token_id),
+                &name(cfg.eos_token_ids.first().copied()),
+            )
+            .map_err(ModelError::Invalid)?
+        } else {
+            prompt.to_string()
+        };
+        let ids = l
+            .tokenizer
+            .encode(text.as_str(), false)
+            .map_err(|e| ModelError::Invalid(format!("tokenizer: {e}")))?
+            .get_ids()
+            .to_vec();
+        if ids.is_empty() {
+            return Err(ModelError::Invalid("the prompt is empty".into()));
+        }
+        let rows = vec![
+            Interventions::none(),
+            attack.map(|a| a.interventions()).unwrap_or_default(),
+        ];
+        let params = GenerateParams {
+            max_tokens,
+            cancel: Some(cancel),
+            ..Default::default()
+        };
+        let emit = &self.emit;
+        let out = generate(
+            &l.model,
+            &l.tokenizer,
+            &ids,
+            &rows,
+            &params,
+            |row, _, piece| {
+                emit(Event::Token {
+                    epoch,
+                    row,
+                    text: piece.to_string(),
+                });
+                ControlFlow::Continue(())
+            },
+        )?;
+        (self.emit)(Event::GenerationDone {
+            epoch,
+            stop: [out[0].stop, out[1].stop],
+        });
+        Ok(())
+    }
+
+    fn evaluate(&mut self, attack: Option<Attack>) -> Result<(), ModelError> {
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        let cancel = self.token();
+        let l = self
+            .loaded
+            .as_mut()
+            .ok_or_else(|| ModelError::Invalid("no model loaded".into()))?;
+        if l.eval_tokens.len() < 2 {
+            return Ok(());
+        }
+        let window = Window::default_for(&l.model);
+        let mut rows = Vec::new();
+        if l.original_ppl.is_none() {
+            rows.push(Interventions::none());
+        }
+        let attacked = attack.map(|a| a.interventions());
+        if let Some(iv) = &attacked {
+            rows.push(iv.clone());
+        }
+        let results = if rows.is_empty() {
+            Vec::new()
+        } else {
+            perplexity_cancellable(&l.model, &l.eval_tokens, &rows, window, Some(cancel))?
+        };
+        let mut it = results.into_iter();
+        if l.original_ppl.is_none() {
+            l.original_ppl = it.next().map(|p| p.perplexity);
+        }
+        let original = l.original_ppl.unwrap_or(f64::NAN);
+        let attacked = it.next().map_or(original, |p| p.perplexity);
+        (self.emit)(Event::Perplexity {
+            epoch,
+            original,
+            attacked,
+        });
+        Ok(())
+    }
+}
+
+/// Norm and max |w| of the ranked rows of W_up and W_gate.
+fn row_stats(
+    model: &Model,
+    layer: usize,
+    dims: &[usize],
+    state: &[f32],
+) -> Result<Vec<RowStats>, ModelError> {
+    let get = |name: &str| -> Result<Vec<Vec<f32>>, ModelError> {
+        let w = model
+            .weight(&format!("model.layers.{layer}.mlp.{name}.weight"))
+            .ok_or_else(|| ModelError::Invalid(format!("no {name}")))?;
+        let w = w.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
+        Ok(dims
+            .iter()
+            .map(|&d| w.get(d).and_then(|r| r.to_vec1::<f32>()))
+            .collect::<candle_core::Result<_>>()?)
+    };
+    let (up, gate) = (get("up_proj")?, get("gate_proj")?);
+    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let max = |v: &[f32]| v.iter().fold(0f32, |m, x| m.max(x.abs()));
+    Ok(dims
+        .iter()
+        .zip(up.iter().zip(&gate))
+        .map(|(&dim, (u, g))| RowStats {
+            dim,
+            value: state[dim],
+            up_norm: norm(u),
+            up_max: max(u),
+            gate_norm: norm(g),
+            gate_max: max(g),
+        })
+        .collect())
+}

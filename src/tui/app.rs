@@ -1,0 +1,442 @@
+//! Application state and how keys and engine events change it. Drawing reads
+//! this state only (see `ui`).
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use crossterm::event::{
+    Event as TermEvent, KeyCode, KeyEvent, KeyEventKind, MouseButton, MouseEventKind,
+};
+use ratatui::layout::Rect;
+
+use super::heatmap::Geometry;
+use super::keys::{self, Action};
+use crate::analysis::attack::{Attack, AttackMode};
+use crate::engine::{Event, Job, LayerDetail, ModelInfo, ProbeResult};
+
+/// The three views Tab cycles through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    /// layers x hidden dims: max |resid_post| over the probe's tokens.
+    Layers,
+    /// tokens x hidden dims of the selected layer.
+    Tokens,
+    /// tokens x d_ff dims (the MLP's intermediate state) of the selected layer.
+    Ffn,
+}
+
+impl View {
+    pub fn title(self) -> &'static str {
+        match self {
+            View::Layers => "layers x hidden dims (max |x| over tokens)",
+            View::Tokens => "tokens x hidden dims",
+            View::Ffn => "tokens x d_ff (mlp.hook_post)",
+        }
+    }
+}
+
+/// Sends a job to the engine and returns the epoch it belongs to.
+pub type Submit = Box<dyn FnMut(Job) -> u64>;
+
+pub struct App {
+    submit: Submit,
+    pub info: Option<ModelInfo>,
+    pub loading: Option<(usize, usize)>,
+    pub status: String,
+    pub error: Option<String>,
+    pub probe: Option<ProbeResult>,
+    pub detail: Option<LayerDetail>,
+    pub view: View,
+    pub layer: usize,
+    pub dim: usize,
+    pub token: usize,
+    pub ffn_dim: usize,
+    pub mode: AttackMode,
+    pub k: usize,
+    /// Custom d_ff dims (picked with space in the d_ff view) and their layer.
+    pub custom: BTreeSet<usize>,
+    pub custom_layer: Option<usize>,
+    pub prompt: String,
+    pub probe_prompt: String,
+    pub chat: bool,
+    pub editing: bool,
+    pub max_tokens: usize,
+    pub generated: [String; 2],
+    pub generating: bool,
+    epoch: u64,
+    /// Perplexity of the evaluation text: original, attacked (None while computing).
+    pub perplexity: (Option<f64>, Option<f64>),
+    pub show_log: bool,
+    pub show_help: bool,
+    pub quit: bool,
+    /// Set whenever something visible changed; the loop draws only then.
+    pub dirty: bool,
+    /// Where the heatmap was drawn last (for mouse clicks).
+    pub heatmap_area: Option<Rect>,
+    toggled_at: Option<Instant>,
+    /// Keypress (toggle) to first new token, of the latest toggle.
+    pub first_token_latency: Option<Duration>,
+}
+
+impl App {
+    pub fn new(submit: Submit, prompt: &str) -> Self {
+        Self {
+            submit,
+            info: None,
+            loading: None,
+            status: "starting".into(),
+            error: None,
+            probe: None,
+            detail: None,
+            view: View::Layers,
+            layer: 0,
+            dim: 0,
+            token: 0,
+            ffn_dim: 0,
+            mode: AttackMode::Original,
+            k: 2,
+            custom: BTreeSet::new(),
+            custom_layer: None,
+            prompt: prompt.to_string(),
+            probe_prompt: crate::cli::attack::DEFAULT_PROBE.to_string(),
+            chat: true,
+            editing: false,
+            max_tokens: 48,
+            generated: [String::new(), String::new()],
+            generating: false,
+            epoch: 0,
+            perplexity: (None, None),
+            show_log: false,
+            show_help: false,
+            quit: false,
+            dirty: true,
+            heatmap_area: None,
+            toggled_at: None,
+            first_token_latency: None,
+        }
+    }
+
+    /// The attack the current mode, k and custom dims describe.
+    pub fn attack(&self) -> Option<Attack> {
+        let probe = self.probe.as_ref()?;
+        let d_ff = self.info.as_ref()?.config.d_ff;
+        if self.mode == AttackMode::Original {
+            return None;
+        }
+        if let (false, Some(layer)) = (self.custom.is_empty(), self.custom_layer) {
+            let dims: Vec<usize> = self.custom.iter().copied().collect();
+            return Some(Attack::new(self.mode, layer, &dims, dims.len(), d_ff, 0));
+        }
+        Some(Attack::new(
+            self.mode,
+            probe.attack_layer,
+            &probe.ranked,
+            self.k,
+            d_ff,
+            0,
+        ))
+    }
+
+    /// Starts generation and perplexity for the current attack; the engine
+    /// cancels what the previous toggle started.
+    fn rerun(&mut self) {
+        if self.probe.is_none() {
+            return;
+        }
+        let attack = self.attack();
+        self.epoch = (self.submit)(Job::Generate {
+            prompt: self.prompt.clone(),
+            chat: self.chat,
+            attack: attack.clone(),
+            max_tokens: self.max_tokens,
+        });
+        (self.submit)(Job::Evaluate { attack });
+        self.generated = [String::new(), String::new()];
+        self.generating = true;
+        self.toggled_at = Some(Instant::now());
+        self.first_token_latency = None;
+        self.perplexity.1 = if self.mode == AttackMode::Original {
+            self.perplexity.0
+        } else {
+            None
+        };
+    }
+
+    pub fn start(
+        &mut self,
+        spec: Option<String>,
+        device: candle_core::Device,
+        dtype: candle_core::DType,
+    ) {
+        self.status = match &spec {
+            Some(s) => format!("opening {s}"),
+            None => "opening the demo model".into(),
+        };
+        (self.submit)(Job::Load {
+            spec,
+            device,
+            dtype,
+        });
+    }
+
+    pub fn on_engine_event(&mut self, event: Event) {
+        self.dirty = true;
+        match event {
+            Event::Status(s) => self.status = s,
+            Event::Loading { done, total } => self.loading = Some((done, total)),
+            Event::Loaded(info) => {
+                self.loading = None;
+                self.status = format!("loaded in {:.1}s; probing", info.load_seconds);
+                self.info = Some(*info);
+                (self.submit)(Job::Probe {
+                    prompt: self.probe_prompt.clone(),
+                });
+            }
+            Event::Failed(msg) => {
+                if self.info.is_none() {
+                    self.error = Some(msg);
+                } else {
+                    self.status = format!("error: {msg}");
+                }
+            }
+            Event::Probed(p) => {
+                let first = self.probe.is_none();
+                self.layer = p.attack_layer;
+                if let Some(a) = p
+                    .report
+                    .layers
+                    .get(p.attack_layer)
+                    .and_then(|l| l.top.first())
+                {
+                    self.dim = a.dim;
+                }
+                self.ffn_dim = p.ranked.first().copied().unwrap_or(0);
+                self.status = match p.report.massive_layer {
+                    Some(l) => format!("massive layer {l}"),
+                    None => format!(
+                        "no massive activation at 100 / 1000x; attacks use layer {}",
+                        p.attack_layer
+                    ),
+                };
+                self.probe = Some(*p);
+                (self.submit)(Job::Detail { layer: self.layer });
+                if first {
+                    self.rerun();
+                }
+            }
+            Event::Detail(d) => {
+                self.token = self.token.min(d.resid.len().saturating_sub(1));
+                self.detail = Some(*d);
+            }
+            Event::Token { epoch, row, text } => {
+                if epoch == self.epoch && row < 2 {
+                    if self.first_token_latency.is_none() {
+                        self.first_token_latency = self.toggled_at.map(|t| t.elapsed());
+                    }
+                    self.generated[row].push_str(&text);
+                }
+            }
+            Event::GenerationDone { epoch, .. } => {
+                if epoch == self.epoch {
+                    self.generating = false;
+                }
+            }
+            Event::Perplexity {
+                epoch,
+                original,
+                attacked,
+            } => {
+                if epoch == self.epoch {
+                    self.perplexity = (Some(original), Some(attacked));
+                }
+            }
+        }
+    }
+
+    pub fn on_terminal_event(&mut self, event: TermEvent) {
+        match event {
+            TermEvent::Key(key) if key.kind != KeyEventKind::Release => self.on_key(key),
+            TermEvent::Mouse(m) if matches!(m.kind, MouseEventKind::Down(MouseButton::Left)) => {
+                self.click(m.column, m.row)
+            }
+            TermEvent::Resize(..) => self.dirty = true,
+            _ => {}
+        }
+    }
+
+    fn on_key(&mut self, key: KeyEvent) {
+        self.dirty = true;
+        if self.editing {
+            match key.code {
+                KeyCode::Enter => {
+                    self.editing = false;
+                    self.rerun();
+                }
+                KeyCode::Esc => self.editing = false,
+                KeyCode::Backspace => {
+                    self.prompt.pop();
+                }
+                KeyCode::Char(c) => self.prompt.push(c),
+                _ => {}
+            }
+            return;
+        }
+        if self.show_help {
+            self.show_help = false;
+            if key.code == KeyCode::Char('?') || key.code == KeyCode::Esc {
+                return;
+            }
+        }
+        if self.error.is_some() {
+            if matches!(key.code, KeyCode::Char('q') | KeyCode::Esc) {
+                self.quit = true;
+            }
+            return;
+        }
+        if let Some(action) = keys::action_for(key) {
+            self.act(action);
+        }
+    }
+
+    pub fn act(&mut self, action: Action) {
+        self.dirty = true;
+        let d_ff = self.info.as_ref().map_or(1, |i| i.config.d_ff);
+        match action {
+            Action::Quit => self.quit = true,
+            Action::Help => self.show_help = !self.show_help,
+            Action::ToggleLog => self.show_log = !self.show_log,
+            Action::EditPrompt => self.editing = true,
+            Action::Regenerate => self.rerun(),
+            Action::Original => self.set_mode(AttackMode::Original),
+            Action::Zero => self.set_mode(AttackMode::Zero),
+            Action::Keep => self.set_mode(AttackMode::Keep),
+            Action::Random => self.set_mode(match self.mode {
+                AttackMode::Keep | AttackMode::RandomKeep => AttackMode::RandomKeep,
+                _ => AttackMode::RandomZero,
+            }),
+            Action::MoreK => {
+                self.k = (self.k.max(1) * 2).min(d_ff);
+                self.custom.clear();
+                self.rerun_if_attacking();
+            }
+            Action::LessK => {
+                self.k = if self.k <= 1 { 0 } else { self.k / 2 };
+                self.custom.clear();
+                self.rerun_if_attacking();
+            }
+            Action::ToggleDim => {
+                if self.view == View::Ffn {
+                    if self.custom_layer != Some(self.layer) {
+                        self.custom.clear();
+                        self.custom_layer = Some(self.layer);
+                    }
+                    if !self.custom.remove(&self.ffn_dim) {
+                        self.custom.insert(self.ffn_dim);
+                    }
+                    self.rerun_if_attacking();
+                } else {
+                    self.status = "space picks d_ff dims: switch to the d_ff view with Tab".into();
+                }
+            }
+            Action::NextView | Action::PrevView => {
+                let order = [View::Layers, View::Tokens, View::Ffn];
+                let i = order.iter().position(|v| *v == self.view).unwrap_or(0);
+                let step = if action == Action::NextView { 1 } else { 2 };
+                self.view = order[(i + step) % 3];
+            }
+            Action::Left | Action::Right | Action::Up | Action::Down => self.move_cursor(action),
+        }
+    }
+
+    fn set_mode(&mut self, mode: AttackMode) {
+        self.mode = mode;
+        self.rerun();
+    }
+
+    fn rerun_if_attacking(&mut self) {
+        if self.mode != AttackMode::Original {
+            self.rerun();
+        }
+    }
+
+    fn move_cursor(&mut self, action: Action) {
+        let Some(info) = &self.info else { return };
+        let (n_layers, d, d_ff) = (info.config.n_layers, info.config.d_model, info.config.d_ff);
+        let tokens = self.detail.as_ref().map_or(1, |t| t.resid.len().max(1));
+        // Horizontal steps move one heatmap column, so a wide model is crossable.
+        let step = |n: usize| {
+            self.heatmap_area
+                .and_then(|a| Geometry::new(a, 1, n))
+                .map_or(1, |g| g.cols_per_cell)
+        };
+        let (col, n_cols) = match self.view {
+            View::Ffn => (&mut self.ffn_dim, d_ff),
+            _ => (&mut self.dim, d),
+        };
+        let s = step(n_cols);
+        match action {
+            Action::Left => *col = col.saturating_sub(s),
+            Action::Right => *col = (*col + s).min(n_cols - 1),
+            Action::Up | Action::Down => {
+                let up = action == Action::Up;
+                if self.view == View::Layers {
+                    self.layer = if up {
+                        self.layer.saturating_sub(1)
+                    } else {
+                        (self.layer + 1).min(n_layers - 1)
+                    };
+                    (self.submit)(Job::Detail { layer: self.layer });
+                } else {
+                    self.token = if up {
+                        self.token.saturating_sub(1)
+                    } else {
+                        (self.token + 1).min(tokens - 1)
+                    };
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn click(&mut self, x: u16, y: u16) {
+        let Some(area) = self.heatmap_area else {
+            return;
+        };
+        let (n_rows, n_cols) = self.view_shape();
+        let Some(g) = Geometry::new(area, n_rows, n_cols) else {
+            return;
+        };
+        // A cell holds two pixels; a click picks the upper one.
+        if let Some((row, col)) = g.locate(area, x, y, true) {
+            self.dirty = true;
+            match self.view {
+                View::Layers => {
+                    self.layer = row;
+                    self.dim = col;
+                    (self.submit)(Job::Detail { layer: row });
+                }
+                View::Tokens => {
+                    self.token = row;
+                    self.dim = col;
+                }
+                View::Ffn => {
+                    self.token = row;
+                    self.ffn_dim = col;
+                }
+            }
+        }
+    }
+
+    /// (rows, cols) of the data the current view shows.
+    pub fn view_shape(&self) -> (usize, usize) {
+        let Some(info) = &self.info else {
+            return (0, 0);
+        };
+        let tokens = self.detail.as_ref().map_or(0, |d| d.resid.len());
+        match self.view {
+            View::Layers => (info.config.n_layers, info.config.d_model),
+            View::Tokens => (tokens, info.config.d_model),
+            View::Ffn => (tokens, info.config.d_ff),
+        }
+    }
+}

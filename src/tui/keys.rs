@@ -1,0 +1,199 @@
+//! The one key table: it drives the handler, the footer hints and the `?` help.
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Original,
+    Zero,
+    Keep,
+    Random,
+    MoreK,
+    LessK,
+    ToggleDim,
+    NextView,
+    PrevView,
+    EditPrompt,
+    Regenerate,
+    ToggleLog,
+    Help,
+    Quit,
+    Left,
+    Right,
+    Up,
+    Down,
+}
+
+pub struct Binding {
+    pub keys: &'static [KeyCode],
+    /// Shown in the footer and the help, e.g. "z".
+    pub label: &'static str,
+    /// Short footer text; empty: help only.
+    pub hint: &'static str,
+    pub help: &'static str,
+    pub action: Action,
+}
+
+pub const BINDINGS: &[Binding] = &[
+    Binding {
+        keys: &[KeyCode::Char('o')],
+        label: "o",
+        hint: "original",
+        help: "original model: no attack",
+        action: Action::Original,
+    },
+    Binding {
+        keys: &[KeyCode::Char('z')],
+        label: "z",
+        hint: "zero",
+        help: "zero the top-k massive weights (rows of up/gate_proj)",
+        action: Action::Zero,
+    },
+    Binding {
+        keys: &[KeyCode::Char('r')],
+        label: "r",
+        hint: "keep only",
+        help: "keep only the top-k massive weights (retain), zero the other rows",
+        action: Action::Keep,
+    },
+    Binding {
+        keys: &[KeyCode::Char('x')],
+        label: "x",
+        hint: "random",
+        help: "random-k control of the current attack (k random rows)",
+        action: Action::Random,
+    },
+    Binding {
+        keys: &[KeyCode::Char('+'), KeyCode::Char('=')],
+        label: "+",
+        hint: "k×2",
+        help: "more massive weights: double k",
+        action: Action::MoreK,
+    },
+    Binding {
+        keys: &[KeyCode::Char('-'), KeyCode::Char('_')],
+        label: "-",
+        hint: "k÷2",
+        help: "fewer massive weights: halve k (down to 0)",
+        action: Action::LessK,
+    },
+    Binding {
+        keys: &[KeyCode::Char(' ')],
+        label: "space",
+        hint: "pick dim",
+        help: "add/remove the d_ff dim under the cursor to a custom set (d_ff view)",
+        action: Action::ToggleDim,
+    },
+    Binding {
+        keys: &[KeyCode::Tab],
+        label: "Tab",
+        hint: "view",
+        help: "next view: layers x dims, tokens x dims, tokens x d_ff",
+        action: Action::NextView,
+    },
+    Binding {
+        keys: &[KeyCode::BackTab],
+        label: "S-Tab",
+        hint: "",
+        help: "previous view",
+        action: Action::PrevView,
+    },
+    Binding {
+        keys: &[KeyCode::Char('e')],
+        label: "e",
+        hint: "prompt",
+        help: "edit the prompt (Enter runs it, Esc cancels)",
+        action: Action::EditPrompt,
+    },
+    Binding {
+        keys: &[KeyCode::Char('g')],
+        label: "g",
+        hint: "regen",
+        help: "regenerate",
+        action: Action::Regenerate,
+    },
+    Binding {
+        keys: &[KeyCode::Char('L')],
+        label: "L",
+        hint: "log",
+        help: "show/hide the log panel",
+        action: Action::ToggleLog,
+    },
+    Binding {
+        keys: &[KeyCode::Char('?')],
+        label: "?",
+        hint: "help",
+        help: "this help",
+        action: Action::Help,
+    },
+    Binding {
+        keys: &[KeyCode::Char('q')],
+        label: "q",
+        hint: "quit",
+        help: "quit",
+        action: Action::Quit,
+    },
+    Binding {
+        keys: &[KeyCode::Left, KeyCode::Char('h')],
+        label: "←/h",
+        hint: "",
+        help: "cursor left (previous dim)",
+        action: Action::Left,
+    },
+    Binding {
+        keys: &[KeyCode::Right, KeyCode::Char('l')],
+        label: "→/l",
+        hint: "",
+        help: "cursor right (next dim)",
+        action: Action::Right,
+    },
+    Binding {
+        keys: &[KeyCode::Up, KeyCode::Char('k')],
+        label: "↑/k",
+        hint: "",
+        help: "cursor up (previous layer or token)",
+        action: Action::Up,
+    },
+    Binding {
+        keys: &[KeyCode::Down, KeyCode::Char('j')],
+        label: "↓/j",
+        hint: "",
+        help: "cursor down (next layer or token)",
+        action: Action::Down,
+    },
+];
+
+/// The action bound to a key press (Ctrl-C always quits).
+pub fn action_for(key: KeyEvent) -> Option<Action> {
+    if key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c') {
+        return Some(Action::Quit);
+    }
+    BINDINGS
+        .iter()
+        .find(|b| b.keys.contains(&key.code))
+        .map(|b| b.action)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_has_one_action() {
+        let mut seen = Vec::new();
+        for b in BINDINGS {
+            for k in b.keys {
+                assert!(!seen.contains(k), "{k:?} bound twice");
+                seen.push(*k);
+            }
+        }
+        assert_eq!(
+            action_for(KeyEvent::from(KeyCode::Char('z'))),
+            Some(Action::Zero)
+        );
+        assert_eq!(
+            action_for(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL)),
+            Some(Action::Quit)
+        );
+    }
+}

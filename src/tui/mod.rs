@@ -1,0 +1,97 @@
+//! The terminal UI: ratatui + crossterm on a tokio event loop. The model
+//! lives on the engine thread; this loop only reacts to keys, mouse and
+//! engine events, and draws when something changed (idle means asleep).
+
+pub mod app;
+pub mod heatmap;
+pub mod keys;
+pub mod ui;
+
+use std::time::Duration;
+
+use candle_core::{DType, Device};
+use crossterm::event::{DisableMouseCapture, EnableMouseCapture, EventStream};
+use crossterm::execute;
+use futures::StreamExt;
+
+use crate::engine::{EngineHandle, Event};
+use app::App;
+
+/// The evaluation text the UI scores (ours, encyclopedic, ~400 tokens).
+pub const EVAL_TEXT: &str = include_str!("../../assets/eval.txt");
+
+/// The prompt the UI starts with.
+pub const DEFAULT_PROMPT: &str = "What is the capital of France?";
+
+/// Routes `tracing` into the log panel (tui-logger).
+pub fn init_logging() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let _ = tui_logger::init_logger(tui_logger::LevelFilter::Info);
+    tui_logger::set_default_level(tui_logger::LevelFilter::Info);
+    let _ = tracing_subscriber::registry()
+        .with(tui_logger::TuiTracingSubscriberLayer)
+        .try_init();
+}
+
+/// Runs the UI until the user quits. The terminal is restored on return and
+/// on panic (ratatui's hook, installed after color-eyre's).
+pub fn run(
+    spec: Option<String>,
+    device: Device,
+    dtype: DType,
+    prompt: Option<String>,
+) -> std::io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut terminal = ratatui::init();
+    let _ = execute!(std::io::stdout(), EnableMouseCapture);
+    let result = rt.block_on(event_loop(&mut terminal, spec, device, dtype, prompt));
+    let _ = execute!(std::io::stdout(), DisableMouseCapture);
+    ratatui::restore();
+    result
+}
+
+async fn event_loop(
+    terminal: &mut ratatui::DefaultTerminal,
+    spec: Option<String>,
+    device: Device,
+    dtype: DType,
+    prompt: Option<String>,
+) -> std::io::Result<()> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+    let engine = EngineHandle::spawn(move |e| drop(tx.send(e)), EVAL_TEXT.to_string());
+    let mut app = App::new(
+        Box::new(move |job| engine.submit(job)),
+        prompt.as_deref().unwrap_or(DEFAULT_PROMPT),
+    );
+    app.start(spec, device, dtype);
+    let mut input = EventStream::new();
+    let mut log_tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        if app.dirty {
+            terminal.draw(|f| ui::draw(f, &mut app))?;
+            app.dirty = false;
+        }
+        tokio::select! {
+            ev = input.next() => match ev {
+                Some(Ok(ev)) => app.on_terminal_event(ev),
+                Some(Err(e)) => return Err(e),
+                None => break,
+            },
+            Some(ev) = rx.recv() => {
+                app.on_engine_event(ev);
+                // Take everything already waiting before drawing again.
+                while let Ok(ev) = rx.try_recv() {
+                    app.on_engine_event(ev);
+                }
+            }
+            _ = log_tick.tick(), if app.show_log => app.dirty = true,
+        }
+        if app.quit {
+            break;
+        }
+    }
+    Ok(())
+}

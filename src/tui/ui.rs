@@ -1,0 +1,441 @@
+//! Drawing: every component reads the app state, nothing else.
+
+use ratatui::layout::{Constraint, Direction, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Clear, Gauge, Paragraph, Wrap};
+use ratatui::Frame;
+
+use super::app::{App, View};
+use super::heatmap::{self, Heatmap};
+use super::keys::BINDINGS;
+use crate::analysis::attack::AttackMode;
+use crate::cli::attack::format_ppl;
+
+const DIM: Style = Style::new().fg(Color::DarkGray);
+const ACCENT: Style = Style::new().fg(Color::Yellow).add_modifier(Modifier::BOLD);
+
+pub fn draw(frame: &mut Frame, app: &mut App) {
+    let area = frame.area();
+    if area.width < 20 || area.height < 6 {
+        frame.render_widget(
+            Paragraph::new("mwtop: enlarge the terminal").style(ACCENT),
+            area,
+        );
+        return;
+    }
+    if let Some(err) = &app.error {
+        draw_error(frame, area, err);
+        return;
+    }
+    let rows = Layout::default()
+        .direction(Direction::Vertical)
+        .constraints([
+            Constraint::Length(1),
+            Constraint::Min(6),
+            Constraint::Length(1),
+            Constraint::Length(((area.height as usize).saturating_sub(10) / 2).clamp(4, 16) as u16),
+            Constraint::Length(1),
+            Constraint::Length(1),
+        ])
+        .split(area);
+    draw_title(frame, rows[0], app);
+    let main = Layout::default()
+        .direction(Direction::Horizontal)
+        .constraints([
+            Constraint::Min(20),
+            Constraint::Length((area.width / 3).clamp(24, 48)),
+        ])
+        .split(rows[1]);
+    draw_heatmap(frame, main[0], app);
+    draw_weights(frame, main[1], app);
+    draw_readout(frame, rows[2], app);
+    if app.show_log {
+        let log = tui_logger::TuiLoggerWidget::default()
+            .block(
+                Block::default()
+                    .borders(Borders::ALL)
+                    .title(" log (L hides) "),
+            )
+            .style(Style::default());
+        frame.render_widget(log, rows[3]);
+    } else {
+        draw_generation(frame, rows[3], app);
+    }
+    draw_prompt(frame, rows[4], app);
+    draw_footer(frame, rows[5]);
+    if app.show_help {
+        draw_help(frame, area);
+    }
+}
+
+fn draw_error(frame: &mut Frame, area: Rect, err: &str) {
+    let text = vec![
+        Line::styled("mwtop could not load the model", ACCENT),
+        Line::raw(""),
+        Line::raw(err.to_string()),
+        Line::raw(""),
+        Line::styled(
+            "What to do: check the path (a Hugging Face directory, a .gguf file or a hub id);",
+            DIM,
+        ),
+        Line::styled(
+            "`mwtop inspect MODEL` shows what is wrong in detail; without a model argument",
+            DIM,
+        ),
+        Line::styled(
+            "mwtop opens the demo model (Python 3 with pip fetches it once).",
+            DIM,
+        ),
+        Line::raw(""),
+        Line::raw("q quits"),
+    ];
+    let p = Paragraph::new(text)
+        .wrap(Wrap { trim: false })
+        .block(Block::default().borders(Borders::ALL).title(" error "));
+    frame.render_widget(p, area);
+}
+
+fn attack_label(app: &App) -> String {
+    match app.attack() {
+        None => "original".into(),
+        Some(a) => {
+            let dims: Vec<String> = a.dims.iter().take(4).map(usize::to_string).collect();
+            let more = if a.dims.len() > 4 { ",…" } else { "" };
+            let custom = if app.custom.is_empty() { "" } else { " custom" };
+            format!(
+                "{} k={} L{} [{}{more}]{custom}",
+                a.mode,
+                a.k,
+                a.layer,
+                dims.join(",")
+            )
+        }
+    }
+}
+
+fn draw_title(frame: &mut Frame, area: Rect, app: &App) {
+    let mut spans = vec![Span::styled(" mwtop ", ACCENT)];
+    match &app.info {
+        Some(i) => spans.push(Span::raw(format!(
+            "{} · {} {}L d{} ff{} · {} {} ",
+            i.name,
+            i.config.architecture.name(),
+            i.config.n_layers,
+            i.config.d_model,
+            i.config.d_ff,
+            i.device,
+            i.dtype
+        ))),
+        None => spans.push(Span::raw(format!("{} ", app.status))),
+    }
+    spans.push(Span::styled(
+        format!("│ {} ", attack_label(app)),
+        Style::new().fg(Color::Cyan),
+    ));
+    frame.render_widget(Paragraph::new(Line::from(spans)), area);
+}
+
+fn median(values: impl Iterator<Item = f32>) -> f32 {
+    let mut v: Vec<f32> = values.map(f32::abs).collect();
+    if v.is_empty() {
+        return 1.0;
+    }
+    let mid = (v.len() - 1) / 2;
+    *v.select_nth_unstable_by(mid, f32::total_cmp).1
+}
+
+fn draw_heatmap(frame: &mut Frame, area: Rect, app: &mut App) {
+    let block = Block::default()
+        .borders(Borders::ALL)
+        .title(format!(" {} ", app.view.title()));
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
+    app.heatmap_area = Some(inner);
+    if let Some((done, total)) = app.loading {
+        let g = Gauge::default()
+            .gauge_style(Style::new().fg(Color::Green))
+            .ratio(done as f64 / total.max(1) as f64)
+            .label(format!("loading weights {done}/{total}"));
+        frame.render_widget(
+            g,
+            Rect {
+                height: inner.height.min(1),
+                ..inner
+            },
+        );
+        return;
+    }
+    let Some(probe) = &app.probe else {
+        frame.render_widget(Paragraph::new(app.status.clone()).style(DIM), inner);
+        return;
+    };
+    match app.view {
+        View::Layers => {
+            let reference: Vec<f32> = probe.report.layers.iter().map(|l| l.median).collect();
+            frame.render_widget(
+                Heatmap {
+                    rows: &probe.resid_max,
+                    reference: &reference,
+                    cursor: Some((app.layer, app.dim)),
+                },
+                inner,
+            );
+        }
+        View::Tokens | View::Ffn => {
+            let Some(d) = app.detail.as_ref().filter(|d| d.layer == app.layer) else {
+                frame.render_widget(
+                    Paragraph::new(format!("reading layer {} ...", app.layer)).style(DIM),
+                    inner,
+                );
+                return;
+            };
+            let (rows, col) = if app.view == View::Tokens {
+                (&d.resid, app.dim)
+            } else {
+                (&d.mlp, app.ffn_dim)
+            };
+            let m = if app.view == View::Tokens {
+                d.median
+            } else {
+                median(rows.iter().flatten().copied())
+            };
+            let reference = vec![m; rows.len()];
+            frame.render_widget(
+                Heatmap {
+                    rows,
+                    reference: &reference,
+                    cursor: Some((app.token, col)),
+                },
+                inner,
+            );
+        }
+    }
+}
+
+fn draw_readout(frame: &mut Frame, area: Rect, app: &App) {
+    let Some(probe) = &app.probe else { return };
+    let token_text = |t: usize| {
+        probe
+            .report
+            .token_texts
+            .get(t)
+            .map(|s| format!("{:?}", sanitize(s)))
+            .unwrap_or_default()
+    };
+    let text = match app.view {
+        View::Layers => {
+            let v = probe
+                .resid_max
+                .get(app.layer)
+                .and_then(|r| r.get(app.dim))
+                .copied()
+                .unwrap_or(0.0);
+            let m = probe.report.layers.get(app.layer).map_or(1.0, |l| l.median);
+            let at = probe
+                .report
+                .layers
+                .get(app.layer)
+                .and_then(|l| l.top.iter().find(|a| a.dim == app.dim));
+            let tok = at
+                .map(|a| format!(" at token {} {}", a.position, token_text(a.position)))
+                .unwrap_or_default();
+            format!(
+                " layer {} · dim {} · max |x| {:.2} · {:.0}x median{tok}",
+                app.layer,
+                app.dim,
+                v,
+                v.abs() / m.max(1e-12)
+            )
+        }
+        View::Tokens | View::Ffn => match app.detail.as_ref().filter(|d| d.layer == app.layer) {
+            None => String::new(),
+            Some(d) => {
+                let (rows, col, what) = if app.view == View::Tokens {
+                    (&d.resid, app.dim, "dim")
+                } else {
+                    (&d.mlp, app.ffn_dim, "d_ff dim")
+                };
+                let v = rows
+                    .get(app.token)
+                    .and_then(|r| r.get(col))
+                    .copied()
+                    .unwrap_or(0.0);
+                let picked = if app.view == View::Ffn && app.custom.contains(&col) {
+                    " · picked"
+                } else {
+                    ""
+                };
+                format!(
+                    " layer {} · token {} {} · {what} {col} · x = {:.3} · {:.0}x median{picked}",
+                    app.layer,
+                    app.token,
+                    token_text(app.token),
+                    v,
+                    v.abs() / d.median.max(1e-12)
+                )
+            }
+        },
+    };
+    frame.render_widget(
+        Paragraph::new(text).style(Style::new().fg(Color::White)),
+        area,
+    );
+}
+
+fn draw_weights(frame: &mut Frame, area: Rect, app: &App) {
+    let block = Block::default()
+        .borders(Borders::ALL)
+        .title(" massive weights ");
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
+    let Some(probe) = &app.probe else { return };
+    let r = &probe.report;
+    let mut lines = vec![match r.massive_layer {
+        Some(l) => Line::from(vec![
+            Span::raw("massive layer "),
+            Span::styled(l.to_string(), ACCENT),
+        ]),
+        None => Line::styled(format!("none massive; layer {}", probe.attack_layer), DIM),
+    }];
+    if let Some(a) = r.massive_activations.first() {
+        lines.push(Line::raw(format!("hidden dim {} = {:.0}", a.dim, a.value)));
+    }
+    if let (Some(sw), Some(_)) = (r.super_weights.first(), r.massive_layer) {
+        lines.push(Line::raw(format!(
+            "super w [{},{}] {:.3}",
+            sw.row, sw.col, sw.value
+        )));
+    }
+    lines.push(Line::styled("  d_ff   value |up| |gate|", DIM));
+    let attack = app.attack();
+    for s in &probe.row_stats {
+        let (mark, style) = match &attack {
+            Some(a) if a.layer == probe.attack_layer && a.dims.contains(&s.dim) => match a.mode {
+                AttackMode::Zero | AttackMode::RandomZero => ("✗", Style::new().fg(Color::Red)),
+                _ => ("●", Style::new().fg(Color::Green)),
+            },
+            Some(a)
+                if matches!(a.mode, AttackMode::Keep | AttackMode::RandomKeep)
+                    && a.layer == probe.attack_layer =>
+            {
+                ("✗", Style::new().fg(Color::Red))
+            }
+            _ => (" ", Style::default()),
+        };
+        lines.push(Line::styled(
+            format!(
+                "{mark}{:>5} {:>7.1} {:>4.1} {:>4.1}",
+                s.dim, s.value, s.up_norm, s.gate_norm
+            ),
+            style,
+        ));
+    }
+    if !app.custom.is_empty() {
+        let dims: Vec<String> = app.custom.iter().map(usize::to_string).collect();
+        lines.push(Line::styled(
+            format!("custom: {}", dims.join(",")),
+            Style::new().fg(Color::Cyan),
+        ));
+    }
+    frame.render_widget(Paragraph::new(lines), inner);
+}
+
+/// Control characters would move the terminal's cursor: show them as dots.
+pub fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '\n' => '\n',
+            '\t' => ' ',
+            c if c.is_control() => '·',
+            c => c,
+        })
+        .collect()
+}
+
+fn draw_generation(frame: &mut Frame, area: Rect, app: &App) {
+    let cols = Layout::default()
+        .direction(Direction::Horizontal)
+        .constraints([Constraint::Percentage(50), Constraint::Percentage(50)])
+        .split(area);
+    let ppl = |i: usize| match if i == 0 {
+        app.perplexity.0
+    } else {
+        app.perplexity.1
+    } {
+        Some(p) => format!(" · ppl {}", format_ppl(p)),
+        None => " · ppl …".to_string(),
+    };
+    let busy = if app.generating { " …" } else { "" };
+    let titles = [
+        format!(" original{}{busy} ", ppl(0)),
+        format!(" {}{}{busy} ", attack_label(app), ppl(1)),
+    ];
+    for (i, col) in cols.iter().enumerate() {
+        let style = if i == 1 && app.mode != AttackMode::Original {
+            Style::new().fg(Color::Cyan)
+        } else {
+            Style::default()
+        };
+        let p = Paragraph::new(sanitize(&app.generated[i]))
+            .wrap(Wrap { trim: false })
+            .block(
+                Block::default()
+                    .borders(Borders::ALL)
+                    .title(titles[i].clone())
+                    .border_style(style),
+            );
+        frame.render_widget(p, *col);
+    }
+}
+
+fn draw_prompt(frame: &mut Frame, area: Rect, app: &App) {
+    let mut spans = vec![
+        Span::styled(" prompt> ", DIM),
+        Span::raw(sanitize(&app.prompt)),
+    ];
+    if app.editing {
+        spans.push(Span::styled("█", ACCENT));
+        spans.push(Span::styled("  Enter runs · Esc cancels", DIM));
+    }
+    frame.render_widget(Paragraph::new(Line::from(spans)), area);
+}
+
+fn draw_footer(frame: &mut Frame, area: Rect) {
+    let mut spans = Vec::new();
+    for b in BINDINGS.iter().filter(|b| !b.hint.is_empty()) {
+        spans.push(Span::styled(format!(" {}", b.label), ACCENT));
+        spans.push(Span::styled(format!(" {}", b.hint), DIM));
+    }
+    frame.render_widget(Paragraph::new(Line::from(spans)), area);
+}
+
+fn draw_help(frame: &mut Frame, area: Rect) {
+    let w = area.width.min(72);
+    let h = (BINDINGS.len() as u16 + 4).min(area.height);
+    let rect = Rect::new(
+        area.x + (area.width - w) / 2,
+        area.y + (area.height - h) / 2,
+        w,
+        h,
+    );
+    let mut lines: Vec<Line> = BINDINGS
+        .iter()
+        .map(|b| {
+            Line::from(vec![
+                Span::styled(format!(" {:>6}  ", b.label), ACCENT),
+                Span::raw(b.help),
+            ])
+        })
+        .collect();
+    lines.push(Line::styled(
+        "  mouse: click a cell to select it · any key closes",
+        DIM,
+    ));
+    frame.render_widget(Clear, rect);
+    frame.render_widget(
+        Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(" keys ")),
+        rect,
+    );
+    let _ = heatmap::CURSOR;
+}
