@@ -66,11 +66,13 @@ impl Default for Spec {
 pub const SPECIAL_TOKENS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
 
 impl Spec {
-    /// The default tiny model with a massive weight planted at layer 1:
+    /// A 3-layer tiny model with a massive weight planted at layer 1:
     /// d_ff dims 300 then 17, hidden dim 42, super weight 1.5.
     pub fn planted() -> Self {
         Self {
             n_layers: 3,
+            // Untied, so the large BOS embedding row does not dominate the output head.
+            tied_embeddings: false,
             plant: Some(Plant {
                 layer: 1,
                 ffn_dims: vec![300, 17],

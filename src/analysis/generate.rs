@@ -69,18 +69,22 @@ pub struct Generated {
 struct TextStream {
     tokens: Vec<u32>,
     emitted: usize,
+    /// Tokens held back waiting for the rest of a UTF-8 character.
+    held: usize,
 }
 
 impl TextStream {
     fn push(&mut self, tok: &tokenizers::Tokenizer, id: u32) -> String {
         self.tokens.push(id);
         let text = tok.decode(&self.tokens, true).unwrap_or_default();
-        if text.ends_with('\u{FFFD}')
-            || text.len() < self.emitted
-            || !text.is_char_boundary(self.emitted)
-        {
+        // A character spans at most 4 byte tokens: after that, a replacement
+        // character is really in the output (a broken model emits such bytes).
+        let incomplete = text.ends_with('\u{FFFD}') && self.held < 3;
+        if incomplete || text.len() < self.emitted || !text.is_char_boundary(self.emitted) {
+            self.held += 1;
             return String::new();
         }
+        self.held = 0;
         let piece = text[self.emitted..].to_string();
         self.emitted = text.len();
         piece
@@ -107,6 +111,7 @@ pub fn generate(
         .map(|_| TextStream {
             tokens: Vec::new(),
             emitted: 0,
+            held: 0,
         })
         .collect();
     let mut out: Vec<Generated> = (0..b)

@@ -1,0 +1,226 @@
+//! Whole-screen snapshots of the TUI (ratatui's TestBackend + insta), driven
+//! by key events against the real engine on the planted synthetic checkpoint,
+//! waiting for its results.
+
+mod common;
+
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device};
+use crossterm::event::{
+    Event as TermEvent, KeyCode, KeyEvent, KeyModifiers, MouseButton, MouseEvent, MouseEventKind,
+};
+use mwtop::engine::{EngineHandle, Event};
+use mwtop::synthetic::Spec;
+use mwtop::tui::app::{App, View};
+use mwtop::tui::ui;
+use ratatui::backend::TestBackend;
+use ratatui::Terminal;
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    app: App,
+    rx: Receiver<Event>,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let dir = common::tempdir();
+        let path = dir.path().join("planted");
+        Spec::planted()
+            .write_hf_dir(&path, safetensors::Dtype::F32)
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let engine =
+            EngineHandle::spawn(move |e| drop(tx.send(e)), mwtop::tui::EVAL_TEXT.to_string());
+        let mut app = App::new(Box::new(move |job| engine.submit(job)), "Hi");
+        app.max_tokens = 12;
+        app.start(
+            Some(path.to_str().unwrap().to_string()),
+            Device::Cpu,
+            DType::F32,
+        );
+        let mut h = Self { _dir: dir, app, rx };
+        h.settle();
+        h
+    }
+
+    /// Feeds engine events to the app until everything asked for has arrived.
+    fn settle(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let a = &self.app;
+            let done = a.error.is_some()
+                || (a.probe.is_some()
+                    && a.detail.as_ref().is_some_and(|d| d.layer == a.layer)
+                    && !a.generating
+                    && a.perplexity.1.is_some());
+            if done {
+                // Drain anything still queued (stale epochs are ignored by the app).
+                while let Ok(e) = self.rx.recv_timeout(Duration::from_millis(50)) {
+                    self.app.on_engine_event(e);
+                }
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the engine did not finish in time"
+            );
+            if let Ok(e) = self.rx.recv_timeout(Duration::from_millis(100)) {
+                self.app.on_engine_event(e);
+            }
+        }
+    }
+
+    fn key(&mut self, code: KeyCode) {
+        self.app
+            .on_terminal_event(TermEvent::Key(KeyEvent::from(code)));
+        self.settle();
+    }
+
+    fn screen(&mut self, w: u16, h: u16) -> String {
+        let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
+        t.draw(|f| ui::draw(f, &mut self.app)).unwrap();
+        t.backend().to_string()
+    }
+}
+
+#[test]
+fn screens_through_a_session() {
+    let mut h = Harness::new();
+    assert!(h.app.error.is_none(), "{:?}", h.app.error);
+    assert_eq!(h.app.probe.as_ref().unwrap().report.massive_layer, Some(1));
+    insta::assert_snapshot!("start_80x24", h.screen(80, 24));
+    let original = h.app.generated.clone();
+    assert_eq!(original[0], original[1], "no attack: both columns agree");
+
+    h.key(KeyCode::Char('z'));
+    insta::assert_snapshot!("zero_80x24", h.screen(80, 24));
+    let (o, zero) = h.app.perplexity;
+    // The synthetic model is untrained: the attack changes perplexity, in no promised direction.
+    assert!(
+        (zero.unwrap() / o.unwrap() - 1.0).abs() > 0.01,
+        "the attack shows: {zero:?} vs {o:?}"
+    );
+    assert_eq!(
+        h.app.generated[0], original[0],
+        "the original column is unchanged"
+    );
+
+    h.key(KeyCode::Char('r'));
+    insta::assert_snapshot!("keep_80x24", h.screen(80, 24));
+
+    h.key(KeyCode::Char('+'));
+    assert_eq!(h.app.attack().unwrap().k, 4);
+    h.key(KeyCode::Char('-'));
+    h.key(KeyCode::Char('-'));
+    h.key(KeyCode::Char('-'));
+    assert_eq!(h.app.attack().unwrap().k, 0);
+    h.key(KeyCode::Char('x'));
+    assert_eq!(
+        h.app.attack().unwrap().mode,
+        mwtop::analysis::attack::AttackMode::RandomKeep
+    );
+    h.key(KeyCode::Char('o'));
+    assert!(h.app.attack().is_none());
+
+    h.key(KeyCode::Tab);
+    assert_eq!(h.app.view, View::Tokens);
+    insta::assert_snapshot!("tokens_view_80x24", h.screen(80, 24));
+    h.key(KeyCode::Tab);
+    assert_eq!(h.app.view, View::Ffn);
+    // Pick the planted d_ff dim under the cursor (the top-ranked one) with space, zero it.
+    assert_eq!(h.app.ffn_dim, 300);
+    h.key(KeyCode::Char(' '));
+    h.key(KeyCode::Char('z'));
+    let a = h.app.attack().unwrap();
+    assert_eq!((a.layer, a.dims.clone()), (1, vec![300]));
+    insta::assert_snapshot!("ffn_view_custom_zero_120x40", h.screen(120, 40));
+
+    h.key(KeyCode::Char('?'));
+    insta::assert_snapshot!("help_80x24", h.screen(80, 24));
+    h.key(KeyCode::Esc);
+    assert!(!h.app.show_help);
+
+    insta::assert_snapshot!("wide_200x60", h.screen(200, 60));
+}
+
+#[test]
+fn cursor_mouse_prompt_and_resizes() {
+    let mut h = Harness::new();
+    h.screen(80, 24);
+    let layer = h.app.layer;
+    h.key(KeyCode::Down);
+    assert_eq!(h.app.layer, layer + 1);
+    h.key(KeyCode::Char('k'));
+    assert_eq!(h.app.layer, layer);
+    // A click on the heatmap's first cell selects layer 0, dim 0.
+    let area = h.app.heatmap_area.unwrap();
+    h.app.on_terminal_event(TermEvent::Mouse(MouseEvent {
+        kind: MouseEventKind::Down(MouseButton::Left),
+        column: area.x,
+        row: area.y,
+        modifiers: KeyModifiers::NONE,
+    }));
+    h.settle();
+    assert_eq!((h.app.layer, h.app.dim), (0, 0));
+    // Edit the prompt: e, type, Enter regenerates.
+    h.key(KeyCode::Char('e'));
+    assert!(h.app.editing);
+    for c in "!!".chars() {
+        h.app
+            .on_terminal_event(TermEvent::Key(KeyEvent::from(KeyCode::Char(c))));
+    }
+    h.key(KeyCode::Enter);
+    assert_eq!(h.app.prompt, "Hi!!");
+    assert!(!h.app.editing);
+    // Any size down to 1x1 draws without a panic.
+    for (w, hgt) in [
+        (1, 1),
+        (2, 1),
+        (10, 3),
+        (19, 5),
+        (20, 6),
+        (33, 9),
+        (80, 24),
+        (300, 100),
+    ] {
+        h.screen(w, hgt);
+    }
+    h.key(KeyCode::Char('L'));
+    assert!(h.app.show_log);
+    h.screen(80, 24);
+    h.key(KeyCode::Char('q'));
+    assert!(h.app.quit);
+}
+
+#[test]
+fn load_failure_shows_an_error_screen() {
+    let dir = common::tempdir();
+    let (tx, rx) = mpsc::channel();
+    let engine = EngineHandle::spawn(move |e| drop(tx.send(e)), String::new());
+    let mut app = App::new(Box::new(move |job| engine.submit(job)), "Hi");
+    app.start(
+        Some(dir.path().to_str().unwrap().to_string()),
+        Device::Cpu,
+        DType::F32,
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while app.error.is_none() {
+        assert!(Instant::now() < deadline);
+        if let Ok(e) = rx.recv_timeout(Duration::from_millis(100)) {
+            app.on_engine_event(e);
+        }
+    }
+    let mut t = Terminal::new(TestBackend::new(80, 12)).unwrap();
+    t.draw(|f| ui::draw(f, &mut app)).unwrap();
+    let screen = t.backend().to_string();
+    assert!(
+        screen.contains("mwtop could not load the model"),
+        "{screen}"
+    );
+    assert!(screen.contains("no config.json"), "{screen}");
+    app.on_terminal_event(TermEvent::Key(KeyEvent::from(KeyCode::Char('q'))));
+    assert!(app.quit);
+}
