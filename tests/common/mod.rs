@@ -93,6 +93,11 @@ impl Pty {
         self.parser.lock().unwrap().screen().contents()
     }
 
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.process_id().expect("a running child")
+    }
+
     pub fn send(&mut self, bytes: &[u8]) {
         self.writer.write_all(bytes).unwrap();
         self.writer.flush().unwrap();
