@@ -6,7 +6,6 @@
 //! Run: cargo bench --bench tui
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use std::sync::mpsc;
