@@ -11,7 +11,7 @@ mod common;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use candle_core::{DType, Device};
+use candle_core::DType;
 use mwtop::engine::EngineHandle;
 use mwtop::tui::app::App;
 use mwtop::tui::keys::Action;
@@ -29,7 +29,7 @@ fn main() {
     );
     app.start(
         Some(model.to_str().unwrap().to_string()),
-        Device::Cpu,
+        Some("cpu".to_string()),
         DType::F32,
     );
     let settle = |app: &mut App| {

@@ -35,9 +35,10 @@ use crate::model::{CancelToken, LogitsMode, Model, ModelError, RunOptions};
 #[derive(Debug, Clone)]
 pub enum Job {
     /// Open (fetching the demo model when `spec` is None) and load the model.
+    /// The device is created here, on the engine thread, where it will be used.
     Load {
         spec: Option<String>,
-        device: Device,
+        device: Option<String>,
         dtype: DType,
     },
     /// Scan a probe: heatmaps, massive layer, massive weights.
@@ -265,10 +266,12 @@ impl<F: Fn(Event)> Engine<F> {
     fn load(
         &mut self,
         spec: Option<String>,
-        device: Device,
+        device: Option<String>,
         dtype: DType,
     ) -> Result<(), ModelError> {
         let start = Instant::now();
+        let device =
+            crate::cli::load::parse_device(device.as_deref()).map_err(ModelError::Invalid)?;
         if spec.is_none() {
             (self.emit)(Event::Status("fetching the demo model (once)".into()));
         }

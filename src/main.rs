@@ -111,6 +111,9 @@ enum Command {
         /// Every mode for k in {0,1,2,4,8,16,32}: the paper's table.
         #[arg(long)]
         sweep: bool,
+        /// Also print the log-probability of every scored token (--json).
+        #[arg(long)]
+        per_token: bool,
         #[command(flatten)]
         run: RunArgs,
         #[arg(long)]
@@ -128,6 +131,18 @@ enum Command {
         k: usize,
         #[command(flatten)]
         thresholds: ThresholdArgs,
+        #[command(flatten)]
+        run: RunArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Speed of this build: prompt and decode tokens/s, capture off and on, the pair, first token.
+    Bench {
+        /// Model path or hub id; omitted: the demo model.
+        model: Option<String>,
+        /// Decode steps to time.
+        #[arg(long, default_value_t = 64)]
+        decode: usize,
         #[command(flatten)]
         run: RunArgs,
         #[arg(long)]
@@ -414,6 +429,7 @@ fn run(cli: Cli) -> Result<()> {
             attack,
             seed,
             sweep,
+            per_token,
             run,
             json,
         }) => {
@@ -482,7 +498,10 @@ fn run(cli: Cli) -> Result<()> {
             let resolved = attack.resolve(&model, &tok, seed, false)?;
             let rows: Vec<Interventions> =
                 resolved.iter().map(|(_, a)| a.interventions()).collect();
-            let report = perplexity(&model, &ids, &rows, w)?.remove(0);
+            let mut report = perplexity(&model, &ids, &rows, w)?.remove(0);
+            if !per_token {
+                report.logprobs.clear();
+            }
             let (mode, layer, dims) = match &resolved {
                 Some((_, a)) => (a.mode, Some(a.layer), a.dims.clone()),
                 None => (AttackMode::Original, None, Vec::new()),
@@ -531,13 +550,52 @@ fn run(cli: Cli) -> Result<()> {
                 print!("{}", cli::scan::render(&report));
             }
         }
+        Some(Command::Bench {
+            model,
+            decode,
+            run,
+            json,
+        }) => {
+            let ckpt = cli::open_model(model.as_deref().or(cli.model.as_deref()))?;
+            let tok = ckpt.tokenizer()?;
+            let model = run.load(&ckpt)?;
+            let (eval_ids, _) = massive::probe_tokens(
+                &model,
+                tok.encode(mwtop::tui::EVAL_TEXT, false)
+                    .map_err(|e| eyre!("tokenizer: {e}"))?
+                    .get_ids(),
+            );
+            let chat = load::prompt_ids(&ckpt, &tok, mwtop::tui::DEFAULT_PROMPT, true)
+                .map_err(|e| eyre!(e))?;
+            let attack = cli::attack::resolve_target(
+                &model,
+                &tok,
+                cli::attack::DEFAULT_PROBE,
+                Thresholds::default(),
+                None,
+                None,
+            )
+            .ok()
+            .map(|t| cli::bench::default_attack(&t, model.config().d_ff));
+            let r = cli::bench::run(&model, &tok, &eval_ids, &chat, attack.as_ref(), decode)?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "{} {}: prompt {:.0} tok/s ({:.0} with capture, {} tokens); decode {:.1} tok/s ({:.1} with capture, {:.1} per row as an original+attacked pair); first token {:.0} ms",
+                    r.device, r.dtype, r.prompt_tok_s, r.prompt_tok_s_capture, r.prompt_tokens, r.decode_tok_s, r.decode_tok_s_capture, r.decode_tok_s_pair, r.first_token_ms
+                );
+            }
+        }
         Some(Command::Demo) => {
             let path = mwtop::demo::ensure().wrap_err("demo model")?;
             println!("{}", path.display());
         }
         None => {
-            let device = load::parse_device(cli.run.device.as_deref()).map_err(|e| eyre!(e))?;
+            // The device itself is created on the engine thread; check the spelling here.
+            load::check_device_spec(cli.run.device.as_deref()).map_err(|e| eyre!(e))?;
             let dtype = load::parse_dtype(&cli.run.dtype).map_err(|e| eyre!(e))?;
+            let device = cli.run.device.clone();
             // A path that does not exist fails here, before the screen is taken.
             if let Some(m) = &cli.model {
                 if !std::path::Path::new(m).exists()

@@ -7,7 +7,7 @@ mod common;
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
-use candle_core::{DType, Device};
+use candle_core::DType;
 use crossterm::event::{
     Event as TermEvent, KeyCode, KeyEvent, KeyModifiers, MouseButton, MouseEvent, MouseEventKind,
 };
@@ -38,7 +38,7 @@ impl Harness {
         app.max_tokens = 12;
         app.start(
             Some(path.to_str().unwrap().to_string()),
-            Device::Cpu,
+            Some("cpu".to_string()),
             DType::F32,
         );
         let mut h = Self { _dir: dir, app, rx };
@@ -203,7 +203,7 @@ fn load_failure_shows_an_error_screen() {
     let mut app = App::new(Box::new(move |job| engine.submit(job)), "Hi");
     app.start(
         Some(dir.path().to_str().unwrap().to_string()),
-        Device::Cpu,
+        Some("cpu".to_string()),
         DType::F32,
     );
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -24,6 +24,9 @@ pub struct Perplexity {
     pub scored: usize,
     pub window: usize,
     pub stride: usize,
+    /// log P(token i+1 | tokens ..=i) for every scored token (JSON only when asked for).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub logprobs: Vec<f32>,
 }
 
 /// Sliding-window settings.
@@ -73,6 +76,7 @@ pub fn perplexity_cancellable(
     let size = window.size.clamp(2, model.max_positions());
     let stride = window.stride.clamp(1, size - 1);
     let mut nll = vec![0f64; b];
+    let mut logprobs: Vec<Vec<f32>> = vec![Vec::with_capacity(n - 1); b];
     let mut scored_upto = 1usize; // next token index to score
     let mut begin = 0usize;
     loop {
@@ -95,6 +99,7 @@ pub fn perplexity_cancellable(
             for (i, v) in lp.iter().enumerate() {
                 if begin + i + 1 >= scored_upto {
                     *total -= *v as f64;
+                    logprobs[r].push(*v);
                 }
             }
         }
@@ -107,7 +112,8 @@ pub fn perplexity_cancellable(
     let scored = n - 1;
     Ok(nll
         .into_iter()
-        .map(|total| {
+        .zip(logprobs)
+        .map(|(total, logprobs)| {
             let mean = total / scored as f64;
             Perplexity {
                 perplexity: mean.exp(),
@@ -116,6 +122,7 @@ pub fn perplexity_cancellable(
                 scored,
                 window: size,
                 stride,
+                logprobs,
             }
         })
         .collect())

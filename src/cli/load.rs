@@ -9,6 +9,27 @@ use crate::checkpoint::chat::{self, Message};
 use crate::checkpoint::Checkpoint;
 use crate::model::{Model, ModelError};
 
+/// Checks a `--device` spelling without creating the device.
+pub fn check_device_spec(spec: Option<&str>) -> Result<(), String> {
+    match spec {
+        None | Some("cpu") => Ok(()),
+        Some(s) if s == "cuda" || s.starts_with("cuda:") => {
+            if let Some(n) = s.strip_prefix("cuda:") {
+                n.parse::<usize>()
+                    .map_err(|_| format!("--device {s}: {n:?} is not a GPU number"))?;
+            }
+            if cfg!(feature = "cuda") {
+                Ok(())
+            } else {
+                Err(format!(
+                    "--device {s}: this mwtop was built without the cuda feature"
+                ))
+            }
+        }
+        Some(other) => Err(format!("--device {other:?}: expected cpu, cuda or cuda:N")),
+    }
+}
+
 /// `cpu`, `cuda` or `cuda:N`; None: CUDA when compiled in and present, else CPU.
 pub fn parse_device(spec: Option<&str>) -> Result<Device, String> {
     match spec {

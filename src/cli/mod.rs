@@ -2,6 +2,7 @@
 //! stdout carries only the result; progress and logs go to stderr.
 
 pub mod attack;
+pub mod bench;
 pub mod generate;
 pub mod inspect;
 pub mod load;

@@ -7,7 +7,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use candle_core::{DType, Result, Tensor, D};
+use candle_core::{DType, Result, Tensor};
 use serde::Serialize;
 
 /// Where in a block a state is observed.
@@ -259,37 +259,19 @@ pub(crate) fn reduce(hook: HookName, reduction: Reduction, x: &Tensor) -> Result
         let all = &data[layout.start_offset()..layout.start_offset() + b * t * d];
         return Ok(cpu_reduce(all, (b, t, d), reduction, captured));
     }
-    let lower_middle = |sorted: &Tensor, n: usize| sorted.narrow(D::Minus1, (n.max(1) - 1) / 2, 1);
-    let (out, indices, shape) = match reduction {
+    let (out, indices, shape): (Tensor, Option<Tensor>, Vec<usize>) = match reduction {
         Reduction::MaxAbsPerDim => (x.abs()?.max(1)?, None, vec![b, d]),
         Reduction::MedianAbsPerToken => {
-            let sorted = x.abs()?.contiguous()?.sort_last_dim(true)?.0;
-            (
-                lower_middle(&sorted, d)?.squeeze(D::Minus1)?,
-                None,
-                vec![b, t],
-            )
+            let a = x.abs()?.reshape((b * t, d))?.contiguous()?;
+            (kth_smallest_rows(&a, (d - 1) / 2)?, None, vec![b, t])
         }
         Reduction::MedianAbs => {
-            let sorted = x
-                .abs()?
-                .reshape((b, t * d))?
-                .contiguous()?
-                .sort_last_dim(true)?
-                .0;
-            (lower_middle(&sorted, t * d)?, None, vec![b, 1])
+            let a = x.abs()?.reshape((b, t * d))?.contiguous()?;
+            (kth_smallest_rows(&a, (t * d - 1) / 2)?, None, vec![b, 1])
         }
         Reduction::TopK(k) => {
-            let k = k.min(t * d);
-            let flat = x.reshape((b, t * d))?;
-            let idx = flat
-                .abs()?
-                .contiguous()?
-                .arg_sort_last_dim(false)?
-                .narrow(1, 0, k)?
-                .contiguous()?;
-            let vals = flat.gather(&idx, 1)?;
-            (vals, Some(idx), vec![b, k])
+            let (values, indices) = device_top_k(&x, k)?;
+            return Ok(captured(vec![b, k.min(t * d)], values, indices));
         }
         Reduction::Position(p) => (
             x.narrow(1, p.min(t.saturating_sub(1)), 1)?.squeeze(1)?,
@@ -308,10 +290,115 @@ pub(crate) fn reduce(hook: HookName, reduction: Reduction, x: &Tensor) -> Result
     ))
 }
 
+/// The k-th smallest value (0-based) of each row of `a` (rows, n), found on
+/// the device by bisection on the value: each step counts the entries at or
+/// below the midpoint, with no sort (GPU sorts are limited to short rows) and
+/// no copy to the host. It stops when the bracket is two adjacent floats, so
+/// the result is exact.
+pub fn kth_smallest_rows(a: &Tensor, k: usize) -> Result<Tensor> {
+    let rows = a.dim(0)?;
+    let target = (k + 1) as f64;
+    let mut lo = Tensor::full(-1f32, rows, a.device())?;
+    let mut hi = a.max(1)?;
+    // 64 halvings take any f32 range down to adjacent floats.
+    for _ in 0..64 {
+        let mid = ((&lo + &hi)? * 0.5)?;
+        let count = a
+            .broadcast_le(&mid.unsqueeze(1)?)?
+            .to_dtype(DType::F32)?
+            .sum(1)?;
+        let enough = count.ge(target)?;
+        hi = enough.where_cond(&mid, &hi)?;
+        lo = enough.where_cond(&lo, &mid)?;
+    }
+    Ok(hi)
+}
+
+/// Top-k by |x| over (tokens x dims) without sorting the whole state: the
+/// k-th largest |x| is found on the device (bisection); only the tokens whose
+/// largest |x| reaches it (at most k of them) cross to the host, where the
+/// final k are picked. Returns values and flat indices per batch row.
+fn device_top_k(x: &Tensor, k: usize) -> Result<(Vec<f32>, Vec<u32>)> {
+    let (b, t, d) = x.dims3()?;
+    let k = k.min(t * d);
+    let abs = x.abs()?.contiguous()?;
+    let mut values = Vec::with_capacity(b * k);
+    let mut indices = Vec::with_capacity(b * k);
+    if k == 0 {
+        return Ok((values, indices));
+    }
+    let threshold = kth_smallest_rows(&abs.reshape((b, t * d))?, t * d - k)?.to_vec1::<f32>()?;
+    let token_max = abs.max(2)?.to_vec2::<f32>()?;
+    for r in 0..b {
+        let tokens: Vec<u32> = (0..t as u32)
+            .filter(|&p| token_max[r][p as usize] >= threshold[r])
+            .collect();
+        let ids = Tensor::new(tokens.as_slice(), x.device())?;
+        let rows = x.get(r)?.index_select(&ids, 0)?.to_vec2::<f32>()?;
+        let mut cand: Vec<(f32, u32)> = Vec::new();
+        for (row, &p) in rows.iter().zip(&tokens) {
+            for (j, v) in row.iter().enumerate() {
+                cand.push((*v, p * d as u32 + j as u32));
+            }
+        }
+        cand.sort_by(|a, b| b.0.abs().total_cmp(&a.0.abs()));
+        cand.truncate(k);
+        values.extend(cand.iter().map(|c| c.0));
+        indices.extend(cand.iter().map(|c| c.1));
+    }
+    Ok((values, indices))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn the_device_reductions_equal_the_cpu_ones() {
+        // The GPU path (bisection, candidate tokens) run on the CPU device.
+        let mut v = Vec::new();
+        let mut seed = 7u64;
+        for _ in 0..(2 * 37 * 64) {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            v.push(((seed >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 4.0);
+        }
+        v[5 * 64 + 9] = -25000.0;
+        v[64 * 37 + 3] = 777.0;
+        let x = Tensor::from_vec(v.clone(), (2, 37, 64), &Device::Cpu).unwrap();
+        let h = HookName::new(0, HookPoint::ResidPost);
+        for r in [
+            Reduction::MedianAbs,
+            Reduction::MedianAbsPerToken,
+            Reduction::TopK(5),
+        ] {
+            let cpu = reduce(h, r, &x).unwrap();
+            let (values, indices) = match r {
+                Reduction::TopK(k) => device_top_k(&x, k).unwrap(),
+                Reduction::MedianAbs => {
+                    let a = x.abs().unwrap().reshape((2, 37 * 64)).unwrap();
+                    (
+                        kth_smallest_rows(&a, (37 * 64 - 1) / 2)
+                            .unwrap()
+                            .to_vec1()
+                            .unwrap(),
+                        vec![],
+                    )
+                }
+                _ => {
+                    let a = x.abs().unwrap().reshape((2 * 37, 64)).unwrap();
+                    (
+                        kth_smallest_rows(&a, 31).unwrap().to_vec1().unwrap(),
+                        vec![],
+                    )
+                }
+            };
+            assert_eq!(values, cpu.values, "{r:?}");
+            assert_eq!(indices, cpu.indices, "{r:?}");
+        }
+    }
 
     #[test]
     fn hook_names_round_trip() {

@@ -162,10 +162,11 @@ impl App {
         };
     }
 
+    /// Asks the engine to load the model; `device` is `cpu`, `cuda[:N]` or None (the default).
     pub fn start(
         &mut self,
         spec: Option<String>,
-        device: candle_core::Device,
+        device: Option<String>,
         dtype: candle_core::DType,
     ) {
         self.status = match &spec {

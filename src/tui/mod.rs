@@ -9,7 +9,7 @@ pub mod ui;
 
 use std::time::Duration;
 
-use candle_core::{DType, Device};
+use candle_core::DType;
 use crossterm::event::{DisableMouseCapture, EnableMouseCapture, EventStream};
 use crossterm::execute;
 use futures::StreamExt;
@@ -38,7 +38,7 @@ pub fn init_logging() {
 /// on panic (ratatui's hook, installed after color-eyre's).
 pub fn run(
     spec: Option<String>,
-    device: Device,
+    device: Option<String>,
     dtype: DType,
     prompt: Option<String>,
 ) -> std::io::Result<()> {
@@ -56,7 +56,7 @@ pub fn run(
 async fn event_loop(
     terminal: &mut ratatui::DefaultTerminal,
     spec: Option<String>,
-    device: Device,
+    device: Option<String>,
     dtype: DType,
     prompt: Option<String>,
 ) -> std::io::Result<()> {

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# GPU checks, run on the GPU machine with a `--features cuda` build of mwtop:
+#   mwtop on CUDA f32 against mwtop on CPU f32 (log-probs of every token within
+#   1e-3, identical scans, perplexities within 0.1%), and against Hugging Face
+#   transformers on the same GPU (greedy generations identical in f32; the
+#   reference is tests/fixtures/smollm2_transformers_reference.json, made there
+#   by scripts/reference_transformers.py).
+# Usage: scripts/gpu-check.sh MWTOP_BINARY MODEL.gguf OUTDIR
+set -euo pipefail
+BIN=$1; MODEL=$2; OUT=$3
+TEXT=assets/eval.txt
+FIX=tests/fixtures/smollm2_transformers_reference.json
+mkdir -p "$OUT"
+for dev in cuda cpu; do
+  "$BIN" eval "$MODEL" --text "$TEXT" --device "$dev" --per-token --json > "$OUT/eval-$dev.json"
+  for mode in zero keep random-zero; do
+    "$BIN" eval "$MODEL" --text "$TEXT" --bos --mode "$mode" --k 2 --device "$dev" --json > "$OUT/$mode-$dev.json"
+  done
+  "$BIN" scan "$MODEL" --device "$dev" --json > "$OUT/scan-$dev.json"
+done
+python3 - "$FIX" "$OUT" <<'PY' > "$OUT/prompts.txt"
+import json, sys
+for g in json.load(open(sys.argv[1]))["generations"]:
+    print(json.dumps({"prompt": g["prompt"], "chat": g["chat"]}))
+PY
+i=0
+while read -r line; do
+  prompt=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["prompt"])' "$line")
+  chat=$(python3 -c 'import json,sys; print("--chat" if json.loads(sys.argv[1])["chat"] else "")' "$line")
+  "$BIN" generate "$MODEL" --prompt "$prompt" $chat --max-tokens 48 --device cuda --json > "$OUT/gen-$i.json"
+  i=$((i+1))
+done < "$OUT/prompts.txt"
+python3 scripts/gpu_compare.py "$FIX" "$OUT"

@@ -1,0 +1,174 @@
+//! `mwtop bench`: prompt and decode tokens/s of this build on a device, with
+//! capture off and on, the original+attacked pair as one batch, and the time
+//! from a generation request to its first token. Runs where cargo does not
+//! (the GPU machine), so the numbers come from the shipped binary.
+
+use std::ops::ControlFlow;
+use std::time::Instant;
+
+use candle_core::IndexOp;
+use serde::Serialize;
+
+use crate::analysis::attack::{Attack, AttackMode};
+use crate::analysis::generate::{generate, GenerateParams};
+use crate::model::hooks::{CaptureRequest, HookPoint, Reduction};
+use crate::model::intervention::Interventions;
+use crate::model::{LogitsMode, Model, ModelError, RunOptions};
+
+#[derive(Debug, Serialize)]
+pub struct BenchReport {
+    pub device: String,
+    pub dtype: String,
+    pub prompt_tokens: usize,
+    pub prompt_tok_s: f64,
+    pub prompt_tok_s_capture: f64,
+    pub decode_tokens: usize,
+    pub decode_tok_s: f64,
+    pub decode_tok_s_capture: f64,
+    /// Original and attacked in one batch of two: tokens per second per row.
+    pub decode_tok_s_pair: f64,
+    /// From a generation request (chat prompt, pair, attack) to its first token.
+    pub first_token_ms: f64,
+}
+
+/// The captures a probe asks for, used as "capture on".
+fn captures() -> Vec<CaptureRequest> {
+    vec![
+        CaptureRequest::every_layer(HookPoint::ResidPost, Reduction::MaxAbsPerDim),
+        CaptureRequest::every_layer(HookPoint::ResidPost, Reduction::MedianAbs),
+        CaptureRequest::every_layer(HookPoint::ResidPost, Reduction::TopK(16)),
+        CaptureRequest::every_layer(HookPoint::MlpPost, Reduction::Position(0)),
+    ]
+}
+
+fn best_of<T>(n: usize, mut f: impl FnMut() -> Result<T, ModelError>) -> Result<f64, ModelError> {
+    let mut best = f64::MAX;
+    for _ in 0..n {
+        let t = Instant::now();
+        f()?;
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok(best)
+}
+
+/// Greedy decode of `n` tokens after `start`, one row per intervention set.
+fn decode(
+    model: &Model,
+    start: &[u32],
+    rows: &[Interventions],
+    n: usize,
+    capture: Vec<CaptureRequest>,
+) -> Result<f64, ModelError> {
+    let b = rows.len().max(1);
+    let opts = RunOptions {
+        capture,
+        interventions: rows.to_vec(),
+        logits: LogitsMode::Last,
+        ..Default::default()
+    };
+    let mut cache = model.new_cache();
+    let logits = model
+        .forward(&vec![start.to_vec(); b], Some(&mut cache), &opts)?
+        .logits
+        .expect("logits");
+    let mut next: Vec<Vec<u32>> = (0..b)
+        .map(|r| Ok(vec![logits.i((r, 0))?.argmax(0)?.to_scalar::<u32>()?]))
+        .collect::<candle_core::Result<_>>()?;
+    let t = Instant::now();
+    for _ in 0..n {
+        let logits = model
+            .forward(&next, Some(&mut cache), &opts)?
+            .logits
+            .expect("logits");
+        let ids = logits.squeeze(1)?.argmax(1)?.to_vec1::<u32>()?;
+        next = ids.into_iter().map(|id| vec![id]).collect();
+    }
+    Ok(n as f64 / t.elapsed().as_secs_f64())
+}
+
+pub fn run(
+    model: &Model,
+    tok: &tokenizers::Tokenizer,
+    eval_ids: &[u32],
+    chat_prompt: &[u32],
+    attack: Option<&Attack>,
+    decode_n: usize,
+) -> Result<BenchReport, ModelError> {
+    let ids = vec![eval_ids.to_vec()];
+    let plain = RunOptions {
+        logits: LogitsMode::Last,
+        ..Default::default()
+    };
+    let captured = RunOptions {
+        capture: captures(),
+        logits: LogitsMode::Last,
+        ..Default::default()
+    };
+    // Warm-up (kernel loading on a GPU).
+    model
+        .forward(&ids, None, &plain)?
+        .logits
+        .expect("logits")
+        .to_vec3::<f32>()?;
+    let sync = |o: crate::model::ForwardOutput| {
+        o.logits
+            .expect("logits")
+            .to_vec3::<f32>()
+            .map_err(ModelError::from)
+    };
+    let p_off = best_of(3, || sync(model.forward(&ids, None, &plain)?))?;
+    let p_on = best_of(3, || sync(model.forward(&ids, None, &captured)?))?;
+    let start = &eval_ids[..eval_ids.len().min(20)];
+    let d_off = decode(model, start, &[Interventions::none()], decode_n, Vec::new())?;
+    let d_on = decode(model, start, &[Interventions::none()], decode_n, captures())?;
+    let attacked = attack.map(Attack::interventions).unwrap_or_default();
+    let d_pair = decode(
+        model,
+        start,
+        &[Interventions::none(), attacked.clone()],
+        decode_n,
+        Vec::new(),
+    )?;
+    let mut first = f64::MAX;
+    for _ in 0..3 {
+        let params = GenerateParams {
+            max_tokens: 1,
+            ..Default::default()
+        };
+        let t = Instant::now();
+        let mut at = None;
+        generate(
+            model,
+            tok,
+            chat_prompt,
+            &[Interventions::none(), attacked.clone()],
+            &params,
+            |_, _, _| {
+                at.get_or_insert_with(|| t.elapsed().as_secs_f64());
+                ControlFlow::Continue(())
+            },
+        )?;
+        first = first.min(at.unwrap_or_else(|| t.elapsed().as_secs_f64()));
+    }
+    Ok(BenchReport {
+        device: if model.device().is_cuda() {
+            "cuda".into()
+        } else {
+            "cpu".into()
+        },
+        dtype: format!("{:?}", model.dtype()).to_lowercase(),
+        prompt_tokens: eval_ids.len(),
+        prompt_tok_s: eval_ids.len() as f64 / p_off,
+        prompt_tok_s_capture: eval_ids.len() as f64 / p_on,
+        decode_tokens: decode_n,
+        decode_tok_s: d_off,
+        decode_tok_s_capture: d_on,
+        decode_tok_s_pair: d_pair,
+        first_token_ms: first * 1e3,
+    })
+}
+
+/// The attack the bench's pair uses: zero the top-2 of the massive layer.
+pub fn default_attack(target: &super::attack::Target, d_ff: usize) -> Attack {
+    Attack::new(AttackMode::Zero, target.layer, &target.ranked, 2, d_ff, 0)
+}
