@@ -47,9 +47,13 @@ def llama_cpp(f32_path, text, threads, decode_n=64):
 
 def mwtop(threads):
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
-    out = subprocess.run(["cargo", "bench", "-q", "--bench", "forward", "--", "--json"], cwd=ROOT, env=env,
-                         check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    out = subprocess.run(["cargo", "run", "--release", "-q", "--", "bench", "--device", "cpu", "--json"], cwd=ROOT,
+                         env=env, check=True, capture_output=True, text=True)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    return (
+        {"prompt_tok_s": r["prompt_tok_s"], "decode_tok_s": r["decode_tok_s"]},
+        {"prompt_tok_s": r["prompt_tok_s_capture"], "decode_tok_s": r["decode_tok_s_capture"]},
+    )
 
 
 def main():
@@ -65,9 +69,9 @@ def main():
     rows = []
     for r in range(args.rounds):
         rows.append(("llama.cpp F32", llama_cpp(f32, text, args.threads)))
-        m = mwtop(args.threads)
-        rows.append(("mwtop f32, capture off", m["capture_off"]))
-        rows.append(("mwtop f32, capture on", m["capture_on"]))
+        off, on = mwtop(args.threads)
+        rows.append(("mwtop f32, capture off", off))
+        rows.append(("mwtop f32, capture on", on))
     print(f"SmolLM2-135M-Instruct, dense f32, {args.threads} threads, eval text, greedy decode of 64 tokens")
     print(f"{'':28} {'prompt tok/s':>13} {'decode tok/s':>13}")
     for name, v in rows:
