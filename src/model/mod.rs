@@ -386,7 +386,7 @@ impl Model {
                 .reshape((b, t, self.config.d_model))?;
         x = plan.edit_embedding(self, x, &flat, b, t)?;
         let mask = causal_mask(t, start, self.dtype, &self.device)?;
-        let mut captures = Vec::new();
+        let mut captures = Captures::default();
         let mut cache = cache;
         for (i, block) in self.blocks.iter().enumerate() {
             if opts.cancel.as_ref().is_some_and(CancelToken::is_cancelled) {
@@ -428,7 +428,10 @@ impl Model {
                 Some(plan.linear(&self.lm_head, &h)?.to_dtype(DType::F32)?)
             }
         };
-        Ok(ForwardOutput { logits, captures })
+        Ok(ForwardOutput {
+            logits,
+            captures: captures.finish()?,
+        })
     }
 
     fn attention(
@@ -500,6 +503,78 @@ fn causal_mask(t: usize, start: usize, dtype: DType, device: &Device) -> Result<
     Ok(Some(
         Tensor::from_vec(m, (t, total), device)?.to_dtype(dtype)?,
     ))
+}
+
+/// Captures of one forward. On the CPU each state is reduced at once (in
+/// place, no copy). On a GPU the states stay on the device until the end of
+/// the forward and each kind of reduction then runs once over all layers
+/// stacked, so a run costs one reduction (one host copy) instead of one per
+/// layer: kernel launches, not arithmetic, are what a GPU waits on here.
+#[derive(Default)]
+struct Captures {
+    done: Vec<(usize, Captured)>,
+    deferred: Vec<(usize, HookName, hooks::Reduction, Tensor)>,
+    next: usize,
+}
+
+impl Captures {
+    fn add(&mut self, hook: HookName, reduction: hooks::Reduction, x: &Tensor) -> Result<()> {
+        let order = self.next;
+        self.next += 1;
+        if x.device().is_cpu() {
+            self.done.push((order, hooks::reduce(hook, reduction, x)?));
+        } else {
+            self.deferred.push((order, hook, reduction, x.clone()));
+        }
+        Ok(())
+    }
+
+    /// Reduces what was deferred, grouped by reduction and shape, and
+    /// returns every capture in the order it was taken.
+    fn finish(mut self) -> Result<Vec<Captured>> {
+        let mut deferred = std::mem::take(&mut self.deferred);
+        while !deferred.is_empty() {
+            let (_, _, reduction, first) = &deferred[0];
+            let (reduction, dims) = (*reduction, first.dims().to_vec());
+            let (group, rest): (Vec<_>, Vec<_>) = deferred
+                .into_iter()
+                .partition(|(_, _, r, t)| *r == reduction && t.dims() == dims.as_slice());
+            deferred = rest;
+            self.done.extend(reduce_stacked(group, reduction)?);
+        }
+        self.done.sort_by_key(|(order, _)| *order);
+        Ok(self.done.into_iter().map(|(_, c)| c).collect())
+    }
+}
+
+/// One reduction over states of equal shape (batch, tokens, dims) stacked
+/// along the batch, split back per state.
+fn reduce_stacked(
+    group: Vec<(usize, HookName, hooks::Reduction, Tensor)>,
+    reduction: hooks::Reduction,
+) -> Result<Vec<(usize, Captured)>> {
+    let b = group[0].3.dim(0)?;
+    let tensors: Vec<&Tensor> = group.iter().map(|g| &g.3).collect();
+    let stacked = Tensor::cat(&tensors, 0)?;
+    let all = hooks::reduce(group[0].1, reduction, &stacked)?;
+    let per_value = all.values.len() / group.len();
+    let per_index = all.indices.len() / group.len();
+    let mut shape = all.shape.clone();
+    shape[0] = b;
+    Ok(group
+        .into_iter()
+        .enumerate()
+        .map(|(i, (order, hook, reduction, _))| {
+            let captured = Captured {
+                hook,
+                reduction,
+                shape: shape.clone(),
+                values: all.values[i * per_value..(i + 1) * per_value].to_vec(),
+                indices: all.indices[i * per_index..(i + 1) * per_index].to_vec(),
+            };
+            (order, captured)
+        })
+        .collect())
 }
 
 /// One forward's interventions and captures, resolved against the model.
@@ -666,15 +741,11 @@ impl<'a> Plan<'a> {
         layer: usize,
         point: HookPoint,
         x: &Tensor,
-        out: &mut Vec<Captured>,
+        out: &mut Captures,
     ) -> Result<()> {
         for req in &self.opts.capture {
             if req.wants(layer, point) {
-                out.push(hooks::reduce(
-                    HookName::new(layer, point),
-                    req.reduction,
-                    x,
-                )?);
+                out.add(HookName::new(layer, point), req.reduction, x)?;
             }
         }
         Ok(())
@@ -726,5 +797,48 @@ impl Model {
         let lsm = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
         let targets = Tensor::from_vec(tokens[1..].to_vec(), (t - 1, 1), logits.device())?;
         Ok(lsm.gather(&targets, 1)?.squeeze(1)?.to_vec1::<f32>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hooks::Reduction;
+
+    #[test]
+    fn stacked_reductions_equal_one_at_a_time() {
+        let states: Vec<Tensor> = (0..3)
+            .map(|l| {
+                let v: Vec<f32> = (0..2 * 5 * 8)
+                    .map(|i| ((i * 7 + l * 13) % 23) as f32 - 11.0)
+                    .collect();
+                Tensor::from_vec(v, (2, 5, 8), &Device::Cpu).unwrap()
+            })
+            .collect();
+        for r in [
+            Reduction::MaxAbsPerDim,
+            Reduction::MedianAbs,
+            Reduction::MedianAbsPerToken,
+            Reduction::TopK(3),
+            Reduction::Position(1),
+            Reduction::Full,
+        ] {
+            let group: Vec<_> = states
+                .iter()
+                .enumerate()
+                .map(|(l, t)| (10 - l, HookName::new(l, HookPoint::ResidPost), r, t.clone()))
+                .collect();
+            let stacked = reduce_stacked(group, r).unwrap();
+            for (l, (order, c)) in stacked.iter().enumerate() {
+                let single =
+                    hooks::reduce(HookName::new(l, HookPoint::ResidPost), r, &states[l]).unwrap();
+                assert_eq!(*order, 10 - l);
+                assert_eq!(
+                    (&c.shape, &c.values, &c.indices),
+                    (&single.shape, &single.values, &single.indices),
+                    "{r:?} layer {l}"
+                );
+            }
+        }
     }
 }
