@@ -263,11 +263,23 @@ pub(crate) fn reduce(hook: HookName, reduction: Reduction, x: &Tensor) -> Result
         Reduction::MaxAbsPerDim => (x.abs()?.max(1)?, None, vec![b, d]),
         Reduction::MedianAbsPerToken => {
             let a = x.abs()?.reshape((b * t, d))?.contiguous()?;
-            (kth_smallest_rows(&a, (d - 1) / 2)?, None, vec![b, t])
+            (kth_smallest(&a, (d - 1) / 2)?, None, vec![b, t])
         }
         Reduction::MedianAbs => {
             let a = x.abs()?.reshape((b, t * d))?.contiguous()?;
-            (kth_smallest_rows(&a, (t * d - 1) / 2)?, None, vec![b, 1])
+            (kth_smallest(&a, (t * d - 1) / 2)?, None, vec![b, 1])
+        }
+        Reduction::TopK(k) if t * d <= SORTABLE => {
+            // Short rows (one token): one sort kernel.
+            let k = k.min(t * d);
+            let flat = x.reshape((b, t * d))?;
+            let idx = flat
+                .abs()?
+                .contiguous()?
+                .arg_sort_last_dim(false)?
+                .narrow(1, 0, k)?
+                .contiguous()?;
+            (flat.gather(&idx, 1)?, Some(idx), vec![b, k])
         }
         Reduction::TopK(k) => {
             let (values, indices) = device_top_k(&x, k)?;
@@ -288,6 +300,19 @@ pub(crate) fn reduce(hook: HookName, reduction: Reduction, x: &Tensor) -> Result
             None => Vec::new(),
         },
     ))
+}
+
+/// The longest row a GPU sort handles in one block (candle's bitonic sort).
+const SORTABLE: usize = 1024;
+
+/// The k-th smallest value (0-based) of each row: one sort kernel for short
+/// rows, bisection for long ones.
+fn kth_smallest(a: &Tensor, k: usize) -> Result<Tensor> {
+    if a.dim(1)? <= SORTABLE {
+        a.sort_last_dim(true)?.0.narrow(1, k, 1)?.squeeze(1)
+    } else {
+        kth_smallest_rows(a, k)
+    }
 }
 
 /// The k-th smallest value (0-based) of each row of `a` (rows, n), found on
@@ -398,6 +423,11 @@ mod tests {
             assert_eq!(values, cpu.values, "{r:?}");
             assert_eq!(indices, cpu.indices, "{r:?}");
         }
+        // Short rows take the sort path; it agrees with the bisection.
+        let a = x.abs().unwrap().reshape((2 * 37, 64)).unwrap();
+        let sorted: Vec<f32> = kth_smallest(&a, 31).unwrap().to_vec1().unwrap();
+        let bisected: Vec<f32> = kth_smallest_rows(&a, 31).unwrap().to_vec1().unwrap();
+        assert_eq!(sorted, bisected);
     }
 
     #[test]
