@@ -10,17 +10,21 @@
 //! matmul rounds activations to 8 bits, which is wrong for a tool about
 //! activations in the tens of thousands.
 
+mod capture;
 mod gemv;
 pub mod hooks;
 pub mod intervention;
+mod plan;
 pub mod rope;
 
-use candle_core::{DType, Device, IndexOp, Tensor, D};
+use candle_core::{DType, Device, Tensor, D};
 use candle_nn::kv_cache::KvCache;
 
 use crate::checkpoint::{Architecture, Checkpoint, CheckpointError, ModelConfig, RopeScaling};
-use hooks::{CaptureRequest, Captured, HookName, HookPoint};
+use capture::Captures;
+use hooks::{CaptureRequest, Captured, HookPoint};
 use intervention::Interventions;
+use plan::Plan;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -505,253 +509,6 @@ fn causal_mask(t: usize, start: usize, dtype: DType, device: &Device) -> Result<
     ))
 }
 
-/// Captures of one forward. On the CPU each state is reduced at once (in
-/// place, no copy). On a GPU the states stay on the device until the end of
-/// the forward and each kind of reduction then runs once over all layers
-/// stacked, so a run costs one reduction (one host copy) instead of one per
-/// layer: kernel launches, not arithmetic, are what a GPU waits on here.
-#[derive(Default)]
-struct Captures {
-    done: Vec<(usize, Captured)>,
-    deferred: Vec<(usize, HookName, hooks::Reduction, Tensor)>,
-    next: usize,
-}
-
-impl Captures {
-    fn add(&mut self, hook: HookName, reduction: hooks::Reduction, x: &Tensor) -> Result<()> {
-        let order = self.next;
-        self.next += 1;
-        if x.device().is_cpu() {
-            self.done.push((order, hooks::reduce(hook, reduction, x)?));
-        } else {
-            self.deferred.push((order, hook, reduction, x.clone()));
-        }
-        Ok(())
-    }
-
-    /// Reduces what was deferred, grouped by reduction and shape, and
-    /// returns every capture in the order it was taken.
-    fn finish(mut self) -> Result<Vec<Captured>> {
-        let mut deferred = std::mem::take(&mut self.deferred);
-        while !deferred.is_empty() {
-            let (_, _, reduction, first) = &deferred[0];
-            let (reduction, dims) = (*reduction, first.dims().to_vec());
-            let (group, rest): (Vec<_>, Vec<_>) = deferred
-                .into_iter()
-                .partition(|(_, _, r, t)| *r == reduction && t.dims() == dims.as_slice());
-            deferred = rest;
-            self.done.extend(reduce_stacked(group, reduction)?);
-        }
-        self.done.sort_by_key(|(order, _)| *order);
-        Ok(self.done.into_iter().map(|(_, c)| c).collect())
-    }
-}
-
-/// One reduction over states of equal shape (batch, tokens, dims) stacked
-/// along the batch, split back per state.
-fn reduce_stacked(
-    group: Vec<(usize, HookName, hooks::Reduction, Tensor)>,
-    reduction: hooks::Reduction,
-) -> Result<Vec<(usize, Captured)>> {
-    let b = group[0].3.dim(0)?;
-    let tensors: Vec<&Tensor> = group.iter().map(|g| &g.3).collect();
-    let stacked = Tensor::cat(&tensors, 0)?;
-    let all = hooks::reduce(group[0].1, reduction, &stacked)?;
-    let per_value = all.values.len() / group.len();
-    let per_index = all.indices.len() / group.len();
-    let mut shape = all.shape.clone();
-    shape[0] = b;
-    Ok(group
-        .into_iter()
-        .enumerate()
-        .map(|(i, (order, hook, reduction, _))| {
-            let captured = Captured {
-                hook,
-                reduction,
-                shape: shape.clone(),
-                values: all.values[i * per_value..(i + 1) * per_value].to_vec(),
-                indices: all.indices[i * per_index..(i + 1) * per_index].to_vec(),
-            };
-            (order, captured)
-        })
-        .collect())
-}
-
-/// One forward's interventions and captures, resolved against the model.
-struct Plan<'a> {
-    opts: &'a RunOptions,
-    /// layer -> (batch, 1, d_ff) multipliers.
-    masks: Vec<Option<Tensor>>,
-    /// weight name -> (row, col, per-batch-row delta (batch, 1, 1)).
-    edits: Vec<(String, usize, usize, Tensor)>,
-    /// Embedding edits as (batch row, token id, dim, delta).
-    embed_edits: Vec<(usize, u32, usize, f32)>,
-}
-
-impl<'a> Plan<'a> {
-    fn new(model: &Model, opts: &'a RunOptions, b: usize) -> Result<Self> {
-        let c = &model.config;
-        let per_row = |r: usize| -> Option<&Interventions> {
-            match opts.interventions.len() {
-                0 => None,
-                1 => opts.interventions.first(),
-                _ => opts.interventions.get(r),
-            }
-        };
-        let mut masks = vec![None; c.n_layers];
-        for (layer, slot) in masks.iter_mut().enumerate() {
-            let rows: Vec<Option<Vec<f32>>> = (0..b)
-                .map(|r| {
-                    per_row(r)
-                        .and_then(|iv| iv.ffn_masks.get(&layer))
-                        .map(|m| m.multipliers(c.d_ff))
-                })
-                .collect();
-            if rows.iter().all(Option::is_none) {
-                continue;
-            }
-            let flat: Vec<f32> = rows
-                .into_iter()
-                .flat_map(|r| r.unwrap_or_else(|| vec![1.0; c.d_ff]))
-                .collect();
-            *slot =
-                Some(Tensor::from_vec(flat, (b, 1, c.d_ff), &model.device)?.to_dtype(model.dtype)?);
-        }
-        for r in 0..b {
-            if let Some(iv) = per_row(r) {
-                for (&layer, m) in &iv.ffn_masks {
-                    if layer >= c.n_layers {
-                        return Err(ModelError::Invalid(format!(
-                            "mask on layer {layer}; the model has {}",
-                            c.n_layers
-                        )));
-                    }
-                    if let Some(&d) = m.dims.iter().find(|&&d| d >= c.d_ff) {
-                        return Err(ModelError::Invalid(format!(
-                            "mask dim {d}; d_ff is {}",
-                            c.d_ff
-                        )));
-                    }
-                }
-            }
-        }
-        let mut edits = Vec::new();
-        let mut embed_edits = Vec::new();
-        for r in 0..b {
-            let Some(iv) = per_row(r) else { continue };
-            for e in &iv.weight_edits {
-                let w = model.weight(&e.tensor).ok_or_else(|| {
-                    ModelError::Invalid(format!("weight edit: no matrix named {}", e.tensor))
-                })?;
-                let (rows, cols) = w.dims2()?;
-                if e.row >= rows || e.col >= cols {
-                    return Err(ModelError::Invalid(format!(
-                        "weight edit {}[{}, {}] is outside its shape [{rows}, {cols}]",
-                        e.tensor, e.row, e.col
-                    )));
-                }
-                let old = w
-                    .i((e.row, e.col))?
-                    .to_dtype(DType::F32)?
-                    .to_scalar::<f32>()?;
-                let delta = e.value - old;
-                let canonical = model.canonical_weight_name(&e.tensor);
-                if canonical == "model.embed_tokens.weight" {
-                    embed_edits.push((r, e.row as u32, e.col, delta));
-                }
-                if canonical == model.lm_head.name || canonical != "model.embed_tokens.weight" {
-                    let mut per = vec![0f32; b];
-                    per[r] = delta;
-                    let per =
-                        Tensor::from_vec(per, (b, 1, 1), &model.device)?.to_dtype(model.dtype)?;
-                    edits.push((canonical, e.row, e.col, per));
-                }
-            }
-        }
-        Ok(Self {
-            opts,
-            masks,
-            edits,
-            embed_edits,
-        })
-    }
-
-    fn ffn_mask(&self, layer: usize) -> Option<&Tensor> {
-        self.masks[layer].as_ref()
-    }
-
-    /// y = x W^T (+ b), plus the effect of any single-weight edits of W.
-    fn linear(&self, l: &Linear, x: &Tensor) -> Result<Tensor> {
-        let (b, t, d) = x.dims3()?;
-        let out = l.weight.dim(0)?;
-        let fast = if b * t == 1 {
-            gemv::gemv(&l.weight, x)?
-        } else {
-            None
-        };
-        let mut y = match fast {
-            Some(y) => y.reshape((b, t, out))?,
-            None => x
-                .reshape((b * t, d))?
-                .matmul(&l.weight.t()?)?
-                .reshape((b, t, out))?,
-        };
-        if let Some(bias) = &l.bias {
-            y = y.broadcast_add(bias)?;
-        }
-        for (name, row, col, delta) in &self.edits {
-            if *name != l.name {
-                continue;
-            }
-            let contribution = x.narrow(2, *col, 1)?.broadcast_mul(delta)?; // (b, t, 1)
-            let mut onehot = vec![0f32; out];
-            onehot[*row] = 1.0;
-            let onehot = Tensor::from_vec(onehot, (1, 1, out), x.device())?.to_dtype(x.dtype())?;
-            y = (y + contribution.broadcast_mul(&onehot)?)?;
-        }
-        Ok(y)
-    }
-
-    fn edit_embedding(
-        &self,
-        model: &Model,
-        x: Tensor,
-        flat: &[u32],
-        b: usize,
-        t: usize,
-    ) -> Result<Tensor> {
-        if self.embed_edits.is_empty() {
-            return Ok(x);
-        }
-        let d = model.config.d_model;
-        let mut add = vec![0f32; b * t * d];
-        for &(r, token, dim, delta) in &self.embed_edits {
-            for p in 0..t {
-                if flat[r * t + p] == token {
-                    add[(r * t + p) * d + dim] += delta;
-                }
-            }
-        }
-        let add = Tensor::from_vec(add, (b, t, d), &model.device)?.to_dtype(model.dtype)?;
-        Ok((x + add)?)
-    }
-
-    fn capture(
-        &self,
-        layer: usize,
-        point: HookPoint,
-        x: &Tensor,
-        out: &mut Captures,
-    ) -> Result<()> {
-        for req in &self.opts.capture {
-            if req.wants(layer, point) {
-                out.add(HookName::new(layer, point), req.reduction, x)?;
-            }
-        }
-        Ok(())
-    }
-}
-
 impl Model {
     /// With tied embeddings, lm_head.weight and model.embed_tokens.weight are one matrix.
     fn canonical_weight_name(&self, name: &str) -> String {
@@ -797,48 +554,5 @@ impl Model {
         let lsm = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
         let targets = Tensor::from_vec(tokens[1..].to_vec(), (t - 1, 1), logits.device())?;
         Ok(lsm.gather(&targets, 1)?.squeeze(1)?.to_vec1::<f32>()?)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use hooks::Reduction;
-
-    #[test]
-    fn stacked_reductions_equal_one_at_a_time() {
-        let states: Vec<Tensor> = (0..3)
-            .map(|l| {
-                let v: Vec<f32> = (0..2 * 5 * 8)
-                    .map(|i| ((i * 7 + l * 13) % 23) as f32 - 11.0)
-                    .collect();
-                Tensor::from_vec(v, (2, 5, 8), &Device::Cpu).unwrap()
-            })
-            .collect();
-        for r in [
-            Reduction::MaxAbsPerDim,
-            Reduction::MedianAbs,
-            Reduction::MedianAbsPerToken,
-            Reduction::TopK(3),
-            Reduction::Position(1),
-            Reduction::Full,
-        ] {
-            let group: Vec<_> = states
-                .iter()
-                .enumerate()
-                .map(|(l, t)| (10 - l, HookName::new(l, HookPoint::ResidPost), r, t.clone()))
-                .collect();
-            let stacked = reduce_stacked(group, r).unwrap();
-            for (l, (order, c)) in stacked.iter().enumerate() {
-                let single =
-                    hooks::reduce(HookName::new(l, HookPoint::ResidPost), r, &states[l]).unwrap();
-                assert_eq!(*order, 10 - l);
-                assert_eq!(
-                    (&c.shape, &c.values, &c.indices),
-                    (&single.shape, &single.values, &single.indices),
-                    "{r:?} layer {l}"
-                );
-            }
-        }
     }
 }

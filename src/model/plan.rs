@@ -1,0 +1,185 @@
+//! One forward's plan: the interventions and captures of a run, resolved
+//! against the loaded model (d_ff masks as tensors, weight edits as deltas).
+
+use candle_core::{DType, IndexOp, Tensor};
+
+use super::capture::Captures;
+use super::gemv;
+use super::hooks::{HookName, HookPoint};
+use super::intervention::Interventions;
+use super::{Linear, Model, ModelError, Result, RunOptions};
+
+/// One forward's interventions and captures, resolved against the model.
+pub(super) struct Plan<'a> {
+    opts: &'a RunOptions,
+    /// layer -> (batch, 1, d_ff) multipliers.
+    masks: Vec<Option<Tensor>>,
+    /// weight name -> (row, col, per-batch-row delta (batch, 1, 1)).
+    edits: Vec<(String, usize, usize, Tensor)>,
+    /// Embedding edits as (batch row, token id, dim, delta).
+    embed_edits: Vec<(usize, u32, usize, f32)>,
+}
+
+impl<'a> Plan<'a> {
+    pub(super) fn new(model: &Model, opts: &'a RunOptions, b: usize) -> Result<Self> {
+        let c = &model.config;
+        let per_row = |r: usize| -> Option<&Interventions> {
+            match opts.interventions.len() {
+                0 => None,
+                1 => opts.interventions.first(),
+                _ => opts.interventions.get(r),
+            }
+        };
+        let mut masks = vec![None; c.n_layers];
+        for (layer, slot) in masks.iter_mut().enumerate() {
+            let rows: Vec<Option<Vec<f32>>> = (0..b)
+                .map(|r| {
+                    per_row(r)
+                        .and_then(|iv| iv.ffn_masks.get(&layer))
+                        .map(|m| m.multipliers(c.d_ff))
+                })
+                .collect();
+            if rows.iter().all(Option::is_none) {
+                continue;
+            }
+            let flat: Vec<f32> = rows
+                .into_iter()
+                .flat_map(|r| r.unwrap_or_else(|| vec![1.0; c.d_ff]))
+                .collect();
+            *slot =
+                Some(Tensor::from_vec(flat, (b, 1, c.d_ff), &model.device)?.to_dtype(model.dtype)?);
+        }
+        for r in 0..b {
+            if let Some(iv) = per_row(r) {
+                for (&layer, m) in &iv.ffn_masks {
+                    if layer >= c.n_layers {
+                        return Err(ModelError::Invalid(format!(
+                            "mask on layer {layer}; the model has {}",
+                            c.n_layers
+                        )));
+                    }
+                    if let Some(&d) = m.dims.iter().find(|&&d| d >= c.d_ff) {
+                        return Err(ModelError::Invalid(format!(
+                            "mask dim {d}; d_ff is {}",
+                            c.d_ff
+                        )));
+                    }
+                }
+            }
+        }
+        let mut edits = Vec::new();
+        let mut embed_edits = Vec::new();
+        for r in 0..b {
+            let Some(iv) = per_row(r) else { continue };
+            for e in &iv.weight_edits {
+                let w = model.weight(&e.tensor).ok_or_else(|| {
+                    ModelError::Invalid(format!("weight edit: no matrix named {}", e.tensor))
+                })?;
+                let (rows, cols) = w.dims2()?;
+                if e.row >= rows || e.col >= cols {
+                    return Err(ModelError::Invalid(format!(
+                        "weight edit {}[{}, {}] is outside its shape [{rows}, {cols}]",
+                        e.tensor, e.row, e.col
+                    )));
+                }
+                let old = w
+                    .i((e.row, e.col))?
+                    .to_dtype(DType::F32)?
+                    .to_scalar::<f32>()?;
+                let delta = e.value - old;
+                let canonical = model.canonical_weight_name(&e.tensor);
+                if canonical == "model.embed_tokens.weight" {
+                    embed_edits.push((r, e.row as u32, e.col, delta));
+                }
+                if canonical == model.lm_head.name || canonical != "model.embed_tokens.weight" {
+                    let mut per = vec![0f32; b];
+                    per[r] = delta;
+                    let per =
+                        Tensor::from_vec(per, (b, 1, 1), &model.device)?.to_dtype(model.dtype)?;
+                    edits.push((canonical, e.row, e.col, per));
+                }
+            }
+        }
+        Ok(Self {
+            opts,
+            masks,
+            edits,
+            embed_edits,
+        })
+    }
+
+    pub(super) fn ffn_mask(&self, layer: usize) -> Option<&Tensor> {
+        self.masks[layer].as_ref()
+    }
+
+    /// y = x W^T (+ b), plus the effect of any single-weight edits of W.
+    pub(super) fn linear(&self, l: &Linear, x: &Tensor) -> Result<Tensor> {
+        let (b, t, d) = x.dims3()?;
+        let out = l.weight.dim(0)?;
+        let fast = if b * t == 1 {
+            gemv::gemv(&l.weight, x)?
+        } else {
+            None
+        };
+        let mut y = match fast {
+            Some(y) => y.reshape((b, t, out))?,
+            None => x
+                .reshape((b * t, d))?
+                .matmul(&l.weight.t()?)?
+                .reshape((b, t, out))?,
+        };
+        if let Some(bias) = &l.bias {
+            y = y.broadcast_add(bias)?;
+        }
+        for (name, row, col, delta) in &self.edits {
+            if *name != l.name {
+                continue;
+            }
+            let contribution = x.narrow(2, *col, 1)?.broadcast_mul(delta)?; // (b, t, 1)
+            let mut onehot = vec![0f32; out];
+            onehot[*row] = 1.0;
+            let onehot = Tensor::from_vec(onehot, (1, 1, out), x.device())?.to_dtype(x.dtype())?;
+            y = (y + contribution.broadcast_mul(&onehot)?)?;
+        }
+        Ok(y)
+    }
+
+    pub(super) fn edit_embedding(
+        &self,
+        model: &Model,
+        x: Tensor,
+        flat: &[u32],
+        b: usize,
+        t: usize,
+    ) -> Result<Tensor> {
+        if self.embed_edits.is_empty() {
+            return Ok(x);
+        }
+        let d = model.config.d_model;
+        let mut add = vec![0f32; b * t * d];
+        for &(r, token, dim, delta) in &self.embed_edits {
+            for p in 0..t {
+                if flat[r * t + p] == token {
+                    add[(r * t + p) * d + dim] += delta;
+                }
+            }
+        }
+        let add = Tensor::from_vec(add, (b, t, d), &model.device)?.to_dtype(model.dtype)?;
+        Ok((x + add)?)
+    }
+
+    pub(super) fn capture(
+        &self,
+        layer: usize,
+        point: HookPoint,
+        x: &Tensor,
+        out: &mut Captures,
+    ) -> Result<()> {
+        for req in &self.opts.capture {
+            if req.wants(layer, point) {
+                out.add(HookName::new(layer, point), req.reduction, x)?;
+            }
+        }
+        Ok(())
+    }
+}
