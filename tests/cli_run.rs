@@ -149,10 +149,6 @@ fn run_errors_are_one_line() {
         ),
         (vec!["generate", m, "--prompt", ""], "the prompt is empty"),
     ] {
-        let out = common::mwtop(&args);
-        assert_eq!(out.status.code(), Some(1), "{args:?}");
-        let err = common::stderr(&out);
-        assert_eq!(err.trim().lines().count(), 1, "{err}");
-        assert!(err.contains(needle), "{err}");
+        common::assert_one_line_error(&common::mwtop(&args), &[needle]);
     }
 }

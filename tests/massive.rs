@@ -377,15 +377,6 @@ fn attack_errors_are_one_line() {
             "no massive activation",
         ),
     ] {
-        let out = common::mwtop(&args);
-        assert_eq!(
-            out.status.code(),
-            Some(1),
-            "{args:?}: {}",
-            common::stderr(&out)
-        );
-        let err = common::stderr(&out);
-        assert_eq!(err.trim().lines().count(), 1, "{err}");
-        assert!(err.contains(needle), "{err}");
+        common::assert_one_line_error(&common::mwtop(&args), &[needle]);
     }
 }

@@ -18,6 +18,16 @@ pub fn mwtop_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().expect("the mwtop binary runs")
 }
 
+/// The run failed with status 1 and one line on stderr holding every needle.
+pub fn assert_one_line_error(out: &Output, needles: &[&str]) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(1), "exit status; stderr: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line, got: {err}");
+    for n in needles {
+        assert!(err.contains(n), "{err:?} should mention {n:?}");
+    }
+}
+
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
