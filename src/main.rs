@@ -461,6 +461,11 @@ fn run(cli: Cli) -> Result<()> {
                     return Err(eyre!("{m}: no such file or directory"));
                 }
             }
+            if cli.model.is_none() {
+                // The first run downloads the demo model: show pip's progress on the
+                // plain terminal rather than under the UI.
+                mwtop::demo::ensure().wrap_err("demo model")?;
+            }
             mwtop::tui::run(cli.model.clone(), device, dtype, cli.prompt.clone())?;
         }
     }
