@@ -6,7 +6,7 @@ mod common;
 use std::ops::ControlFlow;
 
 use candle_core::quantized::GgmlDType;
-use candle_core::{DType, Device, IndexOp, Tensor};
+use candle_core::{DType, Device, IndexOp};
 use mwtop::analysis::generate::{generate, GenerateParams};
 use mwtop::analysis::perplexity::{perplexity, Window};
 use mwtop::checkpoint::Checkpoint;
@@ -26,16 +26,7 @@ fn load(ckpt: &Checkpoint) -> Model {
     Model::load(ckpt, &Device::Cpu, DType::F32, |_, _| {}).unwrap()
 }
 
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
+use common::max_diff;
 
 const TOKENS: [u32; 12] = [256, 72, 101, 108, 108, 111, 32, 119, 111, 114, 108, 100];
 

@@ -293,13 +293,6 @@ fn ffn_masks_equal_zeroed_weights_and_match_the_reference_attacks() {
         .unwrap()
         .logits
         .unwrap();
-    let diff = (masked - zeroed)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = common::max_diff(&masked, &zeroed);
     assert!(diff < 1e-4, "mask and zeroed weights differ by {diff}");
 }
