@@ -439,8 +439,8 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
                 println!(
-                    "{} {}: prompt {:.0} tok/s ({:.0} with capture, {} tokens); decode {:.1} tok/s ({:.1} with capture, {:.1} per row as an original+attacked pair); first token {:.0} ms",
-                    r.device, r.dtype, r.prompt_tok_s, r.prompt_tok_s_capture, r.prompt_tokens, r.decode_tok_s, r.decode_tok_s_capture, r.decode_tok_s_pair, r.first_token_ms
+                    "{} {}: prompt {:.0} tok/s ({:.0} with capture, {} tokens); decode {:.1} tok/s ({:.1} with capture, {:.1} per row as an original+attacked pair; host {:.2} ms of each token); first token {:.0} ms",
+                    r.device, r.dtype, r.prompt_tok_s, r.prompt_tok_s_capture, r.prompt_tokens, r.decode_tok_s, r.decode_tok_s_capture, r.decode_tok_s_pair, r.decode_host_ms, r.first_token_ms
                 );
             }
         }

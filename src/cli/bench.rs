@@ -25,6 +25,11 @@ pub struct BenchReport {
     pub decode_tokens: usize,
     pub decode_tok_s: f64,
     pub decode_tok_s_capture: f64,
+    /// Of one decoded token (capture off), the milliseconds the host spends
+    /// in the forward call itself. On a GPU this is the time to enqueue the
+    /// kernels: when it is close to 1000 / decode_tok_s, decoding waits on the
+    /// host, not the GPU.
+    pub decode_host_ms: f64,
     /// Original and attacked in one batch of two: tokens per second per row.
     pub decode_tok_s_pair: f64,
     /// From a generation request (chat prompt, pair, attack) to its first token.
@@ -51,14 +56,15 @@ fn best_of<T>(n: usize, mut f: impl FnMut() -> Result<T, ModelError>) -> Result<
     Ok(best)
 }
 
-/// Greedy decode of `n` tokens after `start`, one row per intervention set.
+/// Greedy decode of `n` tokens after `start`, one row per intervention set:
+/// tokens per second per row, and seconds per step spent in `forward`.
 fn decode(
     model: &Model,
     start: &[u32],
     rows: &[Interventions],
     n: usize,
     capture: Vec<CaptureRequest>,
-) -> Result<f64, ModelError> {
+) -> Result<(f64, f64), ModelError> {
     let b = rows.len().max(1);
     let opts = RunOptions {
         capture,
@@ -75,15 +81,18 @@ fn decode(
         .map(|r| Ok(vec![logits.i((r, 0))?.argmax(0)?.to_scalar::<u32>()?]))
         .collect::<candle_core::Result<_>>()?;
     let t = Instant::now();
+    let mut in_forward = 0.0;
     for _ in 0..n {
+        let step = Instant::now();
         let logits = model
             .forward(&next, Some(&mut cache), &opts)?
             .logits
             .expect("logits");
+        in_forward += step.elapsed().as_secs_f64();
         let ids = logits.squeeze(1)?.argmax(1)?.to_vec1::<u32>()?;
         next = ids.into_iter().map(|id| vec![id]).collect();
     }
-    Ok(n as f64 / t.elapsed().as_secs_f64())
+    Ok((n as f64 / t.elapsed().as_secs_f64(), in_forward / n as f64))
 }
 
 pub fn run(
@@ -119,10 +128,10 @@ pub fn run(
     let p_off = best_of(3, || sync(model.forward(&ids, None, &plain)?))?;
     let p_on = best_of(3, || sync(model.forward(&ids, None, &captured)?))?;
     let start = &eval_ids[..eval_ids.len().min(20)];
-    let d_off = decode(model, start, &[Interventions::none()], decode_n, Vec::new())?;
-    let d_on = decode(model, start, &[Interventions::none()], decode_n, captures())?;
+    let (d_off, host) = decode(model, start, &[Interventions::none()], decode_n, Vec::new())?;
+    let (d_on, _) = decode(model, start, &[Interventions::none()], decode_n, captures())?;
     let attacked = attack.map(Attack::interventions).unwrap_or_default();
-    let d_pair = decode(
+    let (d_pair, _) = decode(
         model,
         start,
         &[Interventions::none(), attacked.clone()],
@@ -163,6 +172,7 @@ pub fn run(
         decode_tokens: decode_n,
         decode_tok_s: d_off,
         decode_tok_s_capture: d_on,
+        decode_host_ms: host * 1e3,
         decode_tok_s_pair: d_pair,
         first_token_ms: first * 1e3,
     })

@@ -47,15 +47,30 @@ pub fn parse_device(spec: Option<&str>) -> Result<Device, String> {
                     "--device {s}: this mwtop was built without the cuda feature"
                 ));
             }
-            Device::new_cuda(ordinal).map_err(|e| format!("--device {s}: {e}"))
+            new_cuda(ordinal).map_err(|e| format!("--device {s}: {e}"))
         }
         Some(other) => Err(format!("--device {other:?}: expected cpu, cuda or cuda:N")),
     }
 }
 
+/// A CUDA device on one stream. cudarc's per-buffer event tracking exists to
+/// order work across streams; mwtop uses one stream per device, and creating
+/// and destroying two events for every intermediate tensor cost a measurable
+/// share of each decoded token, so it is off.
+fn new_cuda(ordinal: usize) -> candle_core::Result<Device> {
+    let device = Device::new_cuda(ordinal)?;
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = &device {
+        // SAFETY: every tensor of this device is created and used on the
+        // thread's one stream, so no cross-stream ordering is needed.
+        unsafe { d.disable_event_tracking() };
+    }
+    Ok(device)
+}
+
 fn default_device() -> Device {
     if cfg!(feature = "cuda") {
-        if let Ok(d) = Device::new_cuda(0) {
+        if let Ok(d) = new_cuda(0) {
             return d;
         }
     }

@@ -115,6 +115,83 @@ struct Block {
     gate: Linear,
     up: Linear,
     down: Linear,
+    /// q, k and v stacked by rows: one matmul instead of three. q, k and v
+    /// are views into it, so the weights are stored once.
+    qkv: Linear,
+    /// gate and up stacked by rows, likewise.
+    gate_up: Linear,
+}
+
+impl Block {
+    fn new(
+        input_norm: Tensor,
+        [q, k, v, o]: [Linear; 4],
+        post_attention_norm: Tensor,
+        [gate, up, down]: [Linear; 3],
+    ) -> Result<Self> {
+        let placeholder = || Linear {
+            name: String::new(),
+            weight: input_norm.clone(),
+            bias: None,
+        };
+        let mut block = Self {
+            input_norm: input_norm.clone(),
+            q,
+            k,
+            v,
+            o,
+            post_attention_norm,
+            gate,
+            up,
+            down,
+            qkv: placeholder(),
+            gate_up: placeholder(),
+        };
+        block.fuse()?;
+        Ok(block)
+    }
+
+    /// Rebuilds the stacked matrices from the parts (after a part changed)
+    /// and points the parts back into them.
+    fn fuse(&mut self) -> Result<()> {
+        self.qkv = stack_rows(&mut [&mut self.q, &mut self.k, &mut self.v])?;
+        self.gate_up = stack_rows(&mut [&mut self.gate, &mut self.up])?;
+        Ok(())
+    }
+}
+
+/// One linear map whose rows are `parts`' rows in order; each part becomes a
+/// view of its rows (no second copy of the weights).
+fn stack_rows(parts: &mut [&mut Linear]) -> Result<Linear> {
+    let weights: Vec<&Tensor> = parts.iter().map(|l| &l.weight).collect();
+    let weight = Tensor::cat(&weights, 0)?;
+    let bias = if parts.iter().any(|l| l.bias.is_some()) {
+        let biases = parts
+            .iter()
+            .map(|l| match &l.bias {
+                Some(b) => Ok(b.clone()),
+                None => Tensor::zeros(l.weight.dim(0)?, l.weight.dtype(), l.weight.device()),
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Some(Tensor::cat(&biases, 0)?)
+    } else {
+        None
+    };
+    let mut row = 0;
+    for part in parts.iter_mut() {
+        let rows = part.weight.dim(0)?;
+        part.weight = weight.narrow(0, row, rows)?;
+        if let (Some(b), Some(_)) = (&bias, &part.bias) {
+            part.bias = Some(b.narrow(0, row, rows)?);
+        }
+        row += rows;
+    }
+    let name = parts
+        .iter()
+        .map(|l| l.name.as_str())
+        .collect::<Vec<_>>()
+        .join("+");
+    Ok(Linear { name, weight, bias })
 }
 
 /// A loaded model: dense weights on one device in one dtype.
@@ -197,17 +274,20 @@ impl Model {
         let mut blocks = Vec::with_capacity(config.n_layers);
         for i in 0..config.n_layers {
             let p = format!("model.layers.{i}");
-            blocks.push(Block {
-                input_norm: get(&format!("{p}.input_layernorm.weight"))?,
-                q: linear(&mut get, format!("{p}.self_attn.q_proj"))?,
-                k: linear(&mut get, format!("{p}.self_attn.k_proj"))?,
-                v: linear(&mut get, format!("{p}.self_attn.v_proj"))?,
-                o: linear(&mut get, format!("{p}.self_attn.o_proj"))?,
-                post_attention_norm: get(&format!("{p}.post_attention_layernorm.weight"))?,
-                gate: linear(&mut get, format!("{p}.mlp.gate_proj"))?,
-                up: linear(&mut get, format!("{p}.mlp.up_proj"))?,
-                down: linear(&mut get, format!("{p}.mlp.down_proj"))?,
-            });
+            let input_norm = get(&format!("{p}.input_layernorm.weight"))?;
+            let attn = [
+                linear(&mut get, format!("{p}.self_attn.q_proj"))?,
+                linear(&mut get, format!("{p}.self_attn.k_proj"))?,
+                linear(&mut get, format!("{p}.self_attn.v_proj"))?,
+                linear(&mut get, format!("{p}.self_attn.o_proj"))?,
+            ];
+            let post_attention_norm = get(&format!("{p}.post_attention_layernorm.weight"))?;
+            let mlp = [
+                linear(&mut get, format!("{p}.mlp.gate_proj"))?,
+                linear(&mut get, format!("{p}.mlp.up_proj"))?,
+                linear(&mut get, format!("{p}.mlp.down_proj"))?,
+            ];
+            blocks.push(Block::new(input_norm, attn, post_attention_norm, mlp)?);
         }
         let norm = get("model.norm.weight")?;
         let lm_head = if config.tied_embeddings && ckpt.info("lm_head.weight").is_none() {
@@ -290,7 +370,7 @@ impl Model {
         let block = &mut self.blocks[layer];
         block.up.weight = block.up.weight.broadcast_mul(&mask)?;
         block.gate.weight = block.gate.weight.broadcast_mul(&mask)?;
-        Ok(())
+        block.fuse()
     }
 
     /// Sets W[row, col] of a loaded matrix for good (unlike a [`intervention::WeightEdit`],
@@ -338,7 +418,7 @@ impl Model {
             _ => &mut block.down.weight,
         };
         *slot = new;
-        Ok(())
+        block.fuse()
     }
 
     /// Runs `tokens` (batch of equal-length sequences) from the cache's
@@ -407,9 +487,15 @@ impl Model {
                 &block.post_attention_norm,
                 self.config.norm_eps as f32,
             )?;
-            let gate = plan.linear(&block.gate, &h)?;
-            let up = plan.linear(&block.up, &h)?;
-            let mut inter = (candle_nn::ops::silu(&gate)? * up)?;
+            let mut inter = if plan.edits_any(&[&block.gate, &block.up]) {
+                let gate = plan.linear(&block.gate, &h)?;
+                (candle_nn::ops::silu(&gate)? * plan.linear(&block.up, &h)?)?
+            } else {
+                let gate_up = plan.linear(&block.gate_up, &h)?;
+                let d_ff = self.config.d_ff;
+                let gate = gate_up.narrow(2, 0, d_ff)?;
+                (candle_nn::ops::silu(&gate)? * gate_up.narrow(2, d_ff, d_ff)?)?
+            };
             if let Some(m) = plan.ffn_mask(i) {
                 inter = inter.broadcast_mul(m)?;
             }
@@ -449,16 +535,34 @@ impl Model {
     ) -> Result<Tensor> {
         let (b, t, _) = h.dims3()?;
         let c = &self.config;
-        let split = |y: Tensor, heads: usize| -> candle_core::Result<Tensor> {
-            y.reshape((b, t, heads, c.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()
+        let (nq, nk) = (c.n_heads, c.n_kv_heads);
+        // (b, t, heads, head_dim) per projection; a view of one matmul's
+        // output unless a weight edit of q, k or v needs them apart.
+        let (q, k, v) = if plan.edits_any(&[&block.q, &block.k, &block.v]) {
+            let heads = |l: &Linear, n: usize| -> Result<Tensor> {
+                Ok(plan.linear(l, h)?.reshape((b, t, n, c.head_dim))?)
+            };
+            (
+                heads(&block.q, nq)?,
+                heads(&block.k, nk)?,
+                heads(&block.v, nk)?,
+            )
+        } else {
+            let y = plan
+                .linear(&block.qkv, h)?
+                .reshape((b, t, nq + 2 * nk, c.head_dim))?;
+            (
+                y.narrow(2, 0, nq)?,
+                y.narrow(2, nq, nk)?,
+                y.narrow(2, nq + nk, nk)?,
+            )
         };
-        let q = split(plan.linear(&block.q, h)?, c.n_heads)?;
-        let k = split(plan.linear(&block.k, h)?, c.n_kv_heads)?;
-        let v = split(plan.linear(&block.v, h)?, c.n_kv_heads)?;
-        let q = self.rope.apply(&q, start)?;
-        let k = self.rope.apply(&k, start)?;
+        // (b, heads, t, head_dim); for one token of one row this is a view.
+        let split = |y: Tensor| y.transpose(1, 2)?.contiguous();
+        // The attention scale 1/sqrt(head_dim) is folded into q's rotation.
+        let q = self.rope.apply_scaled(&split(q)?, start)?;
+        let k = self.rope.apply(&split(k)?, start)?;
+        let v = split(v)?;
         let (k, v) = match cache {
             Some(cache) => cache.append(&k, &v)?,
             None => (k, v),
@@ -469,8 +573,9 @@ impl Model {
         let rep = c.n_heads / c.n_kv_heads;
         let total = k.dim(2)?;
         let q = q.reshape((b, c.n_kv_heads, rep * t, c.head_dim))?;
-        let scale = 1.0 / (c.head_dim as f64).sqrt();
-        let mut scores = (q.matmul(&k.contiguous()?.t()?)? * scale)?;
+        // The cache's keys and values are row ranges of a longer buffer:
+        // matmul takes their batch stride as it is, no copy.
+        let mut scores = q.matmul(&k.t()?)?;
         if let Some(m) = mask {
             scores = scores
                 .reshape((b, c.n_kv_heads, rep, t, total))?
@@ -479,7 +584,7 @@ impl Model {
         }
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let y = probs
-            .matmul(&v.contiguous()?)?
+            .matmul(&v)?
             .reshape((b, c.n_heads, t, c.head_dim))?
             .transpose(1, 2)?
             .reshape((b, t, c.n_heads * c.head_dim))?;

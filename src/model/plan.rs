@@ -108,6 +108,14 @@ impl<'a> Plan<'a> {
         })
     }
 
+    /// Whether a weight edit of this run touches one of `parts` (which then
+    /// run apart instead of as one stacked matmul).
+    pub(super) fn edits_any(&self, parts: &[&Linear]) -> bool {
+        self.edits
+            .iter()
+            .any(|(name, ..)| parts.iter().any(|l| l.name == *name))
+    }
+
     pub(super) fn ffn_mask(&self, layer: usize) -> Option<&Tensor> {
         self.masks[layer].as_ref()
     }

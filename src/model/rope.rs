@@ -9,6 +9,10 @@ use crate::checkpoint::RopeScaling;
 pub struct Rope {
     pub cos: Tensor,
     pub sin: Tensor,
+    /// cos and sin times 1/sqrt(head_dim): rotating the queries with these
+    /// applies attention's scale in the same kernel.
+    cos_scaled: Tensor,
+    sin_scaled: Tensor,
     pub max_positions: usize,
 }
 
@@ -76,18 +80,33 @@ impl Rope {
                 sin.push(angle.sin());
             }
         }
+        let scale = 1.0 / (2.0 * half as f32).sqrt();
+        let scaled = |v: &[f32]| v.iter().map(|x| x * scale).collect::<Vec<f32>>();
+        let table =
+            |v: Vec<f32>| Tensor::from_vec(v, (max_positions, half), device)?.to_dtype(dtype);
         Ok(Self {
-            cos: Tensor::from_vec(cos, (max_positions, half), device)?.to_dtype(dtype)?,
-            sin: Tensor::from_vec(sin, (max_positions, half), device)?.to_dtype(dtype)?,
+            cos_scaled: table(scaled(&cos))?,
+            sin_scaled: table(scaled(&sin))?,
+            cos: table(cos)?,
+            sin: table(sin)?,
             max_positions,
         })
     }
 
     /// Rotates x (batch, heads, tokens, head_dim) for positions start..start+tokens.
     pub fn apply(&self, x: &Tensor, start: usize) -> Result<Tensor> {
-        let t = x.dim(2)?;
-        let cos = self.cos.narrow(0, start, t)?;
-        let sin = self.sin.narrow(0, start, t)?;
-        candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)
+        rotate(x, &self.cos, &self.sin, start)
     }
+
+    /// Rotates and multiplies by 1/sqrt(head_dim) (for queries).
+    pub fn apply_scaled(&self, x: &Tensor, start: usize) -> Result<Tensor> {
+        rotate(x, &self.cos_scaled, &self.sin_scaled, start)
+    }
+}
+
+fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor, start: usize) -> Result<Tensor> {
+    let t = x.dim(2)?;
+    let cos = cos.narrow(0, start, t)?;
+    let sin = sin.narrow(0, start, t)?;
+    candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)
 }
