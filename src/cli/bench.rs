@@ -25,11 +25,14 @@ pub struct BenchReport {
     pub decode_tokens: usize,
     pub decode_tok_s: f64,
     pub decode_tok_s_capture: f64,
-    /// Of one decoded token (capture off), the milliseconds the host spends
-    /// in the forward call itself. On a GPU this is the time to enqueue the
-    /// kernels: when it is close to 1000 / decode_tok_s, decoding waits on the
-    /// host, not the GPU.
+    /// Of one eagerly decoded token (capture off, no graph), the milliseconds
+    /// the host spends in the forward call itself. On a GPU this is the time
+    /// to enqueue the kernels: when it is close to 1000 / decode_tok_s_eager,
+    /// decoding waits on the host, not the GPU.
     pub decode_host_ms: f64,
+    /// Decode with capture off, every kernel launched on its own (no CUDA
+    /// graph): what the graph saves.
+    pub decode_tok_s_eager: f64,
     /// Original and attacked in one batch of two: tokens per second per row.
     pub decode_tok_s_pair: f64,
     /// From a generation request (chat prompt, pair, attack) to its first token.
@@ -96,7 +99,7 @@ fn decode(
 }
 
 pub fn run(
-    model: &Model,
+    model: &mut Model,
     tok: &tokenizers::Tokenizer,
     eval_ids: &[u32],
     chat_prompt: &[u32],
@@ -128,7 +131,11 @@ pub fn run(
     let p_off = best_of(3, || sync(model.forward(&ids, None, &plain)?))?;
     let p_on = best_of(3, || sync(model.forward(&ids, None, &captured)?))?;
     let start = &eval_ids[..eval_ids.len().min(20)];
-    let (d_off, host) = decode(model, start, &[Interventions::none()], decode_n, Vec::new())?;
+    model.set_decode_graphs(false);
+    let eager = decode(model, start, &[Interventions::none()], decode_n, Vec::new());
+    model.set_decode_graphs(true);
+    let (d_eager, host) = eager?;
+    let (d_off, _) = decode(model, start, &[Interventions::none()], decode_n, Vec::new())?;
     let (d_on, _) = decode(model, start, &[Interventions::none()], decode_n, captures())?;
     let attacked = attack.map(Attack::interventions).unwrap_or_default();
     let (d_pair, _) = decode(
@@ -173,6 +180,7 @@ pub fn run(
         decode_tok_s: d_off,
         decode_tok_s_capture: d_on,
         decode_host_ms: host * 1e3,
+        decode_tok_s_eager: d_eager,
         decode_tok_s_pair: d_pair,
         first_token_ms: first * 1e3,
     })

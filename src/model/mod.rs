@@ -12,18 +12,21 @@
 
 mod capture;
 mod gemv;
+mod graph;
 pub mod hooks;
 pub mod intervention;
+mod kv;
 mod plan;
 pub mod rope;
 
 use candle_core::{DType, Device, Tensor, D};
-use candle_nn::kv_cache::KvCache;
 
 use crate::checkpoint::{Architecture, Checkpoint, CheckpointError, ModelConfig, RopeScaling};
 use capture::Captures;
 use hooks::{CaptureRequest, Captured, HookPoint};
 use intervention::Interventions;
+pub use kv::Cache;
+use kv::{KvShape, LayerKv};
 use plan::Plan;
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +41,10 @@ pub enum ModelError {
     Invalid(String),
     #[error("cancelled")]
     Cancelled,
+    /// Recording or replaying a CUDA graph failed (the run falls back to
+    /// eager kernels).
+    #[error("CUDA graph: {0}")]
+    Graph(String),
 }
 
 pub type Result<T> = std::result::Result<T, ModelError>;
@@ -204,23 +211,11 @@ pub struct Model {
     norm: Tensor,
     lm_head: Linear,
     rope: rope::Rope,
-}
-
-/// Per-layer key/value cache for incremental decoding.
-pub struct Cache {
-    layers: Vec<KvCache>,
-    len: usize,
-}
-
-impl Cache {
-    /// Tokens already processed.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
+    /// Bumped by every change of the loaded weights (recorded decode steps
+    /// read the weights' memory, so they are recorded again).
+    weights_version: u64,
+    /// One-token steps on a CUDA device replay a recorded graph.
+    decode_graphs: bool,
 }
 
 impl Model {
@@ -329,6 +324,8 @@ impl Model {
             norm,
             lm_head,
             rope,
+            weights_version: 0,
+            decode_graphs: true,
         })
     }
 
@@ -345,12 +342,13 @@ impl Model {
     }
 
     pub fn new_cache(&self) -> Cache {
-        Cache {
-            layers: (0..self.config.n_layers)
-                .map(|_| KvCache::new(2, 512))
-                .collect(),
-            len: 0,
-        }
+        Cache::new(self.config.n_layers)
+    }
+
+    /// Whether one-token steps with a cache on a CUDA device replay a
+    /// recorded CUDA graph (default) or launch their kernels one by one.
+    pub fn set_decode_graphs(&mut self, on: bool) {
+        self.decode_graphs = on;
     }
 
     /// The longest sequence the position tables cover.
@@ -370,6 +368,7 @@ impl Model {
         let block = &mut self.blocks[layer];
         block.up.weight = block.up.weight.broadcast_mul(&mask)?;
         block.gate.weight = block.gate.weight.broadcast_mul(&mask)?;
+        self.weights_version += 1;
         block.fuse()
     }
 
@@ -394,6 +393,7 @@ impl Model {
         let mut v = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         v[row * cols + col] = value;
         let new = Tensor::from_vec(v, (rows, cols), &self.device)?.to_dtype(self.dtype)?;
+        self.weights_version += 1;
         let canonical = self.canonical_weight_name(name);
         if canonical == "model.embed_tokens.weight" {
             self.embed = new.clone();
@@ -462,6 +462,31 @@ impl Model {
             )));
         }
         let plan = Plan::new(self, opts, b)?;
+        let mut cache = cache;
+        if let Some(c) = cache.as_deref_mut() {
+            if self.static_step_applies(t, c, &plan, opts) {
+                match self.forward_static(tokens, c, opts, &plan) {
+                    Err(ModelError::Graph(e)) => {
+                        tracing::warn!("decoding without a CUDA graph: {e}");
+                        c.graph_failed = true;
+                        c.graph = None;
+                    }
+                    done => return done,
+                }
+            }
+            let shape = KvShape {
+                batch: b,
+                kv_heads: self.config.n_kv_heads,
+                head_dim: self.config.head_dim,
+            };
+            c.reserve(
+                self.config.n_layers,
+                shape,
+                start + t,
+                self.dtype,
+                &self.device,
+            )?;
+        }
         let flat: Vec<u32> = tokens.iter().flatten().copied().collect();
         let ids = Tensor::from_vec(flat.clone(), (b, t), &self.device)?;
         let mut x =
@@ -471,37 +496,18 @@ impl Model {
         x = plan.edit_embedding(self, x, &flat, b, t)?;
         let mask = causal_mask(t, start, self.dtype, &self.device)?;
         let mut captures = Captures::default();
-        let mut cache = cache;
         for (i, block) in self.blocks.iter().enumerate() {
             if opts.cancel.as_ref().is_some_and(CancelToken::is_cancelled) {
                 return Err(ModelError::Cancelled);
             }
-            plan.capture(i, HookPoint::ResidPre, &x, &mut captures)?;
             let kv = cache.as_mut().map(|c| &mut c.layers[i]);
-            let h = candle_nn::ops::rms_norm(&x, &block.input_norm, self.config.norm_eps as f32)?;
-            let attn = self.attention(block, &h, start, mask.as_ref(), kv, &plan)?;
-            x = (x + attn)?;
-            plan.capture(i, HookPoint::ResidMid, &x, &mut captures)?;
-            let h = candle_nn::ops::rms_norm(
-                &x,
-                &block.post_attention_norm,
-                self.config.norm_eps as f32,
+            x = self.block(
+                i,
+                x,
+                &plan,
+                |h| self.attention(block, h, start, mask.as_ref(), kv, &plan),
+                &mut |layer, point, x| plan.capture(layer, point, x, &mut captures),
             )?;
-            let mut inter = if plan.edits_any(&[&block.gate, &block.up]) {
-                let gate = plan.linear(&block.gate, &h)?;
-                (candle_nn::ops::silu(&gate)? * plan.linear(&block.up, &h)?)?
-            } else {
-                let gate_up = plan.linear(&block.gate_up, &h)?;
-                let d_ff = self.config.d_ff;
-                let gate = gate_up.narrow(2, 0, d_ff)?;
-                (candle_nn::ops::silu(&gate)? * gate_up.narrow(2, d_ff, d_ff)?)?
-            };
-            if let Some(m) = plan.ffn_mask(i) {
-                inter = inter.broadcast_mul(m)?;
-            }
-            plan.capture(i, HookPoint::MlpPost, &inter, &mut captures)?;
-            x = (x + plan.linear(&block.down, &inter)?)?;
-            plan.capture(i, HookPoint::ResidPost, &x, &mut captures)?;
         }
         if let Some(c) = cache {
             c.len = start + t;
@@ -524,15 +530,51 @@ impl Model {
         })
     }
 
-    fn attention(
+    /// Block `i`: x + attention(norm(x)), then + mlp(norm(x)). `attend` is
+    /// the attention of this run's kind (host-known positions, or the
+    /// device-side position of a replayed decode step); `hook` sees the
+    /// residual stream and the MLP state at each hook point.
+    fn block(
+        &self,
+        i: usize,
+        x: Tensor,
+        plan: &Plan,
+        attend: impl FnOnce(&Tensor) -> Result<Tensor>,
+        hook: &mut dyn FnMut(usize, HookPoint, &Tensor) -> Result<()>,
+    ) -> Result<Tensor> {
+        let block = &self.blocks[i];
+        let eps = self.config.norm_eps as f32;
+        hook(i, HookPoint::ResidPre, &x)?;
+        let h = candle_nn::ops::rms_norm(&x, &block.input_norm, eps)?;
+        let x = (x + attend(&h)?)?;
+        hook(i, HookPoint::ResidMid, &x)?;
+        let h = candle_nn::ops::rms_norm(&x, &block.post_attention_norm, eps)?;
+        let mut inter = if plan.edits_any(&[&block.gate, &block.up]) {
+            let gate = plan.linear(&block.gate, &h)?;
+            (candle_nn::ops::silu(&gate)? * plan.linear(&block.up, &h)?)?
+        } else {
+            let gate_up = plan.linear(&block.gate_up, &h)?;
+            let d_ff = self.config.d_ff;
+            let gate = gate_up.narrow(2, 0, d_ff)?;
+            (candle_nn::ops::silu(&gate)? * gate_up.narrow(2, d_ff, d_ff)?)?
+        };
+        if let Some(m) = plan.ffn_mask(i) {
+            inter = inter.broadcast_mul(m)?;
+        }
+        hook(i, HookPoint::MlpPost, &inter)?;
+        let x = (x + plan.linear(&block.down, &inter)?)?;
+        hook(i, HookPoint::ResidPost, &x)?;
+        Ok(x)
+    }
+
+    /// q, k, v of one block as (b, heads, t, head_dim), q rotated and scaled
+    /// by `rotate_q`, k by `rotate_k`.
+    fn project_qkv(
         &self,
         block: &Block,
         h: &Tensor,
-        start: usize,
-        mask: Option<&Tensor>,
-        cache: Option<&mut KvCache>,
         plan: &Plan,
-    ) -> Result<Tensor> {
+    ) -> Result<(Tensor, Tensor, Tensor)> {
         let (b, t, _) = h.dims3()?;
         let c = &self.config;
         let (nq, nk) = (c.n_heads, c.n_kv_heads);
@@ -559,22 +601,27 @@ impl Model {
         };
         // (b, heads, t, head_dim); for one token of one row this is a view.
         let split = |y: Tensor| y.transpose(1, 2)?.contiguous();
-        // The attention scale 1/sqrt(head_dim) is folded into q's rotation.
-        let q = self.rope.apply_scaled(&split(q)?, start)?;
-        let k = self.rope.apply(&split(k)?, start)?;
-        let v = split(v)?;
-        let (k, v) = match cache {
-            Some(cache) => cache.append(&k, &v)?,
-            None => (k, v),
-        };
+        Ok((split(q)?, split(k)?, split(v)?))
+    }
+
+    /// softmax(q k^T + mask) v for grouped queries, back to (b, t, heads * head_dim).
+    /// q is already scaled. Keys and values may be row ranges of a longer
+    /// buffer: matmul takes their batch stride as it is, no copy.
+    fn attend_grouped(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let (b, _, t, _) = q.dims4()?;
+        let c = &self.config;
         // Grouped-query attention without copying keys and values per head: the
         // `rep` query heads that share a key/value head are stacked as rows of
         // one matrix, so each kv head is one batched matmul.
         let rep = c.n_heads / c.n_kv_heads;
         let total = k.dim(2)?;
         let q = q.reshape((b, c.n_kv_heads, rep * t, c.head_dim))?;
-        // The cache's keys and values are row ranges of a longer buffer:
-        // matmul takes their batch stride as it is, no copy.
         let mut scores = q.matmul(&k.t()?)?;
         if let Some(m) = mask {
             scores = scores
@@ -583,11 +630,31 @@ impl Model {
                 .reshape((b, c.n_kv_heads, rep * t, total))?;
         }
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let y = probs
-            .matmul(&v)?
+        Ok(probs
+            .matmul(v)?
             .reshape((b, c.n_heads, t, c.head_dim))?
             .transpose(1, 2)?
-            .reshape((b, t, c.n_heads * c.head_dim))?;
+            .reshape((b, t, c.n_heads * c.head_dim))?)
+    }
+
+    fn attention(
+        &self,
+        block: &Block,
+        h: &Tensor,
+        start: usize,
+        mask: Option<&Tensor>,
+        cache: Option<&mut LayerKv>,
+        plan: &Plan,
+    ) -> Result<Tensor> {
+        let (q, k, v) = self.project_qkv(block, h, plan)?;
+        // The attention scale 1/sqrt(head_dim) is folded into q's rotation.
+        let q = self.rope.apply_scaled(&q, start)?;
+        let k = self.rope.apply(&k, start)?;
+        let (k, v) = match cache {
+            Some(cache) => cache.append(&k, &v, start)?,
+            None => (k, v),
+        };
+        let y = self.attend_grouped(&q, &k, &v, mask)?;
         plan.linear(&block.o, &y)
     }
 }

@@ -116,6 +116,17 @@ impl<'a> Plan<'a> {
             .any(|(name, ..)| parts.iter().any(|l| l.name == *name))
     }
 
+    /// Whether this run edits single weights (or embedding entries): those
+    /// are applied from host-side values, which a recorded step cannot do.
+    pub(super) fn has_weight_edits(&self) -> bool {
+        !self.edits.is_empty() || !self.embed_edits.is_empty()
+    }
+
+    /// The d_ff mask tensors this plan made (a recorded step keeps them alive).
+    pub(super) fn mask_tensors(&self) -> Vec<Tensor> {
+        self.masks.iter().flatten().cloned().collect()
+    }
+
     pub(super) fn ffn_mask(&self, layer: usize) -> Option<&Tensor> {
         self.masks[layer].as_ref()
     }

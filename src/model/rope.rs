@@ -104,6 +104,24 @@ impl Rope {
     }
 }
 
+impl Rope {
+    /// The rows of (scaled cos, scaled sin, cos, sin) at a position held in
+    /// a one-element u32 tensor, each (1, head_dim / 2).
+    pub fn tables_at(&self, pos: &Tensor) -> Result<[Tensor; 4]> {
+        Ok([
+            self.cos_scaled.index_select(pos, 0)?,
+            self.sin_scaled.index_select(pos, 0)?,
+            self.cos.index_select(pos, 0)?,
+            self.sin.index_select(pos, 0)?,
+        ])
+    }
+}
+
+/// Rotates x (batch, heads, 1, head_dim) by one position's table rows.
+pub fn rotate_with(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin)
+}
+
 fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor, start: usize) -> Result<Tensor> {
     let t = x.dim(2)?;
     let cos = cos.narrow(0, start, t)?;

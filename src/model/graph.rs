@@ -1,0 +1,416 @@
+//! One-token decode steps recorded once and replayed as a CUDA graph.
+//!
+//! A small model decodes one token in about 500 kernels of a few
+//! microseconds each; launched one by one from candle, the host took ~6 ms
+//! per token while the GPU mostly waited. A step whose kernels read
+//! everything that changes per token (token ids, position) from device
+//! memory can be recorded once and replayed with one launch. So this step
+//! differs from the eager one in two ways, both exact:
+//! - the position lives in a device buffer: rotary tables are gathered at
+//!   it, keys and values are scattered to it, and a mask built from it hides
+//!   the cache positions after it;
+//! - attention runs over the whole cache buffer with that mask (masked
+//!   scores are -inf, so their weights are exactly 0).
+//!
+//! Captures land in device slabs, copied to the host once per step and
+//! reduced there by the same code as CPU captures.
+
+use candle_core::{DType, Device, IndexOp, Tensor};
+
+use super::hooks::{self, CaptureRequest, Captured, HookName, HookPoint};
+use super::intervention::Interventions;
+use super::kv::{Cache, KvShape, LayerKv};
+use super::plan::Plan;
+#[cfg(feature = "cuda")]
+use super::ModelError;
+use super::{rope, ForwardOutput, LogitsMode, Model, Result, RunOptions};
+
+/// The hook points of a block, in the order a forward visits them.
+const POINTS: [HookPoint; 4] = [
+    HookPoint::ResidPre,
+    HookPoint::ResidMid,
+    HookPoint::MlpPost,
+    HookPoint::ResidPost,
+];
+
+/// What a recorded step was recorded for; any change records a new one.
+#[derive(Debug, Clone, PartialEq)]
+struct StepKey {
+    batch: usize,
+    capacity: usize,
+    capture: Vec<CaptureRequest>,
+    interventions: Vec<Interventions>,
+    logits: bool,
+    weights: u64,
+}
+
+/// Device buffers a static step reads and writes. They outlive the step, so
+/// a replay finds them at the addresses it was recorded with.
+struct StepIo {
+    /// u32: the batch's token ids, then the position.
+    inputs: Tensor,
+    /// 0..capacity (u32), and the mask's two values per position.
+    positions: Tensor,
+    open: Tensor,
+    closed: Tensor,
+    /// (batch, 1, vocab) f32.
+    logits: Option<Tensor>,
+    /// Per captured hook point: (layers, batch, 1, width).
+    slabs: Vec<(HookPoint, Tensor)>,
+    /// The plan's d_ff masks (the recorded kernels read them).
+    _masks: Vec<Tensor>,
+}
+
+/// A static decode step for one cache: its buffers and, on a GPU, its graph.
+pub(super) struct DecodeGraph {
+    key: StepKey,
+    io: StepIo,
+    #[cfg(feature = "cuda")]
+    exec: Option<candle_core::cuda::cudarc::driver::CudaGraph>,
+    /// Steps run so far (the first runs eagerly: it loads every kernel,
+    /// uploads every kernel's shape parameters and lets cuBLAS settle before
+    /// anything is recorded).
+    steps: usize,
+}
+
+impl Model {
+    /// Whether this one-token step of a cached run can take the static path.
+    pub(super) fn static_step_applies(
+        &self,
+        t: usize,
+        cache: &Cache,
+        plan: &Plan,
+        opts: &RunOptions,
+    ) -> bool {
+        #[cfg(test)]
+        let forced = cache.force_static;
+        #[cfg(not(test))]
+        let forced = false;
+        t == 1
+            && (forced || (self.device.is_cuda() && self.decode_graphs))
+            && !cache.graph_failed
+            && !plan.has_weight_edits()
+            && opts.cancel.as_ref().is_none_or(|c| !c.is_cancelled())
+    }
+
+    /// One token per row at the cache's position through the static step.
+    /// Errors from recording the graph come back as [`ModelError::Graph`]:
+    /// the caller then decodes this cache eagerly.
+    pub(super) fn forward_static(
+        &self,
+        tokens: &[Vec<u32>],
+        cache: &mut Cache,
+        opts: &RunOptions,
+        plan: &Plan,
+    ) -> Result<ForwardOutput> {
+        let b = tokens.len();
+        let c = &self.config;
+        let start = cache.len;
+        let shape = KvShape {
+            batch: b,
+            kv_heads: c.n_kv_heads,
+            head_dim: c.head_dim,
+        };
+        cache.reserve(c.n_layers, shape, start + 1, self.dtype, &self.device)?;
+        let key = StepKey {
+            batch: b,
+            capacity: cache.capacity(),
+            capture: opts.capture.clone(),
+            interventions: opts.interventions.clone(),
+            logits: opts.logits != LogitsMode::None,
+            weights: self.weights_version,
+        };
+        if cache.graph.as_ref().is_some_and(|g| g.key != key) {
+            cache.graph = None;
+        }
+        if cache.graph.is_none() {
+            let io = StepIo::new(self, &key, plan)?;
+            cache.graph = Some(DecodeGraph {
+                key,
+                io,
+                #[cfg(feature = "cuda")]
+                exec: None,
+                steps: 0,
+            });
+        }
+        let graph = cache.graph.as_mut().expect("set above");
+        let mut inputs: Vec<u32> = tokens.iter().map(|row| row[0]).collect();
+        inputs.push(start as u32);
+        graph
+            .io
+            .inputs
+            .slice_set(&Tensor::from_vec(inputs, b + 1, &self.device)?, 0, 0)?;
+        self.run_step(graph, &cache.layers, plan)?;
+        cache.len = start + 1;
+        let graph = cache.graph.as_ref().expect("set above");
+        Ok(ForwardOutput {
+            logits: graph.io.logits.as_ref().map(Tensor::copy).transpose()?,
+            captures: self.read_captures(&graph.io, opts)?,
+        })
+    }
+
+    /// Replays the recorded step, records it, or runs it eagerly.
+    fn run_step(&self, graph: &mut DecodeGraph, layers: &[LayerKv], plan: &Plan) -> Result<()> {
+        graph.steps += 1;
+        #[cfg(feature = "cuda")]
+        if let Device::Cuda(dev) = &self.device {
+            // candle uploads the shapes and strides of strided kernels from
+            // host memory; a recording would keep pointers to freed host
+            // buffers. With this cache on, the eager first step uploads each
+            // once to device memory that lives on, and the recording reuses it.
+            let _params = dev.enable_cuda_graph_htod_cache();
+            if graph.exec.is_none() && graph.steps > 1 {
+                graph.exec = Some(self.record(dev, &graph.io, layers, plan)?);
+                tracing::debug!("decode step recorded as a CUDA graph");
+            }
+            return match &graph.exec {
+                Some(exec) => exec.launch().map_err(|e| ModelError::Graph(e.to_string())),
+                None => self.static_body(&graph.io, layers, plan),
+            };
+        }
+        self.static_body(&graph.io, layers, plan)
+    }
+
+    /// Records the step on the device's stream. Nothing runs while
+    /// recording; every tensor made during it is freed within it, so the
+    /// graph's memory is its own and a replay needs no host allocation.
+    #[cfg(feature = "cuda")]
+    fn record(
+        &self,
+        dev: &candle_core::CudaDevice,
+        io: &StepIo,
+        layers: &[LayerKv],
+        plan: &Plan,
+    ) -> Result<candle_core::cuda::cudarc::driver::CudaGraph> {
+        use candle_core::cuda::cudarc::driver::sys;
+        let graph_err = |e: &dyn std::fmt::Display| ModelError::Graph(e.to_string());
+        let stream = dev.cuda_stream();
+        stream
+            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+            .map_err(|e| graph_err(&e))?;
+        let body = self.static_body(io, layers, plan);
+        let graph = stream.end_capture(sys::CUgraphInstantiate_flags(0));
+        body.map_err(|e| graph_err(&e))?;
+        let graph = graph
+            .map_err(|e| graph_err(&e))?
+            .ok_or_else(|| ModelError::Graph("nothing was recorded".into()))?;
+        graph.upload().map_err(|e| graph_err(&e))?;
+        Ok(graph)
+    }
+
+    /// The step itself: only kernels, reading the token ids and the position
+    /// from `io.inputs`.
+    fn static_body(&self, io: &StepIo, layers: &[LayerKv], plan: &Plan) -> Result<()> {
+        let c = &self.config;
+        let b = io.inputs.dim(0)? - 1;
+        let ids = io.inputs.narrow(0, 0, b)?;
+        let pos = io.inputs.narrow(0, b, 1)?;
+        let mut x = self.embed.embedding(&ids)?.reshape((b, 1, c.d_model))?;
+        let capacity = io.positions.dim(0)?;
+        let mask = io
+            .positions
+            .broadcast_le(&pos)?
+            .where_cond(&io.open, &io.closed)?
+            .reshape((1, capacity))?;
+        let [cos_q, sin_q, cos_k, sin_k] = self.rope.tables_at(&pos)?;
+        let kv_index = pos
+            .reshape((1, 1, 1, 1))?
+            .broadcast_as((b, c.n_kv_heads, 1, c.head_dim))?
+            .contiguous()?;
+        for (i, kv) in layers.iter().enumerate() {
+            let block = &self.blocks[i];
+            x = self.block(
+                i,
+                x,
+                plan,
+                |h| {
+                    let (q, k, v) = self.project_qkv(block, h, plan)?;
+                    let q = rope::rotate_with(&q, &cos_q, &sin_q)?;
+                    let k = rope::rotate_with(&k, &cos_k, &sin_k)?;
+                    kv.k.scatter_set(&kv_index, &k, 2)?;
+                    kv.v.scatter_set(&kv_index, &v, 2)?;
+                    let y = self.attend_grouped(&q, &kv.k, &kv.v, Some(&mask))?;
+                    plan.linear(&block.o, &y)
+                },
+                &mut |layer, point, x| io.record_hook(layer, point, x),
+            )?;
+        }
+        if let Some(out) = &io.logits {
+            let h = candle_nn::ops::rms_norm(&x, &self.norm, c.norm_eps as f32)?;
+            let logits = plan.linear(&self.lm_head, &h)?.to_dtype(DType::F32)?;
+            out.slice_set(&logits, 0, 0)?;
+        }
+        Ok(())
+    }
+
+    /// The step's captures, reduced on the host in the order an eager
+    /// forward takes them.
+    fn read_captures(&self, io: &StepIo, opts: &RunOptions) -> Result<Vec<Captured>> {
+        if opts.capture.is_empty() {
+            return Ok(Vec::new());
+        }
+        let host = io
+            .slabs
+            .iter()
+            .map(|(point, slab)| Ok((*point, slab.to_device(&Device::Cpu)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let mut out = Vec::new();
+        for layer in 0..self.config.n_layers {
+            for point in POINTS {
+                for req in opts.capture.iter().filter(|r| r.wants(layer, point)) {
+                    let slab = &host.iter().find(|(p, _)| *p == point).expect("slab").1;
+                    let state = slab.i(layer)?.copy()?;
+                    out.push(hooks::reduce(
+                        HookName::new(layer, point),
+                        req.reduction,
+                        &state,
+                    )?);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl StepIo {
+    fn new(model: &Model, key: &StepKey, plan: &Plan) -> Result<Self> {
+        let c = &model.config;
+        let (dev, dtype, cap, b) = (&model.device, model.dtype, key.capacity, key.batch);
+        let slabs = POINTS
+            .into_iter()
+            .filter(|&p| (0..c.n_layers).any(|l| key.capture.iter().any(|r| r.wants(l, p))))
+            .map(|p| {
+                let width = if p == HookPoint::MlpPost {
+                    c.d_ff
+                } else {
+                    c.d_model
+                };
+                Ok((p, Tensor::zeros((c.n_layers, b, 1, width), dtype, dev)?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            inputs: Tensor::zeros(b + 1, DType::U32, dev)?,
+            positions: Tensor::arange(0u32, cap as u32, dev)?,
+            open: Tensor::zeros(cap, dtype, dev)?,
+            closed: Tensor::full(f32::NEG_INFINITY, cap, dev)?.to_dtype(dtype)?,
+            logits: key
+                .logits
+                .then(|| Tensor::zeros((b, 1, c.vocab_size), DType::F32, dev))
+                .transpose()?,
+            slabs,
+            _masks: plan.mask_tensors(),
+        })
+    }
+
+    /// Copies a hook's state into its slab row when a capture wants it.
+    fn record_hook(&self, layer: usize, point: HookPoint, x: &Tensor) -> Result<()> {
+        if let Some((_, slab)) = self.slabs.iter().find(|(p, _)| *p == point) {
+            slab.slice_set(&x.unsqueeze(0)?, 0, layer)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::Checkpoint;
+    use crate::model::intervention::{FfnMask, MaskMode};
+    use crate::synthetic::Spec;
+
+    fn planted_model() -> Model {
+        let dir = tempfile::tempdir().unwrap();
+        Spec::planted()
+            .write_hf_dir(dir.path(), safetensors::Dtype::F32)
+            .unwrap();
+        let ckpt = Checkpoint::open_path(dir.path()).unwrap();
+        Model::load(&ckpt, &Device::Cpu, DType::F32, |_, _| {}).unwrap()
+    }
+
+    /// Greedy decode of `steps` tokens per row after `prompt`; returns every
+    /// step's logits (host) and captures.
+    fn decode(
+        model: &Model,
+        prompt: &[u32],
+        opts: &RunOptions,
+        rows: usize,
+        steps: usize,
+        static_path: bool,
+    ) -> (Vec<Vec<f32>>, Vec<Vec<Captured>>) {
+        let mut cache = model.new_cache();
+        cache.force_static = static_path;
+        let first = model
+            .forward(&vec![prompt.to_vec(); rows], Some(&mut cache), opts)
+            .unwrap();
+        let mut next = first.logits.unwrap();
+        let (mut logits, mut captures) = (Vec::new(), Vec::new());
+        for _ in 0..steps {
+            let ids = next.squeeze(1).unwrap().argmax(1).unwrap();
+            let ids: Vec<Vec<u32>> = ids
+                .to_vec1::<u32>()
+                .unwrap()
+                .into_iter()
+                .map(|i| vec![i])
+                .collect();
+            let out = model.forward(&ids, Some(&mut cache), opts).unwrap();
+            next = out.logits.unwrap();
+            logits.push(next.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            captures.push(out.captures);
+        }
+        assert_eq!(cache.graph.is_some(), static_path);
+        (logits, captures)
+    }
+
+    #[test]
+    fn static_step_equals_eager_decode_with_masks_captures_and_growth() {
+        let model = planted_model();
+        let masks = FfnMask {
+            mode: MaskMode::Keep,
+            dims: vec![300, 17],
+        };
+        let mut attacked = Interventions::none();
+        attacked.ffn_masks.insert(1, masks);
+        let opts = RunOptions {
+            capture: vec![
+                CaptureRequest::every_layer(HookPoint::ResidPost, hooks::Reduction::MaxAbsPerDim),
+                CaptureRequest::at(1, HookPoint::MlpPost, hooks::Reduction::TopK(4)),
+                CaptureRequest::every_layer(HookPoint::ResidMid, hooks::Reduction::MedianAbs),
+            ],
+            interventions: vec![Interventions::none(), attacked],
+            logits: LogitsMode::Last,
+            ..Default::default()
+        };
+        // 508 prompt tokens: the buffers (512 positions) grow mid-decode.
+        let prompt: Vec<u32> = std::iter::once(256)
+            .chain((0..507).map(|i| (i * 37 % 200 + 32) as u32))
+            .collect();
+        let (eager_logits, eager_caps) = decode(&model, &prompt, &opts, 2, 8, false);
+        let (static_logits, static_caps) = decode(&model, &prompt, &opts, 2, 8, true);
+        for (step, (e, s)) in eager_logits.iter().zip(&static_logits).enumerate() {
+            let diff = e
+                .iter()
+                .zip(s)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(diff < 1e-4, "step {step}: logits differ by {diff}");
+        }
+        for (e, s) in eager_caps.iter().zip(&static_caps) {
+            assert_eq!(e.len(), 3 + 1 + 3);
+            assert_eq!(e.len(), s.len());
+            for (a, b) in e.iter().zip(s) {
+                assert_eq!(
+                    (a.hook, a.reduction, &a.shape),
+                    (b.hook, b.reduction, &b.shape)
+                );
+                assert_eq!(a.indices, b.indices, "{:?}", a.hook);
+                let diff = a
+                    .values
+                    .iter()
+                    .zip(&b.values)
+                    .map(|(x, y)| (x - y).abs() / x.abs().max(1.0))
+                    .fold(0f32, f32::max);
+                assert!(diff < 1e-4, "{:?} {:?}: {diff}", a.hook, a.reduction);
+            }
+        }
+    }
+}
