@@ -4,7 +4,8 @@
 #   1e-3, identical scans, perplexities within 0.1%), and against Hugging Face
 #   transformers on the same GPU (greedy generations identical in f32; the
 #   reference is tests/fixtures/smollm2_transformers_reference.json, made there
-#   by scripts/reference_transformers.py).
+#   by scripts/reference_transformers.py), and the greedy original+attacked
+#   pair (one batch of two; CUDA decodes it with a replayed graph) against the CPU.
 # Usage: scripts/gpu-check.sh MWTOP_BINARY MODEL.gguf OUTDIR
 set -euo pipefail
 BIN=$1; MODEL=$2; OUT=$3
@@ -17,6 +18,9 @@ for dev in cuda cpu; do
     "$BIN" eval "$MODEL" --text "$TEXT" --bos --mode "$mode" --k 2 --device "$dev" --json > "$OUT/$mode-$dev.json"
   done
   "$BIN" scan "$MODEL" --device "$dev" --json > "$OUT/scan-$dev.json"
+  # Original and keep-only attack as one batch of two: on CUDA a replayed graph.
+  "$BIN" generate "$MODEL" --prompt "The capital of France is" --compare --mode keep --k 2 \
+    --max-tokens 32 --device "$dev" --json > "$OUT/pair-$dev.json"
 done
 python3 - "$FIX" "$OUT" <<'PY' > "$OUT/prompts.txt"
 import json, sys

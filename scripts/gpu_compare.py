@@ -31,6 +31,10 @@ same = (sg["massive_layer"] == sc["massive_layer"]
         and [(w["layer"], w["row"], w["col"]) for w in sg["super_weights"]] == [(w["layer"], w["row"], w["col"]) for w in sc["super_weights"]]
         and [(a["layer"], a["position"], a["dim"]) for a in sg["massive_activations"]] == [(a["layer"], a["position"], a["dim"]) for a in sc["massive_activations"]])
 check("scan cuda vs cpu", same, f"massive layer {sg['massive_layer']}, dims {sg['massive_weights']['dims'][:4]}, super weight {sg['super_weights'][0]}")
+pg, pc = load("pair-cuda"), load("pair-cpu")
+for row in ["original", "attacked"]:
+    same = pg[row]["tokens"] == pc[row]["tokens"]
+    check(f"greedy pair {row} cuda vs cpu", same, f"{len(pg[row]['tokens'])} tokens, {pg[row]['text'][:50]!r}")
 for i, g in enumerate(fix["generations"]):
     r = load(f"gen-{i}")
     ids = r["tokens"] + ([2] if r["stop"] == "eos" else [])
