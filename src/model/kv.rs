@@ -39,7 +39,7 @@ pub(super) struct LayerKv {
 }
 
 impl Cache {
-    pub(super) fn new(_n_layers: usize) -> Self {
+    pub(super) fn new() -> Self {
         Self {
             layers: Vec::new(),
             len: 0,

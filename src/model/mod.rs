@@ -342,7 +342,7 @@ impl Model {
     }
 
     pub fn new_cache(&self) -> Cache {
-        Cache::new(self.config.n_layers)
+        Cache::new()
     }
 
     /// Whether one-token steps with a cache on a CUDA device replay a
