@@ -19,7 +19,7 @@ use candle_core::{DType, Device, IndexOp, Tensor};
 
 use super::hooks::{self, CaptureRequest, Captured, HookName, HookPoint};
 use super::intervention::Interventions;
-use super::kv::{Cache, KvShape, LayerKv};
+use super::kv::{Cache, LayerKv};
 use super::plan::Plan;
 #[cfg(feature = "cuda")]
 use super::ModelError;
@@ -104,14 +104,8 @@ impl Model {
         plan: &Plan,
     ) -> Result<ForwardOutput> {
         let b = tokens.len();
-        let c = &self.config;
         let start = cache.len;
-        let shape = KvShape {
-            batch: b,
-            kv_heads: c.n_kv_heads,
-            head_dim: c.head_dim,
-        };
-        cache.reserve(c.n_layers, shape, start + 1, self.dtype, &self.device)?;
+        cache.reserve(self, b, start + 1)?;
         let key = StepKey {
             batch: b,
             capacity: cache.capacity(),

@@ -2,10 +2,10 @@
 //! with room to grow: a step writes its keys in place, and a replayed decode
 //! step (see [`super::graph`]) finds the buffers at the same addresses.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::Tensor;
 
 use super::graph::DecodeGraph;
-use super::{ModelError, Result};
+use super::{Model, ModelError, Result};
 
 /// The smallest buffer, in positions; buffers double when full.
 const MIN_CAPACITY: usize = 512;
@@ -22,14 +22,6 @@ pub struct Cache {
     /// recorded (the CPU), so tests can check that path against the eager one.
     #[cfg(test)]
     pub(super) force_static: bool,
-}
-
-/// The shape every layer's buffers share.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct KvShape {
-    pub batch: usize,
-    pub kv_heads: usize,
-    pub head_dim: usize,
 }
 
 /// One layer's keys and values: (batch, kv_heads, capacity, head_dim).
@@ -64,23 +56,15 @@ impl Cache {
         self.layers.first().map_or(0, |l| l.k.dims()[2])
     }
 
-    /// Makes room for `needed` positions in all `n_layers` buffers, keeping
-    /// what is cached. Growing moves the buffers, so a recorded step, which
-    /// points at the old ones, is dropped.
-    pub(super) fn reserve(
-        &mut self,
-        n_layers: usize,
-        shape: KvShape,
-        needed: usize,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<()> {
+    /// Makes room for `needed` positions of `batch` rows in every layer of
+    /// `model`, keeping what is cached. Growing moves the buffers, so a
+    /// recorded step, which points at the old ones, is dropped.
+    pub(super) fn reserve(&mut self, model: &Model, batch: usize, needed: usize) -> Result<()> {
         if let Some(first) = self.layers.first() {
             let held = first.k.dims()[0];
-            if held != shape.batch {
+            if held != batch {
                 return Err(ModelError::Invalid(format!(
-                    "the cache holds {held} rows; this run has {}",
-                    shape.batch
+                    "the cache holds {held} rows; this run has {batch}"
                 )));
             }
             if needed <= self.capacity() {
@@ -88,15 +72,16 @@ impl Cache {
             }
         }
         let capacity = needed.next_power_of_two().max(MIN_CAPACITY);
-        let dims = (shape.batch, shape.kv_heads, capacity, shape.head_dim);
+        let c = &model.config;
+        let dims = (batch, c.n_kv_heads, capacity, c.head_dim);
         let grow = |old: Option<&Tensor>| -> Result<Tensor> {
-            let new = Tensor::zeros(dims, dtype, device)?;
+            let new = Tensor::zeros(dims, model.dtype, &model.device)?;
             if let Some(old) = old.filter(|_| self.len > 0) {
                 new.slice_set(&old.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
             }
             Ok(new)
         };
-        let layers = (0..n_layers)
+        let layers = (0..c.n_layers)
             .map(|i| {
                 let old = self.layers.get(i);
                 Ok(LayerKv {

@@ -10,6 +10,7 @@
 //! matmul rounds activations to 8 bits, which is wrong for a tool about
 //! activations in the tens of thousands.
 
+mod attention;
 mod capture;
 mod gemv;
 mod graph;
@@ -18,16 +19,18 @@ pub mod intervention;
 mod kv;
 mod plan;
 pub mod rope;
+mod weights;
 
 use candle_core::{DType, Device, Tensor, D};
 
 use crate::checkpoint::{Architecture, Checkpoint, CheckpointError, ModelConfig, RopeScaling};
+use attention::causal_mask;
 use capture::Captures;
 use hooks::{CaptureRequest, Captured, HookPoint};
 use intervention::Interventions;
 pub use kv::Cache;
-use kv::{KvShape, LayerKv};
 use plan::Plan;
+use weights::{Block, Linear};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -104,101 +107,6 @@ pub struct ForwardOutput {
     /// f32 logits on the model's device, shaped as [`LogitsMode`] says.
     pub logits: Option<Tensor>,
     pub captures: Vec<Captured>,
-}
-
-struct Linear {
-    name: String,
-    weight: Tensor,
-    bias: Option<Tensor>,
-}
-
-struct Block {
-    input_norm: Tensor,
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
-    post_attention_norm: Tensor,
-    gate: Linear,
-    up: Linear,
-    down: Linear,
-    /// q, k and v stacked by rows: one matmul instead of three. q, k and v
-    /// are views into it, so the weights are stored once.
-    qkv: Linear,
-    /// gate and up stacked by rows, likewise.
-    gate_up: Linear,
-}
-
-impl Block {
-    fn new(
-        input_norm: Tensor,
-        [q, k, v, o]: [Linear; 4],
-        post_attention_norm: Tensor,
-        [gate, up, down]: [Linear; 3],
-    ) -> Result<Self> {
-        let placeholder = || Linear {
-            name: String::new(),
-            weight: input_norm.clone(),
-            bias: None,
-        };
-        let mut block = Self {
-            input_norm: input_norm.clone(),
-            q,
-            k,
-            v,
-            o,
-            post_attention_norm,
-            gate,
-            up,
-            down,
-            qkv: placeholder(),
-            gate_up: placeholder(),
-        };
-        block.fuse()?;
-        Ok(block)
-    }
-
-    /// Rebuilds the stacked matrices from the parts (after a part changed)
-    /// and points the parts back into them.
-    fn fuse(&mut self) -> Result<()> {
-        self.qkv = stack_rows(&mut [&mut self.q, &mut self.k, &mut self.v])?;
-        self.gate_up = stack_rows(&mut [&mut self.gate, &mut self.up])?;
-        Ok(())
-    }
-}
-
-/// One linear map whose rows are `parts`' rows in order; each part becomes a
-/// view of its rows (no second copy of the weights).
-fn stack_rows(parts: &mut [&mut Linear]) -> Result<Linear> {
-    let weights: Vec<&Tensor> = parts.iter().map(|l| &l.weight).collect();
-    let weight = Tensor::cat(&weights, 0)?;
-    let bias = if parts.iter().any(|l| l.bias.is_some()) {
-        let biases = parts
-            .iter()
-            .map(|l| match &l.bias {
-                Some(b) => Ok(b.clone()),
-                None => Tensor::zeros(l.weight.dim(0)?, l.weight.dtype(), l.weight.device()),
-            })
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        Some(Tensor::cat(&biases, 0)?)
-    } else {
-        None
-    };
-    let mut row = 0;
-    for part in parts.iter_mut() {
-        let rows = part.weight.dim(0)?;
-        part.weight = weight.narrow(0, row, rows)?;
-        if let (Some(b), Some(_)) = (&bias, &part.bias) {
-            part.bias = Some(b.narrow(0, row, rows)?);
-        }
-        row += rows;
-    }
-    let name = parts
-        .iter()
-        .map(|l| l.name.as_str())
-        .collect::<Vec<_>>()
-        .join("+");
-    Ok(Linear { name, weight, bias })
 }
 
 /// A loaded model: dense weights on one device in one dtype.
@@ -356,71 +264,6 @@ impl Model {
         self.rope.max_positions
     }
 
-    /// Zeroes rows of W_up and W_gate of one layer in the loaded weights: the
-    /// paper's definition of the attack, kept to prove the d_ff mask equal to it.
-    pub fn physically_zero_ffn_rows(&mut self, layer: usize, dims: &[usize]) -> Result<()> {
-        let d_ff = self.config.d_ff;
-        let mut keep = vec![1f32; d_ff];
-        for &d in dims {
-            keep[d] = 0.0;
-        }
-        let mask = Tensor::from_vec(keep, (d_ff, 1), &self.device)?.to_dtype(self.dtype)?;
-        let block = &mut self.blocks[layer];
-        block.up.weight = block.up.weight.broadcast_mul(&mask)?;
-        block.gate.weight = block.gate.weight.broadcast_mul(&mask)?;
-        self.weights_version += 1;
-        block.fuse()
-    }
-
-    /// Sets W[row, col] of a loaded matrix for good (unlike a [`intervention::WeightEdit`],
-    /// which lasts one run). With tied embeddings the output head changes too.
-    pub fn set_weight_entry(
-        &mut self,
-        name: &str,
-        row: usize,
-        col: usize,
-        value: f32,
-    ) -> Result<()> {
-        let w = self
-            .weight(name)
-            .ok_or_else(|| ModelError::Invalid(format!("no matrix named {name}")))?;
-        let (rows, cols) = w.dims2()?;
-        if row >= rows || col >= cols {
-            return Err(ModelError::Invalid(format!(
-                "{name}[{row}, {col}] is outside [{rows}, {cols}]"
-            )));
-        }
-        let mut v = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        v[row * cols + col] = value;
-        let new = Tensor::from_vec(v, (rows, cols), &self.device)?.to_dtype(self.dtype)?;
-        self.weights_version += 1;
-        let canonical = self.canonical_weight_name(name);
-        if canonical == "model.embed_tokens.weight" {
-            self.embed = new.clone();
-        }
-        if canonical == self.lm_head.name {
-            self.lm_head.weight = new;
-            return Ok(());
-        }
-        if canonical == "model.embed_tokens.weight" {
-            return Ok(());
-        }
-        let rest = canonical.strip_prefix("model.layers.").unwrap_or_default();
-        let (layer, part) = rest.split_once('.').unwrap_or_default();
-        let block = &mut self.blocks[layer.parse::<usize>().unwrap_or_default()];
-        let slot = match part {
-            "self_attn.q_proj.weight" => &mut block.q.weight,
-            "self_attn.k_proj.weight" => &mut block.k.weight,
-            "self_attn.v_proj.weight" => &mut block.v.weight,
-            "self_attn.o_proj.weight" => &mut block.o.weight,
-            "mlp.gate_proj.weight" => &mut block.gate.weight,
-            "mlp.up_proj.weight" => &mut block.up.weight,
-            _ => &mut block.down.weight,
-        };
-        *slot = new;
-        block.fuse()
-    }
-
     /// Runs `tokens` (batch of equal-length sequences) from the cache's
     /// position on (a fresh run when `cache` is None).
     pub fn forward(
@@ -474,18 +317,7 @@ impl Model {
                     done => return done,
                 }
             }
-            let shape = KvShape {
-                batch: b,
-                kv_heads: self.config.n_kv_heads,
-                head_dim: self.config.head_dim,
-            };
-            c.reserve(
-                self.config.n_layers,
-                shape,
-                start + t,
-                self.dtype,
-                &self.device,
-            )?;
+            c.reserve(self, b, start + t)?;
         }
         let flat: Vec<u32> = tokens.iter().flatten().copied().collect();
         let ids = Tensor::from_vec(flat.clone(), (b, t), &self.device)?;
@@ -566,155 +398,9 @@ impl Model {
         hook(i, HookPoint::ResidPost, &x)?;
         Ok(x)
     }
-
-    /// q, k, v of one block as (b, heads, t, head_dim), q rotated and scaled
-    /// by `rotate_q`, k by `rotate_k`.
-    fn project_qkv(
-        &self,
-        block: &Block,
-        h: &Tensor,
-        plan: &Plan,
-    ) -> Result<(Tensor, Tensor, Tensor)> {
-        let (b, t, _) = h.dims3()?;
-        let c = &self.config;
-        let (nq, nk) = (c.n_heads, c.n_kv_heads);
-        // (b, t, heads, head_dim) per projection; a view of one matmul's
-        // output unless a weight edit of q, k or v needs them apart.
-        let (q, k, v) = if plan.edits_any(&[&block.q, &block.k, &block.v]) {
-            let heads = |l: &Linear, n: usize| -> Result<Tensor> {
-                Ok(plan.linear(l, h)?.reshape((b, t, n, c.head_dim))?)
-            };
-            (
-                heads(&block.q, nq)?,
-                heads(&block.k, nk)?,
-                heads(&block.v, nk)?,
-            )
-        } else {
-            let y = plan
-                .linear(&block.qkv, h)?
-                .reshape((b, t, nq + 2 * nk, c.head_dim))?;
-            (
-                y.narrow(2, 0, nq)?,
-                y.narrow(2, nq, nk)?,
-                y.narrow(2, nq + nk, nk)?,
-            )
-        };
-        // (b, heads, t, head_dim); for one token of one row this is a view.
-        let split = |y: Tensor| y.transpose(1, 2)?.contiguous();
-        Ok((split(q)?, split(k)?, split(v)?))
-    }
-
-    /// softmax(q k^T + mask) v for grouped queries, back to (b, t, heads * head_dim).
-    /// q is already scaled. Keys and values may be row ranges of a longer
-    /// buffer: matmul takes their batch stride as it is, no copy.
-    fn attend_grouped(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        mask: Option<&Tensor>,
-    ) -> Result<Tensor> {
-        let (b, _, t, _) = q.dims4()?;
-        let c = &self.config;
-        // Grouped-query attention without copying keys and values per head: the
-        // `rep` query heads that share a key/value head are stacked as rows of
-        // one matrix, so each kv head is one batched matmul.
-        let rep = c.n_heads / c.n_kv_heads;
-        let total = k.dim(2)?;
-        let q = q.reshape((b, c.n_kv_heads, rep * t, c.head_dim))?;
-        let mut scores = q.matmul(&k.t()?)?;
-        if let Some(m) = mask {
-            scores = scores
-                .reshape((b, c.n_kv_heads, rep, t, total))?
-                .broadcast_add(m)?
-                .reshape((b, c.n_kv_heads, rep * t, total))?;
-        }
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        Ok(probs
-            .matmul(v)?
-            .reshape((b, c.n_heads, t, c.head_dim))?
-            .transpose(1, 2)?
-            .reshape((b, t, c.n_heads * c.head_dim))?)
-    }
-
-    fn attention(
-        &self,
-        block: &Block,
-        h: &Tensor,
-        start: usize,
-        mask: Option<&Tensor>,
-        cache: Option<&mut LayerKv>,
-        plan: &Plan,
-    ) -> Result<Tensor> {
-        let (q, k, v) = self.project_qkv(block, h, plan)?;
-        // The attention scale 1/sqrt(head_dim) is folded into q's rotation.
-        let q = self.rope.apply_scaled(&q, start)?;
-        let k = self.rope.apply(&k, start)?;
-        let (k, v) = match cache {
-            Some(cache) => cache.append(&k, &v, start)?,
-            None => (k, v),
-        };
-        let y = self.attend_grouped(&q, &k, &v, mask)?;
-        plan.linear(&block.o, &y)
-    }
-}
-
-/// (t, start + t) additive mask: query i (absolute start + i) sees keys <= start + i.
-fn causal_mask(t: usize, start: usize, dtype: DType, device: &Device) -> Result<Option<Tensor>> {
-    if t == 1 {
-        return Ok(None);
-    }
-    let total = start + t;
-    let m: Vec<f32> = (0..t)
-        .flat_map(|i| {
-            (0..total).map(move |j| {
-                if j > start + i {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-        })
-        .collect();
-    Ok(Some(
-        Tensor::from_vec(m, (t, total), device)?.to_dtype(dtype)?,
-    ))
 }
 
 impl Model {
-    /// With tied embeddings, lm_head.weight and model.embed_tokens.weight are one matrix.
-    fn canonical_weight_name(&self, name: &str) -> String {
-        if name == "lm_head.weight" && self.lm_head.name == "model.embed_tokens.weight" {
-            "model.embed_tokens.weight".into()
-        } else {
-            name.to_string()
-        }
-    }
-
-    /// A loaded weight matrix by canonical name.
-    pub fn weight(&self, name: &str) -> Option<&Tensor> {
-        let name = self.canonical_weight_name(name);
-        if name == "model.embed_tokens.weight" {
-            return Some(&self.embed);
-        }
-        if name == self.lm_head.name {
-            return Some(&self.lm_head.weight);
-        }
-        let rest = name.strip_prefix("model.layers.")?;
-        let (layer, part) = rest.split_once('.')?;
-        let block = self.blocks.get(layer.parse::<usize>().ok()?)?;
-        Some(match part {
-            "self_attn.q_proj.weight" => &block.q.weight,
-            "self_attn.k_proj.weight" => &block.k.weight,
-            "self_attn.v_proj.weight" => &block.v.weight,
-            "self_attn.o_proj.weight" => &block.o.weight,
-            "mlp.gate_proj.weight" => &block.gate.weight,
-            "mlp.up_proj.weight" => &block.up.weight,
-            "mlp.down_proj.weight" => &block.down.weight,
-            _ => return None,
-        })
-    }
-
     /// Log-probabilities (f32, host) of each next token: entry p is
     /// log P(tokens[p + 1] | tokens[..=p]) for one sequence's all-position logits.
     pub fn next_token_logprobs(logits: &Tensor, tokens: &[u32]) -> Result<Vec<f32>> {
