@@ -8,8 +8,9 @@ use std::time::Instant;
 use candle_core::{DType, Device};
 use mwtop::analysis::massive::{self, Thresholds};
 use mwtop::analysis::perplexity::Window;
+use mwtop::analysis::sweep::{run_attacks, sweep_attacks};
+use mwtop::analysis::target::{resolve_target, DEFAULT_PROBE};
 use mwtop::checkpoint::Checkpoint;
-use mwtop::cli::attack::{resolve_target, run_attacks, sweep_attacks, DEFAULT_PROBE};
 use mwtop::model::hooks::{CaptureRequest, HookPoint, Reduction};
 use mwtop::model::{LogitsMode, Model, RunOptions};
 
@@ -80,7 +81,14 @@ fn main() {
     )
     .unwrap();
     let attacks = sweep_attacks(&target, model.config().d_ff, 0);
-    run_attacks(&model, &ids, &attacks, Window::default_for(&model)).unwrap();
+    run_attacks(
+        &model,
+        &ids,
+        &attacks,
+        Window::default_for(&model),
+        |_, _| {},
+    )
+    .unwrap();
     let sweep_s = t.elapsed().as_secs_f64();
 
     println!(

@@ -22,10 +22,13 @@ fn main() {
     mwtop::pin_thread_count();
     let model = common::demo_model();
     let (tx, rx) = mpsc::channel();
-    let engine = EngineHandle::spawn(move |e| drop(tx.send(e)), mwtop::tui::EVAL_TEXT.to_string());
+    let engine = EngineHandle::spawn(
+        move |e| drop(tx.send(e)),
+        mwtop::analysis::perplexity::EVAL_TEXT.to_string(),
+    );
     let mut app = App::new(
         Box::new(move |job| engine.submit(job)),
-        mwtop::tui::DEFAULT_PROMPT,
+        mwtop::analysis::generate::DEFAULT_PROMPT,
     );
     app.start(
         Some(model.to_str().unwrap().to_string()),

@@ -18,18 +18,20 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use candle_core::{DType, Device};
+use candle_core::DType;
 use serde::Serialize;
 
 use crate::analysis::attack::Attack;
 use crate::analysis::generate::{generate, GenerateParams, StopReason};
 use crate::analysis::massive::{self, ScanReport, Thresholds};
 use crate::analysis::perplexity::{perplexity_cancellable, Window};
-use crate::checkpoint::chat::{self, Message};
+use crate::analysis::target::{self, RowStats, TargetSource};
+use crate::checkpoint::chat::PromptFormat;
 use crate::checkpoint::ModelConfig;
 use crate::model::hooks::{CaptureRequest, HookPoint, Reduction};
 use crate::model::intervention::Interventions;
 use crate::model::{CancelToken, LogitsMode, Model, ModelError, RunOptions};
+use crate::runtime;
 
 /// What the UI asks for.
 #[derive(Debug, Clone)]
@@ -79,17 +81,6 @@ pub struct ModelInfo {
     pub load_seconds: f64,
 }
 
-/// Per-row statistics of the massive layer's W_up / W_gate.
-#[derive(Debug, Clone, Serialize)]
-pub struct RowStats {
-    pub dim: usize,
-    pub value: f32,
-    pub up_norm: f32,
-    pub up_max: f32,
-    pub gate_norm: f32,
-    pub gate_max: f32,
-}
-
 /// What a probe gives the views.
 #[derive(Debug, Clone)]
 pub struct ProbeResult {
@@ -98,8 +89,10 @@ pub struct ProbeResult {
     pub resid_max: Vec<Vec<f32>>,
     /// layers x d_ff: the d_ff state at position 0.
     pub mlp_pos0: Vec<Vec<f32>>,
-    /// The layer the attacks use (massive layer, else the layer of the largest activation).
+    /// The layer the attacks use ([`target::attack_layer`]'s rule).
     pub attack_layer: usize,
+    /// Whether that is the massive layer or a fallback.
+    pub attack_source: TargetSource,
     /// All d_ff dims of `attack_layer`, most massive first.
     pub ranked: Vec<usize>,
     pub row_stats: Vec<RowStats>,
@@ -178,7 +171,7 @@ impl EngineHandle {
 struct Loaded {
     model: Model,
     tokenizer: tokenizers::Tokenizer,
-    chat_template: Option<String>,
+    prompt_format: PromptFormat,
     eval_tokens: Vec<u32>,
     probe: Vec<u32>,
     original_ppl: Option<f64>,
@@ -270,13 +263,13 @@ impl<F: Fn(Event)> Engine<F> {
         dtype: DType,
     ) -> Result<(), ModelError> {
         let start = Instant::now();
-        let device =
-            crate::cli::load::parse_device(device.as_deref()).map_err(ModelError::Invalid)?;
+        let device = runtime::parse_device(device.as_deref())
+            .map_err(|e| ModelError::Invalid(e.to_string()))?;
         if spec.is_none() {
             (self.emit)(Event::Status("fetching the demo model (once)".into()));
         }
-        let ckpt = crate::cli::open_model(spec.as_deref())
-            .map_err(|e| ModelError::Invalid(e.to_string()))?;
+        let ckpt =
+            runtime::open_model(spec.as_deref()).map_err(|e| ModelError::Invalid(e.to_string()))?;
         (self.emit)(Event::Status(format!(
             "loading {}",
             ckpt.source().display()
@@ -300,19 +293,15 @@ impl<F: Fn(Event)> Engine<F> {
             name,
             config: model.config().clone(),
             parameters: ckpt.parameter_count(),
-            device: if device.is_cuda() {
-                "cuda".into()
-            } else {
-                "cpu".into()
-            },
+            device: runtime::device_name(&device).into(),
             dtype: format!("{dtype:?}").to_lowercase(),
             load_seconds: start.elapsed().as_secs_f64(),
         };
         tracing::info!("loaded {} in {:.2}s", info.name, info.load_seconds);
         self.loaded = Some(Loaded {
             model,
+            prompt_format: PromptFormat::new(&ckpt, &tokenizer),
             tokenizer,
-            chat_template: ckpt.chat_template(),
             eval_tokens,
             probe: Vec::new(),
             original_ppl: None,
@@ -364,15 +353,9 @@ impl<F: Fn(Event)> Engine<F> {
                 _ => mlp_pos0.push(c.values),
             }
         }
-        let attack_layer = report.massive_layer.unwrap_or_else(|| {
-            report
-                .layers
-                .iter()
-                .max_by(|a, b| a.top[0].value.abs().total_cmp(&b.top[0].value.abs()))
-                .map_or(0, |l| l.layer)
-        });
+        let (attack_layer, attack_source) = target::attack_layer(&report);
         let ranked = massive::rank_by_abs(&mlp_pos0[attack_layer], mlp_pos0[attack_layer].len());
-        let row_stats = row_stats(
+        let row_stats = target::row_stats(
             &l.model,
             attack_layer,
             &ranked[..ranked.len().min(16)],
@@ -384,6 +367,7 @@ impl<F: Fn(Event)> Engine<F> {
             resid_max,
             mlp_pos0,
             attack_layer,
+            attack_source,
             ranked,
             row_stats,
         })));
@@ -438,28 +422,10 @@ impl<F: Fn(Event)> Engine<F> {
             .loaded
             .as_ref()
             .ok_or_else(|| ModelError::Invalid("no model loaded".into()))?;
-        let text = if chat_mode {
-            let name = |id: Option<u32>| {
-                id.and_then(|i| l.tokenizer.id_to_token(i))
-                    .unwrap_or_default()
-            };
-            let cfg = l.model.config();
-            chat::render(
-                l.chat_template.as_deref(),
-                &[Message::user(prompt)],
-                &name(cfg.bos_token_id),
-                &name(cfg.eos_token_ids.first().copied()),
-            )
-            .map_err(ModelError::Invalid)?
-        } else {
-            prompt.to_string()
-        };
         let ids = l
-            .tokenizer
-            .encode(text.as_str(), false)
-            .map_err(|e| ModelError::Invalid(format!("tokenizer: {e}")))?
-            .get_ids()
-            .to_vec();
+            .prompt_format
+            .ids(&l.tokenizer, prompt, chat_mode)
+            .map_err(ModelError::Invalid)?;
         if ids.is_empty() {
             return Err(ModelError::Invalid("the prompt is empty".into()));
         }
@@ -532,38 +498,4 @@ impl<F: Fn(Event)> Engine<F> {
         });
         Ok(())
     }
-}
-
-/// Norm and max |w| of the ranked rows of W_up and W_gate.
-fn row_stats(
-    model: &Model,
-    layer: usize,
-    dims: &[usize],
-    state: &[f32],
-) -> Result<Vec<RowStats>, ModelError> {
-    let get = |name: &str| -> Result<Vec<Vec<f32>>, ModelError> {
-        let w = model
-            .weight(&format!("model.layers.{layer}.mlp.{name}.weight"))
-            .ok_or_else(|| ModelError::Invalid(format!("no {name}")))?;
-        let w = w.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
-        Ok(dims
-            .iter()
-            .map(|&d| w.get(d).and_then(|r| r.to_vec1::<f32>()))
-            .collect::<candle_core::Result<_>>()?)
-    };
-    let (up, gate) = (get("up_proj")?, get("gate_proj")?);
-    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    let max = |v: &[f32]| v.iter().fold(0f32, |m, x| m.max(x.abs()));
-    Ok(dims
-        .iter()
-        .zip(up.iter().zip(&gate))
-        .map(|(&dim, (u, g))| RowStats {
-            dim,
-            value: state[dim],
-            up_norm: norm(u),
-            up_max: max(u),
-            gate_norm: norm(g),
-            gate_max: max(g),
-        })
-        .collect())
 }

@@ -1,17 +1,20 @@
 //! mwtop: `top` for the inside of a language model.
 //!
 //! The library is layered as in `DESIGN.md`: [`checkpoint`] (memory-mapped
-//! formats, configuration, tokenizer) is the bottom layer; the model, analysis
-//! and engine layers build on it. The binary (`src/main.rs`) is a thin clap
-//! front-end over [`cli`].
+//! formats, configuration, tokenizer) is the bottom layer; [`runtime`]
+//! opens a model and picks its device; [`model`], [`analysis`] and
+//! [`engine`] build on them, and [`tui`] draws what the engine reports. The
+//! headless subcommands live in the binary (`src/main.rs`, `src/cli/`),
+//! which nothing in the library imports.
 
 pub mod analysis;
 pub mod checkpoint;
-pub mod cli;
 pub mod convert;
 pub mod demo;
+pub mod display;
 pub mod engine;
 pub mod model;
+pub mod runtime;
 pub mod synthetic;
 pub mod tui;
 

@@ -150,6 +150,45 @@ fn config_with_missing_layers() {
     assert_one_line_error(dir.path(), &["config.json", "model.layers.2.", "lacks"]);
 }
 
+/// Sizes a header claims are bounded by what the tensors can hold, before
+/// anything is sized from them (a hostile header must not make mwtop
+/// allocate gigabytes), and a layer count that hides layers is refused.
+#[test]
+fn config_sizes_beyond_the_tensors() {
+    for (from, to, needles) in [
+        (
+            "\"num_hidden_layers\": 2",
+            "\"num_hidden_layers\": 4294967295",
+            &["4294967295 layers", "holds only"][..],
+        ),
+        (
+            "\"num_hidden_layers\": 2",
+            "\"num_hidden_layers\": 1",
+            &["1 layers", "model.layers.1."][..],
+        ),
+        (
+            "\"intermediate_size\": 512",
+            "\"intermediate_size\": 100000000000",
+            &["d_ff 100000000000", "elements"][..],
+        ),
+        (
+            "\"max_position_embeddings\": 512",
+            "\"max_position_embeddings\": 1099511627776",
+            &["context 1099511627776"][..],
+        ),
+    ] {
+        let dir = common::tempdir();
+        hf_dir_with_weights(dir.path(), None);
+        let p = dir.path().join("config.json");
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.contains(from), "{from} in {text}");
+        std::fs::write(&p, text.replace(from, to)).unwrap();
+        let mut all = vec!["config.json"];
+        all.extend_from_slice(needles);
+        assert_one_line_error(dir.path(), &all);
+    }
+}
+
 #[test]
 fn unsupported_architecture() {
     let dir = common::tempdir();

@@ -2,49 +2,9 @@
 
 mod common;
 
-use std::path::Path;
-
 use candle_core::quantized::GgmlDType;
-use candle_core::{DType, Device};
-use mwtop::checkpoint::{Checkpoint, Format};
+use candle_core::DType;
 use mwtop::synthetic::Spec;
-
-fn assert_round_trip(gguf: &Path, out: &Path, dtype: DType) {
-    let a = Checkpoint::open_path(gguf).unwrap();
-    let b = Checkpoint::open_path(out).unwrap();
-    assert_eq!(b.format(), Format::Safetensors);
-    assert_eq!(a.config(), b.config());
-    assert_eq!(a.tensors().len(), b.tensors().len());
-    for t in a.tensors() {
-        let x = a
-            .tensor(&t.name, dtype, &Device::Cpu)
-            .unwrap()
-            .to_dtype(DType::F32)
-            .unwrap();
-        let y = b.tensor(&t.name, DType::F32, &Device::Cpu).unwrap();
-        assert_eq!(x.dims(), y.dims(), "{}", t.name);
-        let x = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let y = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        assert!(x == y, "{} differs after conversion", t.name);
-    }
-    let text = "<|im_start|>The 3 cafés—naïve 東京<|im_end|>";
-    let ta = a
-        .tokenizer()
-        .unwrap()
-        .encode(text, false)
-        .unwrap()
-        .get_ids()
-        .to_vec();
-    let tb = b
-        .tokenizer()
-        .unwrap()
-        .encode(text, false)
-        .unwrap()
-        .get_ids()
-        .to_vec();
-    assert_eq!(ta, tb);
-    assert_eq!(a.chat_template(), b.chat_template());
-}
 
 #[test]
 fn synthetic_k_quant_round_trips_in_every_dtype() {
@@ -66,7 +26,7 @@ fn synthetic_k_quant_round_trips_in_every_dtype() {
         ]);
         assert!(run.status.success(), "{}", common::stderr(&run));
         assert!(common::stdout(&run).contains("20 tensors"));
-        assert_round_trip(&gguf, &out, dtype);
+        common::assert_round_trip(&gguf, &out, dtype);
         let cfg: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
                 .unwrap();
@@ -124,7 +84,7 @@ fn convert_refuses_to_overwrite_and_accepts_an_empty_directory() {
     std::fs::create_dir(&empty).unwrap();
     let run = common::mwtop(&["convert", common::path_str(&gguf), common::path_str(&empty)]);
     assert!(run.status.success(), "{}", common::stderr(&run));
-    assert_round_trip(&gguf, &empty, DType::F32);
+    common::assert_round_trip(&gguf, &empty, DType::F32);
 }
 
 #[test]
@@ -142,23 +102,4 @@ fn convert_wants_a_gguf() {
     assert_eq!(run.status.code(), Some(1));
     assert!(common::stderr(&run).contains("convert reads GGUF files"));
     assert!(!dir.path().join("out").exists());
-}
-
-/// Every tensor of the converted demo model equals the dequantized GGUF tensor.
-#[test]
-fn demo_model_round_trips_through_convert() {
-    let gguf = common::demo_model();
-    let dir = common::tempdir();
-    let out = dir.path().join("smollm2-f32");
-    let run = common::mwtop(&[
-        "convert",
-        common::path_str(&gguf),
-        common::path_str(&out),
-        "--json",
-    ]);
-    assert!(run.status.success(), "{}", common::stderr(&run));
-    let report: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
-    assert_eq!(report["tensors"], 272);
-    assert_eq!(report["bytes"], 134_515_008u64 * 4);
-    assert_round_trip(&gguf, &out, DType::F32);
 }

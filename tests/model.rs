@@ -8,8 +8,12 @@ use std::ops::ControlFlow;
 use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, IndexOp};
 use mwtop::analysis::generate::{generate, GenerateParams};
+use mwtop::analysis::massive::{self, Thresholds};
 use mwtop::analysis::perplexity::{perplexity, Window};
+use mwtop::analysis::target;
 use mwtop::checkpoint::Checkpoint;
+use mwtop::checkpoint::{Proj, WeightId};
+use mwtop::model::hooks::{self, CaptureRequest, HookPoint, Reduction};
 use mwtop::model::intervention::{Interventions, MaskMode, WeightEdit};
 use mwtop::model::{Model, RunOptions};
 use mwtop::synthetic::Spec;
@@ -143,8 +147,9 @@ fn weight_edits_equal_physically_edited_weights() {
         ("lm_head.weight", 101, 200, -4.0),
     ] {
         let mut model = load(&ckpt);
+        let tensor: WeightId = tensor.parse().unwrap();
         let edit = WeightEdit {
-            tensor: tensor.into(),
+            tensor,
             row,
             col,
             value,
@@ -227,7 +232,7 @@ fn bad_requests_are_errors_not_panics() {
     .contains("dim 512"));
     let edit = Interventions {
         weight_edits: vec![WeightEdit {
-            tensor: "model.layers.0.mlp.up_proj.weight".into(),
+            tensor: WeightId::layer(0, Proj::Up),
             row: 512,
             col: 0,
             value: 1.0,
@@ -237,6 +242,65 @@ fn bad_requests_are_errors_not_panics() {
     assert!(run(vec![vec![1]], vec![edit])
         .unwrap()
         .contains("outside its shape"));
+}
+
+/// Every public function that takes an index returns an error (or None)
+/// for one out of range, never a panic. The tiny model has 2 layers, d_ff 512.
+#[test]
+fn out_of_range_indices_are_errors() {
+    let (_d, ckpt) = tiny();
+    let mut model = load(&ckpt);
+    let tok = ckpt.tokenizer().unwrap();
+    let err = |r: Result<(), mwtop::model::ModelError>| r.unwrap_err().to_string();
+    assert!(err(model.physically_zero_ffn_rows(2, &[0])).contains("layers 0..1"));
+    assert!(err(model.physically_zero_ffn_rows(0, &[512])).contains("d_ff = 512"));
+    let e = err(model.set_weight_entry(WeightId::layer(2, Proj::Down), 0, 0, 1.0));
+    assert!(e.contains("model.layers.2.mlp.down_proj.weight"), "{e}");
+    let e = err(model.set_weight_entry(WeightId::layer(0, Proj::Down), 256, 0, 1.0));
+    assert!(e.contains("outside"), "{e}");
+    assert!(model.weight(WeightId::layer(2, Proj::Up)).is_none());
+    assert!(model.weight(WeightId::layer(1, Proj::Up)).is_some());
+    let e = massive::rank_ffn_dims(&model, &TOKENS, 2)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("layer 2"), "{e}");
+    let capture = RunOptions {
+        capture: vec![CaptureRequest::at(5, HookPoint::MlpPost, Reduction::Full)],
+        ..Default::default()
+    };
+    let e = model
+        .forward(&[TOKENS.to_vec()], None, &capture)
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("capture at layer 5"), "{e}");
+    let state = vec![0f32; 512];
+    assert!(target::row_stats(&model, 2, &[0], &state).is_err());
+    assert!(target::row_stats(&model, 0, &[512], &state).is_err());
+    assert!(target::row_stats(&model, 0, &[0], &state[..3]).is_err());
+    let th = Thresholds::default();
+    let e = target::resolve_target(&model, &tok, "hi", th, Some(2), None).unwrap_err();
+    assert!(e.to_string().contains("--layer 2"), "{e}");
+    let e = target::resolve_target(&model, &tok, "hi", th, None, Some(vec![600])).unwrap_err();
+    assert!(e.to_string().contains("--dims: 600"), "{e}");
+    // Captured::row past the batch, and the bisection median past the row.
+    let one = RunOptions {
+        capture: vec![CaptureRequest::at(
+            0,
+            HookPoint::MlpPost,
+            Reduction::Position(0),
+        )],
+        ..Default::default()
+    };
+    let c = model
+        .forward(&[TOKENS.to_vec()], None, &one)
+        .unwrap()
+        .captures
+        .remove(0);
+    assert_eq!(c.row(0).map(<[f32]>::len), Some(512));
+    assert!(c.row(1).is_none());
+    let a = candle_core::Tensor::zeros((2, 4), DType::F32, &Device::Cpu).unwrap();
+    assert!(hooks::kth_smallest_rows(&a, 4).is_err());
+    assert!(hooks::kth_smallest_rows(&a, 3).is_ok());
 }
 
 #[test]

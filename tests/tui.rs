@@ -32,8 +32,10 @@ impl Harness {
             .write_hf_dir(&path, safetensors::Dtype::F32)
             .unwrap();
         let (tx, rx) = mpsc::channel();
-        let engine =
-            EngineHandle::spawn(move |e| drop(tx.send(e)), mwtop::tui::EVAL_TEXT.to_string());
+        let engine = EngineHandle::spawn(
+            move |e| drop(tx.send(e)),
+            mwtop::analysis::perplexity::EVAL_TEXT.to_string(),
+        );
         let mut app = App::new(Box::new(move |job| engine.submit(job)), "Hi");
         app.max_tokens = 12;
         app.start(

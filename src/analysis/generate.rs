@@ -11,6 +11,9 @@ use serde::Serialize;
 use crate::model::intervention::Interventions;
 use crate::model::{CancelToken, LogitsMode, Model, Result, RunOptions};
 
+/// The prompt the UI starts with (and `bench` times as a chat prompt).
+pub const DEFAULT_PROMPT: &str = "What is the capital of France?";
+
 #[derive(Debug, Clone, Serialize)]
 pub struct GenerateParams {
     pub max_tokens: usize,

@@ -19,8 +19,9 @@
 use candle_core::{DType, Device};
 use serde::Serialize;
 
+use crate::checkpoint::{Proj, WeightId};
 use crate::model::hooks::{CaptureRequest, Captured, HookPoint, Reduction};
-use crate::model::{LogitsMode, Model, Result, RunOptions};
+use crate::model::{LogitsMode, Model, ModelError, Result, RunOptions};
 
 /// Which median the ratio is taken against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -229,15 +230,13 @@ pub fn scan(
             .iter()
             .filter(|a| a.layer == layer)
             .max_by(|a, b| {
-                (a.position == 0, a.value.abs())
-                    .partial_cmp(&(b.position == 0, b.value.abs()))
-                    .unwrap()
+                (a.position == 0)
+                    .cmp(&(b.position == 0))
+                    .then(a.value.abs().total_cmp(&b.value.abs()))
             })
             .map(|a| a.dim);
         if let (Some(row), Some(&col)) = (hidden, mw.dims.first()) {
-            let w = model
-                .weight(&format!("model.layers.{layer}.mlp.down_proj.weight"))
-                .expect("down_proj");
+            let w = down_proj(model, layer)?;
             let value = w
                 .to_device(&Device::Cpu)?
                 .to_dtype(DType::F32)?
@@ -278,9 +277,7 @@ pub fn rank_by_abs(v: &[f32], k: usize) -> Vec<usize> {
 
 /// The `n` largest |entries| of a layer's down_proj, with coordinates.
 fn largest_entries(model: &Model, layer: usize, n: usize) -> Result<Vec<SuperWeight>> {
-    let w = model
-        .weight(&format!("model.layers.{layer}.mlp.down_proj.weight"))
-        .expect("down_proj");
+    let w = down_proj(model, layer)?;
     let (_rows, cols) = w.dims2()?;
     let v = w
         .to_device(&Device::Cpu)?
@@ -296,6 +293,13 @@ fn largest_entries(model: &Model, layer: usize, n: usize) -> Result<Vec<SuperWei
             value: v[i],
         })
         .collect())
+}
+
+fn down_proj(model: &Model, layer: usize) -> Result<&candle_core::Tensor> {
+    let id = WeightId::layer(layer, Proj::Down);
+    model
+        .weight(id)
+        .ok_or_else(|| ModelError::Invalid(format!("the model has no {id}")))
 }
 
 /// Every d_ff dim of `layer` ranked by |intermediate state| at position 0 of
@@ -315,7 +319,12 @@ pub fn rank_ffn_dims(
         ..Default::default()
     };
     let out = model.forward(&[tokens.to_vec()], None, &opts)?;
-    let inter = out.captures.into_iter().next().expect("one capture").values;
+    let inter = out
+        .captures
+        .into_iter()
+        .next()
+        .ok_or_else(|| ModelError::Invalid(format!("no d_ff state captured at layer {layer}")))?
+        .values;
     let ranked = rank_by_abs(&inter, inter.len());
     Ok((ranked, inter))
 }

@@ -1,8 +1,11 @@
 //! The analysis layer: pure functions over what the model returns —
-//! perplexity and generation here; detection of massive activations and
-//! weights builds on the same runs. The TUI and the CLI share all of it.
+//! detection of massive activations and weights, the attack target, the
+//! attacks, perplexity, sweeps and generation. The TUI and the CLI share all
+//! of it.
 
 pub mod attack;
 pub mod generate;
 pub mod massive;
 pub mod perplexity;
+pub mod sweep;
+pub mod target;

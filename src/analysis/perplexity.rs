@@ -10,6 +10,9 @@
 
 use serde::Serialize;
 
+/// The text the UI scores and `bench` times: our own encyclopedic passage (~400 tokens).
+pub const EVAL_TEXT: &str = include_str!("../../assets/eval.txt");
+
 use crate::model::intervention::Interventions;
 use crate::model::{CancelToken, LogitsMode, Model, Result, RunOptions};
 

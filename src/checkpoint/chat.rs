@@ -53,6 +53,58 @@ pub fn render(
     .map_err(|e| format!("chat template: {e}"))
 }
 
+/// How a model wants its prompts: its chat template and the names of its
+/// BOS and EOS tokens, which templates may print. Built once per model, so
+/// every front end renders a chat prompt the same way.
+#[derive(Debug, Clone)]
+pub struct PromptFormat {
+    template: Option<String>,
+    bos: String,
+    eos: String,
+}
+
+impl PromptFormat {
+    pub fn new(ckpt: &super::Checkpoint, tok: &tokenizers::Tokenizer) -> Self {
+        let cfg = ckpt.config();
+        let name = |id: Option<u32>| id.and_then(|i| tok.id_to_token(i)).unwrap_or_default();
+        Self {
+            template: ckpt.chat_template(),
+            bos: name(cfg.bos_token_id),
+            eos: name(cfg.eos_token_ids.first().copied()),
+        }
+    }
+
+    /// The text the model sees: `prompt` as it is, or as one user turn of the
+    /// chat template (ending with the assistant's turn).
+    pub fn text(&self, prompt: &str, chat: bool) -> Result<String, String> {
+        if chat {
+            render(
+                self.template.as_deref(),
+                &[Message::user(prompt)],
+                &self.bos,
+                &self.eos,
+            )
+        } else {
+            Ok(prompt.to_string())
+        }
+    }
+
+    /// Token ids of [`Self::text`], without added special tokens (a template
+    /// writes its own).
+    pub fn ids(
+        &self,
+        tok: &tokenizers::Tokenizer,
+        prompt: &str,
+        chat: bool,
+    ) -> Result<Vec<u32>, String> {
+        let text = self.text(prompt, chat)?;
+        let enc = tok
+            .encode(text.as_str(), false)
+            .map_err(|e| format!("tokenizer: {e}"))?;
+        Ok(enc.get_ids().to_vec())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -79,6 +79,9 @@ pub enum RopeScaling {
     FrequencyFactors { tensor: String },
 }
 
+/// The longest context a configuration may claim (Llama 4 Scout claims 10M).
+pub const MAX_CONTEXT: usize = 1 << 24;
+
 /// Everything the forward pass and the UI need to know about the shape of a model.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ModelConfig {
@@ -231,6 +234,66 @@ impl ModelConfig {
             return bad(format!(
                 "head_dim {} must be even and non-zero",
                 self.head_dim
+            ));
+        }
+        Ok(())
+    }
+
+    /// Bounds the sizes by what the tensors can hold, before anything is
+    /// sized from them, so that a hostile header cannot ask for a huge
+    /// allocation: every layer needs tensors of its own, no matrix the
+    /// sizes imply may hold more elements than the whole checkpoint, and
+    /// tensors of layers past `n_layers` mean the count is wrong. The exact
+    /// shapes are checked afterwards. `tensors` yields (name, shape).
+    pub(crate) fn check_fits<'a>(
+        &self,
+        tensors: impl Iterator<Item = (&'a str, &'a [usize])> + Clone,
+    ) -> std::result::Result<(), String> {
+        let count = tensors.clone().count();
+        if self.n_layers > count {
+            return Err(format!(
+                "{} layers, but the checkpoint holds only {count} tensors",
+                self.n_layers
+            ));
+        }
+        let total: u128 = tensors
+            .clone()
+            .map(|(_, shape)| shape.iter().map(|&d| d as u128).product::<u128>())
+            .sum();
+        let d = self.d_model as u128;
+        for (what, rows) in [
+            ("vocab", self.vocab_size as u128),
+            ("d_ff", self.d_ff as u128),
+            (
+                "heads x head_dim",
+                (self.n_heads as u128).saturating_mul(self.head_dim as u128),
+            ),
+            (
+                "kv heads x head_dim",
+                (self.n_kv_heads as u128).saturating_mul(self.head_dim as u128),
+            ),
+        ] {
+            if rows.saturating_mul(d) > total {
+                return Err(format!(
+                    "{what} {rows} x d_model {d} is more than the checkpoint's {total} elements"
+                ));
+            }
+        }
+        if self.max_position_embeddings > MAX_CONTEXT {
+            return Err(format!(
+                "context {} is beyond any model's ({MAX_CONTEXT} at most)",
+                self.max_position_embeddings
+            ));
+        }
+        let beyond = tensors.filter_map(|(name, _)| {
+            let rest = name.strip_prefix("model.layers.")?;
+            let layer: usize = rest.split('.').next()?.parse().ok()?;
+            (layer >= self.n_layers).then_some(name)
+        });
+        if let Some(name) = beyond.min() {
+            return Err(format!(
+                "{} layers, but the checkpoint has {name}",
+                self.n_layers
             ));
         }
         Ok(())

@@ -14,6 +14,7 @@ pub mod gguf_writer;
 pub mod hub;
 pub mod names;
 mod safetensors_dir;
+pub mod weight_id;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -29,6 +30,7 @@ pub use config::{Architecture, ModelConfig, RopeScaling};
 pub use error::{CheckpointError, Result};
 use gguf::{GgufHeader, GgufValue};
 use names::Transform;
+pub use weight_id::{Proj, WeightId};
 
 /// Where a checkpoint came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -223,6 +225,17 @@ impl Checkpoint {
         tokenizer: TokenizerSource,
         gguf_metadata: Option<BTreeMap<String, GgufValue>>,
     ) -> Result<Self> {
+        let cfg_path = match format {
+            Format::Safetensors => source.join("config.json"),
+            Format::Gguf => source.to_path_buf(),
+        };
+        config
+            .check_fits(
+                tensors
+                    .iter()
+                    .map(|t| (t.name.as_str(), t.shape.as_slice())),
+            )
+            .map_err(|m| CheckpointError::inconsistent(&cfg_path, m))?;
         let mut index = HashMap::with_capacity(tensors.len());
         for (i, t) in tensors.iter().enumerate() {
             if index.insert(t.name.clone(), i).is_some() {

@@ -7,16 +7,74 @@ use std::ops::ControlFlow;
 use std::time::Instant;
 
 use candle_core::IndexOp;
+use color_eyre::eyre::{eyre, Result};
 use serde::Serialize;
 
-use crate::analysis::attack::{Attack, AttackMode};
-use crate::analysis::generate::{generate, GenerateParams};
-use crate::model::hooks::{CaptureRequest, HookPoint, Reduction};
-use crate::model::intervention::Interventions;
-use crate::model::{LogitsMode, Model, ModelError, RunOptions};
+use mwtop::analysis::attack::{Attack, AttackMode};
+use mwtop::analysis::generate::{generate, GenerateParams, DEFAULT_PROMPT};
+use mwtop::analysis::massive::{self, Thresholds};
+use mwtop::analysis::perplexity::EVAL_TEXT;
+use mwtop::analysis::target::{self, DEFAULT_PROBE};
+use mwtop::checkpoint::chat::PromptFormat;
+use mwtop::model::hooks::{CaptureRequest, HookPoint, Reduction};
+use mwtop::model::intervention::Interventions;
+use mwtop::model::{ForwardOutput, LogitsMode, Model, ModelError, RunOptions};
+
+use super::args::RunArgs;
+use super::Report;
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Model path or hub id; omitted: the demo model.
+    model: Option<String>,
+    /// Decode steps to time.
+    #[arg(long, default_value_t = 64)]
+    decode: usize,
+    #[command(flatten)]
+    run: RunArgs,
+    #[arg(long)]
+    json: bool,
+}
+
+impl BenchArgs {
+    pub fn run(self, global: Option<String>) -> Result<()> {
+        let ckpt = super::open(self.model.as_deref(), global.as_deref())?;
+        let tok = ckpt.tokenizer()?;
+        let mut model = self.run.load(&ckpt)?;
+        let eval = tok
+            .encode(EVAL_TEXT, false)
+            .map_err(|e| eyre!("tokenizer: {e}"))?;
+        let (eval_ids, _) = massive::probe_tokens(&model, eval.get_ids());
+        let chat = PromptFormat::new(&ckpt, &tok)
+            .ids(&tok, DEFAULT_PROMPT, true)
+            .map_err(|e| eyre!(e))?;
+        // The pair zeroes the top-2 of the attack layer (a fallback layer
+        // still times the same work).
+        let d_ff = model.config().d_ff;
+        let attack = target::resolve_target(
+            &model,
+            &tok,
+            DEFAULT_PROBE,
+            Thresholds::default(),
+            None,
+            None,
+        )
+        .ok()
+        .map(|t| Attack::new(AttackMode::Zero, t.layer, &t.ranked, 2, d_ff, 0));
+        run(
+            &mut model,
+            &tok,
+            &eval_ids,
+            &chat,
+            attack.as_ref(),
+            self.decode,
+        )?
+        .print(self.json)
+    }
+}
 
 #[derive(Debug, Serialize)]
-pub struct BenchReport {
+struct BenchReport {
     pub device: String,
     pub dtype: String,
     pub prompt_tokens: usize,
@@ -98,7 +156,7 @@ fn decode(
     Ok((n as f64 / t.elapsed().as_secs_f64(), in_forward / n as f64))
 }
 
-pub fn run(
+fn run(
     model: &mut Model,
     tok: &tokenizers::Tokenizer,
     eval_ids: &[u32],
@@ -122,7 +180,7 @@ pub fn run(
         .logits
         .expect("logits")
         .to_vec3::<f32>()?;
-    let sync = |o: crate::model::ForwardOutput| {
+    let sync = |o: ForwardOutput| {
         o.logits
             .expect("logits")
             .to_vec3::<f32>()
@@ -167,11 +225,7 @@ pub fn run(
         first = first.min(at.unwrap_or_else(|| t.elapsed().as_secs_f64()));
     }
     Ok(BenchReport {
-        device: if model.device().is_cuda() {
-            "cuda".into()
-        } else {
-            "cpu".into()
-        },
+        device: mwtop::runtime::device_name(model.device()).into(),
         dtype: format!("{:?}", model.dtype()).to_lowercase(),
         prompt_tokens: eval_ids.len(),
         prompt_tok_s: eval_ids.len() as f64 / p_off,
@@ -186,7 +240,26 @@ pub fn run(
     })
 }
 
-/// The attack the bench's pair uses: zero the top-2 of the massive layer.
-pub fn default_attack(target: &super::attack::Target, d_ff: usize) -> Attack {
-    Attack::new(AttackMode::Zero, target.layer, &target.ranked, 2, d_ff, 0)
+impl Report for BenchReport {
+    fn text(&self) -> String {
+        format!(
+            "{} {}: prompt {:.0} tok/s ({:.0} with capture, {} tokens); decode {:.1} tok/s ({:.1} with capture, {:.1} per row as an original+attacked pair; {:.1} launching kernels one by one, host {:.2} ms of each of those tokens); first token {:.0} ms\n",
+            self.device,
+            self.dtype,
+            self.prompt_tok_s,
+            self.prompt_tok_s_capture,
+            self.prompt_tokens,
+            self.decode_tok_s,
+            self.decode_tok_s_capture,
+            self.decode_tok_s_pair,
+            self.decode_tok_s_eager,
+            self.decode_host_ms,
+            self.first_token_ms
+        )
+    }
+
+    /// One line: scripts read the last line of stdout.
+    fn json(&self) -> serde_json::Result<String> {
+        serde_json::to_string(self)
+    }
 }

@@ -1,15 +1,56 @@
 //! `mwtop generate`: stream a continuation of a prompt, or run the original
 //! and an attacked model side by side (one batch of two).
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::ops::ControlFlow;
 
+use color_eyre::eyre::{eyre, Result};
 use serde::Serialize;
 
-use crate::analysis::generate::{generate, GenerateParams, Generated, StopReason};
-use crate::model::intervention::Interventions;
-use crate::model::{Model, ModelError};
+use mwtop::analysis::attack::Attack;
+use mwtop::analysis::generate::{generate, GenerateParams, Generated, StopReason};
+use mwtop::checkpoint::chat::PromptFormat;
+use mwtop::display::describe_attack;
+use mwtop::model::intervention::Interventions;
+use mwtop::model::{Model, ModelError};
 
+use super::args::{AttackArgs, RunArgs};
+use super::progress::Counter;
+use super::Report;
+
+#[derive(clap::Args)]
+pub struct GenerateArgs {
+    /// Model path or hub id; omitted: the demo model.
+    model: Option<String>,
+    #[arg(long)]
+    prompt: String,
+    /// Wrap the prompt in the model's chat template (ChatML if it has none).
+    #[arg(long)]
+    chat: bool,
+    #[arg(long, default_value_t = 64)]
+    max_tokens: usize,
+    /// 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f64,
+    #[arg(long)]
+    top_p: Option<f64>,
+    #[arg(long, default_value_t = 299_792_458)]
+    seed: u64,
+    /// Keep going past the end-of-sequence token.
+    #[arg(long)]
+    no_stop: bool,
+    #[command(flatten)]
+    attack: AttackArgs,
+    /// Print the original and the attacked generation side by side (one batch of two).
+    #[arg(long)]
+    compare: bool,
+    #[command(flatten)]
+    run: RunArgs,
+    #[arg(long)]
+    json: bool,
+}
+
+/// One generated row.
 #[derive(Serialize)]
 pub struct GenerateReport {
     pub prompt_tokens: usize,
@@ -19,9 +60,119 @@ pub struct GenerateReport {
     pub seconds: f64,
 }
 
+/// What `generate` prints: one row, or the original and the attacked pair.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum GenerateOutput {
+    One {
+        #[serde(flatten)]
+        run: GenerateReport,
+        attack: Option<Attack>,
+        /// The text already went to stdout token by token.
+        #[serde(skip)]
+        streamed: bool,
+    },
+    Pair {
+        original: GenerateReport,
+        attacked: GenerateReport,
+        attack: Option<Attack>,
+    },
+}
+
+impl Report for GenerateOutput {
+    fn text(&self) -> String {
+        match self {
+            Self::One { streamed: true, .. } => String::new(),
+            Self::One { run, .. } => format!("{}\n", run.text),
+            Self::Pair {
+                original,
+                attacked,
+                attack,
+            } => side_by_side(
+                "original",
+                &original.text,
+                &attack.as_ref().map_or("original".into(), describe_attack),
+                &attacked.text,
+                terminal_width(),
+            ),
+        }
+    }
+}
+
+/// The width a side-by-side table may take: $COLUMNS, the terminal's, else 100.
+fn terminal_width() -> usize {
+    std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .or_else(|| crossterm::terminal::size().ok().map(|(w, _)| w as usize))
+        .unwrap_or(100)
+}
+
+impl GenerateArgs {
+    pub fn run(self, global: Option<String>) -> Result<()> {
+        let ckpt = super::open(self.model.as_deref(), global.as_deref())?;
+        let tok = ckpt.tokenizer()?;
+        let ids = PromptFormat::new(&ckpt, &tok)
+            .ids(&tok, &self.prompt, self.chat)
+            .map_err(|e| eyre!(e))?;
+        if ids.is_empty() {
+            return Err(eyre!("the prompt is empty"));
+        }
+        let model = self.run.load(&ckpt)?;
+        let params = GenerateParams {
+            max_tokens: self.max_tokens,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            seed: self.seed,
+            stop_at_eos: !self.no_stop,
+            cancel: None,
+        };
+        let resolved = self.attack.resolve(&model, &tok, self.seed, self.compare)?;
+        let attack = resolved.map(|(_, a)| a);
+        let attacked = attack
+            .as_ref()
+            .map(Attack::interventions)
+            .unwrap_or_default();
+        let rows = if self.compare {
+            vec![Interventions::none(), attacked]
+        } else {
+            vec![attacked]
+        };
+        let stream = !self.json && !self.compare;
+        let mut reports = run_rows(&model, &tok, &ids, &rows, &params, stream)?.into_iter();
+        let first = reports.next().ok_or_else(|| eyre!("no generation"))?;
+        let output = if self.compare {
+            GenerateOutput::Pair {
+                original: first,
+                attacked: reports
+                    .next()
+                    .ok_or_else(|| eyre!("no attacked generation"))?,
+                attack,
+            }
+        } else {
+            if !self.json {
+                eprintln!(
+                    "mwtop: {} tokens in {:.2}s ({:.1} tokens/s), stop: {:?}; {}",
+                    first.tokens.len(),
+                    first.seconds,
+                    first.tokens.len() as f64 / first.seconds.max(1e-9),
+                    first.stop,
+                    attack.as_ref().map_or("original".into(), describe_attack)
+                );
+            }
+            GenerateOutput::One {
+                run: first,
+                attack,
+                streamed: stream,
+            }
+        };
+        output.print(self.json)
+    }
+}
+
 /// Generates one row per intervention set. With one row and `stream`, text
 /// goes to stdout as it comes; otherwise a token counter goes to stderr.
-pub fn run(
+fn run_rows(
     model: &Model,
     tok: &tokenizers::Tokenizer,
     prompt: &[u32],
@@ -32,23 +183,22 @@ pub fn run(
     let start = std::time::Instant::now();
     let mut stdout = std::io::stdout();
     let stream = stream && rows.len() <= 1;
-    let tty = std::io::stderr().is_terminal();
+    let mut counter = Counter::new(false);
     let mut count = 0usize;
     let out: Vec<Generated> = generate(model, tok, prompt, rows, params, |row, _, piece| {
         if stream {
             let _ = write!(stdout, "{piece}");
             let _ = stdout.flush();
-        } else if row == 0 && tty {
+        } else if row == 0 {
             count += 1;
-            eprint!("\rmwtop: {count} tokens");
+            counter.show(&format!("{count} tokens"));
         }
         ControlFlow::Continue(())
     })?;
     if stream {
         println!();
-    } else if tty && count > 0 {
-        eprintln!();
     }
+    counter.finish(None);
     let seconds = start.elapsed().as_secs_f64();
     Ok(out
         .into_iter()
@@ -92,7 +242,7 @@ fn wrap(text: &str, width: usize) -> Vec<String> {
 }
 
 /// Two texts in columns under their titles, within `width` characters.
-pub fn side_by_side(
+fn side_by_side(
     left_title: &str,
     left: &str,
     right_title: &str,

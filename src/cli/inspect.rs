@@ -3,9 +3,29 @@
 
 use std::fmt::Write as _;
 
+use color_eyre::eyre::Result;
 use serde::Serialize;
 
-use crate::checkpoint::{Checkpoint, Format, ModelConfig, TensorInfo};
+use mwtop::checkpoint::{Checkpoint, Format, ModelConfig, TensorInfo};
+use mwtop::display::human_count;
+
+use super::Report;
+
+#[derive(clap::Args)]
+pub struct InspectArgs {
+    /// Model path or hub id; omitted: the demo model.
+    model: Option<String>,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    json: bool,
+}
+
+impl InspectArgs {
+    pub fn run(self, global: Option<String>) -> Result<()> {
+        let ckpt = super::open(self.model.as_deref(), global.as_deref())?;
+        InspectReport::new(&ckpt).print(self.json)
+    }
+}
 
 #[derive(Serialize)]
 pub struct InspectReport<'a> {
@@ -15,31 +35,32 @@ pub struct InspectReport<'a> {
     pub parameters: u64,
     pub bytes: u64,
     pub tensors: &'a [TensorInfo],
+    #[serde(skip)]
+    ckpt: &'a Checkpoint,
 }
 
-pub fn report(ckpt: &Checkpoint) -> InspectReport<'_> {
-    InspectReport {
-        source: ckpt.source().display().to_string(),
-        format: ckpt.format(),
-        config: ckpt.config(),
-        parameters: ckpt.parameter_count(),
-        bytes: ckpt.tensors().iter().map(|t| t.bytes).sum(),
-        tensors: ckpt.tensors(),
+impl<'a> InspectReport<'a> {
+    fn new(ckpt: &'a Checkpoint) -> Self {
+        Self {
+            source: ckpt.source().display().to_string(),
+            format: ckpt.format(),
+            config: ckpt.config(),
+            parameters: ckpt.parameter_count(),
+            bytes: ckpt.tensors().iter().map(|t| t.bytes).sum(),
+            tensors: ckpt.tensors(),
+            ckpt,
+        }
     }
 }
 
-/// Short human form of a count: 134.5M, 70.6B.
-pub fn human_count(n: u64) -> String {
-    match n {
-        n if n >= 1_000_000_000 => format!("{:.2}B", n as f64 / 1e9),
-        n if n >= 1_000_000 => format!("{:.1}M", n as f64 / 1e6),
-        n if n >= 1_000 => format!("{:.1}K", n as f64 / 1e3),
-        n => n.to_string(),
+impl Report for InspectReport<'_> {
+    fn text(&self) -> String {
+        render_text(self.ckpt)
     }
 }
 
 /// The header lines: what the model is.
-pub fn summary(ckpt: &Checkpoint) -> String {
+fn summary(ckpt: &Checkpoint) -> String {
     let c = ckpt.config();
     let mut s = String::new();
     let bytes: u64 = ckpt.tensors().iter().map(|t| t.bytes).sum();
@@ -85,7 +106,7 @@ pub fn summary(ckpt: &Checkpoint) -> String {
 }
 
 /// The full human-readable report: summary, then one line per tensor.
-pub fn render_text(ckpt: &Checkpoint) -> String {
+fn render_text(ckpt: &Checkpoint) -> String {
     let mut s = summary(ckpt);
     let name_w = ckpt
         .tensors()

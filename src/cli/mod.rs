@@ -1,33 +1,101 @@
-//! Headless subcommands: human text by default, JSON with `--json`.
-//! stdout carries only the result; progress and logs go to stderr.
+//! The headless subcommands and the UI's launcher. Each subcommand is one
+//! function that builds a report (a serde struct) and renders it as human
+//! text or, with `--json`, as JSON: the same report for both. stdout
+//! carries only the result; progress and logs go to stderr.
 
-pub mod attack;
-pub mod bench;
-pub mod generate;
-pub mod inspect;
-pub mod load;
-pub mod scan;
+mod args;
+mod bench;
+mod convert;
+mod eval;
+mod generate;
+mod inspect;
+mod progress;
+mod scan;
+mod ui;
 
-use std::path::PathBuf;
+use clap::{Parser, Subcommand};
+use color_eyre::eyre::{Result, WrapErr};
+use serde::Serialize;
 
-use crate::checkpoint::{Checkpoint, CheckpointError};
-use crate::demo::{self, DemoError};
+use mwtop::checkpoint::Checkpoint;
 
-#[derive(Debug, thiserror::Error)]
-pub enum OpenError {
-    #[error(transparent)]
-    Checkpoint(#[from] CheckpointError),
-    #[error("demo model: {0}")]
-    Demo(#[from] DemoError),
+/// top for the inside of a language model: massive activations and the
+/// massive weights that make them.
+#[derive(Parser)]
+#[command(name = "mwtop", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    ui: ui::UiArgs,
+
+    #[command(subcommand)]
+    command: Option<Command>,
 }
 
-/// Opens what the user named, or the demo model when nothing was named.
-pub fn open_model(model: Option<&str>) -> Result<Checkpoint, OpenError> {
-    match model {
-        Some(spec) => Ok(Checkpoint::open(spec)?),
-        None => {
-            let path: PathBuf = demo::ensure()?;
-            Ok(Checkpoint::open_path(&path)?)
+#[derive(Subcommand)]
+enum Command {
+    /// Format, architecture, hyper-parameters and every tensor (reads headers only).
+    Inspect(inspect::InspectArgs),
+    /// Convert a GGUF file into a Hugging Face directory (dequantized).
+    Convert(convert::ConvertArgs),
+    /// Continue a prompt: greedy by default, sampled with --temperature.
+    Generate(generate::GenerateArgs),
+    /// Perplexity of a text file.
+    Eval(eval::EvalArgs),
+    /// Find massive activations, the massive layer, its massive weights and super weights.
+    Scan(scan::ScanArgs),
+    /// Speed of this build: prompt and decode tokens/s, capture off and on, the pair, first token.
+    Bench(bench::BenchArgs),
+    /// Fetch the demo model (if needed) and print its path.
+    Demo,
+}
+
+impl Cli {
+    /// Whether this run draws the UI (whose logs go to its own panel).
+    pub fn is_ui(&self) -> bool {
+        self.command.is_none()
+    }
+
+    pub fn run(self) -> Result<()> {
+        // A subcommand's MODEL wins over one given before the subcommand.
+        let model = self.ui.model.clone();
+        match self.command {
+            Some(Command::Inspect(a)) => a.run(model),
+            Some(Command::Convert(a)) => a.run(),
+            Some(Command::Generate(a)) => a.run(model),
+            Some(Command::Eval(a)) => a.run(model),
+            Some(Command::Scan(a)) => a.run(model),
+            Some(Command::Bench(a)) => a.run(model),
+            Some(Command::Demo) => {
+                let path = mwtop::demo::ensure().wrap_err("demo model")?;
+                println!("{}", path.display());
+                Ok(())
+            }
+            None => self.ui.run(),
         }
     }
+}
+
+/// What every subcommand prints: the same report as text or as JSON.
+trait Report: Serialize {
+    /// The human-readable form, ending with a newline.
+    fn text(&self) -> String;
+
+    /// The JSON form (pretty unless a subcommand's scripts want one line).
+    fn json(&self) -> serde_json::Result<String> {
+        serde_json::to_string_pretty(self)
+    }
+
+    fn print(&self, json: bool) -> Result<()> {
+        if json {
+            println!("{}", self.json()?);
+        } else {
+            print!("{}", self.text());
+        }
+        Ok(())
+    }
+}
+
+/// Opens the subcommand's model, else the one named before it, else the demo model.
+fn open(own: Option<&str>, global: Option<&str>) -> Result<Checkpoint> {
+    Ok(mwtop::runtime::open_model(own.or(global))?)
 }

@@ -1,15 +1,73 @@
-//! `mwtop scan`: the human-readable report of a massive-activation scan.
+//! `mwtop scan`: massive activations, the massive layer, its massive
+//! weights and the super weight, for one probe.
 
 use std::fmt::Write as _;
 
-use crate::analysis::massive::{MedianScope, ScanReport};
+use color_eyre::eyre::{eyre, Result};
+
+use mwtop::analysis::massive::{self, MedianScope, ScanReport};
+use mwtop::analysis::target::DEFAULT_PROBE;
+use mwtop::checkpoint::{Proj, WeightId};
+
+use super::args::{RunArgs, ThresholdArgs};
+use super::Report;
+
+#[derive(clap::Args)]
+pub struct ScanArgs {
+    /// Model path or hub id; omitted: the demo model.
+    model: Option<String>,
+    /// The probe text (BOS is put first when the model has one).
+    #[arg(long, default_value = DEFAULT_PROBE)]
+    prompt: String,
+    /// How many massive weights (d_ff dims) to list.
+    #[arg(long, default_value_t = 8)]
+    k: usize,
+    #[command(flatten)]
+    thresholds: ThresholdArgs,
+    #[command(flatten)]
+    run: RunArgs,
+    #[arg(long)]
+    json: bool,
+}
+
+impl ScanArgs {
+    pub fn run(self, global: Option<String>) -> Result<()> {
+        let ckpt = super::open(self.model.as_deref(), global.as_deref())?;
+        let tok = ckpt.tokenizer()?;
+        let ids = tok
+            .encode(self.prompt.as_str(), false)
+            .map_err(|e| eyre!("tokenizer: {e}"))?
+            .get_ids()
+            .to_vec();
+        let model = self.run.load(&ckpt)?;
+        let (probe, position0) = massive::probe_tokens(&model, &ids);
+        if probe.is_empty() {
+            return Err(eyre!("the prompt is empty and the model has no BOS token"));
+        }
+        let report = massive::scan(
+            &model,
+            &tok,
+            &probe,
+            position0,
+            self.k,
+            self.thresholds.get(),
+        )?;
+        report.print(self.json)
+    }
+}
+
+impl Report for ScanReport {
+    fn text(&self) -> String {
+        render(self)
+    }
+}
 
 fn short(token: &str) -> String {
     let t: String = token.chars().take(14).collect();
     format!("{t:?}")
 }
 
-pub fn render(r: &ScanReport) -> String {
+fn render(r: &ScanReport) -> String {
     let mut s = String::new();
     let th = &r.thresholds;
     let scope = match th.scope {
@@ -76,8 +134,11 @@ pub fn render(r: &ScanReport) -> String {
     {
         let _ = writeln!(
             s,
-            "super weight: model.layers.{}.mlp.down_proj.weight[{}, {}] = {:.4}",
-            sw.layer, sw.row, sw.col, sw.value
+            "super weight: {}[{}, {}] = {:.4}",
+            WeightId::layer(sw.layer, Proj::Down),
+            sw.row,
+            sw.col,
+            sw.value
         );
     }
     let skip = usize::from(r.massive_layer.is_some());

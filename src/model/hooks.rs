@@ -142,10 +142,11 @@ pub struct Captured {
 }
 
 impl Captured {
-    /// Values of one batch row.
-    pub fn row(&self, b: usize) -> &[f32] {
-        let per: usize = self.shape[1..].iter().product();
-        &self.values[b * per..(b + 1) * per]
+    /// Values of batch row `b`; None past the batch.
+    pub fn row(&self, b: usize) -> Option<&[f32]> {
+        let per: usize = self.shape.iter().skip(1).product();
+        let start = b.checked_mul(per)?;
+        self.values.get(start..start.checked_add(per)?)
     }
 }
 
@@ -321,7 +322,10 @@ fn kth_smallest(a: &Tensor, k: usize) -> Result<Tensor> {
 /// no copy to the host. It stops when the bracket is two adjacent floats, so
 /// the result is exact.
 pub fn kth_smallest_rows(a: &Tensor, k: usize) -> Result<Tensor> {
-    let rows = a.dim(0)?;
+    let (rows, n) = a.dims2()?;
+    if k >= n {
+        candle_core::bail!("kth_smallest_rows: k = {k} but rows hold {n} values");
+    }
     let target = (k + 1) as f64;
     let mut lo = Tensor::full(-1f32, rows, a.device())?;
     let mut hi = a.max(1)?;

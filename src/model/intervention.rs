@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::checkpoint::WeightId;
+
 /// Which d_ff dims of a layer survive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -44,10 +46,10 @@ impl FfnMask {
     }
 }
 
-/// Set one entry of a named weight matrix (canonical name) to `value`.
+/// Set one entry of a weight matrix to `value`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WeightEdit {
-    pub tensor: String,
+    pub tensor: WeightId,
     pub row: usize,
     pub col: usize,
     pub value: f32,

@@ -23,7 +23,9 @@ mod weights;
 
 use candle_core::{DType, Device, Tensor, D};
 
-use crate::checkpoint::{Architecture, Checkpoint, CheckpointError, ModelConfig, RopeScaling};
+use crate::checkpoint::{
+    Architecture, Checkpoint, CheckpointError, ModelConfig, Proj, RopeScaling, WeightId,
+};
 use attention::causal_mask;
 use capture::Captures;
 use hooks::{CaptureRequest, Captured, HookPoint};
@@ -109,6 +111,11 @@ pub struct ForwardOutput {
     pub captures: Vec<Captured>,
 }
 
+/// The most positions the rotary tables hold (64 MB at head_dim 128): a
+/// claimed context of millions would otherwise cost gigabytes up front.
+/// Longer texts are scored with a sliding window.
+const ROPE_POSITIONS_MAX: usize = 1 << 17;
+
 /// A loaded model: dense weights on one device in one dtype.
 pub struct Model {
     config: ModelConfig,
@@ -160,47 +167,45 @@ impl Model {
             Ok(t)
         };
         let linear =
-            |get: &mut dyn FnMut(&str) -> Result<Tensor>, name: String| -> Result<Linear> {
-                let weight = get(&format!("{name}.weight"))?;
-                let bias_name = format!("{name}.bias");
+            |get: &mut dyn FnMut(&str) -> Result<Tensor>, id: WeightId| -> Result<Linear> {
+                let name = id.hf_name();
+                let weight = get(&name)?;
+                let bias_name = format!("{}.bias", name.trim_end_matches(".weight"));
                 let bias = match ckpt.info(&bias_name) {
                     Some(_) => Some(ckpt.tensor(&bias_name, dtype, device)?),
                     None => None,
                 };
                 Ok(Linear {
-                    name: format!("{name}.weight"),
+                    id: Some(id),
                     weight,
                     bias,
                 })
             };
-        let embed = get("model.embed_tokens.weight")?;
+        let embed = get(&WeightId::Embed.hf_name())?;
         let mut blocks = Vec::with_capacity(config.n_layers);
         for i in 0..config.n_layers {
             let p = format!("model.layers.{i}");
-            let input_norm = get(&format!("{p}.input_layernorm.weight"))?;
+            let mut proj = |proj: Proj| linear(&mut get, WeightId::layer(i, proj));
             let attn = [
-                linear(&mut get, format!("{p}.self_attn.q_proj"))?,
-                linear(&mut get, format!("{p}.self_attn.k_proj"))?,
-                linear(&mut get, format!("{p}.self_attn.v_proj"))?,
-                linear(&mut get, format!("{p}.self_attn.o_proj"))?,
+                proj(Proj::Q)?,
+                proj(Proj::K)?,
+                proj(Proj::V)?,
+                proj(Proj::O)?,
             ];
+            let mlp = [proj(Proj::Gate)?, proj(Proj::Up)?, proj(Proj::Down)?];
+            let input_norm = get(&format!("{p}.input_layernorm.weight"))?;
             let post_attention_norm = get(&format!("{p}.post_attention_layernorm.weight"))?;
-            let mlp = [
-                linear(&mut get, format!("{p}.mlp.gate_proj"))?,
-                linear(&mut get, format!("{p}.mlp.up_proj"))?,
-                linear(&mut get, format!("{p}.mlp.down_proj"))?,
-            ];
             blocks.push(Block::new(input_norm, attn, post_attention_norm, mlp)?);
         }
         let norm = get("model.norm.weight")?;
-        let lm_head = if config.tied_embeddings && ckpt.info("lm_head.weight").is_none() {
+        let lm_head = if config.tied_embeddings && ckpt.info(&WeightId::Head.hf_name()).is_none() {
             Linear {
-                name: "model.embed_tokens.weight".into(),
+                id: Some(WeightId::Embed),
                 weight: embed.clone(),
                 bias: None,
             }
         } else {
-            linear(&mut get, "lm_head".into())?
+            linear(&mut get, WeightId::Head)?
         };
         progress(total, total);
         let factors = match &config.rope_scaling {
@@ -217,12 +222,10 @@ impl Model {
             config.rope_scaling.as_ref(),
             factors.as_deref(),
         );
-        let rope = rope::Rope::new(
-            &inv,
-            config.max_position_embeddings.max(4096),
-            dtype,
-            device,
-        )?;
+        let positions = config
+            .max_position_embeddings
+            .clamp(4096, ROPE_POSITIONS_MAX);
+        let rope = rope::Rope::new(&inv, positions, dtype, device)?;
         Ok(Self {
             config,
             device: device.clone(),
@@ -289,6 +292,15 @@ impl Model {
                 "{} intervention sets for a batch of {b}",
                 opts.interventions.len()
             )));
+        }
+        let n_layers = self.config.n_layers;
+        for req in &opts.capture {
+            if let Some(&l) = req.layers.iter().flatten().find(|&&l| l >= n_layers) {
+                return Err(ModelError::Invalid(format!(
+                    "capture at layer {l}: the model has layers 0..{}",
+                    n_layers - 1
+                )));
+            }
         }
         let vocab = self.config.vocab_size as u32;
         if let Some(bad) = tokens.iter().flatten().find(|&&id| id >= vocab) {

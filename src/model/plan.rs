@@ -8,14 +8,15 @@ use super::gemv;
 use super::hooks::{HookName, HookPoint};
 use super::intervention::Interventions;
 use super::{Linear, Model, ModelError, Result, RunOptions};
+use crate::checkpoint::WeightId;
 
 /// One forward's interventions and captures, resolved against the model.
 pub(super) struct Plan<'a> {
     opts: &'a RunOptions,
     /// layer -> (batch, 1, d_ff) multipliers.
     masks: Vec<Option<Tensor>>,
-    /// weight name -> (row, col, per-batch-row delta (batch, 1, 1)).
-    edits: Vec<(String, usize, usize, Tensor)>,
+    /// weight -> (row, col, per-batch-row delta (batch, 1, 1)).
+    edits: Vec<(WeightId, usize, usize, Tensor)>,
     /// Embedding edits as (batch row, token id, dim, delta).
     embed_edits: Vec<(usize, u32, usize, f32)>,
 }
@@ -72,8 +73,8 @@ impl<'a> Plan<'a> {
         for r in 0..b {
             let Some(iv) = per_row(r) else { continue };
             for e in &iv.weight_edits {
-                let w = model.weight(&e.tensor).ok_or_else(|| {
-                    ModelError::Invalid(format!("weight edit: no matrix named {}", e.tensor))
+                let w = model.weight(e.tensor).ok_or_else(|| {
+                    ModelError::Invalid(format!("weight edit: the model has no {}", e.tensor))
                 })?;
                 let (rows, cols) = w.dims2()?;
                 if e.row >= rows || e.col >= cols {
@@ -87,11 +88,11 @@ impl<'a> Plan<'a> {
                     .to_dtype(DType::F32)?
                     .to_scalar::<f32>()?;
                 let delta = e.value - old;
-                let canonical = model.canonical_weight_name(&e.tensor);
-                if canonical == "model.embed_tokens.weight" {
+                let canonical = model.canonical_weight(e.tensor);
+                if canonical == WeightId::Embed {
                     embed_edits.push((r, e.row as u32, e.col, delta));
                 }
-                if canonical == model.lm_head.name || canonical != "model.embed_tokens.weight" {
+                if Some(canonical) == model.lm_head.id || canonical != WeightId::Embed {
                     let mut per = vec![0f32; b];
                     per[r] = delta;
                     let per =
@@ -113,7 +114,7 @@ impl<'a> Plan<'a> {
     pub(super) fn edits_any(&self, parts: &[&Linear]) -> bool {
         self.edits
             .iter()
-            .any(|(name, ..)| parts.iter().any(|l| l.name == *name))
+            .any(|(id, ..)| parts.iter().any(|l| l.id == Some(*id)))
     }
 
     /// Whether this run edits single weights (or embedding entries): those
@@ -150,8 +151,8 @@ impl<'a> Plan<'a> {
         if let Some(bias) = &l.bias {
             y = y.broadcast_add(bias)?;
         }
-        for (name, row, col, delta) in &self.edits {
-            if *name != l.name {
+        for (id, row, col, delta) in &self.edits {
+            if l.id != Some(*id) {
                 continue;
             }
             let contribution = x.narrow(2, *col, 1)?.broadcast_mul(delta)?; // (b, t, 1)

@@ -5,9 +5,11 @@
 use candle_core::{DType, Tensor};
 
 use super::{Model, ModelError, Result};
+use crate::checkpoint::{Proj, WeightId};
 
 pub(super) struct Linear {
-    pub(super) name: String,
+    /// Which matrix this is; None for a stack of several.
+    pub(super) id: Option<WeightId>,
     pub(super) weight: Tensor,
     pub(super) bias: Option<Tensor>,
 }
@@ -88,12 +90,37 @@ fn stack_rows(parts: &mut [&mut Linear]) -> Result<Linear> {
         }
         row += rows;
     }
-    let name = parts
-        .iter()
-        .map(|l| l.name.as_str())
-        .collect::<Vec<_>>()
-        .join("+");
-    Ok(Linear { name, weight, bias })
+    Ok(Linear {
+        id: None,
+        weight,
+        bias,
+    })
+}
+
+impl Block {
+    fn part(&self, proj: Proj) -> &Linear {
+        match proj {
+            Proj::Q => &self.q,
+            Proj::K => &self.k,
+            Proj::V => &self.v,
+            Proj::O => &self.o,
+            Proj::Gate => &self.gate,
+            Proj::Up => &self.up,
+            Proj::Down => &self.down,
+        }
+    }
+
+    fn part_mut(&mut self, proj: Proj) -> &mut Linear {
+        match proj {
+            Proj::Q => &mut self.q,
+            Proj::K => &mut self.k,
+            Proj::V => &mut self.v,
+            Proj::O => &mut self.o,
+            Proj::Gate => &mut self.gate,
+            Proj::Up => &mut self.up,
+            Proj::Down => &mut self.down,
+        }
+    }
 }
 
 impl Model {
@@ -101,6 +128,18 @@ impl Model {
     /// paper's definition of the attack, kept to prove the d_ff mask equal to it.
     pub fn physically_zero_ffn_rows(&mut self, layer: usize, dims: &[usize]) -> Result<()> {
         let d_ff = self.config.d_ff;
+        let n_layers = self.config.n_layers;
+        if layer >= n_layers {
+            return Err(ModelError::Invalid(format!(
+                "layer {layer}: the model has layers 0..{}",
+                n_layers.saturating_sub(1)
+            )));
+        }
+        if let Some(&d) = dims.iter().find(|&&d| d >= d_ff) {
+            return Err(ModelError::Invalid(format!(
+                "d_ff dim {d} is not below d_ff = {d_ff}"
+            )));
+        }
         let mut keep = vec![1f32; d_ff];
         for &d in dims {
             keep[d] = 0.0;
@@ -113,84 +152,63 @@ impl Model {
         block.fuse()
     }
 
-    /// Sets W[row, col] of a loaded matrix for good (unlike a [`intervention::WeightEdit`],
+    /// Sets W[row, col] of a loaded matrix for good (unlike a [`super::intervention::WeightEdit`],
     /// which lasts one run). With tied embeddings the output head changes too.
     pub fn set_weight_entry(
         &mut self,
-        name: &str,
+        id: WeightId,
         row: usize,
         col: usize,
         value: f32,
     ) -> Result<()> {
         let w = self
-            .weight(name)
-            .ok_or_else(|| ModelError::Invalid(format!("no matrix named {name}")))?;
+            .weight(id)
+            .ok_or_else(|| ModelError::Invalid(format!("the model has no {id}")))?;
         let (rows, cols) = w.dims2()?;
         if row >= rows || col >= cols {
             return Err(ModelError::Invalid(format!(
-                "{name}[{row}, {col}] is outside [{rows}, {cols}]"
+                "{id}[{row}, {col}] is outside [{rows}, {cols}]"
             )));
         }
         let mut v = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         v[row * cols + col] = value;
         let new = Tensor::from_vec(v, (rows, cols), &self.device)?.to_dtype(self.dtype)?;
         self.weights_version += 1;
-        let canonical = self.canonical_weight_name(name);
-        if canonical == "model.embed_tokens.weight" {
-            self.embed = new.clone();
-        }
-        if canonical == self.lm_head.name {
-            self.lm_head.weight = new;
-            return Ok(());
-        }
-        if canonical == "model.embed_tokens.weight" {
-            return Ok(());
-        }
-        let rest = canonical.strip_prefix("model.layers.").unwrap_or_default();
-        let (layer, part) = rest.split_once('.').unwrap_or_default();
-        let block = &mut self.blocks[layer.parse::<usize>().unwrap_or_default()];
-        let slot = match part {
-            "self_attn.q_proj.weight" => &mut block.q.weight,
-            "self_attn.k_proj.weight" => &mut block.k.weight,
-            "self_attn.v_proj.weight" => &mut block.v.weight,
-            "self_attn.o_proj.weight" => &mut block.o.weight,
-            "mlp.gate_proj.weight" => &mut block.gate.weight,
-            "mlp.up_proj.weight" => &mut block.up.weight,
-            _ => &mut block.down.weight,
-        };
-        *slot = new;
-        block.fuse()
-    }
-    /// With tied embeddings, lm_head.weight and model.embed_tokens.weight are one matrix.
-    pub(super) fn canonical_weight_name(&self, name: &str) -> String {
-        if name == "lm_head.weight" && self.lm_head.name == "model.embed_tokens.weight" {
-            "model.embed_tokens.weight".into()
-        } else {
-            name.to_string()
+        match self.canonical_weight(id) {
+            WeightId::Embed => {
+                self.embed = new.clone();
+                if self.lm_head.id == Some(WeightId::Embed) {
+                    self.lm_head.weight = new;
+                }
+                Ok(())
+            }
+            WeightId::Head => {
+                self.lm_head.weight = new;
+                Ok(())
+            }
+            WeightId::Layer { layer, proj } => {
+                let block = &mut self.blocks[layer];
+                block.part_mut(proj).weight = new;
+                block.fuse()
+            }
         }
     }
 
-    /// A loaded weight matrix by canonical name.
-    pub fn weight(&self, name: &str) -> Option<&Tensor> {
-        let name = self.canonical_weight_name(name);
-        if name == "model.embed_tokens.weight" {
-            return Some(&self.embed);
+    /// With tied embeddings, the head and the embedding are one matrix.
+    pub(super) fn canonical_weight(&self, id: WeightId) -> WeightId {
+        if id == WeightId::Head && self.lm_head.id == Some(WeightId::Embed) {
+            WeightId::Embed
+        } else {
+            id
         }
-        if name == self.lm_head.name {
-            return Some(&self.lm_head.weight);
+    }
+
+    /// A loaded weight matrix; None for a layer the model does not have.
+    pub fn weight(&self, id: WeightId) -> Option<&Tensor> {
+        match self.canonical_weight(id) {
+            WeightId::Embed => Some(&self.embed),
+            WeightId::Head => Some(&self.lm_head.weight),
+            WeightId::Layer { layer, proj } => Some(&self.blocks.get(layer)?.part(proj).weight),
         }
-        let rest = name.strip_prefix("model.layers.")?;
-        let (layer, part) = rest.split_once('.')?;
-        let block = self.blocks.get(layer.parse::<usize>().ok()?)?;
-        Some(match part {
-            "self_attn.q_proj.weight" => &block.q.weight,
-            "self_attn.k_proj.weight" => &block.k.weight,
-            "self_attn.v_proj.weight" => &block.v.weight,
-            "self_attn.o_proj.weight" => &block.o.weight,
-            "mlp.gate_proj.weight" => &block.gate.weight,
-            "mlp.up_proj.weight" => &block.up.weight,
-            "mlp.down_proj.weight" => &block.down.weight,
-            _ => return None,
-        })
     }
 }

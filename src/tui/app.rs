@@ -98,7 +98,7 @@ impl App {
             custom: BTreeSet::new(),
             custom_layer: None,
             prompt: prompt.to_string(),
-            probe_prompt: crate::cli::attack::DEFAULT_PROBE.to_string(),
+            probe_prompt: crate::analysis::target::DEFAULT_PROBE.to_string(),
             chat: true,
             editing: false,
             max_tokens: 48,

@@ -14,14 +14,10 @@ use crossterm::event::{DisableMouseCapture, EnableMouseCapture, EventStream};
 use crossterm::execute;
 use futures::StreamExt;
 
+use crate::analysis::generate::DEFAULT_PROMPT;
+use crate::analysis::perplexity::EVAL_TEXT;
 use crate::engine::{EngineHandle, Event};
 use app::App;
-
-/// The evaluation text the UI scores (ours, encyclopedic, ~400 tokens).
-pub const EVAL_TEXT: &str = include_str!("../../assets/eval.txt");
-
-/// The prompt the UI starts with.
-pub const DEFAULT_PROMPT: &str = "What is the capital of France?";
 
 /// Routes `tracing` into the log panel (tui-logger).
 pub fn init_logging() {

@@ -10,7 +10,7 @@ use super::app::{App, View};
 use super::heatmap::{self, Heatmap};
 use super::keys::BINDINGS;
 use crate::analysis::attack::AttackMode;
-use crate::cli::attack::format_ppl;
+use crate::display::format_ppl;
 
 const DIM: Style = Style::new().fg(Color::DarkGray);
 const ACCENT: Style = Style::new().fg(Color::Yellow).add_modifier(Modifier::BOLD);

@@ -164,3 +164,44 @@ impl Drop for Pty {
         let _ = self.child.kill();
     }
 }
+
+/// A converted directory holds exactly the GGUF's tensors (dequantized as
+/// `dtype`), configuration, vocabulary and chat template.
+pub fn assert_round_trip(gguf: &Path, out: &Path, dtype: candle_core::DType) {
+    let a = mwtop::checkpoint::Checkpoint::open_path(gguf).unwrap();
+    let b = mwtop::checkpoint::Checkpoint::open_path(out).unwrap();
+    assert_eq!(b.format(), mwtop::checkpoint::Format::Safetensors);
+    assert_eq!(a.config(), b.config());
+    assert_eq!(a.tensors().len(), b.tensors().len());
+    for t in a.tensors() {
+        let x = a
+            .tensor(&t.name, dtype, &candle_core::Device::Cpu)
+            .unwrap()
+            .to_dtype(candle_core::DType::F32)
+            .unwrap();
+        let y = b
+            .tensor(&t.name, candle_core::DType::F32, &candle_core::Device::Cpu)
+            .unwrap();
+        assert_eq!(x.dims(), y.dims(), "{}", t.name);
+        let x = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let y = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(x == y, "{} differs after conversion", t.name);
+    }
+    let text = "<|im_start|>The 3 cafés—naïve 東京<|im_end|>";
+    let ta = a
+        .tokenizer()
+        .unwrap()
+        .encode(text, false)
+        .unwrap()
+        .get_ids()
+        .to_vec();
+    let tb = b
+        .tokenizer()
+        .unwrap()
+        .encode(text, false)
+        .unwrap()
+        .get_ids()
+        .to_vec();
+    assert_eq!(ta, tb);
+    assert_eq!(a.chat_template(), b.chat_template());
+}

@@ -3,15 +3,14 @@
 //! outputs were produced by scripts/reference_transformers.py and are kept in
 //! tests/fixtures/smollm2_transformers_reference.json.
 
-mod common;
+use crate::common;
 
 use std::sync::OnceLock;
 
-use candle_core::{DType, Device, IndexOp};
+use candle_core::IndexOp;
 use mwtop::analysis::generate::{generate, GenerateParams};
 use mwtop::analysis::perplexity::{perplexity, Window};
 use mwtop::checkpoint::chat::{self, Message};
-use mwtop::checkpoint::Checkpoint;
 use mwtop::model::hooks::{CaptureRequest, HookPoint, Reduction};
 use mwtop::model::intervention::{Interventions, MaskMode};
 use mwtop::model::{LogitsMode, Model, RunOptions};
@@ -20,7 +19,10 @@ use serde_json::Value;
 fn fixture() -> &'static Value {
     static F: OnceLock<Value> = OnceLock::new();
     F.get_or_init(|| {
-        serde_json::from_str(include_str!("fixtures/smollm2_transformers_reference.json")).unwrap()
+        serde_json::from_str(include_str!(
+            "../fixtures/smollm2_transformers_reference.json"
+        ))
+        .unwrap()
     })
 }
 
@@ -40,16 +42,9 @@ fn floats(v: &Value) -> Vec<f64> {
         .collect()
 }
 
-fn setup() -> (Checkpoint, Model, tokenizers::Tokenizer) {
-    let ckpt = Checkpoint::open_path(&common::demo_model()).unwrap();
-    let model = Model::load(&ckpt, &Device::Cpu, DType::F32, |_, _| {}).unwrap();
-    let tok = ckpt.tokenizer().unwrap();
-    (ckpt, model, tok)
-}
-
 #[test]
 fn tokenizer_ids_equal_the_reference() {
-    let ckpt = Checkpoint::open_path(&common::demo_model()).unwrap();
+    let ckpt = &crate::demo().ckpt;
     let tok = ckpt.tokenizer().unwrap();
     let f = fixture();
     for case in f["tokenizer"].as_array().unwrap() {
@@ -67,7 +62,7 @@ fn tokenizer_ids_equal_the_reference() {
 
 #[test]
 fn chat_template_renders_like_transformers() {
-    let ckpt = Checkpoint::open_path(&common::demo_model()).unwrap();
+    let ckpt = &crate::demo().ckpt;
     for g in fixture()["generations"].as_array().unwrap() {
         if !g["chat"].as_bool().unwrap() {
             continue;
@@ -85,7 +80,7 @@ fn chat_template_renders_like_transformers() {
 
 #[test]
 fn logits_and_perplexity_match_transformers() {
-    let (_ckpt, model, _tok) = setup();
+    let model = &crate::demo().model;
     let f = fixture();
     let tokens = ids(&f["eval_ids"]);
     let n = tokens.len();
@@ -139,7 +134,7 @@ fn logits_and_perplexity_match_transformers() {
         .map(|(a, b)| (*a as f64 - b).abs())
         .fold(0.0, f64::max);
     assert!(worst_lp < 2e-3, "log-probs differ by {worst_lp}");
-    let ppl = perplexity(&model, &tokens, &[], Window::default_for(&model)).unwrap()[0].perplexity;
+    let ppl = perplexity(model, &tokens, &[], Window::default_for(model)).unwrap()[0].perplexity;
     let ref_ppl = e["perplexity"].as_f64().unwrap();
     assert!(
         (ppl / ref_ppl - 1.0).abs() < 1e-3,
@@ -149,7 +144,7 @@ fn logits_and_perplexity_match_transformers() {
 
 #[test]
 fn greedy_generations_are_identical() {
-    let (_ckpt, model, tok) = setup();
+    let crate::Demo { model, tok, .. } = crate::demo();
     let params = GenerateParams {
         max_tokens: 48,
         ..Default::default()
@@ -162,8 +157,8 @@ fn greedy_generations_are_identical() {
             prompt.as_slice()
         );
         let out = generate(
-            &model,
-            &tok,
+            model,
+            tok,
             &prompt,
             &[Interventions::none()],
             &params,
@@ -182,7 +177,7 @@ fn greedy_generations_are_identical() {
 
 #[test]
 fn hook_captures_match_transformers_hidden_states() {
-    let (_ckpt, model, _tok) = setup();
+    let model = &crate::demo().model;
     let probe = &fixture()["probe"];
     let tokens = ids(&probe["ids"]);
     let opts = RunOptions {
@@ -240,7 +235,7 @@ fn hook_captures_match_transformers_hidden_states() {
 /// with physically zeroed weights. All attacks run as one batch.
 #[test]
 fn ffn_masks_equal_zeroed_weights_and_match_the_reference_attacks() {
-    let (_ckpt, mut model, _tok) = setup();
+    let mut model = crate::fresh_model(&crate::demo().ckpt);
     let f = fixture();
     let attacks = &f["attacks"];
     let layer = attacks["layer"].as_u64().unwrap() as usize;

@@ -1,7 +1,7 @@
 //! The real demo model (SmolLM2-135M-Instruct, Q4_1 GGUF), fetched through the
 //! same code `mwtop` uses. These tests fail, never skip, without it.
 
-mod common;
+use crate::common;
 
 use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device};
@@ -73,9 +73,9 @@ fn smollm2_hyper_parameters_and_tensor_table() {
 /// scripts/gguf_reference.py. q/k come out in Hugging Face layout.
 #[test]
 fn smollm2_tensors_match_gguf_py() {
-    let ckpt = Checkpoint::open_path(&common::demo_model()).unwrap();
+    let ckpt = &crate::demo().ckpt;
     let fixture: serde_json::Value =
-        serde_json::from_str(include_str!("fixtures/smollm2_gguf_reference.json")).unwrap();
+        serde_json::from_str(include_str!("../fixtures/smollm2_gguf_reference.json")).unwrap();
     let tensors = fixture["tensors"].as_object().unwrap();
     assert_eq!(tensors.len(), 9);
     for (name, want) in tensors {
@@ -110,7 +110,7 @@ fn smollm2_tensors_match_gguf_py() {
 
 #[test]
 fn smollm2_vocabulary_tokenizes_and_round_trips() {
-    let ckpt = Checkpoint::open_path(&common::demo_model()).unwrap();
+    let ckpt = &crate::demo().ckpt;
     let tok = ckpt.tokenizer().unwrap();
     assert_eq!(tok.get_vocab_size(true), 49152);
     assert_eq!(tok.token_to_id("<|im_start|>"), Some(1));

@@ -2,7 +2,7 @@
 //! real binary in a pseudo-terminal, and each `Wait` must come true, as vhs
 //! would require while recording.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

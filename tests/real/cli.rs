@@ -1,12 +1,15 @@
 //! `mwtop generate` and `mwtop eval` end to end on the demo model, checked
 //! against the transformers reference fixture.
 
-mod common;
+use crate::common;
 
 use serde_json::Value;
 
 fn fixture() -> Value {
-    serde_json::from_str(include_str!("fixtures/smollm2_transformers_reference.json")).unwrap()
+    serde_json::from_str(include_str!(
+        "../fixtures/smollm2_transformers_reference.json"
+    ))
+    .unwrap()
 }
 
 const EVAL_TEXT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/eval.txt");

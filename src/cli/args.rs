@@ -1,0 +1,165 @@
+//! Command-line options shared by several subcommands: where the model runs,
+//! which massive-activation thresholds apply, which attack to run.
+
+use clap::ValueEnum;
+use color_eyre::eyre::Result;
+
+use mwtop::analysis::attack::{Attack, AttackMode};
+use mwtop::analysis::massive::{MedianScope, Thresholds};
+use mwtop::analysis::target::{self, Target, DEFAULT_PROBE};
+use mwtop::checkpoint::Checkpoint;
+use mwtop::model::Model;
+
+use super::progress;
+
+/// Sun et al.'s definition of a massive activation.
+#[derive(clap::Args, Clone)]
+pub struct ThresholdArgs {
+    /// |x| must exceed this.
+    #[arg(long, default_value_t = 100.0)]
+    min_abs: f32,
+    /// |x| must be at least this many times the median |x|.
+    #[arg(long, default_value_t = 1000.0)]
+    min_ratio: f32,
+    /// The median of the whole layer output (as the published code) or of the token's vector.
+    #[arg(long, value_enum, default_value_t = Scope::Layer)]
+    median: Scope,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Scope {
+    Layer,
+    Token,
+}
+
+impl ThresholdArgs {
+    pub fn get(&self) -> Thresholds {
+        Thresholds {
+            min_abs: self.min_abs,
+            min_ratio: self.min_ratio,
+            scope: match self.median {
+                Scope::Layer => MedianScope::Layer,
+                Scope::Token => MedianScope::Token,
+            },
+        }
+    }
+}
+
+/// The attack modes as the command line spells them.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// The model as it is.
+    Original,
+    /// The top-k massive rows of W_up and W_gate zeroed.
+    Zero,
+    /// Only the top-k rows kept, the rest of both matrices zeroed.
+    Keep,
+    /// k random rows zeroed (a control).
+    RandomZero,
+    /// Only k random rows kept (a control).
+    RandomKeep,
+}
+
+impl From<ModeArg> for AttackMode {
+    fn from(m: ModeArg) -> Self {
+        match m {
+            ModeArg::Original => Self::Original,
+            ModeArg::Zero => Self::Zero,
+            ModeArg::Keep => Self::Keep,
+            ModeArg::RandomZero => Self::RandomZero,
+            ModeArg::RandomKeep => Self::RandomKeep,
+        }
+    }
+}
+
+/// Which attack to run (House of Cards), on the massive layer by default.
+#[derive(clap::Args, Clone)]
+pub struct AttackArgs {
+    #[arg(long, value_enum, default_value_t = ModeArg::Original)]
+    mode: ModeArg,
+    /// How many massive weights the attack touches.
+    #[arg(long, default_value_t = 2)]
+    k: usize,
+    /// The layer to attack (default: the massive layer found by a scan of --probe).
+    #[arg(long)]
+    layer: Option<usize>,
+    /// Explicit d_ff dims (comma-separated), most massive first; sets k to their count.
+    #[arg(long, value_delimiter = ',')]
+    dims: Option<Vec<usize>>,
+    /// The probe used to find the massive layer and rank its dims.
+    #[arg(long, default_value = DEFAULT_PROBE)]
+    probe: String,
+    #[command(flatten)]
+    thresholds: ThresholdArgs,
+}
+
+impl AttackArgs {
+    pub fn mode(&self) -> AttackMode {
+        self.mode.into()
+    }
+
+    /// The target (scanned when not given; a model without a massive layer
+    /// is refused unless `--layer` names one).
+    pub fn target(&self, model: &Model, tok: &tokenizers::Tokenizer) -> Result<Target> {
+        let th = self.thresholds.get();
+        let t = target::resolve_target(model, tok, &self.probe, th, self.layer, self.dims.clone())?;
+        Ok(t.require_massive(&self.probe, th)?)
+    }
+
+    /// The target and the attack, or None for the original model when no
+    /// target is `needed`.
+    pub fn resolve(
+        &self,
+        model: &Model,
+        tok: &tokenizers::Tokenizer,
+        seed: u64,
+        needed: bool,
+    ) -> Result<Option<(Target, Attack)>> {
+        let mode = self.mode();
+        if mode == AttackMode::Original && !needed {
+            return Ok(None);
+        }
+        let target = self.target(model, tok)?;
+        let k = self.dims.as_ref().map_or(self.k, Vec::len);
+        let d_ff = model.config().d_ff;
+        let attack = Attack::new(mode, target.layer, &target.ranked, k, d_ff, seed);
+        Ok(Some((target, attack)))
+    }
+}
+
+/// Where and in which precision the model runs.
+#[derive(clap::Args, Clone)]
+pub struct RunArgs {
+    /// cpu, cuda or cuda:N (default: cuda when built in and present, else cpu).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Compute dtype (f32 by default: bf16's spacing at 20,000 is 128).
+    #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
+    pub dtype: DTypeArg,
+}
+
+impl RunArgs {
+    /// Creates the device and loads the model, with a counter on stderr.
+    pub fn load(&self, ckpt: &Checkpoint) -> Result<Model> {
+        let device = mwtop::runtime::parse_device(self.device.as_deref())?;
+        Ok(progress::load_model(ckpt, &device, self.dtype.into())?)
+    }
+}
+
+/// A dtype as the command line spells it.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum DTypeArg {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl From<DTypeArg> for candle_core::DType {
+    fn from(d: DTypeArg) -> Self {
+        match d {
+            DTypeArg::F32 => Self::F32,
+            DTypeArg::F16 => Self::F16,
+            DTypeArg::Bf16 => Self::BF16,
+        }
+    }
+}

@@ -1,0 +1,45 @@
+//! `mwtop [MODEL]`: the terminal UI. What can be checked before the screen
+//! is taken is checked here, so a typo fails on the plain terminal.
+
+use color_eyre::eyre::{eyre, Result, WrapErr};
+
+use super::args::RunArgs;
+
+/// The UI's options (also the options before a subcommand).
+#[derive(clap::Args)]
+pub struct UiArgs {
+    /// Model: a Hugging Face directory, a .gguf file or a hub id
+    /// (owner/name). Omitted: the SmolLM2-135M-Instruct demo model.
+    pub model: Option<String>,
+
+    /// The UI's first prompt.
+    #[arg(long)]
+    prompt: Option<String>,
+
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+impl UiArgs {
+    pub fn run(self) -> Result<()> {
+        // The device itself is created on the engine thread; check the spelling here.
+        mwtop::runtime::check_device_spec(self.run.device.as_deref())?;
+        if let Some(m) = &self.model {
+            if !std::path::Path::new(m).exists() && !mwtop::checkpoint::hub::looks_like_hub_id(m) {
+                return Err(eyre!("{m}: no such file or directory"));
+            }
+        }
+        if self.model.is_none() {
+            // The first run downloads the demo model: show pip's progress on the
+            // plain terminal rather than under the UI.
+            mwtop::demo::ensure().wrap_err("demo model")?;
+        }
+        mwtop::tui::run(
+            self.model,
+            self.run.device,
+            self.run.dtype.into(),
+            self.prompt,
+        )?;
+        Ok(())
+    }
+}

@@ -1,0 +1,141 @@
+//! Where a model comes from and where it runs: opening what the user named
+//! (or the demo model) and choosing the device and compute dtype. Below the
+//! engine and the CLI, which both use it.
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device};
+
+use crate::checkpoint::{Checkpoint, CheckpointError};
+use crate::demo::{self, DemoError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("demo model: {0}")]
+    Demo(#[from] DemoError),
+}
+
+/// A `--device` or `--dtype` that cannot be honoured.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DeviceError(pub String);
+
+/// Opens what the user named, or the demo model when nothing was named.
+pub fn open_model(model: Option<&str>) -> Result<Checkpoint, OpenError> {
+    match model {
+        Some(spec) => Ok(Checkpoint::open(spec)?),
+        None => {
+            let path: PathBuf = demo::ensure()?;
+            Ok(Checkpoint::open_path(&path)?)
+        }
+    }
+}
+
+/// The GPU ordinal a `--device` spelling names: None for the CPU.
+fn cuda_ordinal(spec: &str) -> Result<Option<usize>, DeviceError> {
+    match spec {
+        "cpu" => Ok(None),
+        "cuda" => Ok(Some(0)),
+        s => match s.strip_prefix("cuda:") {
+            Some(n) => n
+                .parse::<usize>()
+                .map(Some)
+                .map_err(|_| DeviceError(format!("--device {s}: {n:?} is not a GPU number"))),
+            None => Err(DeviceError(format!(
+                "--device {s:?}: expected cpu, cuda or cuda:N"
+            ))),
+        },
+    }
+}
+
+/// Checks a `--device` spelling without creating the device.
+pub fn check_device_spec(spec: Option<&str>) -> Result<(), DeviceError> {
+    let Some(s) = spec else { return Ok(()) };
+    if cuda_ordinal(s)?.is_some() && !cfg!(feature = "cuda") {
+        return Err(DeviceError(format!(
+            "--device {s}: this mwtop was built without the cuda feature"
+        )));
+    }
+    Ok(())
+}
+
+/// `cpu`, `cuda` or `cuda:N`; None: CUDA when compiled in and present, else CPU.
+pub fn parse_device(spec: Option<&str>) -> Result<Device, DeviceError> {
+    let Some(s) = spec else {
+        return Ok(default_device());
+    };
+    check_device_spec(spec)?;
+    match cuda_ordinal(s)? {
+        None => Ok(Device::Cpu),
+        Some(ordinal) => new_cuda(ordinal).map_err(|e| DeviceError(format!("--device {s}: {e}"))),
+    }
+}
+
+/// A CUDA device on one stream. cudarc's per-buffer event tracking exists to
+/// order work across streams; mwtop uses one stream per device, and creating
+/// and destroying two events for every intermediate tensor cost a measurable
+/// share of each decoded token, so it is off.
+fn new_cuda(ordinal: usize) -> candle_core::Result<Device> {
+    let device = Device::new_cuda(ordinal)?;
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = &device {
+        // SAFETY: every tensor of this device is created and used on the
+        // thread's one stream, so no cross-stream ordering is needed.
+        unsafe { d.disable_event_tracking() };
+    }
+    Ok(device)
+}
+
+fn default_device() -> Device {
+    if cfg!(feature = "cuda") {
+        if let Ok(d) = new_cuda(0) {
+            return d;
+        }
+    }
+    Device::Cpu
+}
+
+/// `f32` (default), `f16`, `bf16`.
+pub fn parse_dtype(s: &str) -> Result<DType, DeviceError> {
+    match s {
+        "f32" => Ok(DType::F32),
+        "f16" => Ok(DType::F16),
+        "bf16" => Ok(DType::BF16),
+        other => Err(DeviceError(format!(
+            "--dtype {other:?}: expected f32, f16 or bf16"
+        ))),
+    }
+}
+
+/// "cuda" or "cpu", as reports name the device.
+pub fn device_name(device: &Device) -> &'static str {
+    if device.is_cuda() {
+        "cuda"
+    } else {
+        "cpu"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_spellings() {
+        assert!(check_device_spec(None).is_ok());
+        assert!(check_device_spec(Some("cpu")).is_ok());
+        assert!(matches!(parse_device(Some("cpu")), Ok(Device::Cpu)));
+        let e = check_device_spec(Some("cuda:x")).unwrap_err().to_string();
+        assert!(e.contains("\"x\" is not a GPU number"), "{e}");
+        let e = check_device_spec(Some("tpu")).unwrap_err().to_string();
+        assert!(e.contains("expected cpu, cuda or cuda:N"), "{e}");
+        if !cfg!(feature = "cuda") {
+            let e = parse_device(Some("cuda:1")).unwrap_err().to_string();
+            assert!(e.contains("without the cuda feature"), "{e}");
+        }
+        assert_eq!(parse_dtype("bf16").unwrap(), DType::BF16);
+        assert!(parse_dtype("f8").is_err());
+    }
+}
