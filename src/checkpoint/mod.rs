@@ -30,7 +30,7 @@ pub use config::{Architecture, ModelConfig, RopeScaling};
 pub use error::{CheckpointError, Result};
 use gguf::{GgufHeader, GgufValue};
 use names::Transform;
-pub use weight_id::{Proj, WeightId};
+pub use weight_id::{NormId, NormKind, Proj, WeightId};
 
 /// Where a checkpoint came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -1,4 +1,4 @@
-//! Typed names of the matrices a model edits and reads back: a layer and a
+//! Typed names of the matrices (and norms) a model edits and reads back: a layer and a
 //! projection instead of a string. The Hugging Face spelling
 //! (`model.layers.{i}.mlp.up_proj.weight`) is made and parsed only here, at
 //! the checkpoint boundary.
@@ -119,6 +119,55 @@ impl FromStr for WeightId {
 impl Serialize for WeightId {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.hf_name())
+    }
+}
+
+/// A norm weight inside a decoder layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NormKind {
+    /// Before attention (Llama's only pre-attention norm).
+    Input,
+    /// After attention: before the MLP in Llama, on the attention output in
+    /// Gemma 2/3 and OLMo 2.
+    PostAttention,
+    /// Before the MLP (Gemma 2/3).
+    PreFeedforward,
+    /// On the MLP output (Gemma 2/3, OLMo 2).
+    PostFeedforward,
+    /// On the queries (per head or over the whole projection).
+    Q,
+    /// On the keys.
+    K,
+}
+
+impl NormKind {
+    fn hf_module(self) -> &'static str {
+        match self {
+            Self::Input => "input_layernorm",
+            Self::PostAttention => "post_attention_layernorm",
+            Self::PreFeedforward => "pre_feedforward_layernorm",
+            Self::PostFeedforward => "post_feedforward_layernorm",
+            Self::Q => "self_attn.q_norm",
+            Self::K => "self_attn.k_norm",
+        }
+    }
+}
+
+/// A norm weight: of a layer, or the final one before the head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NormId {
+    Final,
+    Layer { layer: usize, kind: NormKind },
+}
+
+impl NormId {
+    pub fn hf_name(self) -> String {
+        match self {
+            Self::Final => "model.norm.weight".into(),
+            Self::Layer { layer, kind } => {
+                format!("model.layers.{layer}.{}.weight", kind.hf_module())
+            }
+        }
     }
 }
 

@@ -24,7 +24,8 @@ mod weights;
 use candle_core::{DType, Device, Tensor, D};
 
 use crate::checkpoint::{
-    Architecture, Checkpoint, CheckpointError, ModelConfig, Proj, RopeScaling, WeightId,
+    Architecture, Checkpoint, CheckpointError, ModelConfig, NormId, NormKind, Proj, RopeScaling,
+    WeightId,
 };
 use attention::causal_mask;
 use capture::Captures;
@@ -184,7 +185,6 @@ impl Model {
         let embed = get(&WeightId::Embed.hf_name())?;
         let mut blocks = Vec::with_capacity(config.n_layers);
         for i in 0..config.n_layers {
-            let p = format!("model.layers.{i}");
             let mut proj = |proj: Proj| linear(&mut get, WeightId::layer(i, proj));
             let attn = [
                 proj(Proj::Q)?,
@@ -193,11 +193,12 @@ impl Model {
                 proj(Proj::O)?,
             ];
             let mlp = [proj(Proj::Gate)?, proj(Proj::Up)?, proj(Proj::Down)?];
-            let input_norm = get(&format!("{p}.input_layernorm.weight"))?;
-            let post_attention_norm = get(&format!("{p}.post_attention_layernorm.weight"))?;
+            let norm = |kind| NormId::Layer { layer: i, kind }.hf_name();
+            let input_norm = get(&norm(NormKind::Input))?;
+            let post_attention_norm = get(&norm(NormKind::PostAttention))?;
             blocks.push(Block::new(input_norm, attn, post_attention_norm, mlp)?);
         }
-        let norm = get("model.norm.weight")?;
+        let norm = get(&NormId::Final.hf_name())?;
         let lm_head = if config.tied_embeddings && ckpt.info(&WeightId::Head.hf_name()).is_none() {
             Linear {
                 id: Some(WeightId::Embed),
