@@ -101,6 +101,7 @@ impl Spec {
             eos_token_ids: vec![258],
             max_position_embeddings: 512,
             hidden_act: "silu".into(),
+            attention: Default::default(),
         }
     }
 

@@ -9,6 +9,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::error::{CheckpointError, Result};
+use super::layout::{self, AttentionLayout};
 
 /// Model families mwtop knows how to name and (in the model layer) run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -101,6 +102,8 @@ pub struct ModelConfig {
     pub eos_token_ids: Vec<u32>,
     pub max_position_embeddings: usize,
     pub hidden_act: String,
+    /// Sliding windows per layer and the rotary settings beyond theta and scaling.
+    pub attention: AttentionLayout,
 }
 
 fn field<'a>(cfg: &'a Value, key: &str) -> Option<&'a Value> {
@@ -172,10 +175,11 @@ impl ModelConfig {
         }
         let n_kv_heads = usize_field(path, cfg, "num_key_value_heads")?.unwrap_or(n_heads);
         let head_dim = usize_field(path, cfg, "head_dim")?.unwrap_or(d_model / n_heads);
-        let rope_scaling = match field(cfg, "rope_scaling") {
-            None => None,
-            Some(rs) => parse_hf_rope_scaling(path, rs)?,
-        };
+        refuse_experts(path, cfg)?;
+        let n_layers = required_usize(path, cfg, "num_hidden_layers")?;
+        let mut attention = AttentionLayout::default();
+        let rope = layout::parse_rope(path, cfg, &mut attention)?;
+        layout::parse_windows(path, architecture, cfg, n_layers, &mut attention)?;
         let default_tied = architecture == Architecture::Gemma3;
         let tied_embeddings = field(&root, "tie_word_embeddings")
             .or_else(|| field(cfg, "tie_word_embeddings"))
@@ -194,14 +198,14 @@ impl ModelConfig {
             .to_string();
         let config = Self {
             architecture,
-            n_layers: required_usize(path, cfg, "num_hidden_layers")?,
+            n_layers,
             d_model,
             d_ff: required_usize(path, cfg, "intermediate_size")?,
             n_heads,
             n_kv_heads,
             head_dim,
-            rope_theta: f64_field(path, cfg, "rope_theta")?.unwrap_or(10_000.0),
-            rope_scaling,
+            rope_theta: rope.theta,
+            rope_scaling: rope.scaling,
             norm_eps: f64_field(path, cfg, "rms_norm_eps")?.unwrap_or(1e-6),
             vocab_size: required_usize(path, cfg, "vocab_size")?,
             tied_embeddings,
@@ -210,6 +214,7 @@ impl ModelConfig {
             max_position_embeddings: usize_field(path, cfg, "max_position_embeddings")?
                 .unwrap_or(2048),
             hidden_act,
+            attention,
         };
         config.check_sane(path)?;
         Ok(config)
@@ -406,29 +411,21 @@ impl ModelConfig {
     }
 }
 
-fn parse_hf_rope_scaling(path: &Path, rs: &Value) -> Result<Option<RopeScaling>> {
-    let kind = rs
-        .get("rope_type")
-        .or_else(|| rs.get("type"))
-        .and_then(Value::as_str)
-        .unwrap_or("default");
-    let num = |k: &str| rs.get(k).and_then(Value::as_f64);
-    let factor = num("factor").unwrap_or(1.0);
-    match kind {
-        "default" => Ok(None),
-        "linear" => Ok(Some(RopeScaling::Linear { factor })),
-        "llama3" => Ok(Some(RopeScaling::Llama3 {
-            factor,
-            low_freq_factor: num("low_freq_factor").unwrap_or(1.0),
-            high_freq_factor: num("high_freq_factor").unwrap_or(4.0),
-            original_max_position_embeddings: rs
-                .get("original_max_position_embeddings")
-                .and_then(Value::as_u64)
-                .unwrap_or(8192) as usize,
-        })),
-        other => Err(CheckpointError::unsupported(
-            path,
-            format!("rope_scaling type {other:?} (supported: linear, llama3)"),
-        )),
+/// Mixture-of-experts layers route each token through some of many MLPs:
+/// a different forward, refused by the key that asks for it.
+fn refuse_experts(path: &Path, cfg: &Value) -> Result<()> {
+    for key in [
+        "num_local_experts",
+        "num_experts",
+        "n_routed_experts",
+        "moe_num_experts",
+    ] {
+        if let Some(n) = field(cfg, key).and_then(Value::as_u64).filter(|&n| n > 1) {
+            return Err(CheckpointError::unsupported(
+                path,
+                format!("{key} = {n}: mixture-of-experts layers are not implemented"),
+            ));
+        }
     }
+    Ok(())
 }

@@ -12,6 +12,7 @@ pub mod gguf;
 pub mod gguf_tokenizer;
 pub mod gguf_writer;
 pub mod hub;
+pub mod layout;
 pub mod names;
 mod safetensors_dir;
 pub mod weight_id;
@@ -546,6 +547,7 @@ fn gguf_config(path: &Path, header: &GgufHeader) -> Result<ModelConfig> {
         } else {
             "silu".into()
         },
+        attention: layout::AttentionLayout::default(),
     };
     config.check_sane(path)?;
     Ok(config)

@@ -89,6 +89,17 @@ fn summary(ckpt: &Checkpoint) -> String {
         "vocab {}  tied embeddings {}  rope theta {}  rope scaling {}  norm eps {:e}",
         c.vocab_size, c.tied_embeddings, c.rope_theta, scaling, c.norm_eps
     );
+    let sliding: Vec<String> = (0..c.n_layers)
+        .filter(|&i| c.attention.window(i).is_some())
+        .map(|i| i.to_string())
+        .collect();
+    if let (Some(w), false) = (c.attention.sliding_window, sliding.is_empty()) {
+        let _ = writeln!(
+            s,
+            "sliding window {w} on layers {} (the others attend to every earlier token)",
+            sliding.join(",")
+        );
+    }
     let eos: Vec<String> = c.eos_token_ids.iter().map(u32::to_string).collect();
     let _ = writeln!(
         s,

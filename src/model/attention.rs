@@ -101,21 +101,27 @@ impl Model {
     }
 }
 
-/// (t, start + t) additive mask: query i (absolute start + i) sees keys <= start + i.
+/// (t, start + t) additive mask: query i (absolute p = start + i) sees keys
+/// j <= p, and with a sliding window w only those with p - w < j (w keys,
+/// itself included, as transformers' sliding-window mask). None when every
+/// key is visible (one query within the window).
 pub(super) fn causal_mask(
     t: usize,
     start: usize,
+    window: Option<usize>,
     dtype: DType,
     device: &Device,
 ) -> Result<Option<Tensor>> {
-    if t == 1 {
+    let total = start + t;
+    let w = window.unwrap_or(usize::MAX);
+    if t == 1 && total <= w {
         return Ok(None);
     }
-    let total = start + t;
     let m: Vec<f32> = (0..t)
         .flat_map(|i| {
+            let p = start + i;
             (0..total).map(move |j| {
-                if j > start + i {
+                if j > p || p - j >= w {
                     f32::NEG_INFINITY
                 } else {
                     0.0

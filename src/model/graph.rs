@@ -51,6 +51,9 @@ struct StepIo {
     inputs: Tensor,
     /// 0..capacity (u32), and the mask's two values per position.
     positions: Tensor,
+    /// positions + the sliding window (u32), when a layer slides: key j is
+    /// inside the window of query p when j + w > p.
+    window_ends: Option<Tensor>,
     open: Tensor,
     closed: Tensor,
     /// (batch, 1, vocab) f32.
@@ -201,11 +204,20 @@ impl Model {
         let pos = io.inputs.narrow(0, b, 1)?;
         let mut x = self.embed.embedding(&ids)?.reshape((b, 1, c.d_model))?;
         let capacity = io.positions.dim(0)?;
-        let mask = io
-            .positions
-            .broadcast_le(&pos)?
+        let seen = io.positions.broadcast_le(&pos)?;
+        let full_mask = seen
             .where_cond(&io.open, &io.closed)?
             .reshape((1, capacity))?;
+        let sliding_mask = match &io.window_ends {
+            Some(ends) => {
+                let inside = ends.broadcast_gt(&pos)?.where_cond(&io.open, &io.closed)?;
+                Some(
+                    seen.where_cond(&inside, &io.closed)?
+                        .reshape((1, capacity))?,
+                )
+            }
+            None => None,
+        };
         let [cos_q, sin_q, cos_k, sin_k] = self.rope.tables_at(&pos)?;
         let kv_index = pos
             .reshape((1, 1, 1, 1))?
@@ -223,7 +235,11 @@ impl Model {
                     let k = rope::rotate_with(&k, &cos_k, &sin_k)?;
                     kv.k.scatter_set(&kv_index, &k, 2)?;
                     kv.v.scatter_set(&kv_index, &v, 2)?;
-                    let y = self.attend_grouped(&q, &kv.k, &kv.v, Some(&mask))?;
+                    let mask = match (c.attention.window(i), &sliding_mask) {
+                        (Some(_), Some(m)) => m,
+                        _ => &full_mask,
+                    };
+                    let y = self.attend_grouped(&q, &kv.k, &kv.v, Some(mask))?;
                     plan.linear(&block.o, &y)
                 },
                 &mut |layer, point, x| io.record_hook(layer, point, x),
@@ -285,6 +301,15 @@ impl StepIo {
         Ok(Self {
             inputs: Tensor::zeros(b + 1, DType::U32, dev)?,
             positions: Tensor::arange(0u32, cap as u32, dev)?,
+            window_ends: match c.attention.sliding_window {
+                Some(w) if (0..c.n_layers).any(|i| c.attention.window(i).is_some()) => {
+                    let w = u32::try_from(w)
+                        .unwrap_or(u32::MAX)
+                        .min(u32::MAX - cap as u32);
+                    Some(Tensor::arange(w, w + cap as u32, dev)?)
+                }
+                _ => None,
+            },
             open: Tensor::zeros(cap, dtype, dev)?,
             closed: Tensor::full(f32::NEG_INFINITY, cap, dev)?.to_dtype(dtype)?,
             logits: key
@@ -405,6 +430,36 @@ mod tests {
                     .fold(0f32, f32::max);
                 assert!(diff < 1e-4, "{:?} {:?}: {diff}", a.hook, a.reduction);
             }
+        }
+    }
+
+    /// The step's sliding-window mask: a Qwen2 layout (layer 0 full, layers
+    /// 1-2 sliding over 8 keys) written by transformers decodes the same
+    /// through the static step as eagerly, far past the window.
+    #[test]
+    fn static_step_keeps_sliding_windows() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/families/qwen2_swa");
+        let ckpt = Checkpoint::open_path(&dir).unwrap();
+        let model = Model::load(&ckpt, &Device::Cpu, DType::F32, |_, _| {}).unwrap();
+        assert_eq!(model.config.attention.window(0), None);
+        assert_eq!(model.config.attention.window(1), Some(8));
+        let opts = RunOptions {
+            logits: LogitsMode::Last,
+            ..Default::default()
+        };
+        let prompt: Vec<u32> = std::iter::once(256)
+            .chain(b"Summer is warm".map(u32::from))
+            .collect();
+        let (eager, _) = decode(&model, &prompt, &opts, 1, 20, false);
+        let (fixed, _) = decode(&model, &prompt, &opts, 1, 20, true);
+        for (step, (e, s)) in eager.iter().zip(&fixed).enumerate() {
+            let diff = e
+                .iter()
+                .zip(s)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(diff < 1e-4, "step {step}: logits differ by {diff}");
         }
     }
 }

@@ -153,6 +153,21 @@ impl Model {
                 ))
             }
         }
+        let layout = &config.attention;
+        if layout.partial_rotary_factor != 1.0 {
+            return Err(ModelError::Unsupported(format!(
+                "partial_rotary_factor {} (RoPE on part of each head) is not implemented yet",
+                layout.partial_rotary_factor
+            )));
+        }
+        if layout
+            .local_rope_theta
+            .is_some_and(|t| t != config.rope_theta)
+        {
+            return Err(ModelError::Unsupported(
+                "a separate RoPE base for sliding layers is not implemented yet".into(),
+            ));
+        }
         if config.hidden_act != "silu" {
             return Err(ModelError::Unsupported(format!(
                 "activation {}",
@@ -339,7 +354,14 @@ impl Model {
                 .embedding(&ids.flatten_all()?)?
                 .reshape((b, t, self.config.d_model))?;
         x = plan.edit_embedding(self, x, &flat, b, t)?;
-        let mask = causal_mask(t, start, self.dtype, &self.device)?;
+        let layout = &self.config.attention;
+        let full_mask = causal_mask(t, start, None, self.dtype, &self.device)?;
+        let sliding_mask = match layout.sliding_window {
+            Some(w) if (0..self.config.n_layers).any(|i| layout.window(i).is_some()) => {
+                causal_mask(t, start, Some(w), self.dtype, &self.device)?
+            }
+            _ => None,
+        };
         let mut captures = Captures::default();
         for (i, block) in self.blocks.iter().enumerate() {
             if opts.cancel.as_ref().is_some_and(CancelToken::is_cancelled) {
@@ -350,7 +372,13 @@ impl Model {
                 i,
                 x,
                 &plan,
-                |h| self.attention(block, h, start, mask.as_ref(), kv, &plan),
+                |h| {
+                    let mask = match layout.window(i) {
+                        Some(_) => sliding_mask.as_ref(),
+                        None => full_mask.as_ref(),
+                    };
+                    self.attention(block, h, start, mask, kv, &plan)
+                },
                 &mut |layer, point, x| plan.capture(layer, point, x, &mut captures),
             )?;
         }

@@ -1,0 +1,364 @@
+//! Every family layout against transformers 5.17: tiny random-weight models
+//! with a planted massive weight, written by transformers' own
+//! `save_pretrained`, and transformers' numbers for them
+//! (tests/fixtures/families, scripts/reference_families.py). Families mwtop
+//! does not compute yet are refused with a clear one-line error.
+
+mod common;
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use mwtop::analysis::generate::{generate, GenerateParams};
+use mwtop::analysis::massive::{self, Thresholds};
+use mwtop::analysis::perplexity::{perplexity, Window};
+use mwtop::checkpoint::Checkpoint;
+use mwtop::model::hooks::{CaptureRequest, HookPoint, Reduction};
+use mwtop::model::intervention::{Interventions, MaskMode};
+use mwtop::model::{LogitsMode, Model, RunOptions};
+use serde_json::Value;
+
+fn dir(family: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/families/{family}"))
+}
+
+fn reference(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path.join("reference.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn u32s(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn f64s(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+fn load(path: &Path) -> Model {
+    let ckpt = Checkpoint::open_path(path).unwrap();
+    Model::load(&ckpt, &Device::Cpu, DType::F32, |_, _| {}).unwrap()
+}
+
+fn logprobs(model: &Model, ids: &[u32]) -> Vec<f32> {
+    let out = model
+        .forward(&[ids.to_vec()], None, &RunOptions::default())
+        .unwrap();
+    Model::next_token_logprobs(&out.logits.unwrap().get(0).unwrap(), ids).unwrap()
+}
+
+fn assert_close(family: &str, what: &str, got: &[f32], want: &[f64], tol: f64) {
+    assert_eq!(got.len(), want.len(), "{family} {what}: lengths");
+    let worst = got
+        .iter()
+        .zip(want)
+        .map(|(&g, &w)| (g as f64 - w).abs())
+        .fold(0.0, f64::max);
+    assert!(worst < tol, "{family} {what}: off by {worst:.2e}");
+}
+
+/// The per-layer maximum of |x| at a hook point, over tokens and dims.
+fn layer_maxima(model: &Model, ids: &[u32], point: HookPoint) -> Vec<f32> {
+    let opts = RunOptions {
+        capture: vec![CaptureRequest::every_layer(point, Reduction::MaxAbsPerDim)],
+        logits: LogitsMode::None,
+        ..Default::default()
+    };
+    let out = model.forward(&[ids.to_vec()], None, &opts).unwrap();
+    out.captures
+        .iter()
+        .map(|c| c.values.iter().fold(0f32, |m, v| m.max(v.abs())))
+        .collect()
+}
+
+/// Everything transformers measured, measured again by mwtop.
+fn check_family(family: &str, path: &Path) {
+    let r = reference(path);
+    let model = load(path);
+    let bos_ids = u32s(&r["bos_ids"]);
+    let plain = &bos_ids[1..];
+    // The text (87 tokens) is longer than the sliding window (8).
+    assert_close(
+        family,
+        "log-probs with BOS",
+        &logprobs(&model, &bos_ids),
+        &f64s(&r["logprobs_bos"]),
+        1e-4,
+    );
+    assert_close(
+        family,
+        "log-probs without BOS",
+        &logprobs(&model, plain),
+        &f64s(&r["logprobs_plain"]),
+        1e-4,
+    );
+    for (point, key) in [
+        (HookPoint::ResidPost, "resid_max"),
+        (HookPoint::MlpPost, "dff_max"),
+    ] {
+        let got = layer_maxima(&model, &bos_ids, point);
+        for (g, w) in got.iter().zip(f64s(&r[key])) {
+            assert!(
+                (*g as f64 / w - 1.0).abs() < 1e-4,
+                "{family} {key}: {g} vs {w}"
+            );
+        }
+    }
+    // Greedy continuation through the KV cache, across the window.
+    let tok = Checkpoint::open_path(path).unwrap().tokenizer().unwrap();
+    let params = GenerateParams {
+        max_tokens: 8,
+        stop_at_eos: false,
+        ..Default::default()
+    };
+    let prompt = u32s(&r["greedy_prompt"]);
+    let got = generate(
+        &model,
+        &tok,
+        &prompt,
+        &[Interventions::none()],
+        &params,
+        |_, _, _| ControlFlow::Continue(()),
+    )
+    .unwrap()
+    .remove(0)
+    .tokens;
+    assert_eq!(got, u32s(&r["greedy"]), "{family} greedy ids");
+    // Cached decoding one token at a time equals the reference log-probs.
+    let mut cache = model.new_cache();
+    let opts = RunOptions::default();
+    let first = 5;
+    let out = model
+        .forward(&[bos_ids[..first].to_vec()], Some(&mut cache), &opts)
+        .unwrap();
+    let logits = out.logits.unwrap().get(0).unwrap();
+    let mut lp = Model::next_token_logprobs(&logits, &bos_ids[..first]).unwrap();
+    let log_softmax = |row: candle_core::Tensor| {
+        let logz = row.exp().unwrap().sum_all().unwrap().log().unwrap();
+        row.broadcast_sub(&logz).unwrap().to_vec1::<f32>().unwrap()
+    };
+    lp.push(log_softmax(logits.get(first - 1).unwrap())[bos_ids[first] as usize]);
+    for p in first..bos_ids.len() - 1 {
+        let out = model
+            .forward(&[vec![bos_ids[p]]], Some(&mut cache), &opts)
+            .unwrap();
+        let row = out.logits.unwrap().get(0).unwrap().get(0).unwrap();
+        lp.push(log_softmax(row)[bos_ids[p + 1] as usize]);
+    }
+    assert_close(
+        family,
+        "cached log-probs",
+        &lp,
+        &f64s(&r["logprobs_bos"]),
+        1e-4,
+    );
+    // The planted massive weight: the scan's ranking at the planted layer.
+    let layer = r["plant_layer"].as_u64().unwrap() as usize;
+    let (ranked, _) = massive::rank_ffn_dims(&model, &bos_ids, layer).unwrap();
+    let top: Vec<u32> = ranked.iter().take(2).map(|&d| d as u32).collect();
+    assert_eq!(top, u32s(&r["dff_top_at_bos"])[..2], "{family} top dims");
+    let scan = massive::scan(&model, &tok, &bos_ids, "bos", 4, Thresholds::default()).unwrap();
+    assert_eq!(scan.layers.len(), 3);
+    // Attacks equal transformers with the rows physically zeroed.
+    let dims: Vec<usize> = ranked[..2].to_vec();
+    let rows = [
+        Interventions::none(),
+        Interventions::ffn_mask(layer, MaskMode::Zero, dims.clone()),
+        Interventions::ffn_mask(layer, MaskMode::Keep, dims),
+    ];
+    let got = perplexity(&model, &bos_ids, &rows, Window::default_for(&model)).unwrap();
+    for (g, key) in got
+        .iter()
+        .zip(["perplexity", "perplexity_zero_top2", "perplexity_keep_top2"])
+    {
+        let want = r[key].as_f64().unwrap();
+        assert!(
+            (g.perplexity / want - 1.0).abs() < 1e-4,
+            "{family} {key}: {} vs {want}",
+            g.perplexity
+        );
+    }
+}
+
+#[test]
+fn llama_in_transformers_5_layout_with_llama3_rope() {
+    check_family("llama", &dir("llama"));
+}
+
+#[test]
+fn llama_in_the_classic_layout_sharded_with_linear_rope() {
+    check_family("llama_classic", &dir("llama_classic"));
+}
+
+#[test]
+fn qwen2_with_qkv_biases() {
+    check_family("qwen2", &dir("qwen2"));
+}
+
+#[test]
+fn mistral_sliding_window() {
+    check_family("mistral", &dir("mistral"));
+}
+
+#[test]
+fn qwen2_sliding_window_from_max_window_layers() {
+    check_family("qwen2_swa", &dir("qwen2_swa"));
+    // Without layer_types the window comes from use_sliding_window and
+    // max_window_layers alone, as Qwen2Config derives it.
+    let tmp = common::tempdir();
+    for entry in std::fs::read_dir(dir("qwen2_swa")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), tmp.path().join(entry.file_name())).unwrap();
+    }
+    let cfg = tmp.path().join("config.json");
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    assert!(v.as_object_mut().unwrap().remove("layer_types").is_some());
+    std::fs::write(&cfg, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+    check_family("qwen2_swa without layer_types", tmp.path());
+}
+
+/// The sliding window holds in the scan's path too: the windowed model is
+/// not the full-attention one.
+#[test]
+fn the_window_changes_what_late_tokens_see() {
+    let path = dir("mistral");
+    let tmp = common::tempdir();
+    for entry in std::fs::read_dir(&path).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), tmp.path().join(entry.file_name())).unwrap();
+    }
+    let cfg = tmp.path().join("config.json");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace("\"sliding_window\": 8", "\"sliding_window\": null"),
+    )
+    .unwrap();
+    let r = reference(&path);
+    let ids = u32s(&r["bos_ids"]);
+    let windowed = logprobs(&load(&path), &ids);
+    let full = logprobs(&load(tmp.path()), &ids);
+    // The first 8 positions see the same keys; later ones do not.
+    assert_close(
+        "mistral",
+        "inside the window",
+        &full[..7],
+        &windowed[..7].iter().map(|&x| x as f64).collect::<Vec<_>>(),
+        1e-6,
+    );
+    let differs = full[10..]
+        .iter()
+        .zip(&windowed[10..])
+        .any(|(a, b)| (a - b).abs() > 1e-3);
+    assert!(differs, "a window of 8 must change later log-probs");
+}
+
+/// Families whose forward mwtop does not compute yet: one clear line, exit 1.
+#[test]
+fn families_not_computed_yet_are_refused() {
+    let text = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/eval.txt");
+    for (family, needle) in [
+        ("qwen3", "qwen3"),
+        ("phi3", "phi3"),
+        ("olmo2", "olmo2"),
+        ("gemma2", "gemma2"),
+        ("gemma3", "gemma3"),
+    ] {
+        let out = common::mwtop(&[
+            "eval",
+            common::path_str(&dir(family)),
+            "--text",
+            common::path_str(&text),
+            "--device",
+            "cpu",
+        ]);
+        common::assert_one_line_error(&out, &[needle]);
+    }
+}
+
+/// Settings that change the math and that mwtop does not compute are
+/// refused by the key's name, never run approximately.
+#[test]
+fn unimplemented_settings_are_refused_by_name() {
+    let cases: [(&str, &str, &[&str]); 6] = [
+        (
+            "\"rope_type\": \"llama3\"",
+            "\"rope_type\": \"yarn\"",
+            &["rope_parameters.rope_type", "yarn", "not implemented"],
+        ),
+        (
+            "\"rope_type\": \"llama3\"",
+            "\"rope_type\": \"dynamic\"",
+            &["dynamic", "not implemented"],
+        ),
+        (
+            "\"vocab_size\": 260",
+            "\"vocab_size\": 260, \"num_local_experts\": 8",
+            &["num_local_experts = 8", "mixture-of-experts"],
+        ),
+        (
+            "\"rope_type\": \"llama3\"",
+            "\"rope_type\": \"llama3\", \"partial_rotary_factor\": 0.5",
+            &["partial_rotary_factor 0.5"],
+        ),
+        (
+            "\"rope_type\": \"llama3\"",
+            "\"rope_type\": \"llama3\", \"partial_rotary_factor\": 2.0",
+            &["partial_rotary_factor 2", "(0, 1]"],
+        ),
+        (
+            "\"vocab_size\": 260",
+            "\"vocab_size\": 260, \"rope_scaling\": {\"rope_type\": \"longrope\"}",
+            &["rope_scaling.rope_type", "longrope"],
+        ),
+    ];
+    let text = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/eval.txt");
+    for (from, to, needles) in cases {
+        let tmp = common::tempdir();
+        for entry in std::fs::read_dir(dir("llama")).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), tmp.path().join(entry.file_name())).unwrap();
+        }
+        let cfg = tmp.path().join("config.json");
+        let t = std::fs::read_to_string(&cfg).unwrap();
+        assert!(t.contains(from), "{from}");
+        std::fs::write(&cfg, t.replacen(from, to, 1)).unwrap();
+        let out = common::mwtop(&[
+            "eval",
+            common::path_str(tmp.path()),
+            "--text",
+            common::path_str(&text),
+            "--device",
+            "cpu",
+        ]);
+        common::assert_one_line_error(&out, needles);
+    }
+}
+
+/// A layer_types list of the wrong length is an inconsistent config.
+#[test]
+fn layer_types_must_name_every_layer() {
+    let tmp = common::tempdir();
+    for entry in std::fs::read_dir(dir("qwen2_swa")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), tmp.path().join(entry.file_name())).unwrap();
+    }
+    let cfg = tmp.path().join("config.json");
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    v["layer_types"] = serde_json::json!(["full_attention", "sliding_attention"]);
+    std::fs::write(&cfg, serde_json::to_string(&v).unwrap()).unwrap();
+    let out = common::mwtop(&["inspect", common::path_str(tmp.path())]);
+    common::assert_one_line_error(
+        &out,
+        &["layer_types lists 2 layers", "num_hidden_layers is 3"],
+    );
+}
