@@ -1,8 +1,8 @@
 //! Every family layout against transformers 5.17: tiny random-weight models
 //! with a planted massive weight, written by transformers' own
 //! `save_pretrained`, and transformers' numbers for them
-//! (tests/fixtures/families, scripts/reference_families.py). Families mwtop
-//! does not compute yet are refused with a clear one-line error.
+//! (tests/fixtures/families, scripts/reference_families.py). Settings mwtop
+//! does not compute are refused with a clear one-line error.
 
 mod common;
 
@@ -262,27 +262,29 @@ fn the_window_changes_what_late_tokens_see() {
     assert!(differs, "a window of 8 must change later log-probs");
 }
 
-/// Families whose forward mwtop does not compute yet: one clear line, exit 1.
 #[test]
-fn families_not_computed_yet_are_refused() {
-    let text = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/eval.txt");
-    for (family, needle) in [
-        ("qwen3", "qwen3"),
-        ("phi3", "phi3"),
-        ("olmo2", "olmo2"),
-        ("gemma2", "gemma2"),
-        ("gemma3", "gemma3"),
-    ] {
-        let out = common::mwtop(&[
-            "eval",
-            common::path_str(&dir(family)),
-            "--text",
-            common::path_str(&text),
-            "--device",
-            "cpu",
-        ]);
-        common::assert_one_line_error(&out, &[needle]);
-    }
+fn qwen3_per_head_qk_norm() {
+    check_family("qwen3", &dir("qwen3"));
+}
+
+#[test]
+fn phi3_fused_projections_and_partial_rotary() {
+    check_family("phi3", &dir("phi3"));
+}
+
+#[test]
+fn olmo2_post_norms_and_whole_projection_qk_norm() {
+    check_family("olmo2", &dir("olmo2"));
+}
+
+#[test]
+fn gemma2_four_norms_softcaps_and_alternating_windows() {
+    check_family("gemma2", &dir("gemma2"));
+}
+
+#[test]
+fn gemma3_local_and_global_rope_and_qk_norm() {
+    check_family("gemma3", &dir("gemma3"));
 }
 
 /// Settings that change the math and that mwtop does not compute are
@@ -306,9 +308,9 @@ fn unimplemented_settings_are_refused_by_name() {
             &["num_local_experts = 8", "mixture-of-experts"],
         ),
         (
-            "\"rope_type\": \"llama3\"",
-            "\"rope_type\": \"llama3\", \"partial_rotary_factor\": 0.5",
-            &["partial_rotary_factor 0.5"],
+            "\"hidden_act\": \"silu\"",
+            "\"hidden_act\": \"relu2\"",
+            &["hidden_act \"relu2\" is not implemented"],
         ),
         (
             "\"rope_type\": \"llama3\"",

@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use super::error::{CheckpointError, Result};
 use super::layout::{self, AttentionLayout};
+use super::weight_id::{Fused, NormId, NormKind, Proj, WeightId};
 
 /// Model families mwtop knows how to name and (in the model layer) run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -18,6 +19,10 @@ pub enum Architecture {
     Llama,
     Mistral,
     Qwen2,
+    Qwen3,
+    Phi3,
+    Olmo2,
+    Gemma2,
     Gemma3,
 }
 
@@ -28,6 +33,10 @@ impl Architecture {
             "llama" => Some(Self::Llama),
             "mistral" => Some(Self::Mistral),
             "qwen2" => Some(Self::Qwen2),
+            "qwen3" => Some(Self::Qwen3),
+            "phi3" => Some(Self::Phi3),
+            "olmo2" => Some(Self::Olmo2),
+            "gemma2" => Some(Self::Gemma2),
             "gemma3" | "gemma3_text" => Some(Self::Gemma3),
             _ => None,
         }
@@ -39,6 +48,10 @@ impl Architecture {
             Self::Llama => "llama",
             Self::Mistral => "mistral",
             Self::Qwen2 => "qwen2",
+            Self::Qwen3 => "qwen3",
+            Self::Phi3 => "phi3",
+            Self::Olmo2 => "olmo2",
+            Self::Gemma2 => "gemma2",
             Self::Gemma3 => "gemma3_text",
         }
     }
@@ -49,6 +62,10 @@ impl Architecture {
             Self::Llama => "LlamaForCausalLM",
             Self::Mistral => "MistralForCausalLM",
             Self::Qwen2 => "Qwen2ForCausalLM",
+            Self::Qwen3 => "Qwen3ForCausalLM",
+            Self::Phi3 => "Phi3ForCausalLM",
+            Self::Olmo2 => "Olmo2ForCausalLM",
+            Self::Gemma2 => "Gemma2ForCausalLM",
             Self::Gemma3 => "Gemma3ForCausalLM",
         }
     }
@@ -58,9 +75,21 @@ impl Architecture {
             Self::Llama => "llama",
             Self::Mistral => "mistral",
             Self::Qwen2 => "qwen2",
+            Self::Qwen3 => "qwen3",
+            Self::Phi3 => "phi3",
+            Self::Olmo2 => "olmo2",
+            Self::Gemma2 => "gemma2",
             Self::Gemma3 => "gemma3",
         }
     }
+
+    /// Gemma's norms scale by (1 + w), its embeddings by sqrt(d_model).
+    pub fn is_gemma(self) -> bool {
+        matches!(self, Self::Gemma2 | Self::Gemma3)
+    }
+
+    /// Every family mwtop reads, for error messages.
+    pub const SUPPORTED: &'static str = "llama, mistral, qwen2, qwen3, phi3, olmo2, gemma2, gemma3";
 }
 
 /// RoPE frequency scaling, as far as the checkpoint states it.
@@ -165,7 +194,10 @@ impl ModelConfig {
         let architecture = Architecture::from_name(model_type).ok_or_else(|| {
             CheckpointError::unsupported(
                 path,
-                format!("architecture {model_type:?} (supported: llama, mistral, qwen2, gemma3)"),
+                format!(
+                    "architecture {model_type:?} (supported: {})",
+                    Architecture::SUPPORTED
+                ),
             )
         })?;
         let d_model = required_usize(path, cfg, "hidden_size")?;
@@ -174,28 +206,44 @@ impl ModelConfig {
             return Err(CheckpointError::malformed(path, "num_attention_heads is 0"));
         }
         let n_kv_heads = usize_field(path, cfg, "num_key_value_heads")?.unwrap_or(n_heads);
-        let head_dim = usize_field(path, cfg, "head_dim")?.unwrap_or(d_model / n_heads);
+        // Each family's own default (Qwen3Config: 128, Gemma: 256).
+        let default_head_dim = match architecture {
+            Architecture::Qwen3 => 128,
+            a if a.is_gemma() => 256,
+            _ => d_model / n_heads,
+        };
+        let head_dim = usize_field(path, cfg, "head_dim")?.unwrap_or(default_head_dim);
         refuse_experts(path, cfg)?;
         let n_layers = required_usize(path, cfg, "num_hidden_layers")?;
         let mut attention = AttentionLayout::default();
-        let rope = layout::parse_rope(path, cfg, &mut attention)?;
+        let rope = layout::parse_rope(path, architecture, cfg, &mut attention)?;
         layout::parse_windows(path, architecture, cfg, n_layers, &mut attention)?;
-        let default_tied = architecture == Architecture::Gemma3;
+        layout::parse_gemma(path, architecture, cfg, &mut attention)?;
+        let default_tied = architecture.is_gemma();
         let tied_embeddings = field(&root, "tie_word_embeddings")
             .or_else(|| field(cfg, "tie_word_embeddings"))
             .and_then(Value::as_bool)
             .unwrap_or(default_tied);
         let bos = token_ids(field(&root, "bos_token_id").or_else(|| field(cfg, "bos_token_id")));
         let eos = token_ids(field(&root, "eos_token_id").or_else(|| field(cfg, "eos_token_id")));
-        let hidden_act = field(cfg, "hidden_act")
-            .or_else(|| field(cfg, "hidden_activation"))
+        // Gemma reads hidden_activation (hub configs also carry an unused hidden_act).
+        let act_key = if architecture.is_gemma() {
+            "hidden_activation"
+        } else {
+            "hidden_act"
+        };
+        let hidden_act = field(cfg, act_key)
             .and_then(Value::as_str)
-            .unwrap_or(if architecture == Architecture::Gemma3 {
+            .unwrap_or(if architecture.is_gemma() {
                 "gelu_pytorch_tanh"
             } else {
                 "silu"
             })
             .to_string();
+        let default_eps = match architecture {
+            Architecture::Phi3 | Architecture::Olmo2 => 1e-5,
+            _ => 1e-6,
+        };
         let config = Self {
             architecture,
             n_layers,
@@ -206,7 +254,7 @@ impl ModelConfig {
             head_dim,
             rope_theta: rope.theta,
             rope_scaling: rope.scaling,
-            norm_eps: f64_field(path, cfg, "rms_norm_eps")?.unwrap_or(1e-6),
+            norm_eps: f64_field(path, cfg, "rms_norm_eps")?.unwrap_or(default_eps),
             vocab_size: required_usize(path, cfg, "vocab_size")?,
             tied_embeddings,
             bos_token_id: bos.first().copied(),
@@ -304,58 +352,71 @@ impl ModelConfig {
         Ok(())
     }
 
-    /// Plain numbers per layer, for the parameter count and the shape checks.
+    /// The norm weights of each layer, with their lengths: where they sit
+    /// differs by family (Llama: before attention and MLP; Gemma: four; OLMo 2:
+    /// on the sublayer outputs only; QK-norms per head or over the projection).
+    pub fn layer_norms(&self) -> Vec<(NormKind, usize)> {
+        let d = self.d_model;
+        let (q, k) = (
+            self.n_heads * self.head_dim,
+            self.n_kv_heads * self.head_dim,
+        );
+        let hd = self.head_dim;
+        use NormKind::*;
+        match self.architecture {
+            Architecture::Olmo2 => vec![(PostAttention, d), (PostFeedforward, d), (Q, q), (K, k)],
+            Architecture::Gemma2 => vec![
+                (Input, d),
+                (PostAttention, d),
+                (PreFeedforward, d),
+                (PostFeedforward, d),
+            ],
+            Architecture::Gemma3 => vec![
+                (Input, d),
+                (PostAttention, d),
+                (PreFeedforward, d),
+                (PostFeedforward, d),
+                (Q, hd),
+                (K, hd),
+            ],
+            Architecture::Qwen3 => vec![(Input, d), (PostAttention, d), (Q, hd), (K, hd)],
+            _ => vec![(Input, d), (PostAttention, d)],
+        }
+    }
+
+    /// Every tensor the configuration implies, with its shape, for the
+    /// parameter count and the shape checks.
     pub fn expected_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let d = self.d_model;
         let mut out = vec![
-            (
-                "model.embed_tokens.weight".to_string(),
-                vec![self.vocab_size, self.d_model],
-            ),
-            ("model.norm.weight".to_string(), vec![self.d_model]),
+            (WeightId::Embed.hf_name(), vec![self.vocab_size, d]),
+            (NormId::Final.hf_name(), vec![d]),
         ];
         if !self.tied_embeddings {
-            out.push((
-                "lm_head.weight".to_string(),
-                vec![self.vocab_size, self.d_model],
-            ));
+            out.push((WeightId::Head.hf_name(), vec![self.vocab_size, d]));
         }
         let q = self.n_heads * self.head_dim;
         let kv = self.n_kv_heads * self.head_dim;
-        for i in 0..self.n_layers {
-            let p = format!("model.layers.{i}");
-            out.push((
-                format!("{p}.self_attn.q_proj.weight"),
-                vec![q, self.d_model],
-            ));
-            out.push((
-                format!("{p}.self_attn.k_proj.weight"),
-                vec![kv, self.d_model],
-            ));
-            out.push((
-                format!("{p}.self_attn.v_proj.weight"),
-                vec![kv, self.d_model],
-            ));
-            out.push((
-                format!("{p}.self_attn.o_proj.weight"),
-                vec![self.d_model, q],
-            ));
-            out.push((
-                format!("{p}.mlp.gate_proj.weight"),
-                vec![self.d_ff, self.d_model],
-            ));
-            out.push((
-                format!("{p}.mlp.up_proj.weight"),
-                vec![self.d_ff, self.d_model],
-            ));
-            out.push((
-                format!("{p}.mlp.down_proj.weight"),
-                vec![self.d_model, self.d_ff],
-            ));
-            out.push((format!("{p}.input_layernorm.weight"), vec![self.d_model]));
-            out.push((
-                format!("{p}.post_attention_layernorm.weight"),
-                vec![self.d_model],
-            ));
+        let norms = self.layer_norms();
+        for layer in 0..self.n_layers {
+            let id = |proj| WeightId::layer(layer, proj).hf_name();
+            // In this order: the synthetic checkpoints draw their weights in it.
+            if self.architecture == Architecture::Phi3 {
+                out.push((Fused::Qkv.hf_name(layer), vec![q + 2 * kv, d]));
+                out.push((id(Proj::O), vec![d, q]));
+                out.push((Fused::GateUp.hf_name(layer), vec![2 * self.d_ff, d]));
+            } else {
+                out.push((id(Proj::Q), vec![q, d]));
+                out.push((id(Proj::K), vec![kv, d]));
+                out.push((id(Proj::V), vec![kv, d]));
+                out.push((id(Proj::O), vec![d, q]));
+                out.push((id(Proj::Gate), vec![self.d_ff, d]));
+                out.push((id(Proj::Up), vec![self.d_ff, d]));
+            }
+            out.push((id(Proj::Down), vec![d, self.d_ff]));
+            for &(kind, len) in &norms {
+                out.push((NormId::Layer { layer, kind }.hf_name(), vec![len]));
+            }
         }
         out
     }

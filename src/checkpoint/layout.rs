@@ -6,7 +6,8 @@
 //! `max_window_layers`) and transformers >= 5's `rope_parameters` (also
 //! nested per layer type) with `layer_types`. Each family's defaults are
 //! transformers' own. A setting that changes the math and that mwtop does
-//! not compute is refused with the key's name.
+//! not compute is refused with the key's name. Gemma's attention scale and
+//! soft caps live here too.
 
 use std::path::Path;
 
@@ -52,6 +53,12 @@ pub struct AttentionLayout {
     pub local_rope_theta: Option<f64>,
     /// Fraction of each head's dims that RoPE rotates (Phi-3: the first ones).
     pub partial_rotary_factor: f64,
+    /// Attention scores are scaled by this^-0.5 instead of head_dim^-0.5 (Gemma).
+    pub query_pre_attn_scalar: Option<f64>,
+    /// Scores become tanh(s / cap) * cap before the mask (Gemma 2).
+    pub attn_logit_softcapping: Option<f64>,
+    /// Output logits become tanh(l / cap) * cap (Gemma 2, some Gemma 3).
+    pub final_logit_softcapping: Option<f64>,
 }
 
 impl Default for AttentionLayout {
@@ -61,6 +68,9 @@ impl Default for AttentionLayout {
             pattern: LayerPattern::AllFull,
             local_rope_theta: None,
             partial_rotary_factor: 1.0,
+            query_pre_attn_scalar: None,
+            attn_logit_softcapping: None,
+            final_logit_softcapping: None,
         }
     }
 }
@@ -116,7 +126,17 @@ fn number(path: &Path, v: Option<&Value>, key: &str) -> Result<Option<f64>> {
 /// RoPE settings. As transformers reads them: a legacy `rope_scaling`
 /// wins over `rope_parameters`; a dict keyed by layer type holds the
 /// global (`full_attention`) and local (`sliding_attention`) settings.
-pub fn parse_rope(path: &Path, cfg: &Value, layout: &mut AttentionLayout) -> Result<GlobalRope> {
+pub fn parse_rope(
+    path: &Path,
+    arch: Architecture,
+    cfg: &Value,
+    layout: &mut AttentionLayout,
+) -> Result<GlobalRope> {
+    // Gemma3TextConfig's defaults: 1e6 on full layers, 10,000 on sliding ones.
+    let (default_theta, default_local) = match arch {
+        Architecture::Gemma3 => (1_000_000.0, Some(10_000.0)),
+        _ => (10_000.0, None),
+    };
     let (key, params) = match (field(cfg, "rope_scaling"), field(cfg, "rope_parameters")) {
         (Some(p), _) => ("rope_scaling", Some(p)),
         (None, Some(p)) => ("rope_parameters", Some(p)),
@@ -146,7 +166,7 @@ pub fn parse_rope(path: &Path, cfg: &Value, layout: &mut AttentionLayout) -> Res
         &format!("{global_key}.rope_theta"),
     )? {
         Some(t) => t,
-        None => number(path, field(cfg, "rope_theta"), "rope_theta")?.unwrap_or(10_000.0),
+        None => number(path, field(cfg, "rope_theta"), "rope_theta")?.unwrap_or(default_theta),
     };
     let scaling = match global {
         Some(g) => rope_scaling(path, g, &global_key)?,
@@ -166,12 +186,14 @@ pub fn parse_rope(path: &Path, cfg: &Value, layout: &mut AttentionLayout) -> Res
                 field(l, "rope_theta"),
                 &format!("{local_key}.rope_theta"),
             )?
+            .or(default_local)
         }
         None => number(
             path,
             field(cfg, "rope_local_base_freq"),
             "rope_local_base_freq",
-        )?,
+        )?
+        .or(default_local),
     };
     let prf = match global.and_then(|g| field(g, "partial_rotary_factor")) {
         Some(v) => number(
@@ -298,7 +320,7 @@ pub fn parse_windows(
         }
         // Qwen2Config: a window only with use_sliding_window, and then only
         // from layer max_window_layers on, unless layer_types says otherwise.
-        Architecture::Qwen2 => {
+        Architecture::Qwen2 | Architecture::Qwen3 => {
             let on = field(cfg, "use_sliding_window")
                 .and_then(Value::as_bool)
                 .unwrap_or(false);
@@ -308,6 +330,17 @@ pub fn parse_windows(
                 None => LayerPattern::SlidingFrom(first),
             };
             (on.then(|| window.unwrap_or(4096)), pattern)
+        }
+        // Phi3Config: no window unless sliding_window is set; then every layer.
+        Architecture::Phi3 => (window, LayerPattern::AllSliding),
+        Architecture::Olmo2 => (None, LayerPattern::AllFull),
+        // Gemma2Config: even layers slide over 4096 keys unless told otherwise.
+        Architecture::Gemma2 => {
+            let pattern = match layer_types(path, cfg, n_layers)? {
+                Some(kinds) => LayerPattern::Explicit(kinds),
+                None => LayerPattern::EvenSliding,
+            };
+            (Some(window.unwrap_or(4096)), pattern)
         }
         Architecture::Gemma3 => {
             let every = usize_of(path, cfg, "sliding_window_pattern")?
@@ -325,6 +358,55 @@ pub fn parse_windows(
     }
     layout.sliding_window = window;
     layout.pattern = pattern;
+    Ok(())
+}
+
+/// Gemma's attention scale and soft caps, with Gemma2Config's and
+/// Gemma3TextConfig's defaults (a key set to null turns a cap off).
+pub fn parse_gemma(
+    path: &Path,
+    arch: Architecture,
+    cfg: &Value,
+    layout: &mut AttentionLayout,
+) -> Result<()> {
+    if !arch.is_gemma() {
+        return Ok(());
+    }
+    let capped = |key: &str, default: Option<f64>| -> Result<Option<f64>> {
+        match cfg.get(key) {
+            None => Ok(default),
+            Some(v) => number(path, Some(v).filter(|v| !v.is_null()), key),
+        }
+    };
+    layout.query_pre_attn_scalar = Some(
+        number(
+            path,
+            field(cfg, "query_pre_attn_scalar"),
+            "query_pre_attn_scalar",
+        )?
+        .unwrap_or(256.0),
+    );
+    // Gemma 3's attention never soft-caps, whatever the config says.
+    layout.attn_logit_softcapping = match arch {
+        Architecture::Gemma2 => capped("attn_logit_softcapping", Some(50.0))?,
+        _ => None,
+    };
+    layout.final_logit_softcapping = match arch {
+        Architecture::Gemma2 => capped("final_logit_softcapping", Some(30.0))?,
+        _ => capped("final_logit_softcapping", None)?,
+    };
+    for (key, v) in [
+        ("query_pre_attn_scalar", layout.query_pre_attn_scalar),
+        ("attn_logit_softcapping", layout.attn_logit_softcapping),
+        ("final_logit_softcapping", layout.final_logit_softcapping),
+    ] {
+        if let Some(x) = v.filter(|x| !(x.is_finite() && *x > 0.0)) {
+            return Err(CheckpointError::malformed(
+                path,
+                format!("{key} {x} must be a positive number"),
+            ));
+        }
+    }
     Ok(())
 }
 

@@ -31,7 +31,7 @@ pub use config::{Architecture, ModelConfig, RopeScaling};
 pub use error::{CheckpointError, Result};
 use gguf::{GgufHeader, GgufValue};
 use names::Transform;
-pub use weight_id::{NormId, NormKind, Proj, WeightId};
+pub use weight_id::{Fused, NormId, NormKind, Proj, WeightId};
 
 /// Where a checkpoint came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -457,9 +457,21 @@ fn gguf_config(path: &Path, header: &GgufHeader) -> Result<ModelConfig> {
     let architecture = Architecture::from_name(arch_name).ok_or_else(|| {
         CheckpointError::unsupported(
             path,
-            format!("architecture {arch_name:?} (supported: llama, mistral, qwen2, gemma3)"),
+            format!(
+                "architecture {arch_name:?} (supported: {})",
+                Architecture::SUPPORTED
+            ),
         )
     })?;
+    if !matches!(
+        architecture,
+        Architecture::Llama | Architecture::Mistral | Architecture::Qwen2 | Architecture::Gemma3
+    ) {
+        return Err(CheckpointError::unsupported(
+            path,
+            format!("{arch_name} GGUF files are not read yet (its Hugging Face directories are)"),
+        ));
+    }
     let key = |k: &str| format!("{arch_name}.{k}");
     let need = |k: &str| {
         meta_u64(meta, &key(k)).map(|v| v as usize).ok_or_else(|| {

@@ -122,6 +122,24 @@ impl Serialize for WeightId {
     }
 }
 
+/// Projections a checkpoint may store stacked by rows (Phi-3): q, k, v in
+/// that order; gate then up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fused {
+    Qkv,
+    GateUp,
+}
+
+impl Fused {
+    pub fn hf_name(self, layer: usize) -> String {
+        let module = match self {
+            Self::Qkv => "self_attn.qkv_proj",
+            Self::GateUp => "mlp.gate_up_proj",
+        };
+        format!("model.layers.{layer}.{module}.weight")
+    }
+}
+
 /// A norm weight inside a decoder layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum NormKind {

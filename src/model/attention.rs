@@ -3,14 +3,24 @@
 
 use candle_core::{DType, Device, Tensor};
 
+use super::family::QkNorm;
 use super::kv::LayerKv;
 use super::plan::Plan;
-use super::weights::{Block, Linear};
+use super::rope::Rope;
+use super::weights::Block;
 use super::{Model, Result};
 
 impl Model {
-    /// q, k, v of one block as (b, heads, t, head_dim), q rotated and scaled
-    /// by `rotate_q`, k by `rotate_k`.
+    /// The rotary tables of layer `i` (sliding layers may have their own base).
+    pub(super) fn rope_for(&self, layer: usize) -> &Rope {
+        match (&self.local_rope, self.config.attention.window(layer)) {
+            (Some(local), Some(_)) => local,
+            _ => &self.rope,
+        }
+    }
+
+    /// q, k, v of one block as (b, heads, t, head_dim), queries and keys
+    /// normalized where the family says (before RoPE).
     pub(super) fn project_qkv(
         &self,
         block: &Block,
@@ -19,27 +29,55 @@ impl Model {
     ) -> Result<(Tensor, Tensor, Tensor)> {
         let (b, t, _) = h.dims3()?;
         let c = &self.config;
-        let (nq, nk) = (c.n_heads, c.n_kv_heads);
+        let (nq, nk, hd) = (c.n_heads, c.n_kv_heads, c.head_dim);
+        let norms = &block.norms;
+        let apart = plan.edits_any(&[&block.q, &block.k, &block.v]);
         // (b, t, heads, head_dim) per projection; a view of one matmul's
-        // output unless a weight edit of q, k or v needs them apart.
-        let (q, k, v) = if plan.edits_any(&[&block.q, &block.k, &block.v]) {
-            let heads = |l: &Linear, n: usize| -> Result<Tensor> {
-                Ok(plan.linear(l, h)?.reshape((b, t, n, c.head_dim))?)
+        // output unless a weight edit of q, k or v needs them apart, or the
+        // norm spans the whole projection (OLMo 2).
+        let (q, k, v) = if apart || self.family.qk_norm == Some(QkNorm::Whole) {
+            let (q, k, v) = if apart {
+                (
+                    plan.linear(&block.q, h)?,
+                    plan.linear(&block.k, h)?,
+                    plan.linear(&block.v, h)?,
+                )
+            } else {
+                let y = plan.linear(&block.qkv, h)?;
+                (
+                    y.narrow(2, 0, nq * hd)?,
+                    y.narrow(2, nq * hd, nk * hd)?,
+                    y.narrow(2, (nq + nk) * hd, nk * hd)?,
+                )
+            };
+            let (q, k) = match self.family.qk_norm {
+                Some(QkNorm::Whole) => (
+                    self.norm_opt(q, norms.q.as_ref())?,
+                    self.norm_opt(k, norms.k.as_ref())?,
+                ),
+                _ => (q, k),
             };
             (
-                heads(&block.q, nq)?,
-                heads(&block.k, nk)?,
-                heads(&block.v, nk)?,
+                q.reshape((b, t, nq, hd))?,
+                k.reshape((b, t, nk, hd))?,
+                v.reshape((b, t, nk, hd))?,
             )
         } else {
             let y = plan
                 .linear(&block.qkv, h)?
-                .reshape((b, t, nq + 2 * nk, c.head_dim))?;
+                .reshape((b, t, nq + 2 * nk, hd))?;
             (
                 y.narrow(2, 0, nq)?,
                 y.narrow(2, nq, nk)?,
                 y.narrow(2, nq + nk, nk)?,
             )
+        };
+        let (q, k) = match self.family.qk_norm {
+            Some(QkNorm::PerHead) => (
+                self.norm_opt(q, norms.q.as_ref())?,
+                self.norm_opt(k, norms.k.as_ref())?,
+            ),
+            _ => (q, k),
         };
         // (b, heads, t, head_dim); for one token of one row this is a view.
         let split = |y: Tensor| y.transpose(1, 2)?.contiguous();
@@ -65,6 +103,10 @@ impl Model {
         let total = k.dim(2)?;
         let q = q.reshape((b, c.n_kv_heads, rep * t, c.head_dim))?;
         let mut scores = q.matmul(&k.t()?)?;
+        // Gemma 2 caps the scaled scores before the mask.
+        if let Some(cap) = self.family.attn_softcap {
+            scores = ((scores / cap)?.tanh()? * cap)?;
+        }
         if let Some(m) = mask {
             scores = scores
                 .reshape((b, c.n_kv_heads, rep, t, total))?
@@ -79,8 +121,10 @@ impl Model {
             .reshape((b, t, c.n_heads * c.head_dim))?)
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn attention(
         &self,
+        layer: usize,
         block: &Block,
         h: &Tensor,
         start: usize,
@@ -89,9 +133,10 @@ impl Model {
         plan: &Plan,
     ) -> Result<Tensor> {
         let (q, k, v) = self.project_qkv(block, h, plan)?;
-        // The attention scale 1/sqrt(head_dim) is folded into q's rotation.
-        let q = self.rope.apply_scaled(&q, start)?;
-        let k = self.rope.apply(&k, start)?;
+        // The attention scale is folded into q's rotation.
+        let rope = self.rope_for(layer);
+        let q = rope.apply_scaled(&q, start)?;
+        let k = rope.apply(&k, start)?;
         let (k, v) = match cache {
             Some(cache) => cache.append(&k, &v, start)?,
             None => (k, v),

@@ -23,7 +23,7 @@ use super::kv::{Cache, LayerKv};
 use super::plan::Plan;
 #[cfg(feature = "cuda")]
 use super::ModelError;
-use super::{rope, ForwardOutput, LogitsMode, Model, Result, RunOptions};
+use super::{ForwardOutput, LogitsMode, Model, Result, RunOptions};
 
 /// The hook points of a block, in the order a forward visits them.
 const POINTS: [HookPoint; 4] = [
@@ -202,7 +202,7 @@ impl Model {
         let b = io.inputs.dim(0)? - 1;
         let ids = io.inputs.narrow(0, 0, b)?;
         let pos = io.inputs.narrow(0, b, 1)?;
-        let mut x = self.embed.embedding(&ids)?.reshape((b, 1, c.d_model))?;
+        let mut x = self.embed_ids(&ids)?.reshape((b, 1, c.d_model))?;
         let capacity = io.positions.dim(0)?;
         let seen = io.positions.broadcast_le(&pos)?;
         let full_mask = seen
@@ -218,7 +218,12 @@ impl Model {
             }
             None => None,
         };
-        let [cos_q, sin_q, cos_k, sin_k] = self.rope.tables_at(&pos)?;
+        let tables = self.rope.tables_at(&pos)?;
+        let local_tables = self
+            .local_rope
+            .as_ref()
+            .map(|r| r.tables_at(&pos))
+            .transpose()?;
         let kv_index = pos
             .reshape((1, 1, 1, 1))?
             .broadcast_as((b, c.n_kv_heads, 1, c.head_dim))?
@@ -231,8 +236,13 @@ impl Model {
                 plan,
                 |h| {
                     let (q, k, v) = self.project_qkv(block, h, plan)?;
-                    let q = rope::rotate_with(&q, &cos_q, &sin_q)?;
-                    let k = rope::rotate_with(&k, &cos_k, &sin_k)?;
+                    let rope = self.rope_for(i);
+                    let t = match (&local_tables, c.attention.window(i)) {
+                        (Some(local), Some(_)) => local,
+                        _ => &tables,
+                    };
+                    let q = rope.rotate_at(&q, t, true)?;
+                    let k = rope.rotate_at(&k, t, false)?;
                     kv.k.scatter_set(&kv_index, &k, 2)?;
                     kv.v.scatter_set(&kv_index, &v, 2)?;
                     let mask = match (c.attention.window(i), &sliding_mask) {
@@ -246,9 +256,7 @@ impl Model {
             )?;
         }
         if let Some(out) = &io.logits {
-            let h = candle_nn::ops::rms_norm(&x, &self.norm, c.norm_eps as f32)?;
-            let logits = plan.linear(&self.lm_head, &h)?.to_dtype(DType::F32)?;
-            out.slice_set(&logits, 0, 0)?;
+            out.slice_set(&self.head(&x, plan)?, 0, 0)?;
         }
         Ok(())
     }
@@ -433,33 +441,41 @@ mod tests {
         }
     }
 
-    /// The step's sliding-window mask: a Qwen2 layout (layer 0 full, layers
-    /// 1-2 sliding over 8 keys) written by transformers decodes the same
-    /// through the static step as eagerly, far past the window.
+    /// Every family's fixture (written by transformers) decodes the same
+    /// through the static step as eagerly, far past the sliding window:
+    /// the step's window mask, local RoPE (Gemma 3), partial rotary (Phi-3),
+    /// QK-norms, post-norms and soft caps come from the shared code.
     #[test]
-    fn static_step_keeps_sliding_windows() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/families/qwen2_swa");
-        let ckpt = Checkpoint::open_path(&dir).unwrap();
-        let model = Model::load(&ckpt, &Device::Cpu, DType::F32, |_, _| {}).unwrap();
-        assert_eq!(model.config.attention.window(0), None);
-        assert_eq!(model.config.attention.window(1), Some(8));
-        let opts = RunOptions {
-            logits: LogitsMode::Last,
-            ..Default::default()
-        };
-        let prompt: Vec<u32> = std::iter::once(256)
-            .chain(b"Summer is warm".map(u32::from))
-            .collect();
-        let (eager, _) = decode(&model, &prompt, &opts, 1, 20, false);
-        let (fixed, _) = decode(&model, &prompt, &opts, 1, 20, true);
-        for (step, (e, s)) in eager.iter().zip(&fixed).enumerate() {
-            let diff = e
-                .iter()
-                .zip(s)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
-            assert!(diff < 1e-4, "step {step}: logits differ by {diff}");
+    fn static_step_equals_eager_decode_for_every_family() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/families");
+        for family in [
+            "qwen2_swa",
+            "mistral",
+            "qwen3",
+            "phi3",
+            "olmo2",
+            "gemma2",
+            "gemma3",
+        ] {
+            let ckpt = Checkpoint::open_path(&root.join(family)).unwrap();
+            let model = Model::load(&ckpt, &Device::Cpu, DType::F32, |_, _| {}).unwrap();
+            let opts = RunOptions {
+                logits: LogitsMode::Last,
+                ..Default::default()
+            };
+            let prompt: Vec<u32> = std::iter::once(256)
+                .chain(b"Summer is warm".map(u32::from))
+                .collect();
+            let (eager, _) = decode(&model, &prompt, &opts, 1, 20, false);
+            let (fixed, _) = decode(&model, &prompt, &opts, 1, 20, true);
+            for (step, (e, s)) in eager.iter().zip(&fixed).enumerate() {
+                let diff = e
+                    .iter()
+                    .zip(s)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                assert!(diff < 1e-4, "{family} step {step}: logits differ by {diff}");
+            }
         }
     }
 }

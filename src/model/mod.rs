@@ -11,25 +11,25 @@
 //! activations in the tens of thousands.
 
 mod attention;
+mod block;
 mod capture;
+mod family;
 mod gemv;
 mod graph;
 pub mod hooks;
 pub mod intervention;
 mod kv;
+mod load;
 mod plan;
 pub mod rope;
 mod weights;
 
 use candle_core::{DType, Device, Tensor, D};
 
-use crate::checkpoint::{
-    Architecture, Checkpoint, CheckpointError, ModelConfig, NormId, NormKind, Proj, RopeScaling,
-    WeightId,
-};
+use crate::checkpoint::{CheckpointError, ModelConfig};
 use attention::causal_mask;
 use capture::Captures;
-use hooks::{CaptureRequest, Captured, HookPoint};
+use hooks::{CaptureRequest, Captured};
 use intervention::Interventions;
 pub use kv::Cache;
 use plan::Plan;
@@ -126,7 +126,13 @@ pub struct Model {
     blocks: Vec<Block>,
     norm: Tensor,
     lm_head: Linear,
+    /// How this family computes a block.
+    family: family::Family,
+    /// sqrt(d_model) in the compute dtype, for families that scale embeddings.
+    embed_scale: Option<f64>,
     rope: rope::Rope,
+    /// The RoPE of sliding layers when their base differs (Gemma 3).
+    local_rope: Option<rope::Rope>,
     /// Bumped by every change of the loaded weights (recorded decode steps
     /// read the weights' memory, so they are recorded again).
     weights_version: u64,
@@ -135,127 +141,6 @@ pub struct Model {
 }
 
 impl Model {
-    /// Loads every tensor of the checkpoint, dequantized, as `dtype` on `device`.
-    /// `progress(done, total)` is called after each tensor.
-    pub fn load(
-        ckpt: &Checkpoint,
-        device: &Device,
-        dtype: DType,
-        mut progress: impl FnMut(usize, usize),
-    ) -> Result<Self> {
-        let config = ckpt.config().clone();
-        match config.architecture {
-            Architecture::Llama | Architecture::Mistral | Architecture::Qwen2 => {}
-            Architecture::Gemma3 => {
-                return Err(ModelError::Unsupported(
-                    "the gemma3 forward pass is not implemented yet (llama, mistral, qwen2 are)"
-                        .into(),
-                ))
-            }
-        }
-        let layout = &config.attention;
-        if layout.partial_rotary_factor != 1.0 {
-            return Err(ModelError::Unsupported(format!(
-                "partial_rotary_factor {} (RoPE on part of each head) is not implemented yet",
-                layout.partial_rotary_factor
-            )));
-        }
-        if layout
-            .local_rope_theta
-            .is_some_and(|t| t != config.rope_theta)
-        {
-            return Err(ModelError::Unsupported(
-                "a separate RoPE base for sliding layers is not implemented yet".into(),
-            ));
-        }
-        if config.hidden_act != "silu" {
-            return Err(ModelError::Unsupported(format!(
-                "activation {}",
-                config.hidden_act
-            )));
-        }
-        let total = 3 + config.n_layers * 9;
-        let mut done = 0usize;
-        let mut get = |name: &str| -> Result<Tensor> {
-            let t = ckpt.tensor(name, dtype, device)?;
-            done += 1;
-            progress(done.min(total), total);
-            Ok(t)
-        };
-        let linear =
-            |get: &mut dyn FnMut(&str) -> Result<Tensor>, id: WeightId| -> Result<Linear> {
-                let name = id.hf_name();
-                let weight = get(&name)?;
-                let bias_name = format!("{}.bias", name.trim_end_matches(".weight"));
-                let bias = match ckpt.info(&bias_name) {
-                    Some(_) => Some(ckpt.tensor(&bias_name, dtype, device)?),
-                    None => None,
-                };
-                Ok(Linear {
-                    id: Some(id),
-                    weight,
-                    bias,
-                })
-            };
-        let embed = get(&WeightId::Embed.hf_name())?;
-        let mut blocks = Vec::with_capacity(config.n_layers);
-        for i in 0..config.n_layers {
-            let mut proj = |proj: Proj| linear(&mut get, WeightId::layer(i, proj));
-            let attn = [
-                proj(Proj::Q)?,
-                proj(Proj::K)?,
-                proj(Proj::V)?,
-                proj(Proj::O)?,
-            ];
-            let mlp = [proj(Proj::Gate)?, proj(Proj::Up)?, proj(Proj::Down)?];
-            let norm = |kind| NormId::Layer { layer: i, kind }.hf_name();
-            let input_norm = get(&norm(NormKind::Input))?;
-            let post_attention_norm = get(&norm(NormKind::PostAttention))?;
-            blocks.push(Block::new(input_norm, attn, post_attention_norm, mlp)?);
-        }
-        let norm = get(&NormId::Final.hf_name())?;
-        let lm_head = if config.tied_embeddings && ckpt.info(&WeightId::Head.hf_name()).is_none() {
-            Linear {
-                id: Some(WeightId::Embed),
-                weight: embed.clone(),
-                bias: None,
-            }
-        } else {
-            linear(&mut get, WeightId::Head)?
-        };
-        progress(total, total);
-        let factors = match &config.rope_scaling {
-            Some(RopeScaling::FrequencyFactors { tensor }) => Some(
-                ckpt.tensor(tensor, DType::F32, &Device::Cpu)?
-                    .flatten_all()?
-                    .to_vec1::<f32>()?,
-            ),
-            _ => None,
-        };
-        let inv = rope::inv_freq(
-            config.head_dim,
-            config.rope_theta,
-            config.rope_scaling.as_ref(),
-            factors.as_deref(),
-        );
-        let positions = config
-            .max_position_embeddings
-            .clamp(4096, ROPE_POSITIONS_MAX);
-        let rope = rope::Rope::new(&inv, positions, dtype, device)?;
-        Ok(Self {
-            config,
-            device: device.clone(),
-            dtype,
-            embed,
-            blocks,
-            norm,
-            lm_head,
-            rope,
-            weights_version: 0,
-            decode_graphs: true,
-        })
-    }
-
     pub fn config(&self) -> &ModelConfig {
         &self.config
     }
@@ -349,10 +234,9 @@ impl Model {
         }
         let flat: Vec<u32> = tokens.iter().flatten().copied().collect();
         let ids = Tensor::from_vec(flat.clone(), (b, t), &self.device)?;
-        let mut x =
-            self.embed
-                .embedding(&ids.flatten_all()?)?
-                .reshape((b, t, self.config.d_model))?;
+        let mut x = self
+            .embed_ids(&ids.flatten_all()?)?
+            .reshape((b, t, self.config.d_model))?;
         x = plan.edit_embedding(self, x, &flat, b, t)?;
         let layout = &self.config.attention;
         let full_mask = causal_mask(t, start, None, self.dtype, &self.device)?;
@@ -377,7 +261,7 @@ impl Model {
                         Some(_) => sliding_mask.as_ref(),
                         None => full_mask.as_ref(),
                     };
-                    self.attention(block, h, start, mask, kv, &plan)
+                    self.attention(i, block, h, start, mask, kv, &plan)
                 },
                 &mut |layer, point, x| plan.capture(layer, point, x, &mut captures),
             )?;
@@ -393,51 +277,13 @@ impl Model {
                 } else {
                     x
                 };
-                let h = candle_nn::ops::rms_norm(&x, &self.norm, self.config.norm_eps as f32)?;
-                Some(plan.linear(&self.lm_head, &h)?.to_dtype(DType::F32)?)
+                Some(self.head(&x, &plan)?)
             }
         };
         Ok(ForwardOutput {
             logits,
             captures: captures.finish()?,
         })
-    }
-
-    /// Block `i`: x + attention(norm(x)), then + mlp(norm(x)). `attend` is
-    /// the attention of this run's kind (host-known positions, or the
-    /// device-side position of a replayed decode step); `hook` sees the
-    /// residual stream and the MLP state at each hook point.
-    fn block(
-        &self,
-        i: usize,
-        x: Tensor,
-        plan: &Plan,
-        attend: impl FnOnce(&Tensor) -> Result<Tensor>,
-        hook: &mut dyn FnMut(usize, HookPoint, &Tensor) -> Result<()>,
-    ) -> Result<Tensor> {
-        let block = &self.blocks[i];
-        let eps = self.config.norm_eps as f32;
-        hook(i, HookPoint::ResidPre, &x)?;
-        let h = candle_nn::ops::rms_norm(&x, &block.input_norm, eps)?;
-        let x = (x + attend(&h)?)?;
-        hook(i, HookPoint::ResidMid, &x)?;
-        let h = candle_nn::ops::rms_norm(&x, &block.post_attention_norm, eps)?;
-        let mut inter = if plan.edits_any(&[&block.gate, &block.up]) {
-            let gate = plan.linear(&block.gate, &h)?;
-            (candle_nn::ops::silu(&gate)? * plan.linear(&block.up, &h)?)?
-        } else {
-            let gate_up = plan.linear(&block.gate_up, &h)?;
-            let d_ff = self.config.d_ff;
-            let gate = gate_up.narrow(2, 0, d_ff)?;
-            (candle_nn::ops::silu(&gate)? * gate_up.narrow(2, d_ff, d_ff)?)?
-        };
-        if let Some(m) = plan.ffn_mask(i) {
-            inter = inter.broadcast_mul(m)?;
-        }
-        hook(i, HookPoint::MlpPost, &inter)?;
-        let x = (x + plan.linear(&block.down, &inter)?)?;
-        hook(i, HookPoint::ResidPost, &x)?;
-        Ok(x)
     }
 }
 

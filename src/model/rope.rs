@@ -5,14 +5,20 @@ use candle_core::{DType, Device, Result, Tensor};
 
 use crate::checkpoint::RopeScaling;
 
-/// cos/sin tables of shape (positions, head_dim / 2).
+/// cos/sin tables of shape (positions, rotary / 2), where `rotary` is the
+/// number of leading dims of each head that rotate (all of them unless the
+/// family rotates part of each head, as Phi-3 does).
 pub struct Rope {
     pub cos: Tensor,
     pub sin: Tensor,
-    /// cos and sin times 1/sqrt(head_dim): rotating the queries with these
-    /// applies attention's scale in the same kernel.
+    /// cos and sin times attention's scale: rotating the queries with these
+    /// applies the scale in the same kernel.
     cos_scaled: Tensor,
     sin_scaled: Tensor,
+    /// The scale itself, for the query dims that do not rotate.
+    scale: f64,
+    rotary: usize,
+    head_dim: usize,
     pub max_positions: usize,
 }
 
@@ -62,9 +68,13 @@ pub fn inv_freq(
 }
 
 impl Rope {
+    /// Tables for `inv_freq` (rotary / 2 frequencies) over heads of
+    /// `head_dim`; queries are scaled by `scale`.
     pub fn new(
         inv_freq: &[f64],
+        head_dim: usize,
         max_positions: usize,
+        scale: f64,
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
@@ -80,8 +90,7 @@ impl Rope {
                 sin.push(angle.sin());
             }
         }
-        let scale = 1.0 / (2.0 * half as f32).sqrt();
-        let scaled = |v: &[f32]| v.iter().map(|x| x * scale).collect::<Vec<f32>>();
+        let scaled = |v: &[f32]| v.iter().map(|x| x * scale as f32).collect::<Vec<f32>>();
         let table =
             |v: Vec<f32>| Tensor::from_vec(v, (max_positions, half), device)?.to_dtype(dtype);
         Ok(Self {
@@ -89,24 +98,52 @@ impl Rope {
             sin_scaled: table(scaled(&sin))?,
             cos: table(cos)?,
             sin: table(sin)?,
+            scale,
+            rotary: 2 * half,
+            head_dim,
             max_positions,
         })
     }
 
     /// Rotates x (batch, heads, tokens, head_dim) for positions start..start+tokens.
     pub fn apply(&self, x: &Tensor, start: usize) -> Result<Tensor> {
-        rotate(x, &self.cos, &self.sin, start)
+        let t = x.dim(2)?;
+        let (cos, sin) = (self.cos.narrow(0, start, t)?, self.sin.narrow(0, start, t)?);
+        self.rotate(x, &cos, &sin, None)
     }
 
-    /// Rotates and multiplies by 1/sqrt(head_dim) (for queries).
+    /// Rotates and multiplies by attention's scale (for queries).
     pub fn apply_scaled(&self, x: &Tensor, start: usize) -> Result<Tensor> {
-        rotate(x, &self.cos_scaled, &self.sin_scaled, start)
+        let t = x.dim(2)?;
+        let cos = self.cos_scaled.narrow(0, start, t)?;
+        let sin = self.sin_scaled.narrow(0, start, t)?;
+        self.rotate(x, &cos, &sin, Some(self.scale))
     }
-}
 
-impl Rope {
+    /// Rotates the leading `rotary` dims with these table rows; the other
+    /// dims pass through, times `pass_scale` when given.
+    pub fn rotate(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        pass_scale: Option<f64>,
+    ) -> Result<Tensor> {
+        if self.rotary == self.head_dim {
+            return candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin);
+        }
+        let rot = x.narrow(3, 0, self.rotary)?.contiguous()?;
+        let rot = candle_nn::rotary_emb::rope(&rot, cos, sin)?;
+        let pass = x.narrow(3, self.rotary, self.head_dim - self.rotary)?;
+        let pass = match pass_scale {
+            Some(s) => pass.affine(s, 0.0)?,
+            None => pass,
+        };
+        Tensor::cat(&[&rot, &pass], 3)?.contiguous()
+    }
+
     /// The rows of (scaled cos, scaled sin, cos, sin) at a position held in
-    /// a one-element u32 tensor, each (1, head_dim / 2).
+    /// a one-element u32 tensor, each (1, rotary / 2).
     pub fn tables_at(&self, pos: &Tensor) -> Result<[Tensor; 4]> {
         Ok([
             self.cos_scaled.index_select(pos, 0)?,
@@ -115,16 +152,13 @@ impl Rope {
             self.sin.index_select(pos, 0)?,
         ])
     }
-}
 
-/// Rotates x (batch, heads, 1, head_dim) by one position's table rows.
-pub fn rotate_with(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin)
-}
-
-fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor, start: usize) -> Result<Tensor> {
-    let t = x.dim(2)?;
-    let cos = cos.narrow(0, start, t)?;
-    let sin = sin.narrow(0, start, t)?;
-    candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)
+    /// Rotates a query (scaled) or key of one position with [`Self::tables_at`]'s rows.
+    pub fn rotate_at(&self, x: &Tensor, tables: &[Tensor; 4], query: bool) -> Result<Tensor> {
+        if query {
+            self.rotate(x, &tables[0], &tables[1], Some(self.scale))
+        } else {
+            self.rotate(x, &tables[2], &tables[3], None)
+        }
+    }
 }

@@ -14,13 +14,24 @@ pub(super) struct Linear {
     pub(super) bias: Option<Tensor>,
 }
 
+/// A block's norm weights, by where they sit (see [`super::family::Family`]);
+/// Gemma's are stored as the (1 + w) they multiply by.
+#[derive(Default)]
+pub(super) struct Norms {
+    pub(super) attn_in: Option<Tensor>,
+    pub(super) attn_out: Option<Tensor>,
+    pub(super) mlp_in: Option<Tensor>,
+    pub(super) mlp_out: Option<Tensor>,
+    pub(super) q: Option<Tensor>,
+    pub(super) k: Option<Tensor>,
+}
+
 pub(super) struct Block {
-    pub(super) input_norm: Tensor,
+    pub(super) norms: Norms,
     pub(super) q: Linear,
     pub(super) k: Linear,
     pub(super) v: Linear,
     pub(super) o: Linear,
-    pub(super) post_attention_norm: Tensor,
     pub(super) gate: Linear,
     pub(super) up: Linear,
     pub(super) down: Linear,
@@ -33,22 +44,65 @@ pub(super) struct Block {
 
 impl Block {
     pub(super) fn new(
-        input_norm: Tensor,
+        norms: Norms,
         [mut q, mut k, mut v, o]: [Linear; 4],
-        post_attention_norm: Tensor,
         [mut gate, mut up, down]: [Linear; 3],
     ) -> Result<Self> {
         let qkv = stack_rows(&mut [&mut q, &mut k, &mut v])?;
         let gate_up = stack_rows(&mut [&mut gate, &mut up])?;
         Ok(Self {
-            input_norm,
+            norms,
             q,
             k,
             v,
             o,
-            post_attention_norm,
             gate,
             up,
+            down,
+            qkv,
+            gate_up,
+        })
+    }
+
+    /// A block whose checkpoint already stacks q/k/v (rows `qkv_rows`) and
+    /// gate/up (Phi-3): the parts become views of the stored tensors.
+    pub(super) fn from_fused(
+        norms: Norms,
+        layer: usize,
+        qkv: Linear,
+        qkv_rows: [usize; 3],
+        o: Linear,
+        gate_up: Linear,
+        down: Linear,
+    ) -> Result<Self> {
+        let part = |whole: &Linear, start: usize, rows: usize, proj: Proj| -> Result<Linear> {
+            Ok(Linear {
+                id: Some(WeightId::layer(layer, proj)),
+                weight: whole.weight.narrow(0, start, rows)?,
+                bias: whole
+                    .bias
+                    .as_ref()
+                    .map(|b| b.narrow(0, start, rows))
+                    .transpose()?,
+            })
+        };
+        let [nq, nk, nv] = qkv_rows;
+        if qkv.weight.dim(0)? != nq + nk + nv {
+            return Err(ModelError::Invalid(format!(
+                "layer {layer}: qkv_proj has {} rows, the config implies {}",
+                qkv.weight.dim(0)?,
+                nq + nk + nv
+            )));
+        }
+        let d_ff = gate_up.weight.dim(0)? / 2;
+        Ok(Self {
+            norms,
+            q: part(&qkv, 0, nq, Proj::Q)?,
+            k: part(&qkv, nq, nk, Proj::K)?,
+            v: part(&qkv, nq + nk, nv, Proj::V)?,
+            o,
+            gate: part(&gate_up, 0, d_ff, Proj::Gate)?,
+            up: part(&gate_up, d_ff, d_ff, Proj::Up)?,
             down,
             qkv,
             gate_up,

@@ -1,0 +1,91 @@
+//! The decoder block, the embedding and the output head, as the family
+//! describes them. The eager forward and the recorded decode step both run
+//! through these.
+
+use candle_core::{DType, Tensor};
+
+use super::family::Activation;
+use super::hooks::HookPoint;
+use super::plan::Plan;
+use super::{Model, Result};
+
+impl Model {
+    /// RMSNorm with a stored weight, or the input itself when the family
+    /// has no norm in that slot.
+    pub(super) fn norm_opt(&self, x: Tensor, w: Option<&Tensor>) -> Result<Tensor> {
+        match w {
+            Some(w) => Ok(candle_nn::ops::rms_norm(
+                &x.contiguous()?,
+                w,
+                self.config.norm_eps as f32,
+            )?),
+            None => Ok(x),
+        }
+    }
+
+    fn activate(&self, gate: &Tensor) -> Result<Tensor> {
+        Ok(match self.family.activation {
+            Activation::Silu => candle_nn::ops::silu(gate)?,
+            Activation::GeluTanh => gate.gelu()?,
+        })
+    }
+
+    /// Token embeddings (ids flat), scaled where the family scales them.
+    pub(super) fn embed_ids(&self, ids: &Tensor) -> Result<Tensor> {
+        let x = self.embed.embedding(ids)?;
+        Ok(match self.embed_scale {
+            Some(s) => x.affine(s, 0.0)?,
+            None => x,
+        })
+    }
+
+    /// Final norm, output head (f32) and the family's soft cap.
+    pub(super) fn head(&self, x: &Tensor, plan: &Plan) -> Result<Tensor> {
+        let h = self.norm_opt(x.clone(), Some(&self.norm))?;
+        let logits = plan.linear(&self.lm_head, &h)?.to_dtype(DType::F32)?;
+        Ok(match self.family.final_softcap {
+            Some(cap) => ((logits / cap)?.tanh()? * cap)?,
+            None => logits,
+        })
+    }
+
+    /// Block `i`: x + attn_out(attention(attn_in(x))), then x plus
+    /// mlp_out(mlp(mlp_in(x))), each norm present as the family says.
+    /// `attend` is the attention of this run's kind (host-known positions,
+    /// or the device-side position of a replayed decode step); `hook` sees
+    /// the residual stream and the MLP state at each hook point.
+    pub(super) fn block(
+        &self,
+        i: usize,
+        x: Tensor,
+        plan: &Plan,
+        attend: impl FnOnce(&Tensor) -> Result<Tensor>,
+        hook: &mut dyn FnMut(usize, HookPoint, &Tensor) -> Result<()>,
+    ) -> Result<Tensor> {
+        let block = &self.blocks[i];
+        let norms = &block.norms;
+        hook(i, HookPoint::ResidPre, &x)?;
+        let h = self.norm_opt(x.clone(), norms.attn_in.as_ref())?;
+        let a = self.norm_opt(attend(&h)?, norms.attn_out.as_ref())?;
+        let x = (x + a)?;
+        hook(i, HookPoint::ResidMid, &x)?;
+        let h = self.norm_opt(x.clone(), norms.mlp_in.as_ref())?;
+        let mut inter = if plan.edits_any(&[&block.gate, &block.up]) {
+            let gate = plan.linear(&block.gate, &h)?;
+            (self.activate(&gate)? * plan.linear(&block.up, &h)?)?
+        } else {
+            let gate_up = plan.linear(&block.gate_up, &h)?;
+            let d_ff = self.config.d_ff;
+            let gate = gate_up.narrow(2, 0, d_ff)?;
+            (self.activate(&gate)? * gate_up.narrow(2, d_ff, d_ff)?)?
+        };
+        if let Some(m) = plan.ffn_mask(i) {
+            inter = inter.broadcast_mul(m)?;
+        }
+        hook(i, HookPoint::MlpPost, &inter)?;
+        let m = self.norm_opt(plan.linear(&block.down, &inter)?, norms.mlp_out.as_ref())?;
+        let x = (x + m)?;
+        hook(i, HookPoint::ResidPost, &x)?;
+        Ok(x)
+    }
+}

@@ -1,0 +1,152 @@
+//! Loading a checkpoint into a [`Model`]: every tensor dequantized to the
+//! compute dtype on the device, laid out as the family describes.
+
+use candle_core::{DType, Device, Tensor};
+
+use super::family::Family;
+use super::weights::{Block, Linear, Norms};
+use super::{rope, Model, ModelError, Result, ROPE_POSITIONS_MAX};
+use crate::checkpoint::{Checkpoint, Fused, NormId, NormKind, Proj, RopeScaling, WeightId};
+
+impl Model {
+    /// Loads every tensor of the checkpoint, dequantized, as `dtype` on `device`.
+    /// `progress(done, total)` is called after each tensor.
+    pub fn load(
+        ckpt: &Checkpoint,
+        device: &Device,
+        dtype: DType,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<Self> {
+        let config = ckpt.config().clone();
+        let family = Family::of(&config)?;
+        let layout = &config.attention;
+        let total = ckpt.tensors().len();
+        let mut done = 0usize;
+        let mut get = |name: &str| -> Result<Tensor> {
+            let t = ckpt.tensor(name, dtype, device)?;
+            done += 1;
+            progress(done.min(total), total);
+            Ok(t)
+        };
+        let linear = |get: &mut dyn FnMut(&str) -> Result<Tensor>,
+                      name: String,
+                      id: Option<WeightId>|
+         -> Result<Linear> {
+            let weight = get(&name)?;
+            let bias_name = format!("{}.bias", name.trim_end_matches(".weight"));
+            let bias = match ckpt.info(&bias_name) {
+                Some(_) => Some(ckpt.tensor(&bias_name, dtype, device)?),
+                None => None,
+            };
+            Ok(Linear { id, weight, bias })
+        };
+        // Gemma multiplies by (1 + w): stored once as that sum.
+        let offset = family.offset_norms;
+        let norm = |get: &mut dyn FnMut(&str) -> Result<Tensor>, id: NormId| -> Result<Tensor> {
+            let w = get(&id.hf_name())?;
+            Ok(if offset { w.affine(1.0, 1.0)? } else { w })
+        };
+        let embed = get(&WeightId::Embed.hf_name())?;
+        let (hd, nq, nk) = (config.head_dim, config.n_heads, config.n_kv_heads);
+        let mut blocks = Vec::with_capacity(config.n_layers);
+        for i in 0..config.n_layers {
+            let mut slot = |kind: Option<NormKind>| -> Result<Option<Tensor>> {
+                kind.map(|kind| norm(&mut get, NormId::Layer { layer: i, kind }))
+                    .transpose()
+            };
+            let qk = family.qk_norm.is_some();
+            let norms = Norms {
+                attn_in: slot(family.attn_in)?,
+                attn_out: slot(family.attn_out)?,
+                mlp_in: slot(family.mlp_in)?,
+                mlp_out: slot(family.mlp_out)?,
+                q: slot(qk.then_some(NormKind::Q))?,
+                k: slot(qk.then_some(NormKind::K))?,
+            };
+            let mut proj = |p: Proj| {
+                let id = WeightId::layer(i, p);
+                linear(&mut get, id.hf_name(), Some(id))
+            };
+            let block = if family.fused {
+                let o = proj(Proj::O)?;
+                let down = proj(Proj::Down)?;
+                let qkv = linear(&mut get, Fused::Qkv.hf_name(i), None)?;
+                let gate_up = linear(&mut get, Fused::GateUp.hf_name(i), None)?;
+                Block::from_fused(norms, i, qkv, [nq * hd, nk * hd, nk * hd], o, gate_up, down)?
+            } else {
+                let attn = [
+                    proj(Proj::Q)?,
+                    proj(Proj::K)?,
+                    proj(Proj::V)?,
+                    proj(Proj::O)?,
+                ];
+                let mlp = [proj(Proj::Gate)?, proj(Proj::Up)?, proj(Proj::Down)?];
+                Block::new(norms, attn, mlp)?
+            };
+            blocks.push(block);
+        }
+        let final_norm = norm(&mut get, NormId::Final)?;
+        let lm_head = if config.tied_embeddings && ckpt.info(&WeightId::Head.hf_name()).is_none() {
+            Linear {
+                id: Some(WeightId::Embed),
+                weight: embed.clone(),
+                bias: None,
+            }
+        } else {
+            linear(&mut get, WeightId::Head.hf_name(), Some(WeightId::Head))?
+        };
+        progress(total, total);
+        let factors = match &config.rope_scaling {
+            Some(RopeScaling::FrequencyFactors { tensor }) => Some(
+                ckpt.tensor(tensor, DType::F32, &Device::Cpu)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?,
+            ),
+            _ => None,
+        };
+        // Phi-3 rotates the first dims of each head, the rest pass through.
+        let rotary = ((hd as f64 * layout.partial_rotary_factor) as usize) & !1;
+        if rotary == 0 {
+            return Err(ModelError::Unsupported(format!(
+                "partial_rotary_factor {} leaves no dims to rotate",
+                layout.partial_rotary_factor
+            )));
+        }
+        let positions = config
+            .max_position_embeddings
+            .clamp(4096, ROPE_POSITIONS_MAX);
+        let make_rope = |theta: f64, scaling: Option<&RopeScaling>| {
+            let inv = rope::inv_freq(rotary, theta, scaling, factors.as_deref());
+            rope::Rope::new(&inv, hd, positions, family.attn_scale, dtype, device)
+        };
+        let rope = make_rope(config.rope_theta, config.rope_scaling.as_ref())?;
+        let local_rope = match layout.local_rope_theta {
+            Some(t) if t != config.rope_theta => Some(make_rope(t, None)?),
+            _ => None,
+        };
+        // transformers rounds sqrt(d) to the weights' dtype before multiplying.
+        let embed_scale = family.scale_embeddings.then(|| {
+            let s = (config.d_model as f64).sqrt();
+            match dtype {
+                DType::BF16 => half::bf16::from_f64(s).to_f64(),
+                DType::F16 => half::f16::from_f64(s).to_f64(),
+                _ => s as f32 as f64,
+            }
+        });
+        Ok(Self {
+            config,
+            device: device.clone(),
+            dtype,
+            embed,
+            blocks,
+            norm: final_norm,
+            lm_head,
+            family,
+            embed_scale,
+            rope,
+            local_rope,
+            weights_version: 0,
+            decode_graphs: true,
+        })
+    }
+}
