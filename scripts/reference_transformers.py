@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Reference outputs from Hugging Face transformers (an implementation nobody
-here wrote), for tests/fixtures/smollm2_transformers_reference.json.
+here wrote), for tests/fixtures/smollm2_transformers_reference.json and
+tests/fixtures/gemma3_transformers_reference.json.
 
 Runs on the GPU machine (torch + transformers there; carry the `gguf` wheel):
     python3 scripts/reference_transformers.py MODEL.gguf assets/eval.txt OUT.json
@@ -39,7 +40,6 @@ GEN_PROMPTS = [
 ]
 PROBE = "Summer is warm. Winter is cold."
 LOGIT_POSITIONS = [0, 1, 2, 50, 200, -1]
-PROBE_IDS = list(range(0, 49152, 193))
 
 
 def main():
@@ -53,6 +53,9 @@ def main():
     model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, torch_dtype=torch.float32).to(dev).eval()
     print(f"loaded in {time.time() - t0:.1f}s on {dev}", flush=True)
     cfg = model.config
+    # Every 193rd id of SmolLM2's 49,152; the same spread over a larger vocabulary.
+    probe_ids_step = 193 if cfg.vocab_size <= 49152 else cfg.vocab_size // 255
+    PROBE_IDS = list(range(0, cfg.vocab_size, probe_ids_step))
     out = {"source": f"transformers {__import__('transformers').__version__}, torch {torch.__version__}, {dev}, fp32",
            "tokenizer": [], "generations": []}
 
@@ -79,6 +82,8 @@ def main():
     print("ppl", out["eval"]["perplexity"], flush=True)
 
     for g in GEN_PROMPTS:
+        if g["chat"] and tok.chat_template is None:
+            continue  # a base model without a chat template
         if g["chat"]:
             rendered = tok.apply_chat_template([{"role": "user", "content": g["prompt"]}], tokenize=False,
                                                add_generation_prompt=True)

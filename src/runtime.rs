@@ -22,15 +22,26 @@ pub enum OpenError {
 #[error("{0}")]
 pub struct DeviceError(pub String);
 
-/// Opens what the user named, or the demo model when nothing was named.
+/// Opens what the user named: a path, a hub id, or a demo model's name
+/// (`smollm2`, `gemma3`; fetched once) when no file has that name; the
+/// default demo model when nothing was named.
 pub fn open_model(model: Option<&str>) -> Result<Checkpoint, OpenError> {
-    match model {
-        Some(spec) => Ok(Checkpoint::open(spec)?),
+    match model.map(|spec| (spec, demo_named(spec))) {
+        Some((spec, None)) => Ok(Checkpoint::open(spec)?),
+        Some((_, Some(m))) => {
+            let path: PathBuf = demo::ensure_model(m)?;
+            Ok(Checkpoint::open_path(&path)?)
+        }
         None => {
             let path: PathBuf = demo::ensure()?;
             Ok(Checkpoint::open_path(&path)?)
         }
     }
+}
+
+/// The demo model `spec` names, unless a file of that name is here.
+pub fn demo_named(spec: &str) -> Option<&'static demo::DemoModel> {
+    demo::by_name(spec).filter(|_| !std::path::Path::new(spec).exists())
 }
 
 /// The GPU ordinal a `--device` spelling names: None for the CPU.

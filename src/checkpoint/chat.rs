@@ -89,8 +89,9 @@ impl PromptFormat {
         }
     }
 
-    /// Token ids of [`Self::text`], without added special tokens (a template
-    /// writes its own).
+    /// Token ids of [`Self::text`]. A raw prompt gets what the tokenizer
+    /// adds by default (BOS for Gemma, as transformers' `tok(prompt)`); a
+    /// chat prompt only what its template writes.
     pub fn ids(
         &self,
         tok: &tokenizers::Tokenizer,
@@ -99,7 +100,7 @@ impl PromptFormat {
     ) -> Result<Vec<u32>, String> {
         let text = self.text(prompt, chat)?;
         let enc = tok
-            .encode(text.as_str(), false)
+            .encode(text.as_str(), !chat)
             .map_err(|e| format!("tokenizer: {e}"))?;
         Ok(enc.get_ids().to_vec())
     }

@@ -9,8 +9,17 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::decoders::fuse::Fuse;
+use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+use tokenizers::decoders::strip::Strip;
+use tokenizers::decoders::DecoderWrapper;
 use tokenizers::models::bpe::BPE;
+use tokenizers::normalizers::prepend::Prepend;
+use tokenizers::normalizers::replace::Replace;
+use tokenizers::normalizers::utils::Sequence as NormalizerSequence;
+use tokenizers::normalizers::NormalizerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
@@ -22,6 +31,7 @@ use super::error::{CheckpointError, Result};
 use super::gguf::GgufValue;
 
 /// llama.cpp's token types (`enum llama_token_type`).
+const TOKEN_TYPE_NORMAL: u64 = 1;
 const TOKEN_TYPE_CONTROL: u64 = 3;
 const TOKEN_TYPE_USER_DEFINED: u64 = 4;
 
@@ -46,21 +56,36 @@ pub fn build(path: &Path, meta: &BTreeMap<String, GgufValue>) -> Result<Tokenize
         .get("tokenizer.ggml.model")
         .and_then(GgufValue::as_str)
         .ok_or_else(|| err("no tokenizer.ggml.model in the metadata".into()))?;
-    if model != "gpt2" {
-        return Err(err(format!(
-            "tokenizer model {model:?} is not supported yet (supported: gpt2 byte-level BPE)"
-        )));
-    }
     let tokens = strings(meta, "tokenizer.ggml.tokens")
         .ok_or_else(|| err("tokenizer.ggml.tokens missing or not a list of strings".into()))?;
-    let merges = strings(meta, "tokenizer.ggml.merges")
-        .ok_or_else(|| err("tokenizer.ggml.merges missing or not a list of strings".into()))?;
     let types: Vec<u64> = meta
         .get("tokenizer.ggml.token_type")
         .and_then(GgufValue::as_array)
         .map(|a| a.iter().map(|v| v.as_u64().unwrap_or(1)).collect())
         .unwrap_or_default();
+    let mut tokenizer = match model {
+        "gpt2" => byte_level_bpe(meta, &tokens, &err)?,
+        "llama" => sentencepiece(meta, &tokens, &types, &err)?,
+        other => {
+            return Err(err(format!(
+                "tokenizer model {other:?} is not supported yet (supported: gpt2 byte-level BPE, llama SentencePiece)"
+            )))
+        }
+    };
+    finish(&mut tokenizer, meta, &tokens, &types, &err)?;
+    Ok(tokenizer)
+}
 
+type ErrFn<'a> = dyn Fn(String) -> CheckpointError + 'a;
+
+/// GGUF's GPT-2 style byte-level BPE: merges as stored, llama.cpp's pre-tokenizer.
+fn byte_level_bpe(
+    meta: &BTreeMap<String, GgufValue>,
+    tokens: &[String],
+    err: &ErrFn,
+) -> Result<Tokenizer> {
+    let merges = strings(meta, "tokenizer.ggml.merges")
+        .ok_or_else(|| err("tokenizer.ggml.merges missing or not a list of strings".into()))?;
     let vocab: tokenizers::models::bpe::Vocab = tokens
         .iter()
         .enumerate()
@@ -108,6 +133,116 @@ pub fn build(path: &Path, meta: &BTreeMap<String, GgufValue>) -> Result<Tokenize
     let mut tokenizer = Tokenizer::new(bpe);
     tokenizer.with_pre_tokenizer(Some(pre_tokenizer));
     tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
+    Ok(tokenizer)
+}
+
+/// llama.cpp's SentencePiece tokenizer (`tokenizer.ggml.model = "llama"`):
+/// spaces become U+2581, then adjacent pieces merge while their
+/// concatenation is a token, the highest-scoring first (the leftmost on a
+/// tie); a character no token holds becomes its UTF-8 bytes (`<0xXX>`).
+/// As a `tokenizers` BPE: every way of splitting a normal token into two
+/// tokens is a merge, ranked by the token's score.
+fn sentencepiece(
+    meta: &BTreeMap<String, GgufValue>,
+    tokens: &[String],
+    types: &[u64],
+    err: &ErrFn,
+) -> Result<Tokenizer> {
+    let scores: Vec<f32> = meta
+        .get("tokenizer.ggml.scores")
+        .and_then(GgufValue::as_array)
+        .map(|a| a.iter().map(|v| v.as_f64().unwrap_or(0.0) as f32).collect())
+        .ok_or_else(|| {
+            err("tokenizer.ggml.scores missing: a SentencePiece vocabulary needs them".into())
+        })?;
+    if scores.len() != tokens.len() {
+        return Err(err(format!(
+            "{} scores for {} tokens",
+            scores.len(),
+            tokens.len()
+        )));
+    }
+    let normal = |i: usize| types.get(i).is_none_or(|&t| t == TOKEN_TYPE_NORMAL);
+    let mut ids: std::collections::HashMap<&str, usize> =
+        std::collections::HashMap::with_capacity(tokens.len());
+    for (i, t) in tokens.iter().enumerate() {
+        // The first of duplicate pieces wins, as in llama.cpp's token_to_id.
+        ids.entry(t.as_str()).or_insert(i);
+    }
+    let mut ranked: Vec<(f32, usize, usize, usize)> = Vec::new();
+    for (i, t) in tokens.iter().enumerate() {
+        if !normal(i) || t.chars().nth(1).is_none() {
+            continue;
+        }
+        for (at, _) in t.char_indices().skip(1) {
+            let (a, b) = t.split_at(at);
+            if let (Some(&x), Some(&y)) = (ids.get(a), ids.get(b)) {
+                if normal(x) && normal(y) {
+                    ranked.push((scores[i], i, x, y));
+                }
+            }
+        }
+    }
+    // Highest score first; a fixed order among equals.
+    ranked.sort_by(|p, q| q.0.total_cmp(&p.0).then(p.1.cmp(&q.1)).then(p.2.cmp(&q.2)));
+    let merges: Vec<(String, String)> = ranked
+        .into_iter()
+        .map(|(_, _, x, y)| (tokens[x].clone(), tokens[y].clone()))
+        .collect();
+    let vocab: tokenizers::models::bpe::Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
+    let mut builder = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .byte_fallback(true);
+    if let Some(unk) = meta
+        .get("tokenizer.ggml.unknown_token_id")
+        .and_then(GgufValue::as_u64)
+        .and_then(|u| tokens.get(u as usize))
+    {
+        builder = builder.unk_token(unk.clone());
+    }
+    let bpe = builder.build().map_err(|e| err(format!("BPE: {e}")))?;
+    let mut tokenizer = Tokenizer::new(bpe);
+    let space = |e: tokenizers::Error| err(format!("normalizer: {e}"));
+    let escape = Replace::new(" ", "\u{2581}").map_err(space)?;
+    // llama.cpp's default for SentencePiece is a leading space; Gemma turns it off.
+    let prefix = meta
+        .get("tokenizer.ggml.add_space_prefix")
+        .and_then(GgufValue::as_bool)
+        .unwrap_or(true);
+    let normalizer: NormalizerWrapper = if prefix {
+        NormalizerSequence::new(vec![Prepend::new("\u{2581}".into()).into(), escape.into()]).into()
+    } else {
+        escape.into()
+    };
+    tokenizer
+        .with_normalizer(Some(normalizer))
+        .map_err(|e| err(format!("normalizer: {e}")))?;
+    let unescape = Replace::new("\u{2581}", " ").map_err(space)?;
+    let mut steps: Vec<DecoderWrapper> = vec![
+        unescape.into(),
+        ByteFallback::new().into(),
+        Fuse::new().into(),
+    ];
+    if prefix {
+        steps.push(Strip::new(' ', 1, 0).into());
+    }
+    tokenizer.with_decoder(Some(DecoderSequence::new(steps)));
+    Ok(tokenizer)
+}
+
+/// Control and user-defined tokens match as whole strings in any text; BOS
+/// first when the vocabulary asks for it.
+fn finish(
+    tokenizer: &mut Tokenizer,
+    meta: &BTreeMap<String, GgufValue>,
+    tokens: &[String],
+    types: &[u64],
+    err: &ErrFn,
+) -> Result<()> {
     let special: Vec<AddedToken> = tokens
         .iter()
         .zip(types.iter())
@@ -139,5 +274,5 @@ pub fn build(path: &Path, meta: &BTreeMap<String, GgufValue>) -> Result<Tokenize
             .map_err(|e| err(format!("post-processor: {e}")))?;
         tokenizer.with_post_processor(Some(post));
     }
-    Ok(tokenizer)
+    Ok(())
 }

@@ -559,10 +559,37 @@ fn gguf_config(path: &Path, header: &GgufHeader) -> Result<ModelConfig> {
         } else {
             "silu".into()
         },
-        attention: layout::AttentionLayout::default(),
+        attention: gguf_attention(meta, &key, architecture, head_dim),
     };
     config.check_sane(path)?;
     Ok(config)
+}
+
+/// Windows, local RoPE and Gemma's scale from GGUF metadata, with what
+/// llama.cpp hard-codes instead of storing: Gemma 3's sliding pattern
+/// (every 6th layer global), its local RoPE base (10,000 unless
+/// `rope.freq_base_swa` says otherwise) and its attention scale
+/// (1/sqrt(head_dim): the GGUF has no query_pre_attn_scalar).
+fn gguf_attention(
+    meta: &BTreeMap<String, GgufValue>,
+    key: &dyn Fn(&str) -> String,
+    arch: Architecture,
+    head_dim: usize,
+) -> layout::AttentionLayout {
+    let f64_of = |k: &str| meta.get(&key(k)).and_then(GgufValue::as_f64);
+    match arch {
+        Architecture::Gemma3 => layout::AttentionLayout {
+            sliding_window: Some(
+                meta_u64(meta, &key("attention.sliding_window")).map_or(4096, |w| w as usize),
+            ),
+            pattern: layout::LayerPattern::EveryNthFull(6),
+            local_rope_theta: Some(f64_of("rope.freq_base_swa").unwrap_or(10_000.0)),
+            query_pre_attn_scalar: Some(head_dim as f64),
+            final_logit_softcapping: f64_of("final_logit_softcapping"),
+            ..Default::default()
+        },
+        _ => layout::AttentionLayout::default(),
+    }
 }
 
 /// A hidden sibling path for writing `path` atomically (write there, then rename).

@@ -45,8 +45,8 @@ enum Command {
     Scan(scan::ScanArgs),
     /// Speed of this build: prompt and decode tokens/s, capture off and on, the pair, first token.
     Bench(bench::BenchArgs),
-    /// Fetch the demo model (if needed) and print its path.
-    Demo,
+    /// Fetch a demo model (if needed) and print its path.
+    Demo(DemoArgs),
 }
 
 impl Cli {
@@ -65,12 +65,37 @@ impl Cli {
             Some(Command::Eval(a)) => a.run(model),
             Some(Command::Scan(a)) => a.run(model),
             Some(Command::Bench(a)) => a.run(model),
-            Some(Command::Demo) => {
-                let path = mwtop::demo::ensure().wrap_err("demo model")?;
+            Some(Command::Demo(a)) => {
+                let path = mwtop::demo::ensure_model(a.name.model()).wrap_err("demo model")?;
                 println!("{}", path.display());
                 Ok(())
             }
             None => self.ui.run(),
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// Which demo model.
+    #[arg(value_enum, default_value_t = DemoName::Smollm2)]
+    name: DemoName,
+}
+
+/// The demo models by name.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DemoName {
+    /// SmolLM2-135M-Instruct, Q4_1 (98 MB; the default).
+    Smollm2,
+    /// Gemma 3 270M base, Q4_K_M (253 MB).
+    Gemma3,
+}
+
+impl DemoName {
+    fn model(self) -> &'static mwtop::demo::DemoModel {
+        match self {
+            Self::Smollm2 => &mwtop::demo::SMOLLM2,
+            Self::Gemma3 => &mwtop::demo::GEMMA3,
         }
     }
 }

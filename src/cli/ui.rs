@@ -25,14 +25,19 @@ impl UiArgs {
         // The device itself is created on the engine thread; check the spelling here.
         mwtop::runtime::check_device_spec(self.run.device.as_deref())?;
         if let Some(m) = &self.model {
-            if !std::path::Path::new(m).exists() && !mwtop::checkpoint::hub::looks_like_hub_id(m) {
+            if !std::path::Path::new(m).exists()
+                && !mwtop::checkpoint::hub::looks_like_hub_id(m)
+                && mwtop::runtime::demo_named(m).is_none()
+            {
                 return Err(eyre!("{m}: no such file or directory"));
             }
         }
-        if self.model.is_none() {
-            // The first run downloads the demo model: show pip's progress on the
-            // plain terminal rather than under the UI.
-            mwtop::demo::ensure().wrap_err("demo model")?;
+        // The first run downloads a demo model: show pip's progress on the
+        // plain terminal rather than under the UI.
+        match self.model.as_deref().map(mwtop::runtime::demo_named) {
+            None => drop(mwtop::demo::ensure().wrap_err("demo model")?),
+            Some(Some(m)) => drop(mwtop::demo::ensure_model(m).wrap_err("demo model")?),
+            Some(None) => {}
         }
         mwtop::tui::run(
             self.model,
