@@ -364,3 +364,33 @@ fn layer_types_must_name_every_layer() {
         &["layer_types lists 2 layers", "num_hidden_layers is 3"],
     );
 }
+
+/// Families that normalize the MLP's output report that norm's scale at a
+/// hidden dim: Gemma's (1 + w) as stored by transformers, ranked in its layer.
+#[test]
+fn post_mlp_norm_scales_are_gemmas_one_plus_w() {
+    use mwtop::analysis::norms::post_mlp_norm_scales;
+    let ckpt = Checkpoint::open_path(&dir("gemma3")).unwrap();
+    let model = load(&dir("gemma3"));
+    let scales = post_mlp_norm_scales(&model, &[5, 9999]).unwrap();
+    assert_eq!(scales.len(), 1, "dims past d_model are skipped");
+    assert_eq!(scales[0].dim, 5);
+    for s in &scales[0].layers {
+        let name = format!("model.layers.{}.post_feedforward_layernorm.weight", s.layer);
+        let w = ckpt
+            .tensor(&name, DType::F32, &Device::Cpu)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(s.scale, 1.0 + w[5], "layer {}", s.layer);
+        let larger = w
+            .iter()
+            .filter(|x| (1.0 + *x).abs() > (1.0 + w[5]).abs())
+            .count();
+        assert_eq!(s.rank, larger + 1);
+    }
+    // Llama normalizes before the MLP only: nothing to report.
+    assert!(post_mlp_norm_scales(&load(&dir("llama")), &[5])
+        .unwrap()
+        .is_empty());
+}

@@ -103,6 +103,10 @@ pub struct ScanReport {
     /// The super weight of the massive layer first, then the largest
     /// |entries| of every down_proj.
     pub super_weights: Vec<SuperWeight>,
+    /// Families that normalize the MLP's output: that norm's scale at each
+    /// massive hidden dim (at position 0), layer by layer.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub post_mlp_norm: Vec<super::norms::NormScales>,
 }
 
 /// How many of the largest activations each layer reports.
@@ -254,7 +258,15 @@ pub fn scan(
     for layer in 0..model.config().n_layers {
         super_weights.extend(largest_entries(model, layer, DOWN_PROJ_TOP)?);
     }
+    let mut hidden_dims: Vec<usize> = Vec::new();
+    for a in massive_activations.iter().filter(|a| a.position == 0) {
+        if !hidden_dims.contains(&a.dim) && hidden_dims.len() < 4 {
+            hidden_dims.push(a.dim);
+        }
+    }
+    let post_mlp_norm = super::norms::post_mlp_norm_scales(model, &hidden_dims)?;
     Ok(ScanReport {
+        post_mlp_norm,
         tokens: tokens.to_vec(),
         token_texts,
         position0: position0.to_string(),

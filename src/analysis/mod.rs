@@ -6,6 +6,7 @@
 pub mod attack;
 pub mod generate;
 pub mod massive;
+pub mod norms;
 pub mod perplexity;
 pub mod sweep;
 pub mod target;

@@ -150,5 +150,24 @@ fn render(r: &ScanReport) -> String {
         .map(|w| format!("layer {} [{}, {}] = {:.3}", w.layer, w.row, w.col, w.value))
         .collect();
     let _ = writeln!(s, "largest down_proj entries: {}", list.join("; "));
+    for n in &r.post_mlp_norm {
+        let layers: Vec<String> = n
+            .layers
+            .iter()
+            .map(|l| {
+                if l.rank <= 3 {
+                    format!("{}:{:.2} (#{})", l.layer, l.scale, l.rank)
+                } else {
+                    format!("{}:{:.2}", l.layer, l.scale)
+                }
+            })
+            .collect();
+        let _ = writeln!(
+            s,
+            "post-MLP norm scale at hidden dim {} by layer (#rank of |scale| in its layer when top 3): {}",
+            n.dim,
+            layers.join(" ")
+        );
+    }
     s
 }

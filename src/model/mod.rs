@@ -141,6 +141,12 @@ pub struct Model {
 }
 
 impl Model {
+    /// The norm on layer `i`'s MLP output, as the multiplier it applies;
+    /// None for families without one (or a layer the model lacks).
+    pub fn post_mlp_norm(&self, layer: usize) -> Option<&Tensor> {
+        self.blocks.get(layer)?.norms.mlp_out.as_ref()
+    }
+
     pub fn config(&self) -> &ModelConfig {
         &self.config
     }

@@ -83,6 +83,13 @@ fn gemma3_forward_matches_transformers() {
             top.value
         );
     }
+    // Gemma carries the massive magnitude in its post-MLP norm: at hidden
+    // dim 163 the largest scale of every layer from 3 to 16.
+    let n = scan.post_mlp_norm.iter().find(|n| n.dim == 163).unwrap();
+    for l in &n.layers[3..17] {
+        assert_eq!(l.rank, 1, "layer {}: scale {}", l.layer, l.scale);
+        assert!(l.scale > 400.0, "layer {}: scale {}", l.layer, l.scale);
+    }
     let layer = f["attacks"]["layer"].as_u64().unwrap() as usize;
     let want_dims = u32s(&f["probe"]["mlp_post_bos_top8"][layer.to_string()]["dims"]);
     let (ranked, _) = massive::rank_ffn_dims(model, &probe, layer).unwrap();
