@@ -394,3 +394,26 @@ fn post_mlp_norm_scales_are_gemmas_one_plus_w() {
         .unwrap()
         .is_empty());
 }
+
+/// What `convert` writes as config.json reads back as the same model, for
+/// every family's layout (windows, local RoPE, partial rotary, Gemma's caps).
+#[test]
+fn configs_round_trip_through_the_written_config_json() {
+    for family in [
+        "llama", "llama_classic", "qwen2", "qwen2_swa", "mistral", "qwen3", "phi3", "olmo2",
+        "gemma2", "gemma3",
+    ] {
+        let ckpt = Checkpoint::open_path(&dir(family)).unwrap();
+        let cfg = ckpt.config();
+        let text = serde_json::to_string(&cfg.to_hf_json("float32")).unwrap();
+        let mut back =
+            mwtop::checkpoint::ModelConfig::from_hf_json(Path::new("config.json"), &text).unwrap();
+        // The pattern may come back spelled as a list: the same windows.
+        let windows = |c: &mwtop::checkpoint::ModelConfig| -> Vec<Option<usize>> {
+            (0..c.n_layers).map(|i| c.attention.window(i)).collect()
+        };
+        assert_eq!(windows(&back), windows(cfg), "{family}");
+        back.attention.pattern = cfg.attention.pattern.clone();
+        assert_eq!(&back, cfg, "{family}");
+    }
+}

@@ -468,7 +468,44 @@ impl ModelConfig {
             }
             Some(RopeScaling::FrequencyFactors { .. }) | None => {}
         }
+        self.layout_to_hf_json(&mut v);
         v
+    }
+
+    /// Windows, local RoPE and Gemma's settings, written so that reading
+    /// the file back (here or in transformers) gives the same model.
+    fn layout_to_hf_json(&self, v: &mut Value) {
+        let a = &self.attention;
+        match a.sliding_window {
+            Some(w) => {
+                v["sliding_window"] = w.into();
+                v["use_sliding_window"] = true.into();
+                let kinds: Vec<&str> = (0..self.n_layers)
+                    .map(|i| match a.kind(i) {
+                        layout::AttentionKind::Full => "full_attention",
+                        layout::AttentionKind::Sliding => "sliding_attention",
+                    })
+                    .collect();
+                v["layer_types"] = kinds.into();
+            }
+            None => {
+                v["sliding_window"] = Value::Null;
+                v["use_sliding_window"] = false.into();
+            }
+        }
+        if let Some(t) = a.local_rope_theta {
+            v["rope_local_base_freq"] = t.into();
+        }
+        if a.partial_rotary_factor != 1.0 {
+            v["partial_rotary_factor"] = a.partial_rotary_factor.into();
+        }
+        if self.architecture.is_gemma() {
+            v["hidden_activation"] = self.hidden_act.clone().into();
+            let opt = |x: Option<f64>| x.map_or(Value::Null, Value::from);
+            v["query_pre_attn_scalar"] = opt(a.query_pre_attn_scalar);
+            v["attn_logit_softcapping"] = opt(a.attn_logit_softcapping);
+            v["final_logit_softcapping"] = opt(a.final_logit_softcapping);
+        }
     }
 }
 

@@ -357,7 +357,12 @@ pub fn parse_windows(
         return Err(CheckpointError::malformed(path, "sliding_window is 0"));
     }
     layout.sliding_window = window;
-    layout.pattern = pattern;
+    // Without a window every layer is full, whatever the pattern says.
+    layout.pattern = if window.is_some() {
+        pattern
+    } else {
+        LayerPattern::AllFull
+    };
     Ok(())
 }
 
