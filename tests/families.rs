@@ -400,8 +400,16 @@ fn post_mlp_norm_scales_are_gemmas_one_plus_w() {
 #[test]
 fn configs_round_trip_through_the_written_config_json() {
     for family in [
-        "llama", "llama_classic", "qwen2", "qwen2_swa", "mistral", "qwen3", "phi3", "olmo2",
-        "gemma2", "gemma3",
+        "llama",
+        "llama_classic",
+        "qwen2",
+        "qwen2_swa",
+        "mistral",
+        "qwen3",
+        "phi3",
+        "olmo2",
+        "gemma2",
+        "gemma3",
     ] {
         let ckpt = Checkpoint::open_path(&dir(family)).unwrap();
         let cfg = ckpt.config();

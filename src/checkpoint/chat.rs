@@ -1,6 +1,7 @@
 //! Chat templates: the checkpoint's own Jinja template (GGUF
 //! `tokenizer.chat_template` or tokenizer_config.json), rendered with
-//! minijinja; ChatML (SmolLM2's format) when the checkpoint has none.
+//! minijinja; when the checkpoint has none, Gemma's turns for Gemma and
+//! ChatML (SmolLM2's format) for the others.
 
 use serde::Serialize;
 
@@ -18,6 +19,10 @@ impl Message {
         }
     }
 }
+
+/// Gemma's turns, for Gemma checkpoints that carry no template (base models:
+/// the vocabulary has the turn markers).
+pub const GEMMA_TURNS: &str = "{{ bos_token }}{% for message in messages %}{{ '<start_of_turn>' + ('model' if message['role'] == 'assistant' else message['role']) + '\n' + message['content'] + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}";
 
 /// ChatML, as SmolLM2 and Qwen2 use it.
 pub const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
@@ -67,8 +72,13 @@ impl PromptFormat {
     pub fn new(ckpt: &super::Checkpoint, tok: &tokenizers::Tokenizer) -> Self {
         let cfg = ckpt.config();
         let name = |id: Option<u32>| id.and_then(|i| tok.id_to_token(i)).unwrap_or_default();
+        let fallback = ckpt
+            .config()
+            .architecture
+            .is_gemma()
+            .then(|| GEMMA_TURNS.to_string());
         Self {
-            template: ckpt.chat_template(),
+            template: ckpt.chat_template().or(fallback),
             bos: name(cfg.bos_token_id),
             eos: name(cfg.eos_token_ids.first().copied()),
         }
@@ -109,6 +119,15 @@ impl PromptFormat {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gemma_turns_render_a_user_turn() {
+        let s = render(Some(GEMMA_TURNS), &[Message::user("Hi")], "<bos>", "<eos>").unwrap();
+        assert_eq!(
+            s,
+            "<bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"
+        );
+    }
 
     #[test]
     fn chatml_renders_a_user_turn() {
