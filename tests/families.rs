@@ -23,8 +23,14 @@ fn dir(family: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/families/{family}"))
 }
 
+/// The fixture's transformers numbers (beside a GGUF file, or in its directory).
 fn reference(path: &Path) -> Value {
-    let text = std::fs::read_to_string(path.join("reference.json")).unwrap();
+    let dir = if path.is_file() {
+        path.parent().unwrap()
+    } else {
+        path
+    };
+    let text = std::fs::read_to_string(dir.join("reference.json")).unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
@@ -423,5 +429,36 @@ fn configs_round_trip_through_the_written_config_json() {
         assert_eq!(windows(&back), windows(cfg), "{family}");
         back.attention.pattern = cfg.attention.pattern.clone();
         assert_eq!(&back, cfg, "{family}");
+    }
+}
+
+/// The same families as GGUF files in llama.cpp's conventions
+/// (scripts/families_to_gguf.py: gguf-py's names and keys, Gemma's norms
+/// stored as 1 + w), each checked by llama.cpp itself when written: mwtop
+/// reading them equals transformers, and llama.cpp.
+#[test]
+fn gguf_files_of_the_families_match_transformers_and_llama_cpp() {
+    for (family, llamacpp_tol) in [
+        ("qwen2", 1e-4),
+        ("qwen3", 1e-4),
+        ("olmo2", 1e-4),
+        // llama.cpp's GELU differs from PyTorch's tanh form by ~1e-3 here.
+        ("gemma2", 3e-3),
+    ] {
+        let path = dir(family).join("model.gguf");
+        let ckpt = Checkpoint::open_path(&path).unwrap();
+        assert_eq!(ckpt.format(), mwtop::checkpoint::Format::Gguf);
+        check_family(&format!("{family} GGUF"), &path);
+        let text = std::fs::read_to_string(dir(family).join("llamacpp.json")).unwrap();
+        let lc: Value = serde_json::from_str(&text).unwrap();
+        let ids = u32s(&lc["bos_ids"]);
+        let got = logprobs(&load(&path), &ids);
+        assert_close(
+            family,
+            "log-probs against llama.cpp",
+            &got,
+            &f64s(&lc["logprobs_bos"]),
+            llamacpp_tol,
+        );
     }
 }

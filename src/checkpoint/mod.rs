@@ -463,10 +463,7 @@ fn gguf_config(path: &Path, header: &GgufHeader) -> Result<ModelConfig> {
             ),
         )
     })?;
-    if !matches!(
-        architecture,
-        Architecture::Llama | Architecture::Mistral | Architecture::Qwen2 | Architecture::Gemma3
-    ) {
+    if architecture == Architecture::Phi3 {
         return Err(CheckpointError::unsupported(
             path,
             format!("{arch_name} GGUF files are not read yet (its Hugging Face directories are)"),
@@ -554,7 +551,7 @@ fn gguf_config(path: &Path, header: &GgufHeader) -> Result<ModelConfig> {
             .unwrap_or_default(),
         max_position_embeddings: meta_u64(meta, &key("context_length"))
             .map_or(2048, |v| v as usize),
-        hidden_act: if architecture == Architecture::Gemma3 {
+        hidden_act: if architecture.is_gemma() {
             "gelu_pytorch_tanh".into()
         } else {
             "silu".into()
@@ -586,6 +583,17 @@ fn gguf_attention(
             local_rope_theta: Some(f64_of("rope.freq_base_swa").unwrap_or(10_000.0)),
             query_pre_attn_scalar: Some(head_dim as f64),
             final_logit_softcapping: f64_of("final_logit_softcapping"),
+            ..Default::default()
+        },
+        // llama.cpp's Gemma 2: even layers slide; caps 50 and 30 unless stored.
+        Architecture::Gemma2 => layout::AttentionLayout {
+            sliding_window: Some(
+                meta_u64(meta, &key("attention.sliding_window")).map_or(4096, |w| w as usize),
+            ),
+            pattern: layout::LayerPattern::EvenSliding,
+            query_pre_attn_scalar: Some(head_dim as f64),
+            attn_logit_softcapping: Some(f64_of("attn_logit_softcapping").unwrap_or(50.0)),
+            final_logit_softcapping: Some(f64_of("final_logit_softcapping").unwrap_or(30.0)),
             ..Default::default()
         },
         _ => layout::AttentionLayout::default(),

@@ -34,7 +34,7 @@ pub fn canonical_name(arch: Architecture, gguf: &str) -> String {
     let Some((part, suffix)) = rest.rsplit_once('.') else {
         return gguf.to_string();
     };
-    let gemma = arch == Architecture::Gemma3;
+    let gemma = arch.is_gemma();
     let hf = match part {
         "attn_norm" => "input_layernorm",
         "attn_q" => "self_attn.q_proj",
@@ -67,7 +67,7 @@ pub fn transform_for(
         Transform::UnpermuteRope { heads: n_heads }
     } else if rope_permuted && canonical.ends_with("self_attn.k_proj.weight") {
         Transform::UnpermuteRope { heads: n_kv_heads }
-    } else if arch == Architecture::Gemma3 && canonical.ends_with("norm.weight") {
+    } else if arch.is_gemma() && canonical.ends_with("norm.weight") {
         Transform::SubtractOne
     } else {
         Transform::None
@@ -91,7 +91,7 @@ pub fn gguf_name(arch: Architecture, canonical: &str) -> String {
     let Some((part, suffix)) = rest.rsplit_once('.') else {
         return canonical.to_string();
     };
-    let gemma = arch == Architecture::Gemma3;
+    let gemma = arch.is_gemma();
     let g = match part {
         "input_layernorm" => "attn_norm",
         "self_attn.q_proj" => "attn_q",
