@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Every family on the GPU, run on the GPU machine with a `--features cuda`
+# build: for each tiny fixture of tests/fixtures/families (and its GGUF file
+# where one exists) the log-probs of a text longer than the sliding window on
+# CUDA against the CPU and against transformers' reference, and a greedy
+# continuation (cached, CUDA graphs) against the CPU. Prints one line per
+# check and exits 1 on a failure.
+# Usage: scripts/gpu-families.sh MWTOP_BINARY OUTDIR
+set -euo pipefail
+BIN=$1; OUT=$2
+mkdir -p "$OUT"
+ROOT=tests/fixtures/families
+TEXT="$OUT/text.txt"
+python3 -c "import json; print(json.load(open('$ROOT/mistral/reference.json'))['text'], end='')" > "$TEXT"
+for d in "$ROOT"/*/; do
+  f=$(basename "$d")
+  models=("$d")
+  if [ -f "$d/model.gguf" ]; then models+=("$d/model.gguf"); fi
+  for model in "${models[@]}"; do
+    tag=$f
+    if [ "${model##*.}" = gguf ]; then tag=$f-gguf; fi
+    for dev in cuda cpu; do
+      "$BIN" eval "$model" --text "$TEXT" --bos --per-token --device "$dev" --json > "$OUT/$tag-eval-$dev.json"
+      "$BIN" generate "$model" --prompt "Summer is warm" --max-tokens 24 --no-stop --device "$dev" --json > "$OUT/$tag-gen-$dev.json"
+    done
+  done
+done
+python3 - "$ROOT" "$OUT" <<'PY'
+import json, os, sys
+root, out = sys.argv[1:3]
+bad = []
+for name in sorted(os.listdir(out)):
+    if not name.endswith("-eval-cuda.json"):
+        continue
+    tag = name[: -len("-eval-cuda.json")]
+    fam = tag.removesuffix("-gguf")
+    g = json.load(open(f"{out}/{tag}-eval-cuda.json"))
+    c = json.load(open(f"{out}/{tag}-eval-cpu.json"))
+    ref = json.load(open(f"{root}/{fam}/reference.json"))["logprobs_bos"]
+    d_cpu = max(abs(a - b) for a, b in zip(g["logprobs"], c["logprobs"]))
+    d_ref = max(abs(a - b) for a, b in zip(g["logprobs"], ref))
+    gg = json.load(open(f"{out}/{tag}-gen-cuda.json"))["tokens"]
+    gc = json.load(open(f"{out}/{tag}-gen-cpu.json"))["tokens"]
+    ok = d_cpu < 1e-4 and d_ref < 1e-4 and gg == gc
+    print(f"{'ok  ' if ok else 'FAIL'} {tag}: cuda vs cpu {d_cpu:.1e}, vs transformers {d_ref:.1e}, greedy {'equal' if gg == gc else 'DIFFERS'} ({len(gg)} tokens)")
+    if not ok:
+        bad.append(tag)
+sys.exit(1 if bad else 0)
+PY
