@@ -1,0 +1,169 @@
+//! Normalized hyper-parameters from GGUF metadata (`{arch}.*` keys), with
+//! what llama.cpp hard-codes instead of storing.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::config::{Architecture, ModelConfig, RopeScaling};
+use super::error::{CheckpointError, Result};
+use super::gguf::{GgufHeader, GgufValue};
+use super::layout;
+
+fn meta_u64(meta: &BTreeMap<String, GgufValue>, key: &str) -> Option<u64> {
+    meta.get(key).and_then(GgufValue::as_u64)
+}
+
+/// Normalized hyper-parameters from GGUF metadata (`{arch}.*` keys).
+pub(super) fn gguf_config(path: &Path, header: &GgufHeader) -> Result<ModelConfig> {
+    let meta = &header.metadata;
+    let arch_name = meta
+        .get("general.architecture")
+        .and_then(GgufValue::as_str)
+        .ok_or_else(|| {
+            CheckpointError::malformed(path, "no general.architecture in the metadata")
+        })?;
+    let architecture = Architecture::from_name(arch_name).ok_or_else(|| {
+        CheckpointError::unsupported(
+            path,
+            format!(
+                "architecture {arch_name:?} (supported: {})",
+                Architecture::SUPPORTED
+            ),
+        )
+    })?;
+    if architecture == Architecture::Phi3 {
+        return Err(CheckpointError::unsupported(
+            path,
+            format!("{arch_name} GGUF files are not read yet (its Hugging Face directories are)"),
+        ));
+    }
+    let key = |k: &str| format!("{arch_name}.{k}");
+    let need = |k: &str| {
+        meta_u64(meta, &key(k)).map(|v| v as usize).ok_or_else(|| {
+            CheckpointError::malformed(path, format!("missing or invalid {}", key(k)))
+        })
+    };
+    let d_model = need("embedding_length")?;
+    let n_heads = need("attention.head_count")?;
+    if n_heads == 0 {
+        return Err(CheckpointError::malformed(
+            path,
+            format!("{} is 0", key("attention.head_count")),
+        ));
+    }
+    let n_kv_heads =
+        meta_u64(meta, &key("attention.head_count_kv")).map_or(n_heads, |v| v as usize);
+    let head_dim =
+        meta_u64(meta, &key("attention.key_length")).map_or(d_model / n_heads, |v| v as usize);
+    let vocab_size = meta_u64(meta, &key("vocab_size"))
+        .map(|v| v as usize)
+        .or_else(|| {
+            meta.get("tokenizer.ggml.tokens")
+                .and_then(GgufValue::as_array)
+                .map(<[_]>::len)
+        })
+        .or_else(|| {
+            header
+                .tensors
+                .iter()
+                .find(|t| t.name == "token_embd.weight")
+                .and_then(|t| t.ggml_dims.get(1).map(|&d| d as usize))
+        })
+        .ok_or_else(|| CheckpointError::malformed(path, "cannot tell the vocabulary size"))?;
+    let rope_scaling = if header.tensors.iter().any(|t| t.name == "rope_freqs.weight") {
+        Some(RopeScaling::FrequencyFactors {
+            tensor: "rope_freqs.weight".into(),
+        })
+    } else {
+        match meta
+            .get(&key("rope.scaling.type"))
+            .and_then(GgufValue::as_str)
+        {
+            Some("linear") => Some(RopeScaling::Linear {
+                factor: meta
+                    .get(&key("rope.scaling.factor"))
+                    .and_then(GgufValue::as_f64)
+                    .unwrap_or(1.0),
+            }),
+            Some("none") | None => None,
+            Some(other) => {
+                return Err(CheckpointError::unsupported(
+                    path,
+                    format!("rope scaling type {other:?}"),
+                ))
+            }
+        }
+    };
+    let config = ModelConfig {
+        architecture,
+        n_layers: need("block_count")?,
+        d_model,
+        d_ff: need("feed_forward_length")?,
+        n_heads,
+        n_kv_heads,
+        head_dim,
+        rope_theta: meta
+            .get(&key("rope.freq_base"))
+            .and_then(GgufValue::as_f64)
+            .unwrap_or(10_000.0),
+        rope_scaling,
+        norm_eps: meta
+            .get(&key("attention.layer_norm_rms_epsilon"))
+            .and_then(GgufValue::as_f64)
+            .unwrap_or(1e-5),
+        vocab_size,
+        tied_embeddings: !header.tensors.iter().any(|t| t.name == "output.weight"),
+        bos_token_id: meta_u64(meta, "tokenizer.ggml.bos_token_id").map(|v| v as u32),
+        eos_token_ids: meta_u64(meta, "tokenizer.ggml.eos_token_id")
+            .map(|v| vec![v as u32])
+            .unwrap_or_default(),
+        max_position_embeddings: meta_u64(meta, &key("context_length"))
+            .map_or(2048, |v| v as usize),
+        hidden_act: if architecture.is_gemma() {
+            "gelu_pytorch_tanh".into()
+        } else {
+            "silu".into()
+        },
+        attention: gguf_attention(meta, &key, architecture, head_dim),
+    };
+    config.check_sane(path)?;
+    Ok(config)
+}
+
+/// Windows, local RoPE and Gemma's scale from GGUF metadata, with what
+/// llama.cpp hard-codes instead of storing: Gemma 3's sliding pattern
+/// (every 6th layer global), its local RoPE base (10,000 unless
+/// `rope.freq_base_swa` says otherwise) and its attention scale
+/// (1/sqrt(head_dim): the GGUF has no query_pre_attn_scalar).
+fn gguf_attention(
+    meta: &BTreeMap<String, GgufValue>,
+    key: &dyn Fn(&str) -> String,
+    arch: Architecture,
+    head_dim: usize,
+) -> layout::AttentionLayout {
+    let f64_of = |k: &str| meta.get(&key(k)).and_then(GgufValue::as_f64);
+    match arch {
+        Architecture::Gemma3 => layout::AttentionLayout {
+            sliding_window: Some(
+                meta_u64(meta, &key("attention.sliding_window")).map_or(4096, |w| w as usize),
+            ),
+            pattern: layout::LayerPattern::EveryNthFull(6),
+            local_rope_theta: Some(f64_of("rope.freq_base_swa").unwrap_or(10_000.0)),
+            query_pre_attn_scalar: Some(head_dim as f64),
+            final_logit_softcapping: f64_of("final_logit_softcapping"),
+            ..Default::default()
+        },
+        // llama.cpp's Gemma 2: even layers slide; caps 50 and 30 unless stored.
+        Architecture::Gemma2 => layout::AttentionLayout {
+            sliding_window: Some(
+                meta_u64(meta, &key("attention.sliding_window")).map_or(4096, |w| w as usize),
+            ),
+            pattern: layout::LayerPattern::EvenSliding,
+            query_pre_attn_scalar: Some(head_dim as f64),
+            attn_logit_softcapping: Some(f64_of("attn_logit_softcapping").unwrap_or(50.0)),
+            final_logit_softcapping: Some(f64_of("final_logit_softcapping").unwrap_or(30.0)),
+            ..Default::default()
+        },
+        _ => layout::AttentionLayout::default(),
+    }
+}
