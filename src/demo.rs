@@ -120,11 +120,6 @@ pub fn cache_dir() -> PathBuf {
     home.join(".cache").join("mwtop")
 }
 
-/// Where the default demo model lives once fetched.
-pub fn model_path() -> PathBuf {
-    cache_dir().join(SMOLLM2.file_name)
-}
-
 /// Returns the default demo model's path, fetching it first if needed.
 pub fn ensure() -> Result<PathBuf, DemoError> {
     ensure_model(&SMOLLM2)

@@ -25,7 +25,7 @@ use crate::analysis::attack::Attack;
 use crate::analysis::generate::{generate, GenerateParams, StopReason};
 use crate::analysis::massive::{self, ScanReport, Thresholds};
 use crate::analysis::perplexity::{perplexity_cancellable, Window};
-use crate::analysis::target::{self, RowStats, TargetSource};
+use crate::analysis::target::{self, RowStats};
 use crate::checkpoint::chat::PromptFormat;
 use crate::checkpoint::ModelConfig;
 use crate::model::hooks::{CaptureRequest, HookPoint, Reduction};
@@ -91,8 +91,6 @@ pub struct ProbeResult {
     pub mlp_pos0: Vec<Vec<f32>>,
     /// The layer the attacks use ([`target::attack_layer`]'s rule).
     pub attack_layer: usize,
-    /// Whether that is the massive layer or a fallback.
-    pub attack_source: TargetSource,
     /// All d_ff dims of `attack_layer`, most massive first.
     pub ranked: Vec<usize>,
     pub row_stats: Vec<RowStats>,
@@ -353,7 +351,7 @@ impl<F: Fn(Event)> Engine<F> {
                 _ => mlp_pos0.push(c.values),
             }
         }
-        let (attack_layer, attack_source) = target::attack_layer(&report);
+        let (attack_layer, _) = target::attack_layer(&report);
         let ranked = massive::rank_by_abs(&mlp_pos0[attack_layer], mlp_pos0[attack_layer].len());
         let row_stats = target::row_stats(
             &l.model,
@@ -367,7 +365,6 @@ impl<F: Fn(Event)> Engine<F> {
             resid_max,
             mlp_pos0,
             attack_layer,
-            attack_source,
             ranked,
             row_stats,
         })));

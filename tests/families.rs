@@ -50,6 +50,16 @@ fn f64s(v: &Value) -> Vec<f64> {
         .collect()
 }
 
+/// A copy of a fixture directory to edit (config.json) without touching it.
+fn copy_of(src: &Path) -> tempfile::TempDir {
+    let tmp = common::tempdir();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), tmp.path().join(entry.file_name())).unwrap();
+    }
+    tmp
+}
+
 fn load(path: &Path) -> Model {
     let ckpt = Checkpoint::open_path(path).unwrap();
     Model::load(&ckpt, &Device::Cpu, DType::F32, |_, _| {}).unwrap()
@@ -220,11 +230,7 @@ fn qwen2_sliding_window_from_max_window_layers() {
     check_family("qwen2_swa", &dir("qwen2_swa"));
     // Without layer_types the window comes from use_sliding_window and
     // max_window_layers alone, as Qwen2Config derives it.
-    let tmp = common::tempdir();
-    for entry in std::fs::read_dir(dir("qwen2_swa")).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), tmp.path().join(entry.file_name())).unwrap();
-    }
+    let tmp = copy_of(&dir("qwen2_swa"));
     let cfg = tmp.path().join("config.json");
     let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
     assert!(v.as_object_mut().unwrap().remove("layer_types").is_some());
@@ -237,11 +243,7 @@ fn qwen2_sliding_window_from_max_window_layers() {
 #[test]
 fn the_window_changes_what_late_tokens_see() {
     let path = dir("mistral");
-    let tmp = common::tempdir();
-    for entry in std::fs::read_dir(&path).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), tmp.path().join(entry.file_name())).unwrap();
-    }
+    let tmp = copy_of(&path);
     let cfg = tmp.path().join("config.json");
     let text = std::fs::read_to_string(&cfg).unwrap();
     std::fs::write(
@@ -297,7 +299,12 @@ fn gemma3_local_and_global_rope_and_qk_norm() {
 /// refused by the key's name, never run approximately.
 #[test]
 fn unimplemented_settings_are_refused_by_name() {
-    let cases: [(&str, &str, &[&str]); 6] = [
+    let cases: [(&str, &str, &[&str]); 7] = [
+        (
+            "\"vocab_size\": 260",
+            "\"vocab_size\": 260, \"use_bidirectional_attention\": true",
+            &["use_bidirectional_attention", "not implemented"],
+        ),
         (
             "\"rope_type\": \"llama3\"",
             "\"rope_type\": \"yarn\"",
@@ -331,11 +338,7 @@ fn unimplemented_settings_are_refused_by_name() {
     ];
     let text = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/eval.txt");
     for (from, to, needles) in cases {
-        let tmp = common::tempdir();
-        for entry in std::fs::read_dir(dir("llama")).unwrap() {
-            let entry = entry.unwrap();
-            std::fs::copy(entry.path(), tmp.path().join(entry.file_name())).unwrap();
-        }
+        let tmp = copy_of(&dir("llama"));
         let cfg = tmp.path().join("config.json");
         let t = std::fs::read_to_string(&cfg).unwrap();
         assert!(t.contains(from), "{from}");
@@ -355,11 +358,7 @@ fn unimplemented_settings_are_refused_by_name() {
 /// A layer_types list of the wrong length is an inconsistent config.
 #[test]
 fn layer_types_must_name_every_layer() {
-    let tmp = common::tempdir();
-    for entry in std::fs::read_dir(dir("qwen2_swa")).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), tmp.path().join(entry.file_name())).unwrap();
-    }
+    let tmp = copy_of(&dir("qwen2_swa"));
     let cfg = tmp.path().join("config.json");
     let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
     v["layer_types"] = serde_json::json!(["full_attention", "sliding_attention"]);

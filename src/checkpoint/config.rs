@@ -135,11 +135,11 @@ pub struct ModelConfig {
     pub attention: AttentionLayout,
 }
 
-fn field<'a>(cfg: &'a Value, key: &str) -> Option<&'a Value> {
+pub(super) fn field<'a>(cfg: &'a Value, key: &str) -> Option<&'a Value> {
     cfg.get(key).filter(|v| !v.is_null())
 }
 
-fn usize_field(path: &Path, cfg: &Value, key: &str) -> Result<Option<usize>> {
+pub(super) fn usize_field(path: &Path, cfg: &Value, key: &str) -> Result<Option<usize>> {
     match field(cfg, key) {
         None => Ok(None),
         Some(v) => v.as_u64().map(|n| Some(n as usize)).ok_or_else(|| {

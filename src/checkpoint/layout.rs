@@ -14,7 +14,7 @@ use std::path::Path;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::config::{Architecture, RopeScaling};
+use super::config::{field, usize_field, Architecture, RopeScaling};
 use super::error::{CheckpointError, Result};
 
 /// What one layer's attention sees.
@@ -108,10 +108,6 @@ impl AttentionLayout {
 pub struct GlobalRope {
     pub theta: f64,
     pub scaling: Option<RopeScaling>,
-}
-
-fn field<'a>(cfg: &'a Value, key: &str) -> Option<&'a Value> {
-    cfg.get(key).filter(|v| !v.is_null())
 }
 
 fn number(path: &Path, v: Option<&Value>, key: &str) -> Result<Option<f64>> {
@@ -286,18 +282,6 @@ fn layer_types(path: &Path, cfg: &Value, n_layers: usize) -> Result<Option<Vec<A
         .map(Some)
 }
 
-fn usize_of(path: &Path, cfg: &Value, key: &str) -> Result<Option<usize>> {
-    match field(cfg, key) {
-        None => Ok(None),
-        Some(v) => v.as_u64().map(|n| Some(n as usize)).ok_or_else(|| {
-            CheckpointError::malformed(
-                path,
-                format!("{key} must be a non-negative integer, got {v}"),
-            )
-        }),
-    }
-}
-
 /// Sliding windows, as each family's transformers config defines them.
 pub fn parse_windows(
     path: &Path,
@@ -306,7 +290,7 @@ pub fn parse_windows(
     n_layers: usize,
     layout: &mut AttentionLayout,
 ) -> Result<()> {
-    let window = usize_of(path, cfg, "sliding_window")?;
+    let window = usize_field(path, cfg, "sliding_window")?;
     let (window, pattern) = match arch {
         // LlamaModel never reads these keys.
         Architecture::Llama => (None, LayerPattern::AllFull),
@@ -324,7 +308,7 @@ pub fn parse_windows(
             let on = field(cfg, "use_sliding_window")
                 .and_then(Value::as_bool)
                 .unwrap_or(false);
-            let first = usize_of(path, cfg, "max_window_layers")?.unwrap_or(28);
+            let first = usize_field(path, cfg, "max_window_layers")?.unwrap_or(28);
             let pattern = match layer_types(path, cfg, n_layers)? {
                 Some(kinds) => LayerPattern::Explicit(kinds),
                 None => LayerPattern::SlidingFrom(first),
@@ -343,8 +327,8 @@ pub fn parse_windows(
             (Some(window.unwrap_or(4096)), pattern)
         }
         Architecture::Gemma3 => {
-            let every = usize_of(path, cfg, "sliding_window_pattern")?
-                .or(usize_of(path, cfg, "_sliding_window_pattern")?)
+            let every = usize_field(path, cfg, "sliding_window_pattern")?
+                .or(usize_field(path, cfg, "_sliding_window_pattern")?)
                 .unwrap_or(6);
             let pattern = match layer_types(path, cfg, n_layers)? {
                 Some(kinds) => LayerPattern::Explicit(kinds),
@@ -353,6 +337,13 @@ pub fn parse_windows(
             (Some(window.unwrap_or(4096)), pattern)
         }
     };
+    // Gemma 3 embedding models attend both ways: another mask.
+    if field(cfg, "use_bidirectional_attention").and_then(Value::as_bool) == Some(true) {
+        return Err(CheckpointError::unsupported(
+            path,
+            "use_bidirectional_attention = true: bidirectional attention is not implemented",
+        ));
+    }
     if window == Some(0) {
         return Err(CheckpointError::malformed(path, "sliding_window is 0"));
     }

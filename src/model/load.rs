@@ -121,7 +121,10 @@ impl Model {
         };
         let rope = make_rope(config.rope_theta, config.rope_scaling.as_ref())?;
         let local_rope = match layout.local_rope_theta {
-            Some(t) if t != config.rope_theta => Some(make_rope(t, None)?),
+            // Sliding layers are never scaled (transformers, llama.cpp).
+            Some(t) if t != config.rope_theta || config.rope_scaling.is_some() => {
+                Some(make_rope(t, None)?)
+            }
             _ => None,
         };
         // transformers rounds sqrt(d) to the weights' dtype before multiplying.
