@@ -227,6 +227,17 @@ impl Spec {
     /// Writes a GGUF file; matrices are stored as `dtype`, 1-D tensors as F32
     /// (as llama.cpp does), and q/k rows permuted as llama.cpp's converter does.
     pub fn write_gguf(&self, path: &Path, dtype: GgmlDType) -> candle_core::Result<()> {
+        self.write_gguf_with(path, dtype, |_| {})
+    }
+
+    /// [`Self::write_gguf`] with the metadata edited first (for tests of
+    /// what a reader must refuse).
+    pub fn write_gguf_with(
+        &self,
+        path: &Path,
+        dtype: GgmlDType,
+        edit: impl FnOnce(&mut Vec<(String, GgufValue)>),
+    ) -> candle_core::Result<()> {
         let c = self.config();
         let mut out = Vec::new();
         for (name, shape, mut values) in self.tensors() {
@@ -253,7 +264,9 @@ impl Spec {
                 data,
             });
         }
-        gguf_writer::write(path, &self.gguf_metadata(), &out).map_err(candle_core::Error::wrap)
+        let mut meta = self.gguf_metadata();
+        edit(&mut meta);
+        gguf_writer::write(path, &meta, &out).map_err(candle_core::Error::wrap)
     }
 
     /// Writes a Hugging Face directory: config.json, tokenizer.json, model.safetensors.

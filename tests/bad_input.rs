@@ -368,3 +368,30 @@ fn valid_synthetic_gguf_still_opens() {
     let out = common::mwtop(&["inspect", common::path_str(&p)]);
     assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
 }
+
+/// GGUF settings that change the math and that mwtop does not compute are
+/// refused by their key, never run as a plain Llama.
+#[test]
+fn gguf_settings_not_computed_are_refused() {
+    for (key, value, needles) in [
+        (
+            "llama.expert_count",
+            8u32,
+            &["llama.expert_count = 8", "mixture-of-experts"][..],
+        ),
+        (
+            "llama.rope.dimension_count",
+            32,
+            &["llama.rope.dimension_count = 32", "part of each head"][..],
+        ),
+    ] {
+        let dir = common::tempdir();
+        let p = dir.path().join("m.gguf");
+        Spec::default()
+            .write_gguf_with(&p, GgmlDType::F32, |meta| {
+                meta.push((key.to_string(), GgufValue::U32(value)))
+            })
+            .unwrap();
+        assert_one_line_error(&p, needles);
+    }
+}

@@ -94,7 +94,16 @@ pub(super) fn gguf_config(path: &Path, header: &GgufHeader) -> Result<ModelConfi
             }
         }
     };
-    let config = ModelConfig {
+    if let Some(n) = meta_u64(meta, &key("expert_count")).filter(|&n| n > 1) {
+        return Err(CheckpointError::unsupported(
+            path,
+            format!(
+                "{} = {n}: mixture-of-experts layers are not implemented",
+                key("expert_count")
+            ),
+        ));
+    }
+    let mut config = ModelConfig {
         architecture,
         n_layers: need("block_count")?,
         d_model,
@@ -124,46 +133,103 @@ pub(super) fn gguf_config(path: &Path, header: &GgufHeader) -> Result<ModelConfi
         } else {
             "silu".into()
         },
-        attention: gguf_attention(meta, &key, architecture, head_dim),
+        attention: layout::AttentionLayout::default(),
     };
     config.check_sane(path)?;
+    config.attention = gguf_attention(path, meta, &key, &config)?;
     Ok(config)
 }
 
 /// Windows, local RoPE and Gemma's scale from GGUF metadata, with what
 /// llama.cpp hard-codes instead of storing: Gemma 3's sliding pattern
-/// (every 6th layer global), its local RoPE base (10,000 unless
-/// `rope.freq_base_swa` says otherwise) and its attention scale
-/// (1/sqrt(head_dim): the GGUF has no query_pre_attn_scalar).
+/// (every 6th layer global unless `attention.sliding_window_pattern` says
+/// otherwise), its local RoPE base (10,000 unless `rope.freq_base_swa`
+/// says otherwise) and Gemma's attention scale: the GGUF has no
+/// query_pre_attn_scalar, and llama.cpp takes 1/sqrt(head_dim), or
+/// 1/sqrt(d_model / heads) for the 27B models (46 layers of Gemma 2, 62 of
+/// Gemma 3). A partial rotary count (`rope.dimension_count` below
+/// head_dim) is refused: these families rotate whole heads.
 fn gguf_attention(
+    path: &Path,
     meta: &BTreeMap<String, GgufValue>,
     key: &dyn Fn(&str) -> String,
-    arch: Architecture,
-    head_dim: usize,
-) -> layout::AttentionLayout {
+    c: &ModelConfig,
+) -> Result<layout::AttentionLayout> {
     let f64_of = |k: &str| meta.get(&key(k)).and_then(GgufValue::as_f64);
-    match arch {
-        Architecture::Gemma3 => layout::AttentionLayout {
-            sliding_window: Some(
-                meta_u64(meta, &key("attention.sliding_window")).map_or(4096, |w| w as usize),
+    if let Some(n) =
+        meta_u64(meta, &key("rope.dimension_count")).filter(|&n| n as usize != c.head_dim)
+    {
+        return Err(CheckpointError::unsupported(
+            path,
+            format!(
+                "{} = {n} rotates part of each head of {}; not implemented for {}",
+                key("rope.dimension_count"),
+                c.head_dim,
+                c.architecture.name()
             ),
-            pattern: layout::LayerPattern::EveryNthFull(6),
-            local_rope_theta: Some(f64_of("rope.freq_base_swa").unwrap_or(10_000.0)),
-            query_pre_attn_scalar: Some(head_dim as f64),
-            final_logit_softcapping: f64_of("final_logit_softcapping"),
-            ..Default::default()
-        },
+        ));
+    }
+    let window = || meta_u64(meta, &key("attention.sliding_window")).map_or(4096, |w| w as usize);
+    let scale = match (c.architecture, c.n_layers) {
+        (Architecture::Gemma2, 46) | (Architecture::Gemma3, 62) => (c.d_model / c.n_heads) as f64,
+        _ => c.head_dim as f64,
+    };
+    Ok(match c.architecture {
+        Architecture::Gemma3 => {
+            let pattern = match meta.get(&key("attention.sliding_window_pattern")) {
+                None => layout::LayerPattern::EveryNthFull(6),
+                Some(v) => match (v.as_u64(), v.as_array()) {
+                    (Some(n), _) if n > 0 => layout::LayerPattern::EveryNthFull(n as usize),
+                    (_, Some(flags)) if flags.len() == c.n_layers => {
+                        layout::LayerPattern::Explicit(
+                            flags
+                                .iter()
+                                .map(|f| match f.as_bool() {
+                                    Some(true) => Ok(layout::AttentionKind::Sliding),
+                                    Some(false) => Ok(layout::AttentionKind::Full),
+                                    None => Err(()),
+                                })
+                                .collect::<std::result::Result<_, ()>>()
+                                .map_err(|_| {
+                                    CheckpointError::malformed(
+                                        path,
+                                        format!(
+                                            "{} holds a non-boolean",
+                                            key("attention.sliding_window_pattern")
+                                        ),
+                                    )
+                                })?,
+                        )
+                    }
+                    _ => {
+                        return Err(CheckpointError::malformed(
+                            path,
+                            format!(
+                                "{} is neither a period nor one flag per layer",
+                                key("attention.sliding_window_pattern")
+                            ),
+                        ))
+                    }
+                },
+            };
+            layout::AttentionLayout {
+                sliding_window: Some(window()),
+                pattern,
+                local_rope_theta: Some(f64_of("rope.freq_base_swa").unwrap_or(10_000.0)),
+                query_pre_attn_scalar: Some(scale),
+                final_logit_softcapping: f64_of("final_logit_softcapping"),
+                ..Default::default()
+            }
+        }
         // llama.cpp's Gemma 2: even layers slide; caps 50 and 30 unless stored.
         Architecture::Gemma2 => layout::AttentionLayout {
-            sliding_window: Some(
-                meta_u64(meta, &key("attention.sliding_window")).map_or(4096, |w| w as usize),
-            ),
+            sliding_window: Some(window()),
             pattern: layout::LayerPattern::EvenSliding,
-            query_pre_attn_scalar: Some(head_dim as f64),
+            query_pre_attn_scalar: Some(scale),
             attn_logit_softcapping: Some(f64_of("attn_logit_softcapping").unwrap_or(50.0)),
             final_logit_softcapping: Some(f64_of("final_logit_softcapping").unwrap_or(30.0)),
             ..Default::default()
         },
         _ => layout::AttentionLayout::default(),
-    }
+    })
 }
