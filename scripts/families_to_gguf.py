@@ -7,7 +7,7 @@ tensors kept, F32 everywhere), then checked by llama.cpp itself
 is kept. Writes FIXTURES/<family>/model.gguf and llamacpp.json.
 
     pip install gguf==0.19.0 llama-cpp-python==0.3.36 safetensors numpy
-    python3 scripts/families_to_gguf.py tests/fixtures/families
+    python3 scripts/families_to_gguf.py tests/fixtures/families [FAMILY...]
 """
 import json
 import math
@@ -24,11 +24,13 @@ ARCH = {
     "qwen3": gguf.MODEL_ARCH.QWEN3,
     "olmo2": gguf.MODEL_ARCH.OLMO2,
     "gemma2": gguf.MODEL_ARCH.GEMMA2,
+    "phi3": gguf.MODEL_ARCH.PHI3,
 }
 # Not here: Gemma 3, whose sliding pattern llama.cpp hard-codes (every 6th
 # layer global), which the 3-layer fixture does not follow (the real Gemma 3
-# 270M GGUF is tested instead); Phi-3, whose byte-level vocabulary llama.cpp
-# does not load (unordered_map::at).
+# 270M GGUF is tested instead). The files' general.name must not contain
+# "phi3": llama.cpp then looks up Phi-3's chat tokens by text, which the
+# fixtures' byte-level vocabulary lacks (unordered_map::at).
 
 
 def tensors(path):
@@ -47,7 +49,7 @@ def write(family, path):
     w = gguf.GGUFWriter(out, name)
     n_layers = cfg["num_hidden_layers"]
     hd = cfg["head_dim"]
-    w.add_name(f"mwtop tiny {family}")
+    w.add_name("mwtop tiny fixture")
     w.add_context_length(cfg["max_position_embeddings"])
     w.add_embedding_length(cfg["hidden_size"])
     w.add_block_count(n_layers)
@@ -59,6 +61,9 @@ def write(family, path):
     w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
     rp = cfg["rope_parameters"]
     w.add_rope_freq_base(rp["rope_theta"])
+    partial = rp.get("partial_rotary_factor", 1.0)
+    if partial != 1.0:
+        w.add_rope_dimension_count(int(hd * partial))
     if family == "gemma2":
         w.add_sliding_window(cfg["sliding_window"])
     if family == "gemma2":
@@ -120,7 +125,7 @@ def llamacpp_logprobs(model, ids):
 
 def main():
     root = sys.argv[1]
-    for family in ARCH:
+    for family in sys.argv[2:] or ARCH:
         path = os.path.join(root, family)
         ref = json.load(open(os.path.join(path, "reference.json")))
         model = write(family, path)

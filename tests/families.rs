@@ -443,6 +443,8 @@ fn gguf_files_of_the_families_match_transformers_and_llama_cpp() {
         ("olmo2", 1e-4),
         // llama.cpp's GELU differs from PyTorch's tanh form by ~1e-3 here.
         ("gemma2", 3e-3),
+        // Fused attn_qkv and ffn_up, rope.dimension_count = half a head.
+        ("phi3", 1e-4),
     ] {
         let path = dir(family).join("model.gguf");
         let ckpt = Checkpoint::open_path(&path).unwrap();
@@ -460,4 +462,45 @@ fn gguf_files_of_the_families_match_transformers_and_llama_cpp() {
             llamacpp_tol,
         );
     }
+}
+
+/// A Phi-3 GGUF with LongRoPE's factor tensors (the 128K models) is
+/// refused by the tensor's name, never run with plain RoPE.
+#[test]
+fn phi3_gguf_with_longrope_factors_is_refused() {
+    use mwtop::checkpoint::gguf::{self, GgufValue};
+    use mwtop::checkpoint::gguf_writer::{self, GgufTensorData};
+    let src = dir("phi3").join("model.gguf");
+    let bytes = std::fs::read(&src).unwrap();
+    let header = gguf::parse(&src, &bytes).unwrap();
+    let meta: Vec<(String, GgufValue)> = header.metadata.clone().into_iter().collect();
+    let mut tensors: Vec<GgufTensorData> = header
+        .tensors
+        .iter()
+        .map(|t| GgufTensorData {
+            name: t.name.clone(),
+            dtype: t.dtype,
+            shape: t.shape(),
+            data: bytes[t.offset as usize..(t.offset + t.bytes) as usize].to_vec(),
+        })
+        .collect();
+    tensors.push(GgufTensorData {
+        name: "rope_factors_long.weight".into(),
+        dtype: candle_core::quantized::GgmlDType::F32,
+        shape: vec![4],
+        data: [1.0f32; 4].iter().flat_map(|v| v.to_le_bytes()).collect(),
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("longrope.gguf");
+    gguf_writer::write(&path, &meta, &tensors).unwrap();
+    let err = Checkpoint::open_path(&path)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("rope_factors_long.weight") && err.contains("longrope"),
+        "{err}"
+    );
+    // The control: the file without that tensor opens.
+    assert!(Checkpoint::open_path(&src).is_ok());
 }

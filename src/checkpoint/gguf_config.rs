@@ -31,10 +31,18 @@ pub(super) fn gguf_config(path: &Path, header: &GgufHeader) -> Result<ModelConfi
             ),
         )
     })?;
-    if architecture == Architecture::Phi3 {
+    // Phi-3's 128K models carry LongRoPE's factors as tensors.
+    if let Some(t) = header
+        .tensors
+        .iter()
+        .find(|t| t.name.starts_with("rope_factors_"))
+    {
         return Err(CheckpointError::unsupported(
             path,
-            format!("{arch_name} GGUF files are not read yet (its Hugging Face directories are)"),
+            format!(
+                "tensor {}: LongRoPE scaling is not implemented (rope type longrope)",
+                t.name
+            ),
         ));
     }
     let key = |k: &str| format!("{arch_name}.{k}");
@@ -148,7 +156,9 @@ pub(super) fn gguf_config(path: &Path, header: &GgufHeader) -> Result<ModelConfi
 /// query_pre_attn_scalar, and llama.cpp takes 1/sqrt(head_dim), or
 /// 1/sqrt(d_model / heads) for the 27B models (46 layers of Gemma 2, 62 of
 /// Gemma 3). A partial rotary count (`rope.dimension_count` below
-/// head_dim) is refused: these families rotate whole heads.
+/// head_dim) is Phi-3's `partial_rotary_factor`; the other families rotate
+/// whole heads and refuse it. Phi-3's stored sliding window is applied to
+/// every layer, as transformers does (llama.cpp ignores it).
 fn gguf_attention(
     path: &Path,
     meta: &BTreeMap<String, GgufValue>,
@@ -156,9 +166,19 @@ fn gguf_attention(
     c: &ModelConfig,
 ) -> Result<layout::AttentionLayout> {
     let f64_of = |k: &str| meta.get(&key(k)).and_then(GgufValue::as_f64);
-    if let Some(n) =
-        meta_u64(meta, &key("rope.dimension_count")).filter(|&n| n as usize != c.head_dim)
-    {
+    let rotary = meta_u64(meta, &key("rope.dimension_count")).filter(|&n| n as usize != c.head_dim);
+    let partial = match rotary {
+        Some(n)
+            if c.architecture == Architecture::Phi3
+                && n > 0
+                && n % 2 == 0
+                && (n as usize) < c.head_dim =>
+        {
+            Some(n as f64 / c.head_dim as f64)
+        }
+        _ => None,
+    };
+    if let (Some(n), None) = (rotary, partial) {
         return Err(CheckpointError::unsupported(
             path,
             format!(
@@ -230,6 +250,21 @@ fn gguf_attention(
             final_logit_softcapping: Some(f64_of("final_logit_softcapping").unwrap_or(30.0)),
             ..Default::default()
         },
+        Architecture::Phi3 => {
+            let sliding_window = meta_u64(meta, &key("attention.sliding_window"))
+                .filter(|&w| w > 0)
+                .map(|w| w as usize);
+            layout::AttentionLayout {
+                sliding_window,
+                pattern: if sliding_window.is_some() {
+                    layout::LayerPattern::AllSliding
+                } else {
+                    layout::LayerPattern::AllFull
+                },
+                partial_rotary_factor: partial.unwrap_or(1.0),
+                ..Default::default()
+            }
+        }
         _ => layout::AttentionLayout::default(),
     })
 }

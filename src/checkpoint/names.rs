@@ -40,6 +40,9 @@ pub fn canonical_name(arch: Architecture, gguf: &str) -> String {
         "attn_q" => "self_attn.q_proj",
         "attn_k" => "self_attn.k_proj",
         "attn_v" => "self_attn.v_proj",
+        // Phi-3 keeps its fused tensors: q, k, v in one; gate then up in ffn_up.
+        "attn_qkv" => "self_attn.qkv_proj",
+        "ffn_up" if arch == Architecture::Phi3 => "mlp.gate_up_proj",
         "attn_output" => "self_attn.o_proj",
         "attn_q_norm" => "self_attn.q_norm",
         "attn_k_norm" => "self_attn.k_norm",
@@ -97,6 +100,8 @@ pub fn gguf_name(arch: Architecture, canonical: &str) -> String {
         "self_attn.q_proj" => "attn_q",
         "self_attn.k_proj" => "attn_k",
         "self_attn.v_proj" => "attn_v",
+        "self_attn.qkv_proj" => "attn_qkv",
+        "mlp.gate_up_proj" => "ffn_up",
         "self_attn.o_proj" => "attn_output",
         "self_attn.q_norm" => "attn_q_norm",
         "self_attn.k_norm" => "attn_k_norm",
