@@ -504,3 +504,116 @@ fn phi3_gguf_with_longrope_factors_is_refused() {
     // The control: the file without that tensor opens.
     assert!(Checkpoint::open_path(&src).is_ok());
 }
+
+/// Phi-3's q/k rows are held in rotary order: an edit of one q or k entry,
+/// as a run's intervention and made for good, equals the same entry edited
+/// in the checkpoint file itself, and the model's weight reads back in
+/// Hugging Face's row order.
+#[test]
+fn phi3_q_and_k_edits_address_hugging_face_rows() {
+    use mwtop::checkpoint::{Proj, WeightId};
+    use mwtop::model::intervention::WeightEdit;
+    let src = dir("phi3");
+    let ids = u32s(&reference(&src)["bos_ids"]);
+    let nq_rows = 4 * 16;
+    // q row 21 = head 1, dim 5 (rotates, held at dim 9); k row 25 = head
+    // 1, dim 9 (passes through, held at dim 5).
+    for (proj, row, col, value) in [(Proj::Q, 21usize, 3usize, 2.5f32), (Proj::K, 25, 40, -3.0)] {
+        let fused_row = match proj {
+            Proj::Q => row,
+            _ => nq_rows + row,
+        };
+        // The file with qkv_proj[fused_row, col] = value.
+        let tmp = copy_of(&src);
+        let file = tmp.path().join("model.safetensors");
+        let bytes = std::fs::read(&file).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = st
+            .tensors()
+            .into_iter()
+            .map(|(n, v)| (n, v.shape().to_vec(), v.data().to_vec()))
+            .collect();
+        let (_, shape, data) = owned
+            .iter_mut()
+            .find(|(n, ..)| n == "model.layers.1.self_attn.qkv_proj.weight")
+            .unwrap();
+        let at = (fused_row * shape[1] + col) * 4;
+        data[at..at + 4].copy_from_slice(&value.to_le_bytes());
+        let views: Vec<(String, safetensors::tensor::TensorView)> = owned
+            .iter()
+            .map(|(n, s, d)| {
+                (
+                    n.clone(),
+                    safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d)
+                        .unwrap(),
+                )
+            })
+            .collect();
+        safetensors::serialize_to_file(views, None, &file).unwrap();
+        let from_file = logprobs(&load(tmp.path()), &ids);
+
+        let mut model = load(&src);
+        let id = WeightId::layer(1, proj);
+        let w = model.weight(id).unwrap();
+        let ckpt = Checkpoint::open_path(&src).unwrap();
+        let qkv = ckpt
+            .tensor(
+                "model.layers.1.self_attn.qkv_proj.weight",
+                DType::F32,
+                &Device::Cpu,
+            )
+            .unwrap();
+        let start = if proj == Proj::Q { 0 } else { nq_rows };
+        let want = qkv.narrow(0, start, w.dim(0).unwrap()).unwrap();
+        let diff = (w - want).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(
+            diff.to_scalar::<f32>().unwrap(),
+            0.0,
+            "{id} rows out of order"
+        );
+        let plain = logprobs(&model, &ids);
+        let edit = WeightEdit {
+            tensor: id,
+            row,
+            col,
+            value,
+        };
+        let out = model
+            .forward(
+                std::slice::from_ref(&ids),
+                None,
+                &RunOptions {
+                    interventions: vec![mwtop::model::intervention::Interventions {
+                        weight_edits: vec![edit],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        let edited =
+            Model::next_token_logprobs(&out.logits.unwrap().get(0).unwrap(), &ids).unwrap();
+        model.set_weight_entry(id, row, col, value).unwrap();
+        let set = logprobs(&model, &ids);
+        let worst = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max)
+        };
+        assert!(
+            worst(&from_file, &plain) > 1e-3,
+            "{id}: the edit changed nothing"
+        );
+        assert!(
+            worst(&edited, &from_file) < 1e-5,
+            "{id}: {}",
+            worst(&edited, &from_file)
+        );
+        assert!(
+            worst(&set, &from_file) < 1e-5,
+            "{id}: {}",
+            worst(&set, &from_file)
+        );
+    }
+}

@@ -307,7 +307,7 @@ fn largest_entries(model: &Model, layer: usize, n: usize) -> Result<Vec<SuperWei
         .collect())
 }
 
-fn down_proj(model: &Model, layer: usize) -> Result<&candle_core::Tensor> {
+fn down_proj(model: &Model, layer: usize) -> Result<candle_core::Tensor> {
     let id = WeightId::layer(layer, Proj::Down);
     model
         .weight(id)

@@ -85,7 +85,7 @@ impl Model {
     }
 
     /// softmax(q k^T + mask) v for grouped queries, back to (b, t, heads * head_dim).
-    /// q is already scaled. Keys and values may be row ranges of a longer
+    /// q is already scaled (and divided by a soft cap). Keys and values may be row ranges of a longer
     /// buffer: matmul takes their batch stride as it is, no copy.
     pub(super) fn attend_grouped(
         &self,
@@ -103,9 +103,10 @@ impl Model {
         let total = k.dim(2)?;
         let q = q.reshape((b, c.n_kv_heads, rep * t, c.head_dim))?;
         let mut scores = q.matmul(&k.t()?)?;
-        // Gemma 2 caps the scaled scores before the mask.
+        // Gemma 2 caps the scaled scores before the mask: cap * tanh(s / cap),
+        // the 1 / cap already in q's scale.
         if let Some(cap) = self.family.attn_softcap {
-            scores = ((scores / cap)?.tanh()? * cap)?;
+            scores = scores.tanh()?.affine(cap, 0.0)?;
         }
         if let Some(m) = mask {
             scores = scores

@@ -48,6 +48,37 @@ impl Model {
         };
         let embed = get(&WeightId::Embed.hf_name())?;
         let (hd, nq, nk) = (config.head_dim, config.n_heads, config.n_kv_heads);
+        // Phi-3 rotates the first dims of each head, the rest pass through:
+        // its q/k rows are held in rotary order (see rope::RotaryOrder).
+        let rotary = ((hd as f64 * layout.partial_rotary_factor) as usize) & !1;
+        if rotary == 0 {
+            return Err(ModelError::Unsupported(format!(
+                "partial_rotary_factor {} leaves no dims to rotate",
+                layout.partial_rotary_factor
+            )));
+        }
+        let rotary_order = rope::RotaryOrder::new(hd, rotary);
+        let reorder = |t: Tensor, index: Vec<u32>| -> Result<Tensor> {
+            let n = index.len();
+            Ok(t.index_select(&Tensor::from_vec(index, n, device)?, 0)?)
+        };
+        // Rows (and biases, and norm weights) of q or k into rotary order.
+        let to_stored = |t: Tensor| -> Result<Tensor> {
+            match &rotary_order {
+                Some(o) => {
+                    let rows = t.dim(0)?;
+                    reorder(t, o.to_stored(rows))
+                }
+                None => Ok(t),
+            }
+        };
+        let linear_to_stored = |l: Linear| -> Result<Linear> {
+            Ok(Linear {
+                id: l.id,
+                weight: to_stored(l.weight)?,
+                bias: l.bias.map(to_stored).transpose()?,
+            })
+        };
         let mut blocks = Vec::with_capacity(config.n_layers);
         for i in 0..config.n_layers {
             let mut slot = |kind: Option<NormKind>| -> Result<Option<Tensor>> {
@@ -60,8 +91,12 @@ impl Model {
                 attn_out: slot(family.attn_out)?,
                 mlp_in: slot(family.mlp_in)?,
                 mlp_out: slot(family.mlp_out)?,
-                q: slot(qk.then_some(NormKind::Q))?,
-                k: slot(qk.then_some(NormKind::K))?,
+                q: slot(qk.then_some(NormKind::Q))?
+                    .map(to_stored)
+                    .transpose()?,
+                k: slot(qk.then_some(NormKind::K))?
+                    .map(to_stored)
+                    .transpose()?,
             };
             let mut proj = |p: Proj| {
                 let id = WeightId::layer(i, p);
@@ -71,12 +106,30 @@ impl Model {
                 let o = proj(Proj::O)?;
                 let down = proj(Proj::Down)?;
                 let qkv = linear(&mut get, Fused::Qkv.hf_name(i), None)?;
+                let qkv = match &rotary_order {
+                    // q and k rows into rotary order, v as it is.
+                    Some(order) => {
+                        let k_rows = order.to_stored(nk * hd);
+                        let index: Vec<u32> = order
+                            .to_stored(nq * hd)
+                            .into_iter()
+                            .chain(k_rows.iter().map(|&r| r + (nq * hd) as u32))
+                            .chain(((nq + nk) * hd..(nq + 2 * nk) * hd).map(|r| r as u32))
+                            .collect();
+                        Linear {
+                            id: None,
+                            weight: reorder(qkv.weight, index.clone())?,
+                            bias: qkv.bias.map(|b| reorder(b, index)).transpose()?,
+                        }
+                    }
+                    None => qkv,
+                };
                 let gate_up = linear(&mut get, Fused::GateUp.hf_name(i), None)?;
                 Block::from_fused(norms, i, qkv, [nq * hd, nk * hd, nk * hd], o, gate_up, down)?
             } else {
                 let attn = [
-                    proj(Proj::Q)?,
-                    proj(Proj::K)?,
+                    linear_to_stored(proj(Proj::Q)?)?,
+                    linear_to_stored(proj(Proj::K)?)?,
                     proj(Proj::V)?,
                     proj(Proj::O)?,
                 ];
@@ -104,20 +157,15 @@ impl Model {
             ),
             _ => None,
         };
-        // Phi-3 rotates the first dims of each head, the rest pass through.
-        let rotary = ((hd as f64 * layout.partial_rotary_factor) as usize) & !1;
-        if rotary == 0 {
-            return Err(ModelError::Unsupported(format!(
-                "partial_rotary_factor {} leaves no dims to rotate",
-                layout.partial_rotary_factor
-            )));
-        }
         let positions = config
             .max_position_embeddings
             .clamp(4096, ROPE_POSITIONS_MAX);
+        // Queries carry attention's scale, and Gemma 2's 1 / softcap too, so
+        // that capping the scores is tanh and one multiply.
+        let query_scale = family.attn_scale / family.attn_softcap.unwrap_or(1.0);
         let make_rope = |theta: f64, scaling: Option<&RopeScaling>| {
             let inv = rope::inv_freq(rotary, theta, scaling, factors.as_deref());
-            rope::Rope::new(&inv, hd, positions, family.attn_scale, dtype, device)
+            rope::Rope::new(&inv, hd, positions, query_scale, dtype, device)
         };
         let rope = make_rope(config.rope_theta, config.rope_scaling.as_ref())?;
         let local_rope = match layout.local_rope_theta {
@@ -148,6 +196,7 @@ impl Model {
             embed_scale,
             rope,
             local_rope,
+            rotary_order,
             weights_version: 0,
             decode_graphs: true,
         })

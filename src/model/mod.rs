@@ -133,6 +133,8 @@ pub struct Model {
     rope: rope::Rope,
     /// The RoPE of sliding layers when their base differs (Gemma 3).
     local_rope: Option<rope::Rope>,
+    /// The order q/k rows are held in when only part of each head rotates.
+    rotary_order: Option<rope::RotaryOrder>,
     /// Bumped by every change of the loaded weights (recorded decode steps
     /// read the weights' memory, so they are recorded again).
     weights_version: u64,

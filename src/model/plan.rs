@@ -97,7 +97,7 @@ impl<'a> Plan<'a> {
                     per[r] = delta;
                     let per =
                         Tensor::from_vec(per, (b, 1, 1), &model.device)?.to_dtype(model.dtype)?;
-                    edits.push((canonical, e.row, e.col, per));
+                    edits.push((canonical, model.stored_row(canonical, e.row), e.col, per));
                 }
             }
         }

@@ -216,7 +216,7 @@ impl Model {
         value: f32,
     ) -> Result<()> {
         let w = self
-            .weight(id)
+            .stored(id)
             .ok_or_else(|| ModelError::Invalid(format!("the model has no {id}")))?;
         let (rows, cols) = w.dims2()?;
         if row >= rows || col >= cols {
@@ -225,7 +225,7 @@ impl Model {
             )));
         }
         let mut v = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        v[row * cols + col] = value;
+        v[self.stored_row(id, row) * cols + col] = value;
         let new = Tensor::from_vec(v, (rows, cols), &self.device)?.to_dtype(self.dtype)?;
         self.weights_version += 1;
         match self.canonical_weight(id) {
@@ -257,12 +257,45 @@ impl Model {
         }
     }
 
-    /// A loaded weight matrix; None for a layer the model does not have.
-    pub fn weight(&self, id: WeightId) -> Option<&Tensor> {
+    /// A matrix as held (q/k rows possibly in rotary order).
+    fn stored(&self, id: WeightId) -> Option<&Tensor> {
         match self.canonical_weight(id) {
             WeightId::Embed => Some(&self.embed),
             WeightId::Head => Some(&self.lm_head.weight),
             WeightId::Layer { layer, proj } => Some(&self.blocks.get(layer)?.part(proj).weight),
+        }
+    }
+
+    /// A loaded weight matrix, rows in Hugging Face's order; None for a
+    /// layer the model does not have.
+    pub fn weight(&self, id: WeightId) -> Option<Tensor> {
+        let stored = self.stored(id)?;
+        match self.reordered(id) {
+            Some(order) => {
+                let rows = stored.dim(0).ok()?;
+                let index = Tensor::from_vec(order.to_hf(rows), rows, stored.device()).ok()?;
+                stored.index_select(&index, 0).ok()
+            }
+            None => Some(stored.clone()),
+        }
+    }
+
+    /// The row at which Hugging Face row `row` of `id` is held (q and k
+    /// rows are held in rotary order when part of each head rotates).
+    pub(super) fn stored_row(&self, id: WeightId, row: usize) -> usize {
+        match self.reordered(id) {
+            Some(order) => order.stored_row(row),
+            None => row,
+        }
+    }
+
+    fn reordered(&self, id: WeightId) -> Option<&super::rope::RotaryOrder> {
+        match id {
+            WeightId::Layer {
+                proj: Proj::Q | Proj::K,
+                ..
+            } => self.rotary_order.as_ref(),
+            _ => None,
         }
     }
 }
