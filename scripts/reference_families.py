@@ -35,7 +35,7 @@ import torch
 import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-OUT = sys.argv[1]
+OUT = sys.argv[1] if len(sys.argv) > 1 else "."
 V, D, F, L, NH, NKV, HD = 260, 64, 128, 3, 4, 2, 16
 BOS, EOS = 256, 257
 PLANT_LAYER, PLANT_DIMS, PLANT_HIDDEN = 1, (17, 90), 5

@@ -61,14 +61,19 @@ impl BenchArgs {
         )
         .ok()
         .map(|t| Attack::new(AttackMode::Zero, t.layer, &t.ranked, 2, d_ff, 0));
-        run(
+        let parameters = ckpt.parameter_count();
+        let report = run(
             &mut model,
             &tok,
             &eval_ids,
             &chat,
             attack.as_ref(),
             self.decode,
-        )?
+        )?;
+        BenchReport {
+            parameters,
+            ..report
+        }
         .print(self.json)
     }
 }
@@ -77,6 +82,8 @@ impl BenchArgs {
 struct BenchReport {
     pub device: String,
     pub dtype: String,
+    /// The checkpoint's parameter count (for time per parameter).
+    pub parameters: u64,
     pub prompt_tokens: usize,
     pub prompt_tok_s: f64,
     pub prompt_tok_s_capture: f64,
@@ -227,6 +234,7 @@ fn run(
     Ok(BenchReport {
         device: mwtop::runtime::device_name(model.device()).into(),
         dtype: format!("{:?}", model.dtype()).to_lowercase(),
+        parameters: 0,
         prompt_tokens: eval_ids.len(),
         prompt_tok_s: eval_ids.len() as f64 / p_off,
         prompt_tok_s_capture: eval_ids.len() as f64 / p_on,
