@@ -617,3 +617,96 @@ fn phi3_q_and_k_edits_address_hugging_face_rows() {
         );
     }
 }
+
+/// Rows of different lengths in one batch: left padding hidden by
+/// `key_padding`, a shared prefix run once and continued per row through
+/// `Cache::select_rows`, right padding after the real tokens. Every real
+/// position's logits equal the row run alone (sliding windows and soft
+/// caps included).
+#[test]
+fn padded_batches_and_shared_prefixes_equal_rows_run_alone() {
+    for family in ["llama", "mistral", "gemma2", "phi3"] {
+        let model = load(&dir(family));
+        let ids = u32s(&reference(&dir(family))["bos_ids"]);
+        let a: Vec<u32> = ids[..20].to_vec();
+        let b: Vec<u32> = ids[30..43].to_vec();
+        let alone = |s: &[u32]| {
+            model
+                .forward(&[s.to_vec()], None, &RunOptions::default())
+                .unwrap()
+                .logits
+                .unwrap()
+                .get(0)
+                .unwrap()
+        };
+        let (la, lb) = (alone(&a), alone(&b));
+        let diff = |x: &candle_core::Tensor, y: &candle_core::Tensor| -> f32 {
+            (x - y)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap()
+        };
+        // One batch, b left-padded by 7.
+        let padded: Vec<u32> = [vec![0; 7], b.clone()].concat();
+        let out = model
+            .forward(
+                &[a.clone(), padded],
+                None,
+                &RunOptions {
+                    key_padding: Some(vec![0, 7]),
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+            .logits
+            .unwrap();
+        assert!(diff(&out.get(0).unwrap(), &la) < 1e-5, "{family}");
+        let got_b = out.get(1).unwrap().narrow(0, 7, 13).unwrap();
+        assert!(diff(&got_b, &lb) < 1e-5, "{family}: {}", diff(&got_b, &lb));
+        // Prefixes a[..10] and b[..5] (left-padded to 10), then three rows:
+        // a[10..20], a[10..15] right-padded, b[5..13] right-padded.
+        let mut cache = model.new_cache();
+        let pads = vec![0, 5];
+        let prefix_b: Vec<u32> = [vec![0; 5], b[..5].to_vec()].concat();
+        model
+            .forward(
+                &[a[..10].to_vec(), prefix_b],
+                Some(&mut cache),
+                &RunOptions {
+                    key_padding: Some(pads),
+                    logits: mwtop::model::LogitsMode::None,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        let mut rows = cache.select_rows(&[0, 0, 1]).unwrap();
+        let pad_to = |s: &[u32]| [s.to_vec(), vec![0; 10 - s.len()]].concat();
+        let out = model
+            .forward(
+                &[a[10..20].to_vec(), pad_to(&a[10..15]), pad_to(&b[5..13])],
+                Some(&mut rows),
+                &RunOptions {
+                    key_padding: Some(vec![0, 0, 5]),
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+            .logits
+            .unwrap();
+        let at = |r: usize, n: usize| out.get(r).unwrap().narrow(0, 0, n).unwrap();
+        assert!(
+            diff(&at(0, 10), &la.narrow(0, 10, 10).unwrap()) < 1e-5,
+            "{family}"
+        );
+        assert!(
+            diff(&at(1, 5), &la.narrow(0, 10, 5).unwrap()) < 1e-5,
+            "{family}"
+        );
+        let d = diff(&at(2, 8), &lb.narrow(0, 5, 8).unwrap());
+        assert!(d < 1e-5, "{family}: {d}");
+    }
+}

@@ -149,33 +149,43 @@ impl Model {
 
 /// (t, start + t) additive mask: query i (absolute p = start + i) sees keys
 /// j <= p, and with a sliding window w only those with p - w < j (w keys,
-/// itself included, as transformers' sliding-window mask). None when every
-/// key is visible (one query within the window).
+/// itself included, as transformers' sliding-window mask). With `pads`
+/// (one per row) the mask is (rows, 1, 1, t, start + t) and row r also
+/// hides keys j < pads[r] (its left padding) from every query but their
+/// own (so a padding query still has one key and stays finite). None when
+/// every key is visible (one query within the window, no padding).
 pub(super) fn causal_mask(
     t: usize,
     start: usize,
     window: Option<usize>,
+    pads: Option<&[usize]>,
     dtype: DType,
     device: &Device,
 ) -> Result<Option<Tensor>> {
     let total = start + t;
     let w = window.unwrap_or(usize::MAX);
-    if t == 1 && total <= w {
+    let pads = pads.filter(|p| p.iter().any(|&n| n > 0));
+    if t == 1 && total <= w && pads.is_none() {
         return Ok(None);
     }
-    let m: Vec<f32> = (0..t)
-        .flat_map(|i| {
+    let row = |pad: usize| {
+        (0..t).flat_map(move |i| {
             let p = start + i;
             (0..total).map(move |j| {
-                if j > p || p - j >= w {
+                if j > p || p - j >= w || (j < pad && j != p) {
                     f32::NEG_INFINITY
                 } else {
                     0.0
                 }
             })
         })
-        .collect();
-    Ok(Some(
-        Tensor::from_vec(m, (t, total), device)?.to_dtype(dtype)?,
-    ))
+    };
+    let mask = match pads {
+        None => Tensor::from_vec(row(0).collect::<Vec<f32>>(), (t, total), device)?,
+        Some(pads) => {
+            let m: Vec<f32> = pads.iter().flat_map(|&pad| row(pad)).collect();
+            Tensor::from_vec(m, (pads.len(), 1, 1, t, total), device)?
+        }
+    };
+    Ok(Some(mask.to_dtype(dtype)?))
 }

@@ -93,6 +93,7 @@ impl Model {
             && (forced || (self.device.is_cuda() && self.decode_graphs))
             && !cache.graph_failed
             && !plan.has_weight_edits()
+            && opts.key_padding.is_none()
             && opts.cancel.as_ref().is_none_or(|c| !c.is_cancelled())
     }
 

@@ -51,6 +51,33 @@ impl Cache {
         self.len == 0
     }
 
+    /// A cache whose row i is row `rows[i]` of this one (rows may repeat):
+    /// a prefix run once per question continues as one row per choice.
+    pub fn select_rows(&self, rows: &[u32]) -> Result<Cache> {
+        let mut out = Cache::new();
+        out.len = self.len;
+        if let Some(first) = self.layers.first() {
+            let held = first.k.dim(0)? as u32;
+            if let Some(&bad) = rows.iter().find(|&&r| r >= held) {
+                return Err(ModelError::Invalid(format!(
+                    "cache row {bad}; the cache holds {held}"
+                )));
+            }
+            let index = Tensor::from_vec(rows.to_vec(), rows.len(), first.k.device())?;
+            out.layers = self
+                .layers
+                .iter()
+                .map(|l| {
+                    Ok(LayerKv {
+                        k: l.k.index_select(&index, 0)?,
+                        v: l.v.index_select(&index, 0)?,
+                    })
+                })
+                .collect::<Result<_>>()?;
+        }
+        Ok(out)
+    }
+
     /// Positions the buffers hold (0 before the first run).
     pub(super) fn capacity(&self) -> usize {
         self.layers.first().map_or(0, |l| l.k.dims()[2])

@@ -75,6 +75,11 @@ pub struct RunOptions {
     pub logits: LogitsMode,
     /// Checked between layers: a cancelled run stops with [`ModelError::Cancelled`].
     pub cancel: Option<CancelToken>,
+    /// Left padding, one count per row: positions below it are hidden as
+    /// keys, so rows of different lengths share one batch (and relative
+    /// positions, all RoPE sees, are those of the unpadded row). Give the
+    /// same counts to every run over one cache.
+    pub key_padding: Option<Vec<usize>>,
 }
 
 /// Cancels runs that a newer request made obsolete: the token is live while
@@ -102,6 +107,7 @@ impl Default for RunOptions {
             interventions: Vec::new(),
             logits: LogitsMode::All,
             cancel: None,
+            key_padding: None,
         }
     }
 }
@@ -196,6 +202,12 @@ impl Model {
                 "all sequences of a batch must have the same length".into(),
             ));
         }
+        if opts.key_padding.as_ref().is_some_and(|p| p.len() != b) {
+            return Err(ModelError::Invalid(format!(
+                "{} key-padding counts for a batch of {b}",
+                opts.key_padding.as_ref().map_or(0, Vec::len)
+            )));
+        }
         if !(opts.interventions.len() <= 1 || opts.interventions.len() == b) {
             return Err(ModelError::Invalid(format!(
                 "{} intervention sets for a batch of {b}",
@@ -247,10 +259,11 @@ impl Model {
             .reshape((b, t, self.config.d_model))?;
         x = plan.edit_embedding(self, x, &flat, b, t)?;
         let layout = &self.config.attention;
-        let full_mask = causal_mask(t, start, None, self.dtype, &self.device)?;
+        let pads = opts.key_padding.as_deref();
+        let full_mask = causal_mask(t, start, None, pads, self.dtype, &self.device)?;
         let sliding_mask = match layout.sliding_window {
             Some(w) if (0..self.config.n_layers).any(|i| layout.window(i).is_some()) => {
-                causal_mask(t, start, Some(w), self.dtype, &self.device)?
+                causal_mask(t, start, Some(w), pads, self.dtype, &self.device)?
             }
             _ => None,
         };
