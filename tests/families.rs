@@ -683,7 +683,7 @@ fn padded_batches_and_shared_prefixes_equal_rows_run_alone() {
                 },
             )
             .unwrap();
-        let mut rows = cache.select_rows(&[0, 0, 1]).unwrap();
+        let mut rows = cache.select_rows(&[0, 0, 1], 10).unwrap();
         let pad_to = |s: &[u32]| [s.to_vec(), vec![0; 10 - s.len()]].concat();
         let out = model
             .forward(

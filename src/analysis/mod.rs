@@ -10,3 +10,4 @@ pub mod norms;
 pub mod perplexity;
 pub mod sweep;
 pub mod target;
+pub mod zero_shot;

@@ -11,6 +11,7 @@ mod generate;
 mod inspect;
 mod progress;
 mod scan;
+mod tasks;
 mod ui;
 
 use clap::{Parser, Subcommand};
@@ -43,6 +44,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Find massive activations, the massive layer, its massive weights and super weights.
     Scan(scan::ScanArgs),
+    /// Zero-shot accuracy (ARC, BoolQ, PIQA, WinoGrande, ...), plain, attacked or swept.
+    Tasks(tasks::TasksArgs),
     /// Speed of this build: prompt and decode tokens/s, capture off and on, the pair, first token.
     Bench(bench::BenchArgs),
     /// Fetch a demo model (if needed) and print its path.
@@ -64,6 +67,7 @@ impl Cli {
             Some(Command::Generate(a)) => a.run(model),
             Some(Command::Eval(a)) => a.run(model),
             Some(Command::Scan(a)) => a.run(model),
+            Some(Command::Tasks(a)) => a.run(model),
             Some(Command::Bench(a)) => a.run(model),
             Some(Command::Demo(a)) => {
                 let path = mwtop::demo::ensure_model(a.name.model()).wrap_err("demo model")?;

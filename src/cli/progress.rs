@@ -25,6 +25,11 @@ impl Counter {
         }
     }
 
+    /// Whether updates are rewritten in place (stderr is a terminal).
+    pub fn is_tty(&self) -> bool {
+        self.tty
+    }
+
     pub fn show(&mut self, msg: &str) {
         if self.tty {
             eprint!("\rmwtop: {msg}");

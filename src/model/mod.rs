@@ -167,6 +167,11 @@ impl Model {
         self.dtype
     }
 
+    /// A cache sized for exactly `positions` (a prefix scored once).
+    pub fn new_cache_exact(&self, positions: usize) -> Cache {
+        Cache::exact(positions)
+    }
+
     pub fn new_cache(&self) -> Cache {
         Cache::new()
     }

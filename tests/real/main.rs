@@ -15,6 +15,7 @@ mod massive;
 mod pty;
 mod reference;
 mod tape;
+mod tasks;
 
 use std::sync::OnceLock;
 

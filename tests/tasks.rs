@@ -1,0 +1,265 @@
+//! Zero-shot scoring: shared prefixes, padding and batching change no
+//! log-likelihood; acc, acc_norm and their standard errors follow
+//! lm-evaluation-harness's definitions; the `tasks` subcommand reads
+//! request files and refuses bad ones in one line.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use mwtop::analysis::zero_shot::{self, Budget, Encoded};
+use mwtop::checkpoint::Checkpoint;
+use mwtop::model::intervention::{Interventions, MaskMode};
+use mwtop::model::{Model, RunOptions};
+use mwtop::tasks::{Choice, Question};
+
+fn fixture(family: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/families/{family}"))
+}
+
+fn question(doc_id: u64, label: usize, choices: &[(&str, &str)]) -> Question {
+    Question {
+        doc_id,
+        label,
+        choices: choices
+            .iter()
+            .map(|(c, k)| Choice {
+                context: c.to_string(),
+                continuation: k.to_string(),
+            })
+            .collect(),
+    }
+}
+
+/// Shared contexts (ARC-like), shared continuations after different
+/// contexts (WinoGrande-like), a context with a trailing space, choices
+/// that share their first tokens, contexts longer than the sliding window.
+fn questions() -> Vec<Question> {
+    vec![
+        question(0, 1, &[("Question: which is warm?\nAnswer:", " summer"), ("Question: which is warm?\nAnswer:", " winter"), ("Question: which is warm?\nAnswer:", " a cold lake in the north")]),
+        question(1, 0, &[("The fox was faster than the dog, so the fox", " won the race."), ("The fox was faster than the dog, so the dog", " won the race.")]),
+        question(2, 1, &[("Is the sky blue? ", "yes"), ("Is the sky blue? ", "no")]),
+        question(3, 0, &[("1234 5678", " 9 10 11"), ("1234 5678", " 9 10 12"), ("1234 5678", " 9")]),
+        question(4, 1, &[("A much longer context, well past the eight-token sliding window: it goes on and on", " and stops."), ("A much longer context, well past the eight-token sliding window: it goes on and on", " forever and ever, it seems.")]),
+    ]
+}
+
+fn load(path: &Path) -> (Model, tokenizers::Tokenizer) {
+    let ckpt = Checkpoint::open_path(path).unwrap();
+    let model = Model::load(&ckpt, &Device::Cpu, DType::F32, |_, _| {}).unwrap();
+    (model, ckpt.tokenizer().unwrap())
+}
+
+/// The log-likelihood of one request by the definition: the fixtures'
+/// tokenizer maps each byte to its value, so whole = bytes(context +
+/// continuation) and the continuation starts after bytes(context without
+/// its trailing spaces); one plain forward of the whole sequence.
+fn by_definition(model: &Model, c: &Choice, iv: &Interventions) -> f64 {
+    let trimmed = c.context.trim_end_matches(' ');
+    let ids: Vec<u32> = format!("{}{}", c.context, c.continuation)
+        .bytes()
+        .map(u32::from)
+        .collect();
+    let start = trimmed.len();
+    let out = model
+        .forward(
+            &[ids.clone()],
+            None,
+            &RunOptions {
+                interventions: vec![iv.clone()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let lp = Model::next_token_logprobs(&out.logits.unwrap().get(0).unwrap(), &ids).unwrap();
+    lp[start - 1..].iter().map(|&x| x as f64).sum()
+}
+
+#[test]
+fn shared_prefixes_and_batches_equal_each_request_scored_alone() {
+    for family in ["llama", "mistral", "gemma2"] {
+        let (model, tok) = load(&fixture(family));
+        assert_eq!(zero_shot::bos_added(&tok, Some(256)), None, "{family}");
+        let qs = questions();
+        let enc: Vec<Encoded> = qs
+            .iter()
+            .map(|q| zero_shot::encode(&tok, None, q, 4096).unwrap())
+            .collect();
+        // Trailing spaces moved: "Is the sky blue?" + " yes".
+        assert_eq!(enc[2].cont_start, vec![16, 16]);
+        assert_eq!(enc[2].chars, vec![3, 2]);
+        let attack = Interventions::ffn_mask(1, MaskMode::Zero, vec![17, 90]);
+        for iv in [Interventions::none(), attack] {
+            let want: Vec<Vec<f64>> = qs
+                .iter()
+                .map(|q| {
+                    q.choices
+                        .iter()
+                        .map(|c| by_definition(&model, c, &iv))
+                        .collect()
+                })
+                .collect();
+            for tokens in [1, 64, 100_000] {
+                let budget = Budget {
+                    tokens,
+                    logit_bytes: 1 << 30,
+                };
+                let mut calls = 0;
+                let got =
+                    zero_shot::score(&model, &enc, &iv, budget, None, |_, _| calls += 1).unwrap();
+                for (g, w) in got.iter().flatten().zip(want.iter().flatten()) {
+                    assert!((g - w).abs() < 1e-4, "{family} budget {tokens}: {g} vs {w}");
+                }
+                if tokens == 1 {
+                    assert_eq!(calls, qs.len(), "one question per batch");
+                }
+            }
+        }
+    }
+}
+
+fn encoded(label: usize, chars: &[usize]) -> Encoded {
+    Encoded {
+        doc_id: 0,
+        seqs: vec![vec![1, 2]; chars.len()],
+        cont_start: vec![1; chars.len()],
+        chars: chars.to_vec(),
+        label,
+    }
+}
+
+#[test]
+fn acc_and_acc_norm_follow_the_harness() {
+    // Q0: raw argmax 0 (right), per char argmax 1 (-2/1 > -1/5? no: -0.2 > -2).
+    // Q1: raw argmax 1 (wrong), per char: -6/3 = -2 vs -4/1 = -4: 0 (right).
+    // Q2: a tie picks the first (right for acc, label 0).
+    // Q3: both wrong.
+    let qs = vec![
+        encoded(0, &[5, 1]),
+        encoded(0, &[3, 1]),
+        encoded(0, &[1, 1]),
+        encoded(1, &[1, 1]),
+    ];
+    let scores = vec![
+        vec![-1.0, -2.0],
+        vec![-6.0, -4.0],
+        vec![-3.0, -3.0],
+        vec![-1.0, -9.0],
+    ];
+    let s = zero_shot::task_score("t", &qs, &scores);
+    assert_eq!(s.n, 4);
+    assert_eq!(s.acc, 0.5); // Q0, Q2
+    assert_eq!(s.acc_norm, 0.75); // Q0 (-0.2 vs -2), Q1, Q2
+                                  // sample std / sqrt(n) = sqrt(p (1 - p) / (n - 1)).
+    assert!((s.acc_stderr.unwrap() - (0.25f64 / 3.0).sqrt()).abs() < 1e-12);
+    assert!((s.acc_norm_stderr.unwrap() - (0.1875f64 / 3.0).sqrt()).abs() < 1e-12);
+    let other = zero_shot::task_score("u", &qs[..1], &scores[..1]);
+    assert_eq!(other.acc_stderr, None, "no standard error of one question");
+    let avg = zero_shot::average(&[s.clone(), s]);
+    assert_eq!(avg.acc, 0.5);
+    assert_eq!(avg.n, 8);
+}
+
+fn write_requests(dir: &Path, lines: &[serde_json::Value]) -> PathBuf {
+    let p = dir.join("mine.jsonl");
+    let text: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    std::fs::write(&p, text.join("\n")).unwrap();
+    p
+}
+
+fn req(task: &str, doc: u64, idx: usize, label: usize, ctx: &str, cont: &str) -> serde_json::Value {
+    serde_json::json!({"task_name": task, "doc_id": doc, "idx": idx, "label": label,
+                       "request": {"context": ctx, "continuation": cont}})
+}
+
+#[test]
+fn the_tasks_command_scores_request_files_and_refuses_bad_input() {
+    let dir = common::tempdir();
+    let lines: Vec<serde_json::Value> = questions()
+        .iter()
+        .flat_map(|q| {
+            q.choices.iter().enumerate().map(move |(i, c)| {
+                let task = if q.doc_id < 3 { "one" } else { "two" };
+                req(task, q.doc_id, i, q.label, &c.context, &c.continuation)
+            })
+        })
+        .collect();
+    let file = write_requests(dir.path(), &lines);
+    let model = fixture("llama");
+    let m = common::path_str(&model);
+    let f = common::path_str(&file);
+    let out = common::mwtop(&[
+        "tasks",
+        m,
+        "--requests",
+        f,
+        "--device",
+        "cpu",
+        "--json",
+        "--per-request",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tasks = v["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 2);
+    assert_eq!(
+        (tasks[0]["task"].as_str(), tasks[0]["n"].as_u64()),
+        (Some("one"), Some(3))
+    );
+    assert_eq!(tasks[1]["n"].as_u64(), Some(2));
+    assert_eq!(tasks[0]["requests"].as_array().unwrap().len(), 7);
+    assert!(v["attack"].is_null());
+    assert_eq!(v["average"]["n"].as_u64(), Some(5));
+    // The per-request scores are the library's (and so the definition's).
+    let (model_l, _) = load(&model);
+    let want = by_definition(&model_l, &questions()[0].choices[1], &Interventions::none());
+    let got = tasks[0]["requests"][1]["loglik"].as_f64().unwrap();
+    assert!((got - want).abs() < 1e-4, "{got} vs {want}");
+    // Under an attack the report says which.
+    let out = common::mwtop(&[
+        "tasks",
+        m,
+        "--requests",
+        f,
+        "--device",
+        "cpu",
+        "--json",
+        "--mode",
+        "zero",
+        "--layer",
+        "1",
+        "--dims",
+        "17,90",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["attack"]["dims"], serde_json::json!([17, 90]));
+    assert_eq!(v["attack"]["layer"], 1);
+    // Bad input: one line, exit 1.
+    let out = common::mwtop(&["tasks", m, "--tasks", "arc_easy,mmlu", "--device", "cpu"]);
+    common::assert_one_line_error(&out, &["mmlu", "arc_easy"]);
+    let bad = write_requests(
+        dir.path(),
+        &[req("x", 0, 0, 3, "a", " b"), req("x", 0, 1, 3, "a", " c")],
+    );
+    let out = common::mwtop(&[
+        "tasks",
+        m,
+        "--requests",
+        common::path_str(&bad),
+        "--device",
+        "cpu",
+    ]);
+    common::assert_one_line_error(&out, &["mine.jsonl", "label 3 of 2"]);
+    std::fs::write(&bad, "{not json").unwrap();
+    let out = common::mwtop(&[
+        "tasks",
+        m,
+        "--requests",
+        common::path_str(&bad),
+        "--device",
+        "cpu",
+    ]);
+    common::assert_one_line_error(&out, &["mine.jsonl", "line 1", "not JSON"]);
+}
