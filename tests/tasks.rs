@@ -64,7 +64,7 @@ fn by_definition(model: &Model, c: &Choice, iv: &Interventions) -> f64 {
     let start = trimmed.len();
     let out = model
         .forward(
-            &[ids.clone()],
+            std::slice::from_ref(&ids),
             None,
             &RunOptions {
                 interventions: vec![iv.clone()],
