@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 
 import gguf
 import llama_cpp
@@ -50,6 +51,7 @@ def main():
         # F32 keys and values: llama.cpp caches them as F16 by default.
         llm = llama_cpp.Llama(model_path=f32, n_ctx=4096, logits_all=True, verbose=False,
                               n_threads=2, n_batch=4096, type_k=0, type_v=0)
+        t0 = time.time()
         add_bos = llm.metadata.get("tokenizer.ggml.add_bos_token", "false") == "true"
         rows = []
         for line in open(requests):
@@ -74,9 +76,10 @@ def main():
             ll = sum(logits[p - 1, ids[p]] - lse[p - 1] for p in range(start, len(ids)))
             rows.append({"task": r["task_name"], "doc_id": r["doc_id"], "choice": r["idx"],
                          "label": r["label"], "ids": ids, "cont_start": start, "loglik": float(ll)})
+        seconds = time.time() - t0
     json.dump({"source": f"llama-cpp-python {llama_cpp.__version__}, F32 weights dequantized by gguf-py",
                "model": os.path.basename(src), "requests": rows}, open(out, "w"), indent=0)
-    print(f"{len(rows)} requests scored", flush=True)
+    print(json.dumps({"peer": "llama.cpp", "requests": len(rows), "seconds": seconds}), flush=True)
 
 
 if __name__ == "__main__":
