@@ -7,9 +7,10 @@
 //! - Every job that starts a new "what-if" (generation, perplexity) bumps a
 //!   shared epoch, which cancels the running generation or perplexity between
 //!   two layers.
-//! - Jobs run in priority order: load, probe, layer detail, generation, then
-//!   perplexity, so a toggle's first token is not stuck behind a long
-//!   perplexity run.
+//! - Jobs run in priority order: load, probe, layer detail, generation,
+//!   perplexity, then zero-shot accuracy, so a toggle's first token is not
+//!   stuck behind a long perplexity run. Accuracy runs a few questions per
+//!   step and yields to any other job between steps.
 
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
@@ -26,6 +27,7 @@ use crate::analysis::generate::{generate, GenerateParams, StopReason};
 use crate::analysis::massive::{self, ScanReport, Thresholds};
 use crate::analysis::perplexity::{perplexity_cancellable, Window};
 use crate::analysis::target::{self, RowStats};
+use crate::analysis::zero_shot::{self, Budget, Encoded};
 use crate::checkpoint::chat::PromptFormat;
 use crate::checkpoint::ModelConfig;
 use crate::model::hooks::{CaptureRequest, HookPoint, Reduction};
@@ -56,6 +58,16 @@ pub enum Job {
     },
     /// Perplexity of the evaluation text, original and attacked.
     Evaluate { attack: Option<Attack> },
+    /// Zero-shot accuracy on one task (`crate::tasks::TASKS`), original and
+    /// attacked; the original's is kept per task.
+    /// `limit`: its first questions only.
+    Accuracy {
+        task: String,
+        attack: Option<Attack>,
+        limit: Option<usize>,
+    },
+    /// The next questions of the accuracy run in progress (the engine's own).
+    AccuracyStep,
 }
 
 impl Job {
@@ -66,6 +78,8 @@ impl Job {
             Job::Detail { .. } => 2,
             Job::Generate { .. } => 3,
             Job::Evaluate { .. } => 4,
+            Job::Accuracy { .. } => 5,
+            Job::AccuracyStep => 6,
         }
     }
 }
@@ -132,6 +146,20 @@ pub enum Event {
         original: f64,
         attacked: f64,
     },
+    /// Questions scored so far of an accuracy run (both models together).
+    AccuracyProgress {
+        epoch: u64,
+        task: String,
+        done: usize,
+        total: usize,
+    },
+    /// acc of `task`, original and attacked.
+    Accuracy {
+        epoch: u64,
+        task: String,
+        original: f64,
+        attacked: f64,
+    },
 }
 
 /// The UI's handle: submit jobs, cancel what-ifs.
@@ -173,6 +201,33 @@ struct Loaded {
     eval_tokens: Vec<u32>,
     probe: Vec<u32>,
     original_ppl: Option<f64>,
+    /// Tokenized questions per task, and the original model's acc per task.
+    task_questions: std::collections::HashMap<String, Vec<Encoded>>,
+    original_acc: std::collections::HashMap<String, f64>,
+    accuracy_run: Option<AccuracyRun>,
+}
+
+/// An accuracy run in progress: the interventions still to score (the
+/// original first when its acc is not known yet) and the scores so far.
+struct AccuracyRun {
+    epoch: u64,
+    /// The task's name, for the events.
+    name: String,
+    /// The caches' key: the name, and the limit if any.
+    task: String,
+    rows: Vec<Interventions>,
+    /// Log-likelihoods per question of `rows[0]`, growing step by step.
+    scores: Vec<Vec<Vec<f64>>>,
+    attacked: bool,
+}
+
+/// Questions per accuracy step: a few seconds of work on a CPU.
+fn step_questions(model: &Model) -> usize {
+    if model.device().is_cpu() {
+        16
+    } else {
+        512
+    }
 }
 
 struct Engine<F: Fn(Event)> {
@@ -221,11 +276,22 @@ impl<F: Fn(Event)> Engine<F> {
             let next = (0..self.pending.len()).min_by_key(|&i| self.pending[i].kind());
             if let Some(i) = next {
                 let job = self.pending.remove(i).expect("index in range");
+                let accuracy = matches!(job, Job::Accuracy { .. } | Job::AccuracyStep);
                 if let Err(e) = self.handle(job) {
                     if !matches!(e, ModelError::Cancelled) {
                         tracing::error!("{e}");
                         (self.emit)(Event::Failed(e.to_string()));
                     }
+                    if let (true, Some(l)) = (accuracy, self.loaded.as_mut()) {
+                        l.accuracy_run = None;
+                    }
+                }
+                let more = self
+                    .loaded
+                    .as_ref()
+                    .is_some_and(|l| l.accuracy_run.is_some());
+                if more && !self.pending.iter().any(|j| matches!(j, Job::AccuracyStep)) {
+                    self.pending.push_back(Job::AccuracyStep);
                 }
             }
         }
@@ -251,6 +317,12 @@ impl<F: Fn(Event)> Engine<F> {
                 max_tokens,
             } => self.generate(&prompt, chat, attack, max_tokens),
             Job::Evaluate { attack } => self.evaluate(attack),
+            Job::Accuracy {
+                task,
+                attack,
+                limit,
+            } => self.start_accuracy(task, attack, limit),
+            Job::AccuracyStep => self.accuracy_step(),
         }
     }
 
@@ -303,6 +375,9 @@ impl<F: Fn(Event)> Engine<F> {
             eval_tokens,
             probe: Vec::new(),
             original_ppl: None,
+            task_questions: Default::default(),
+            original_acc: Default::default(),
+            accuracy_run: None,
         });
         (self.emit)(Event::Loaded(Box::new(info)));
         Ok(())
@@ -490,6 +565,142 @@ impl<F: Fn(Event)> Engine<F> {
         let attacked = it.next().map_or(original, |p| p.perplexity);
         (self.emit)(Event::Perplexity {
             epoch,
+            original,
+            attacked,
+        });
+        Ok(())
+    }
+
+    /// Sets up an accuracy run (fetching the task data once, tokenizing the
+    /// task once); its steps follow as [`Job::AccuracyStep`]s.
+    fn start_accuracy(
+        &mut self,
+        task: String,
+        attack: Option<Attack>,
+        limit: Option<usize>,
+    ) -> Result<(), ModelError> {
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        let emit = &self.emit;
+        let l = self
+            .loaded
+            .as_mut()
+            .ok_or_else(|| ModelError::Invalid("no model loaded".into()))?;
+        l.accuracy_run = None;
+        let name = task;
+        // Cached per task and limit.
+        let task = match limit {
+            Some(n) => format!("{name}/{n}"),
+            None => name.clone(),
+        };
+        if !l.task_questions.contains_key(&task) {
+            emit(Event::Status(format!("reading the {name} questions")));
+            let data =
+                crate::tasks::ensure_data().map_err(|e| ModelError::Invalid(e.to_string()))?;
+            let questions = crate::tasks::load_task(&data, &name)
+                .map_err(|e| ModelError::Invalid(e.to_string()))?;
+            let bos = zero_shot::bos_added(&l.tokenizer, l.model.config().bos_token_id);
+            let max = l
+                .model
+                .max_positions()
+                .min(l.model.config().max_position_embeddings);
+            let encoded = questions
+                .iter()
+                .take(limit.unwrap_or(usize::MAX))
+                .map(|q| zero_shot::encode(&l.tokenizer, bos, q, max))
+                .collect::<Result<Vec<_>, _>>()?;
+            l.task_questions.insert(task.clone(), encoded);
+        }
+        let mut rows = Vec::new();
+        if !l.original_acc.contains_key(&task) {
+            rows.push(Interventions::none());
+        }
+        let attacked = attack.is_some();
+        rows.extend(attack.map(|a| a.interventions()));
+        if rows.is_empty() {
+            let acc = l.original_acc[&task];
+            emit(Event::Accuracy {
+                epoch,
+                task: name,
+                original: acc,
+                attacked: acc,
+            });
+            return Ok(());
+        }
+        l.accuracy_run = Some(AccuracyRun {
+            epoch,
+            name,
+            task,
+            scores: vec![Vec::new(); rows.len()],
+            rows,
+            attacked,
+        });
+        Ok(())
+    }
+
+    /// Scores the next few questions of the run; at its end reports acc.
+    fn accuracy_step(&mut self) -> Result<(), ModelError> {
+        let now = self.epoch.load(Ordering::SeqCst);
+        let cancel = self.token();
+        let emit = &self.emit;
+        let Some(l) = self.loaded.as_mut() else {
+            return Ok(());
+        };
+        let Some(run) = l.accuracy_run.as_mut() else {
+            return Ok(());
+        };
+        // A toggle since the run began made it obsolete.
+        if run.epoch != now {
+            l.accuracy_run = None;
+            return Ok(());
+        }
+        let questions = &l.task_questions[&run.task];
+        let n = questions.len();
+        let Some(phase) = run.scores.iter().position(|s| s.len() < n) else {
+            return Ok(());
+        };
+        let from = run.scores[phase].len();
+        let to = (from + step_questions(&l.model)).min(n);
+        let budget = Budget::for_model(&l.model);
+        let scores = zero_shot::score(
+            &l.model,
+            &questions[from..to],
+            &run.rows[phase],
+            budget,
+            Some(&cancel),
+            |_, _| {},
+        )?;
+        run.scores[phase].extend(scores);
+        let done: usize = run.scores.iter().map(Vec::len).sum();
+        emit(Event::AccuracyProgress {
+            epoch: run.epoch,
+            task: run.name.clone(),
+            done,
+            total: n * run.rows.len(),
+        });
+        if done < n * run.rows.len() {
+            return Ok(());
+        }
+        let run = l.accuracy_run.take().expect("checked above");
+        let accs: Vec<f64> = run
+            .scores
+            .iter()
+            .map(|s| zero_shot::task_score(&run.task, questions, s).acc)
+            .collect();
+        let original = match l.original_acc.get(&run.task) {
+            Some(&a) => a,
+            None => {
+                l.original_acc.insert(run.task.clone(), accs[0]);
+                accs[0]
+            }
+        };
+        let attacked = if run.attacked {
+            *accs.last().expect("one run at least")
+        } else {
+            original
+        };
+        emit(Event::Accuracy {
+            epoch: run.epoch,
+            task: run.name,
             original,
             attacked,
         });

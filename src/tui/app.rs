@@ -66,6 +66,16 @@ pub struct App {
     epoch: u64,
     /// Perplexity of the evaluation text: original, attacked (None while computing).
     pub perplexity: (Option<f64>, Option<f64>),
+    /// The zero-shot task the accuracy key runs (an index into `tasks::TASKS`).
+    pub task: usize,
+    /// Set by the accuracy key: every toggle then re-runs the task too.
+    pub accuracy_on: bool,
+    /// acc on `task`: original, attacked (None while computing).
+    pub accuracy: (Option<f64>, Option<f64>),
+    /// Only the first questions of the task (tests, quick looks); None: all.
+    pub accuracy_limit: Option<usize>,
+    /// Questions scored of the running accuracy job, of all.
+    pub accuracy_progress: Option<(usize, usize)>,
     pub show_log: bool,
     pub show_help: bool,
     pub quit: bool,
@@ -106,6 +116,11 @@ impl App {
             generating: false,
             epoch: 0,
             perplexity: (None, None),
+            task: 0,
+            accuracy_on: false,
+            accuracy: (None, None),
+            accuracy_progress: None,
+            accuracy_limit: None,
             show_log: false,
             show_help: false,
             quit: false,
@@ -150,7 +165,12 @@ impl App {
             attack: attack.clone(),
             max_tokens: self.max_tokens,
         });
-        (self.submit)(Job::Evaluate { attack });
+        (self.submit)(Job::Evaluate {
+            attack: attack.clone(),
+        });
+        if self.accuracy_on {
+            self.run_accuracy(attack);
+        }
         self.generated = [String::new(), String::new()];
         self.generating = true;
         self.toggled_at = Some(Instant::now());
@@ -160,6 +180,23 @@ impl App {
         } else {
             None
         };
+    }
+
+    /// Runs the chosen task on the original (once) and the attacked model.
+    fn run_accuracy(&mut self, attack: Option<Attack>) {
+        let original = attack.is_none();
+        (self.submit)(Job::Accuracy {
+            task: crate::tasks::TASKS[self.task].to_string(),
+            attack,
+            limit: self.accuracy_limit,
+        });
+        self.accuracy_progress = None;
+        self.accuracy.1 = if original { self.accuracy.0 } else { None };
+    }
+
+    /// The chosen task's name.
+    pub fn task_name(&self) -> &'static str {
+        crate::tasks::TASKS[self.task]
     }
 
     /// Asks the engine to load the model; `device` is `cpu`, `cuda[:N]` or None (the default).
@@ -251,6 +288,27 @@ impl App {
                     self.perplexity = (Some(original), Some(attacked));
                 }
             }
+            Event::AccuracyProgress {
+                epoch,
+                task,
+                done,
+                total,
+            } => {
+                if epoch == self.epoch && task == self.task_name() {
+                    self.accuracy_progress = Some((done, total));
+                }
+            }
+            Event::Accuracy {
+                epoch,
+                task,
+                original,
+                attacked,
+            } => {
+                if epoch == self.epoch && task == self.task_name() {
+                    self.accuracy = (Some(original), Some(attacked));
+                    self.accuracy_progress = None;
+                }
+            }
         }
     }
 
@@ -308,6 +366,21 @@ impl App {
             Action::ToggleLog => self.show_log = !self.show_log,
             Action::EditPrompt => self.editing = true,
             Action::Regenerate => self.rerun(),
+            Action::Accuracy => {
+                if self.probe.is_some() {
+                    self.accuracy_on = true;
+                    self.accuracy = (None, None);
+                    self.run_accuracy(self.attack());
+                }
+            }
+            Action::NextTask => {
+                self.task = (self.task + 1) % crate::tasks::TASKS.len();
+                self.accuracy = (None, None);
+                self.status = format!("accuracy task: {} (a runs it)", self.task_name());
+                if self.accuracy_on && self.probe.is_some() {
+                    self.run_accuracy(self.attack());
+                }
+            }
             Action::Original => self.set_mode(AttackMode::Original),
             Action::Zero => self.set_mode(AttackMode::Zero),
             Action::Keep => self.set_mode(AttackMode::Keep),

