@@ -175,7 +175,7 @@ fn the_accuracy_key_scores_both_sides() {
         Some("cpu".to_string()),
         candle_core::DType::F32,
     );
-    let mut wait = |app: &mut App, done: &dyn Fn(&App) -> bool| {
+    let wait = |app: &mut App, done: &dyn Fn(&App) -> bool| {
         let deadline = Instant::now() + Duration::from_secs(240);
         while !done(app) {
             assert!(
