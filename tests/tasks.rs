@@ -263,3 +263,60 @@ fn the_tasks_command_scores_request_files_and_refuses_bad_input() {
     ]);
     common::assert_one_line_error(&out, &["mine.jsonl", "line 1", "not JSON"]);
 }
+
+/// `--sweep`: every attack of the paper's table, the original first, each
+/// with its average accuracy and the perplexity of the built-in text.
+#[test]
+fn the_tasks_sweep_runs_every_attack() {
+    let dir = common::tempdir();
+    let lines: Vec<serde_json::Value> = questions()[..3]
+        .iter()
+        .flat_map(|q| {
+            q.choices
+                .iter()
+                .enumerate()
+                .map(move |(i, c)| req("t", q.doc_id, i, q.label, &c.context, &c.continuation))
+        })
+        .collect();
+    let file = write_requests(dir.path(), &lines);
+    let model = fixture("llama");
+    let args = [
+        "tasks",
+        common::path_str(&model),
+        "--requests",
+        common::path_str(&file),
+    ];
+    let out = common::mwtop(
+        &[
+            &args[..],
+            &["--sweep", "--layer", "1", "--device", "cpu", "--json"],
+        ]
+        .concat(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let runs = v["runs"].as_array().unwrap();
+    // original; zero, random-zero and random-keep at k = 1..32; keep at k = 0..32.
+    assert_eq!(runs.len(), 1 + 6 + 7 + 6 + 6);
+    assert_eq!(runs[0]["mode"], "original");
+    assert_eq!(v["layer"], 1);
+    let ranked = v["ranked_dims"].as_array().unwrap();
+    let zero1 = runs
+        .iter()
+        .find(|r| r["mode"] == "zero" && r["k"] == 1)
+        .unwrap();
+    assert_eq!(zero1["dims"], serde_json::json!([ranked[0]]));
+    for r in runs {
+        let acc = r["acc"].as_f64().unwrap();
+        assert!(
+            (acc * 3.0 - (acc * 3.0).round()).abs() < 1e-9,
+            "a count of 3: {acc}"
+        );
+        assert!(r["perplexity"].as_f64().unwrap() > 1.0);
+        assert_eq!(r["tasks"][0]["n"], 3);
+    }
+    // The original row equals a plain run's accuracy.
+    let plain = common::mwtop(&[&args[..], &["--device", "cpu", "--json"]].concat());
+    let p: serde_json::Value = serde_json::from_slice(&plain.stdout).unwrap();
+    assert_eq!(p["average"]["acc"], runs[0]["acc"]);
+}
