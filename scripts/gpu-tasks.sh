@@ -3,6 +3,8 @@
 # mwtop against transformers (scripts/reference_tasks.py, the same GGUF file)
 # on the fixture's requests, request by request; then the speed of all ten
 # tasks, and mwtop against transformers on the same subset in this call.
+# ALL_REQUESTS.jsonl.gz comes from scripts/all_requests.py (the wheel itself
+# is too large to carry); transformers needs the gguf wheel installed there.
 # Usage: scripts/gpu-tasks.sh MWTOP_BINARY OUTDIR GGUF ALL_REQUESTS.jsonl.gz [QUESTIONS_PER_TASK]
 set -euo pipefail
 BIN=$1; OUT=$2; GGUF=$3; ALL=$4; SUB=${5:-200}
