@@ -226,3 +226,39 @@ fn load_failure_shows_an_error_screen() {
     app.on_terminal_event(TermEvent::Key(KeyEvent::from(KeyCode::Char('q'))));
     assert!(app.quit);
 }
+
+/// The accuracy titles: a gauge while the task runs, then each side's acc;
+/// events of an older toggle are ignored.
+#[test]
+fn accuracy_shows_a_gauge_then_both_sides() {
+    let mut h = Harness::new();
+    h.key(KeyCode::Char('z'));
+    h.app.accuracy_on = true;
+    let epoch = h.app.epoch();
+    let task = h.app.task_name().to_string();
+    assert_eq!(task, "arc_easy");
+    h.app.on_engine_event(Event::AccuracyProgress {
+        epoch,
+        task: task.clone(),
+        done: 3,
+        total: 8,
+    });
+    let screen = h.screen(160, 40);
+    assert!(screen.contains("arc_easy ███░░░░░ 3/8"), "{screen}");
+    h.app.on_engine_event(Event::Accuracy {
+        epoch: epoch.wrapping_sub(1),
+        task: task.clone(),
+        original: 0.25,
+        attacked: 0.25,
+    });
+    assert_eq!(h.app.accuracy, (None, None), "a stale toggle's result");
+    h.app.on_engine_event(Event::Accuracy {
+        epoch,
+        task,
+        original: 0.5233,
+        attacked: 0.3789,
+    });
+    let screen = h.screen(160, 40);
+    assert!(screen.contains("· arc_easy 52.3%"), "{screen}");
+    assert!(screen.contains("· arc_easy 37.9%"), "{screen}");
+}

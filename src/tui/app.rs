@@ -194,6 +194,11 @@ impl App {
         self.accuracy.1 = if original { self.accuracy.0 } else { None };
     }
 
+    /// The epoch of the latest toggle: events of older ones are ignored.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
     /// The chosen task's name.
     pub fn task_name(&self) -> &'static str {
         crate::tasks::TASKS[self.task]
