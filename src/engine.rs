@@ -598,16 +598,8 @@ impl<F: Fn(Event)> Engine<F> {
                 crate::tasks::ensure_data().map_err(|e| ModelError::Invalid(e.to_string()))?;
             let questions = crate::tasks::load_task(&data, &name)
                 .map_err(|e| ModelError::Invalid(e.to_string()))?;
-            let bos = zero_shot::bos_added(&l.tokenizer, l.model.config().bos_token_id);
-            let max = l
-                .model
-                .max_positions()
-                .min(l.model.config().max_position_embeddings);
-            let encoded = questions
-                .iter()
-                .take(limit.unwrap_or(usize::MAX))
-                .map(|q| zero_shot::encode(&l.tokenizer, bos, q, max))
-                .collect::<Result<Vec<_>, _>>()?;
+            let questions = &questions[..limit.unwrap_or(usize::MAX).min(questions.len())];
+            let encoded = zero_shot::encode_questions(&l.model, &l.tokenizer, questions)?;
             l.task_questions.insert(task.clone(), encoded);
         }
         let mut rows = Vec::new();

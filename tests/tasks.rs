@@ -320,3 +320,59 @@ fn the_tasks_sweep_runs_every_attack() {
     let p: serde_json::Value = serde_json::from_slice(&plain.stdout).unwrap();
     assert_eq!(p["average"]["acc"], runs[0]["acc"]);
 }
+
+/// What the harness would compute differently, or not at all, is refused
+/// in one line: a request longer than the model's context (the harness cuts
+/// its start off), a choice with no text (acc_norm divides by zero), a
+/// log-likelihood that is not finite.
+#[test]
+fn requests_that_cannot_be_scored_exactly_are_refused() {
+    let (mut model, tok) = load(&fixture("llama"));
+    let long = question(
+        0,
+        0,
+        &[
+            ("x".repeat(40).as_str(), " a"),
+            ("x".repeat(40).as_str(), " b"),
+        ],
+    );
+    let e = zero_shot::encode(&tok, None, &long, 32)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("41 tokens exceed the model's context of 32"),
+        "{e}"
+    );
+    let empty = question(1, 0, &[("Q:", " "), ("Q:", " b")]);
+    let e = zero_shot::encode(&tok, None, &empty, 4096)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("empty text"), "{e}");
+    // A NaN in the embedding of 'Q' (byte 81) reaches every choice.
+    let q = question(2, 0, &[("Q:", " a"), ("Q:", " b")]);
+    let enc = zero_shot::encode_questions(&model, &tok, std::slice::from_ref(&q)).unwrap();
+    let budget = Budget::for_model(&model);
+    let fine = zero_shot::score(
+        &model,
+        &enc,
+        &Interventions::none(),
+        budget,
+        None,
+        |_, _| {},
+    );
+    assert!(fine.is_ok());
+    model
+        .set_weight_entry(mwtop::checkpoint::WeightId::Embed, 81, 0, f32::NAN)
+        .unwrap();
+    let e = zero_shot::score(
+        &model,
+        &enc,
+        &Interventions::none(),
+        budget,
+        None,
+        |_, _| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("not finite"), "{e}");
+}

@@ -6,7 +6,10 @@
 //! space). Tokenized as the harness does: whole = tok(context +
 //! continuation), ctx = tok(context), the continuation is whole[len(ctx)..];
 //! trailing spaces of a context move to its continuation; BOS first when the
-//! model's tokenizer adds one; left-truncated to the model's positions.
+//! model's tokenizer adds one. A request longer than the model's context
+//! (which the harness would left-truncate) or with an empty choice text
+//! (which acc_norm would divide by zero) is refused, and so is a
+//! log-likelihood that is not finite.
 //!
 //! Fast without approximation: the tokens a question's choices share are
 //! run once (left-padded, many questions to a batch), then each choice
@@ -41,8 +44,25 @@ pub fn bos_added(tok: &Tokenizer, bos: Option<u32>) -> Option<u32> {
     (ids.get_ids().first() == Some(&bos)).then_some(bos)
 }
 
-/// Tokenizes a question's choices (see the module doc); sequences longer
-/// than `max_positions + 1` keep their last tokens, as the harness does.
+/// Every question of a task tokenized for `model` (its BOS where the
+/// tokenizer adds one, its context as the limit).
+pub fn encode_questions(
+    model: &Model,
+    tok: &Tokenizer,
+    questions: &[Question],
+) -> Result<Vec<Encoded>> {
+    let bos = bos_added(tok, model.config().bos_token_id);
+    let context = model
+        .max_positions()
+        .min(model.config().max_position_embeddings);
+    questions
+        .iter()
+        .map(|q| encode(tok, bos, q, context))
+        .collect()
+}
+
+/// Tokenizes a question's choices (see the module doc); a sequence whose
+/// inputs (all tokens but the last) exceed `max_positions` is refused.
 pub fn encode(
     tok: &Tokenizer,
     bos: Option<u32>,
@@ -77,16 +97,25 @@ pub fn encode(
                 q.doc_id
             )));
         }
-        let mut start = ctx_len;
         if whole.len() > max_positions + 1 {
-            let cut = whole.len() - (max_positions + 1);
-            whole.drain(..cut);
-            start = start.saturating_sub(cut).max(1);
+            return Err(ModelError::Invalid(format!(
+                "doc {}: {} tokens exceed the model's context of {max_positions} \
+                 (lm-evaluation-harness would cut its start off)",
+                q.doc_id,
+                whole.len() - 1
+            )));
         }
         let text = c.continuation.strip_prefix(' ').unwrap_or(&c.continuation);
-        out.chars.push(text.chars().count().max(1));
+        let chars = text.chars().count();
+        if chars == 0 {
+            return Err(ModelError::Invalid(format!(
+                "doc {}: a choice with an empty text (acc_norm divides by its length)",
+                q.doc_id
+            )));
+        }
+        out.chars.push(chars);
         out.seqs.push(whole);
-        out.cont_start.push(start);
+        out.cont_start.push(ctx_len);
     }
     Ok(out)
 }
@@ -281,7 +310,15 @@ fn score_batch(
             let q = batch[slot];
             let (p, s) = (plans[q].prefix, &questions[q].seqs[c]);
             let (from, to) = (questions[q].cont_start[c] - 1 - p, s.len() - 1 - p);
-            out[slot][c] = lp_row[from..to].iter().map(|&x| x as f64).sum();
+            let sum: f64 = lp_row[from..to].iter().map(|&x| x as f64).sum();
+            if !sum.is_finite() {
+                return Err(ModelError::Invalid(format!(
+                    "doc {}: the log-likelihood of choice {c} is {sum} (the model's \
+                     outputs are not finite)",
+                    questions[q].doc_id
+                )));
+            }
+            out[slot][c] = sum;
         }
         start = end;
     }

