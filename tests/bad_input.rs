@@ -395,3 +395,43 @@ fn gguf_settings_not_computed_are_refused() {
         assert_one_line_error(&p, needles);
     }
 }
+
+/// A Phi-3 GGUF with LongRoPE's factor tensors (the 128K models) is
+/// refused by the tensor's name, never run with plain RoPE.
+#[test]
+fn phi3_gguf_with_longrope_factors_is_refused() {
+    use mwtop::checkpoint::{gguf, Checkpoint};
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/families/phi3/model.gguf");
+    let bytes = std::fs::read(&src).unwrap();
+    let header = gguf::parse(&src, &bytes).unwrap();
+    let meta: Vec<(String, GgufValue)> = header.metadata.clone().into_iter().collect();
+    let mut tensors: Vec<GgufTensorData> = header
+        .tensors
+        .iter()
+        .map(|t| GgufTensorData {
+            name: t.name.clone(),
+            dtype: t.dtype,
+            shape: t.shape(),
+            data: bytes[t.offset as usize..(t.offset + t.bytes) as usize].to_vec(),
+        })
+        .collect();
+    tensors.push(GgufTensorData {
+        name: "rope_factors_long.weight".into(),
+        dtype: candle_core::quantized::GgmlDType::F32,
+        shape: vec![4],
+        data: [1.0f32; 4].iter().flat_map(|v| v.to_le_bytes()).collect(),
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("longrope.gguf");
+    gguf_writer::write(&path, &meta, &tensors).unwrap();
+    let err = match Checkpoint::open_path(&path) {
+        Ok(_) => panic!("a GGUF with LongRoPE factors opened"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("rope_factors_long.weight") && err.contains("longrope"),
+        "{err}"
+    );
+    // The control: the file without that tensor opens.
+    assert!(Checkpoint::open_path(&src).is_ok());
+}

@@ -1,5 +1,5 @@
-//! Zero-shot scoring: shared prefixes, padding and batching change no
-//! log-likelihood; acc, acc_norm and their standard errors follow
+//! Zero-shot scoring: left-padded batches and shared prefixes equal rows
+//! run alone, so batching changes no log-likelihood; acc, acc_norm and their standard errors follow
 //! lm-evaluation-harness's definitions; the `tasks` subcommand reads
 //! request files and refuses bad ones in one line.
 
@@ -173,18 +173,23 @@ fn req(task: &str, doc: u64, idx: usize, label: usize, ctx: &str, cont: &str) ->
                        "request": {"context": ctx, "continuation": cont}})
 }
 
+/// One request line per choice of `qs`, in the task `task_of(doc_id)`.
+fn request_lines(qs: &[Question], task_of: impl Fn(u64) -> &'static str) -> Vec<serde_json::Value> {
+    qs.iter()
+        .flat_map(|q| {
+            let task = task_of(q.doc_id);
+            q.choices
+                .iter()
+                .enumerate()
+                .map(move |(i, c)| req(task, q.doc_id, i, q.label, &c.context, &c.continuation))
+        })
+        .collect()
+}
+
 #[test]
 fn the_tasks_command_scores_request_files_and_refuses_bad_input() {
     let dir = common::tempdir();
-    let lines: Vec<serde_json::Value> = questions()
-        .iter()
-        .flat_map(|q| {
-            q.choices.iter().enumerate().map(move |(i, c)| {
-                let task = if q.doc_id < 3 { "one" } else { "two" };
-                req(task, q.doc_id, i, q.label, &c.context, &c.continuation)
-            })
-        })
-        .collect();
+    let lines = request_lines(&questions(), |doc| if doc < 3 { "one" } else { "two" });
     let file = write_requests(dir.path(), &lines);
     let model = fixture("llama");
     let m = common::path_str(&model);
@@ -269,15 +274,7 @@ fn the_tasks_command_scores_request_files_and_refuses_bad_input() {
 #[test]
 fn the_tasks_sweep_runs_every_attack() {
     let dir = common::tempdir();
-    let lines: Vec<serde_json::Value> = questions()[..3]
-        .iter()
-        .flat_map(|q| {
-            q.choices
-                .iter()
-                .enumerate()
-                .map(move |(i, c)| req("t", q.doc_id, i, q.label, &c.context, &c.continuation))
-        })
-        .collect();
+    let lines = request_lines(&questions()[..3], |_| "t");
     let file = write_requests(dir.path(), &lines);
     let model = fixture("llama");
     let args = [
@@ -375,4 +372,101 @@ fn requests_that_cannot_be_scored_exactly_are_refused() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("not finite"), "{e}");
+}
+
+/// Rows of different lengths in one batch: left padding hidden by
+/// `key_padding`, a shared prefix run once and continued per row through
+/// `Cache::select_rows`, right padding after the real tokens. Every real
+/// position's logits equal the row run alone (sliding windows and soft
+/// caps included).
+#[test]
+fn padded_batches_and_shared_prefixes_equal_rows_run_alone() {
+    for family in ["llama", "mistral", "gemma2", "phi3"] {
+        let (model, _) = load(&fixture(family));
+        // BOS, then the fixtures' byte-level ids of a text.
+        let text = "The quick brown fox jumps over the lazy dog. Summer is warm.";
+        let ids: Vec<u32> = std::iter::once(256)
+            .chain(text.bytes().map(u32::from))
+            .collect();
+        let a: Vec<u32> = ids[..20].to_vec();
+        let b: Vec<u32> = ids[30..43].to_vec();
+        let alone = |s: &[u32]| {
+            model
+                .forward(&[s.to_vec()], None, &RunOptions::default())
+                .unwrap()
+                .logits
+                .unwrap()
+                .get(0)
+                .unwrap()
+        };
+        let (la, lb) = (alone(&a), alone(&b));
+        let diff = |x: &candle_core::Tensor, y: &candle_core::Tensor| -> f32 {
+            (x - y)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap()
+        };
+        // One batch, b left-padded by 7.
+        let padded: Vec<u32> = [vec![0; 7], b.clone()].concat();
+        let out = model
+            .forward(
+                &[a.clone(), padded],
+                None,
+                &RunOptions {
+                    key_padding: Some(vec![0, 7]),
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+            .logits
+            .unwrap();
+        assert!(diff(&out.get(0).unwrap(), &la) < 1e-5, "{family}");
+        let got_b = out.get(1).unwrap().narrow(0, 7, 13).unwrap();
+        assert!(diff(&got_b, &lb) < 1e-5, "{family}: {}", diff(&got_b, &lb));
+        // Prefixes a[..10] and b[..5] (left-padded to 10), then three rows:
+        // a[10..20], a[10..15] right-padded, b[5..13] right-padded.
+        let mut cache = model.new_cache();
+        let pads = vec![0, 5];
+        let prefix_b: Vec<u32> = [vec![0; 5], b[..5].to_vec()].concat();
+        model
+            .forward(
+                &[a[..10].to_vec(), prefix_b],
+                Some(&mut cache),
+                &RunOptions {
+                    key_padding: Some(pads),
+                    logits: mwtop::model::LogitsMode::None,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        let mut rows = cache.select_rows(&[0, 0, 1], 10).unwrap();
+        let pad_to = |s: &[u32]| [s.to_vec(), vec![0; 10 - s.len()]].concat();
+        let out = model
+            .forward(
+                &[a[10..20].to_vec(), pad_to(&a[10..15]), pad_to(&b[5..13])],
+                Some(&mut rows),
+                &RunOptions {
+                    key_padding: Some(vec![0, 0, 5]),
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+            .logits
+            .unwrap();
+        let at = |r: usize, n: usize| out.get(r).unwrap().narrow(0, 0, n).unwrap();
+        assert!(
+            diff(&at(0, 10), &la.narrow(0, 10, 10).unwrap()) < 1e-5,
+            "{family}"
+        );
+        assert!(
+            diff(&at(1, 5), &la.narrow(0, 10, 5).unwrap()) < 1e-5,
+            "{family}"
+        );
+        let d = diff(&at(2, 8), &lb.narrow(0, 5, 8).unwrap());
+        assert!(d < 1e-5, "{family}: {d}");
+    }
 }
