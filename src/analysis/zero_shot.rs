@@ -229,7 +229,7 @@ fn score_batch(
     plans: &[Plan],
     batch: &[usize],
     lp: usize,
-    max_positions: usize,
+    group_tokens: usize,
     interventions: &Interventions,
     cancel: Option<&CancelToken>,
 ) -> Result<Vec<Vec<f64>>> {
@@ -278,7 +278,7 @@ fn score_batch(
         let mut end = start + 1;
         while end < jobs.len()
             && jobs[end].2 <= shortest + shortest / 4 + 1
-            && (end + 1 - start) * jobs[end].2 <= max_positions
+            && (end + 1 - start) * jobs[end].2 <= group_tokens
         {
             end += 1;
         }

@@ -61,24 +61,6 @@ pub struct TasksArgs {
     json: bool,
 }
 
-/// The attack a result ran under (None: the original model).
-#[derive(Serialize)]
-struct AttackInfo {
-    mode: AttackMode,
-    k: usize,
-    layer: usize,
-    dims: Vec<usize>,
-}
-
-fn attack_info(a: &Attack) -> Option<AttackInfo> {
-    (a.mode != AttackMode::Original).then(|| AttackInfo {
-        mode: a.mode,
-        k: a.k,
-        layer: a.layer,
-        dims: a.dims.clone(),
-    })
-}
-
 /// One choice's request as scored.
 #[derive(Serialize)]
 struct RequestScore {
@@ -101,7 +83,8 @@ struct TaskResult {
 struct TasksReport {
     tasks: Vec<TaskResult>,
     average: TaskScore,
-    attack: Option<AttackInfo>,
+    /// None for the original model.
+    attack: Option<Attack>,
     seconds: f64,
     #[serde(skip)]
     label: String,
@@ -314,7 +297,7 @@ impl TasksArgs {
         TasksReport {
             average: zero_shot::average(&scores),
             tasks,
-            attack: attack.as_ref().and_then(attack_info),
+            attack,
             seconds: t0.elapsed().as_secs_f64(),
             label,
         }
