@@ -63,6 +63,11 @@ impl<F: Fn(Event)> Engine<F> {
             let questions = crate::tasks::load_task(&data, &name)
                 .map_err(|e| ModelError::Invalid(e.to_string()))?;
             let questions = &questions[..limit.unwrap_or(usize::MAX).min(questions.len())];
+            if questions.is_empty() {
+                return Err(ModelError::Invalid(format!(
+                    "{name}: no questions to score"
+                )));
+            }
             let encoded = zero_shot::encode_questions(&l.model, &l.tokenizer, questions)?;
             l.task_questions.insert(task.clone(), encoded);
         }
@@ -112,6 +117,8 @@ impl<F: Fn(Event)> Engine<F> {
         let questions = &l.task_questions[&run.task];
         let n = questions.len();
         let Some(phase) = run.scores.iter().position(|s| s.len() < n) else {
+            // Nothing left to score: never step again.
+            l.accuracy_run = None;
             return Ok(());
         };
         let from = run.scores[phase].len();
