@@ -27,12 +27,15 @@ import time
 import torch
 import transformers
 
+# CUDA on the GPU machine; the CPU (same fp32 weights) where there is none.
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
 
 def load(gguf):
     d, f = os.path.split(gguf)
     tok = transformers.AutoTokenizer.from_pretrained(d, gguf_file=f)
     model = transformers.AutoModelForCausalLM.from_pretrained(
-        d, gguf_file=f, dtype=torch.float32).cuda().eval()
+        d, gguf_file=f, dtype=torch.float32).to(DEVICE).eval()
     return tok, model
 
 
@@ -66,11 +69,11 @@ def logliks(model, batch):
     for i, (ids, _) in enumerate(batch):
         inp[i, : len(ids) - 1] = torch.tensor(ids[:-1])
         mask[i, : len(ids) - 1] = 1
-    logp = torch.log_softmax(model(inp.cuda(), attention_mask=mask.cuda()).logits.float(), -1)
+    logp = torch.log_softmax(model(inp.to(DEVICE), attention_mask=mask.to(DEVICE)).logits.float(), -1)
     out = []
     for i, (ids, start) in enumerate(batch):
-        tgt = torch.tensor(ids[start:]).cuda()
-        pos = torch.arange(start - 1, len(ids) - 1).cuda()
+        tgt = torch.tensor(ids[start:]).to(DEVICE)
+        pos = torch.arange(start - 1, len(ids) - 1).to(DEVICE)
         out.append(float(logp[i, pos, tgt].double().sum()))
     return out
 
@@ -83,7 +86,7 @@ def reference(gguf, requests, out):
         rows.append({"task": r["task_name"], "doc_id": r["doc_id"], "choice": r["idx"],
                      "label": r["label"], "ids": ids, "cont_start": start,
                      "loglik": logliks(model, [(ids, start)])[0]})
-    json.dump({"source": f"transformers {transformers.__version__}, torch {torch.__version__}, fp32 on CUDA",
+    json.dump({"source": f"transformers {transformers.__version__}, torch {torch.__version__}, fp32 on " + DEVICE,
                "model": os.path.basename(gguf), "requests": rows}, open(out, "w"))
     print(f"{len(rows)} requests scored", flush=True)
 
@@ -101,7 +104,8 @@ def timed(gguf, requests, per_task):
     n = 0
     for i in range(0, len(enc), 32):
         n += len(logliks(model, enc[i:i + 32]))
-    torch.cuda.synchronize()
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
     print(json.dumps({"peer": "transformers", "requests": n, "seconds": time.time() - t0}), flush=True)
 
 

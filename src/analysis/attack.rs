@@ -121,19 +121,8 @@ impl Attack {
 /// `k` distinct elements of `pool`, chosen by a seeded Fisher-Yates shuffle (splitmix64).
 fn sample(pool: &[usize], k: usize, seed: u64) -> Vec<usize> {
     let mut v = pool.to_vec();
-    let mut state = seed;
-    let mut next = || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    };
     let k = k.min(v.len());
-    for i in 0..k {
-        let j = i + (next() % (v.len() - i) as u64) as usize;
-        v.swap(i, j);
-    }
+    crate::rng::SplitMix64::new(seed).shuffle_prefix(&mut v, k);
     v.truncate(k);
     v
 }

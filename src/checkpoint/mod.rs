@@ -5,6 +5,7 @@
 //! when [`Checkpoint::tensor`] asks for one. Tensors are always presented under
 //! canonical Hugging Face names and in Hugging Face layout, whatever the format.
 
+pub mod adapter;
 pub mod chat;
 pub mod config;
 pub mod error;

@@ -31,7 +31,7 @@ impl Model {
         let c = &self.config;
         let (nq, nk, hd) = (c.n_heads, c.n_kv_heads, c.head_dim);
         let norms = &block.norms;
-        let apart = plan.edits_any(&[&block.q, &block.k, &block.v]);
+        let apart = plan.runs_apart(&[&block.q, &block.k, &block.v]);
         // (b, t, heads, head_dim) per projection; a view of one matmul's
         // output unless a weight edit of q, k or v needs them apart, or the
         // norm spans the whole projection (OLMo 2).
@@ -52,8 +52,8 @@ impl Model {
             };
             let (q, k) = match self.family.qk_norm {
                 Some(QkNorm::Whole) => (
-                    self.norm_opt(q, norms.q.as_ref())?,
-                    self.norm_opt(k, norms.k.as_ref())?,
+                    self.norm_opt(q, norms.q.as_ref(), plan)?,
+                    self.norm_opt(k, norms.k.as_ref(), plan)?,
                 ),
                 _ => (q, k),
             };
@@ -74,8 +74,8 @@ impl Model {
         };
         let (q, k) = match self.family.qk_norm {
             Some(QkNorm::PerHead) => (
-                self.norm_opt(q, norms.q.as_ref())?,
-                self.norm_opt(k, norms.k.as_ref())?,
+                self.norm_opt(q, norms.q.as_ref(), plan)?,
+                self.norm_opt(k, norms.k.as_ref(), plan)?,
             ),
             _ => (q, k),
         };
@@ -93,6 +93,7 @@ impl Model {
         k: &Tensor,
         v: &Tensor,
         mask: Option<&Tensor>,
+        differentiable: bool,
     ) -> Result<Tensor> {
         let (b, _, t, _) = q.dims4()?;
         let c = &self.config;
@@ -114,7 +115,11 @@ impl Model {
                 .broadcast_add(m)?
                 .reshape((b, c.n_kv_heads, rep * t, total))?;
         }
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let probs = if differentiable {
+            candle_nn::ops::softmax(&scores, candle_core::D::Minus1)?
+        } else {
+            candle_nn::ops::softmax_last_dim(&scores)?
+        };
         Ok(probs
             .matmul(v)?
             .reshape((b, c.n_heads, t, c.head_dim))?
@@ -136,13 +141,14 @@ impl Model {
         let (q, k, v) = self.project_qkv(block, h, plan)?;
         // The attention scale is folded into q's rotation.
         let rope = self.rope_for(layer);
-        let q = rope.apply_scaled(&q, start)?;
-        let k = rope.apply(&k, start)?;
+        let diff = plan.differentiable();
+        let q = rope.apply_scaled(&q, start, diff)?;
+        let k = rope.apply(&k, start, diff)?;
         let (k, v) = match cache {
             Some(cache) => cache.append(&k, &v, start)?,
             None => (k, v),
         };
-        let y = self.attend_grouped(&q, &k, &v, mask)?;
+        let y = self.attend_grouped(&q, &k, &v, mask, diff)?;
         plan.linear(&block.o, &y)
     }
 }

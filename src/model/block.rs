@@ -12,20 +12,27 @@ use super::{Model, Result};
 impl Model {
     /// RMSNorm with a stored weight, or the input itself when the family
     /// has no norm in that slot.
-    pub(super) fn norm_opt(&self, x: Tensor, w: Option<&Tensor>) -> Result<Tensor> {
+    /// A differentiable plan takes candle's composed RMSNorm (the fused
+    /// kernel has no backward).
+    pub(super) fn norm_opt(&self, x: Tensor, w: Option<&Tensor>, plan: &Plan) -> Result<Tensor> {
+        let eps = self.config.norm_eps as f32;
         match w {
-            Some(w) => Ok(candle_nn::ops::rms_norm(
-                &x.contiguous()?,
-                w,
-                self.config.norm_eps as f32,
-            )?),
+            Some(w) if plan.differentiable() => Ok(candle_nn::ops::rms_norm_slow(&x, w, eps)?),
+            Some(w) => Ok(candle_nn::ops::rms_norm(&x.contiguous()?, w, eps)?),
             None => Ok(x),
         }
     }
 
-    fn activate(&self, gate: &Tensor) -> Result<Tensor> {
+    fn activate(&self, gate: &Tensor, plan: &Plan) -> Result<Tensor> {
         Ok(match self.family.activation {
             Activation::Silu => candle_nn::ops::silu(gate)?,
+            // candle's GELU backward rounds its constants (to ~1e-6);
+            // composed from tanh, the gradient is exact.
+            Activation::GeluTanh if plan.differentiable() => {
+                let c = (2.0 / std::f64::consts::PI).sqrt();
+                let inner = (gate + gate.powf(3.0)?.affine(0.044715, 0.0)?)?.affine(c, 0.0)?;
+                (gate * (inner.tanh()? + 1.0)?)?.affine(0.5, 0.0)?
+            }
             Activation::GeluTanh => gate.gelu()?,
         })
     }
@@ -41,8 +48,14 @@ impl Model {
 
     /// Final norm, output head (f32) and the family's soft cap.
     pub(super) fn head(&self, x: &Tensor, plan: &Plan) -> Result<Tensor> {
-        let h = self.norm_opt(x.clone(), Some(&self.norm))?;
-        let logits = plan.linear(&self.lm_head, &h)?.to_dtype(DType::F32)?;
+        let h = self.norm_opt(x.clone(), Some(&self.norm), plan)?;
+        // f32 logits (f64 on an f64 model, for gradient checks).
+        let out = if self.dtype == DType::F64 {
+            DType::F64
+        } else {
+            DType::F32
+        };
+        let logits = plan.linear(&self.lm_head, &h)?.to_dtype(out)?;
         Ok(match self.family.final_softcap {
             Some(cap) => ((logits / cap)?.tanh()? * cap)?,
             None => logits,
@@ -65,25 +78,29 @@ impl Model {
         let block = &self.blocks[i];
         let norms = &block.norms;
         hook(i, HookPoint::ResidPre, &x)?;
-        let h = self.norm_opt(x.clone(), norms.attn_in.as_ref())?;
-        let a = self.norm_opt(attend(&h)?, norms.attn_out.as_ref())?;
+        let h = self.norm_opt(x.clone(), norms.attn_in.as_ref(), plan)?;
+        let a = self.norm_opt(attend(&h)?, norms.attn_out.as_ref(), plan)?;
         let x = (x + a)?;
         hook(i, HookPoint::ResidMid, &x)?;
-        let h = self.norm_opt(x.clone(), norms.mlp_in.as_ref())?;
-        let mut inter = if plan.edits_any(&[&block.gate, &block.up]) {
+        let h = self.norm_opt(x.clone(), norms.mlp_in.as_ref(), plan)?;
+        let mut inter = if plan.runs_apart(&[&block.gate, &block.up]) {
             let gate = plan.linear(&block.gate, &h)?;
-            (self.activate(&gate)? * plan.linear(&block.up, &h)?)?
+            (self.activate(&gate, plan)? * plan.linear(&block.up, &h)?)?
         } else {
             let gate_up = plan.linear(&block.gate_up, &h)?;
             let d_ff = self.config.d_ff;
             let gate = gate_up.narrow(2, 0, d_ff)?;
-            (self.activate(&gate)? * gate_up.narrow(2, d_ff, d_ff)?)?
+            (self.activate(&gate, plan)? * gate_up.narrow(2, d_ff, d_ff)?)?
         };
         if let Some(m) = plan.ffn_mask(i) {
             inter = inter.broadcast_mul(m)?;
         }
         hook(i, HookPoint::MlpPost, &inter)?;
-        let m = self.norm_opt(plan.linear(&block.down, &inter)?, norms.mlp_out.as_ref())?;
+        let m = self.norm_opt(
+            plan.linear(&block.down, &inter)?,
+            norms.mlp_out.as_ref(),
+            plan,
+        )?;
         let x = (x + m)?;
         hook(i, HookPoint::ResidPost, &x)?;
         Ok(x)

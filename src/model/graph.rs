@@ -93,6 +93,7 @@ impl Model {
             && (forced || (self.device.is_cuda() && self.decode_graphs))
             && !cache.graph_failed
             && !plan.has_weight_edits()
+            && !plan.adapts()
             && opts.key_padding.is_none()
             && opts.cancel.as_ref().is_none_or(|c| !c.is_cancelled())
     }
@@ -250,7 +251,7 @@ impl Model {
                         (Some(_), Some(m)) => m,
                         _ => &full_mask,
                     };
-                    let y = self.attend_grouped(&q, &kv.k, &kv.v, Some(mask))?;
+                    let y = self.attend_grouped(&q, &kv.k, &kv.v, Some(mask), false)?;
                     plan.linear(&block.o, &y)
                 },
                 &mut |layer, point, x| io.record_hook(layer, point, x),

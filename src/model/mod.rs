@@ -20,6 +20,7 @@ pub mod hooks;
 pub mod intervention;
 mod kv;
 mod load;
+pub mod lora;
 mod plan;
 pub mod rope;
 mod weights;
@@ -64,6 +65,9 @@ pub enum LogitsMode {
     Last,
     /// No logits (activation-only probes skip the output head).
     None,
+    /// (n, vocab): only the positions [`RunOptions::selected`] lists (a
+    /// training loss needs the response's positions, not the prompt's).
+    Selected,
 }
 
 /// What one forward does besides computing logits.
@@ -80,6 +84,15 @@ pub struct RunOptions {
     /// positions, all RoPE sees, are those of the unpadded row). Give the
     /// same counts to every run over one cache.
     pub key_padding: Option<Vec<usize>>,
+    /// LoRA adapters applied on the fly (training, or an unmerged adapter).
+    pub lora: Option<std::sync::Arc<lora::Lora>>,
+    /// MacDrop's dropped elements of massive rows, for this run only.
+    pub row_drop: Option<lora::RowDrop>,
+    /// Only ops with a backward (candle's fused softmax, RMSNorm and RoPE
+    /// kernels have none and would stop gradients silently): for training.
+    pub differentiable: bool,
+    /// Flat positions (row * tokens + position) for [`LogitsMode::Selected`].
+    pub selected: Vec<u32>,
 }
 
 /// Cancels runs that a newer request made obsolete: the token is live while
@@ -108,6 +121,10 @@ impl Default for RunOptions {
             logits: LogitsMode::All,
             cancel: None,
             key_padding: None,
+            lora: None,
+            row_drop: None,
+            differentiable: false,
+            selected: Vec::new(),
         }
     }
 }
@@ -297,6 +314,21 @@ impl Model {
         }
         let logits = match opts.logits {
             LogitsMode::None => None,
+            LogitsMode::Selected => {
+                let total = (b * t) as u32;
+                if let Some(&p) = opts.selected.iter().find(|&&p| p >= total) {
+                    return Err(ModelError::Invalid(format!(
+                        "selected position {p} is outside the batch's {total}"
+                    )));
+                }
+                let n = opts.selected.len();
+                let index = Tensor::from_vec(opts.selected.clone(), n, &self.device)?;
+                let rows = x
+                    .reshape((b * t, self.config.d_model))?
+                    .index_select(&index, 0)?
+                    .reshape((1, n, self.config.d_model))?;
+                Some(self.head(&rows, &plan)?.squeeze(0)?)
+            }
             mode => {
                 let x = if mode == LogitsMode::Last {
                     x.narrow(1, t - 1, 1)?.contiguous()?

@@ -7,8 +7,10 @@ use super::capture::Captures;
 use super::gemv;
 use super::hooks::{HookName, HookPoint};
 use super::intervention::Interventions;
+use super::lora::Lora;
+use super::rope::RotaryOrder;
 use super::{Linear, Model, ModelError, Result, RunOptions};
-use crate::checkpoint::WeightId;
+use crate::checkpoint::{Proj, WeightId};
 
 /// One forward's interventions and captures, resolved against the model.
 pub(super) struct Plan<'a> {
@@ -19,6 +21,19 @@ pub(super) struct Plan<'a> {
     edits: Vec<(WeightId, usize, usize, Tensor)>,
     /// Embedding edits as (batch row, token id, dim, delta).
     embed_edits: Vec<(usize, u32, usize, f32)>,
+    lora: Option<&'a Lora>,
+    /// q/k rows' held order, to map adapter outputs (Hugging Face order) to it.
+    rotary: Option<RotaryOrder>,
+    drop: Option<DropPlan>,
+}
+
+/// MacDrop's mask of this run, resolved: the rows, which elements each
+/// loses (1 where dropped) and a one-hot map from the k rows to all d_ff.
+struct DropPlan {
+    layer: usize,
+    rows: Tensor,
+    dropped: Tensor,
+    onehot: Tensor,
 }
 
 impl<'a> Plan<'a> {
@@ -101,12 +116,88 @@ impl<'a> Plan<'a> {
                 }
             }
         }
+        let drop = match &opts.row_drop {
+            None => None,
+            Some(d) => {
+                if d.layer >= c.n_layers {
+                    return Err(ModelError::Invalid(format!(
+                        "row dropout at layer {}; the model has {}",
+                        d.layer, c.n_layers
+                    )));
+                }
+                if let Some(&r) = d.rows.iter().find(|&&r| r >= c.d_ff) {
+                    return Err(ModelError::Invalid(format!(
+                        "row dropout of row {r}; d_ff is {}",
+                        c.d_ff
+                    )));
+                }
+                if d.keep.dims() != [d.rows.len(), c.d_model] {
+                    return Err(ModelError::Invalid(format!(
+                        "a row-dropout mask shaped {:?} for {} rows of {} columns",
+                        d.keep.dims(),
+                        d.rows.len(),
+                        c.d_model
+                    )));
+                }
+                let k = d.rows.len();
+                let mut onehot = vec![0f32; k * c.d_ff];
+                for (i, &r) in d.rows.iter().enumerate() {
+                    onehot[i * c.d_ff + r] = 1.0;
+                }
+                let rows: Vec<u32> = d.rows.iter().map(|&r| r as u32).collect();
+                Some(DropPlan {
+                    layer: d.layer,
+                    rows: Tensor::from_vec(rows, k, &model.device)?,
+                    dropped: d.keep.to_dtype(model.dtype)?.affine(-1.0, 1.0)?,
+                    onehot: Tensor::from_vec(onehot, (k, c.d_ff), &model.device)?
+                        .to_dtype(model.dtype)?,
+                })
+            }
+        };
+        let lora = opts.lora.as_deref();
         Ok(Self {
             opts,
             masks,
             edits,
             embed_edits,
+            lora,
+            rotary: lora.and(model.rotary_order.clone()),
+            drop,
         })
+    }
+
+    /// Whether this run computes with only differentiable ops.
+    pub(super) fn differentiable(&self) -> bool {
+        self.opts.differentiable
+    }
+
+    /// Whether adapters, row dropout or training change this run (a
+    /// recorded decode step has none of them).
+    pub(super) fn adapts(&self) -> bool {
+        self.lora.is_some() || self.drop.is_some() || self.differentiable()
+    }
+
+    /// Whether `parts` must run apart instead of as one stacked matmul: a
+    /// weight edit, an adapter or row dropout touches one of them.
+    pub(super) fn runs_apart(&self, parts: &[&Linear]) -> bool {
+        self.edits_any(parts)
+            || parts
+                .iter()
+                .filter_map(|l| l.id)
+                .any(|id| self.lora.is_some_and(|lora| lora.get(id).is_some()) || self.drops(id))
+    }
+
+    fn drops(&self, id: WeightId) -> bool {
+        match (&self.drop, id) {
+            (
+                Some(d),
+                WeightId::Layer {
+                    layer,
+                    proj: Proj::Gate | Proj::Up,
+                },
+            ) => layer == d.layer,
+            _ => false,
+        }
     }
 
     /// Whether a weight edit of this run touches one of `parts` (which then
@@ -136,7 +227,7 @@ impl<'a> Plan<'a> {
     pub(super) fn linear(&self, l: &Linear, x: &Tensor) -> Result<Tensor> {
         let (b, t, d) = x.dims3()?;
         let out = l.weight.dim(0)?;
-        let fast = if b * t == 1 {
+        let fast = if b * t == 1 && !self.differentiable() {
             gemv::gemv(&l.weight, x)?
         } else {
             None
@@ -160,6 +251,35 @@ impl<'a> Plan<'a> {
             onehot[*row] = 1.0;
             let onehot = Tensor::from_vec(onehot, (1, 1, out), x.device())?.to_dtype(x.dtype())?;
             y = (y + contribution.broadcast_mul(&onehot)?)?;
+        }
+        let Some(id) = l.id else { return Ok(y) };
+        if let (Some(drop), true) = (&self.drop, self.drops(id)) {
+            // The dropped elements' share of each massive row's dot product.
+            let lost = l.weight.index_select(&drop.rows, 0)?.mul(&drop.dropped)?;
+            let share = x.reshape((b * t, d))?.matmul(&lost.t()?)?;
+            y = (y - share.matmul(&drop.onehot)?.reshape((b, t, out))?)?;
+        }
+        if let Some(pair) = self.lora.and_then(|lora| lora.get(id)) {
+            let scale = self.lora.map_or(1.0, Lora::scale);
+            let mut delta = x
+                .reshape((b * t, d))?
+                .to_dtype(pair.a.dtype())?
+                .matmul(&pair.a.as_tensor().t()?)?
+                .matmul(&pair.b.as_tensor().t()?)?
+                .affine(scale, 0.0)?;
+            if let (
+                Some(order),
+                WeightId::Layer {
+                    proj: Proj::Q | Proj::K,
+                    ..
+                },
+            ) = (&self.rotary, id)
+            {
+                let index = Tensor::from_vec(order.to_stored(out), out, x.device())?;
+                delta = delta.index_select(&index, 1)?;
+            }
+            let delta = delta.to_dtype(y.dtype())?.reshape((b, t, out))?;
+            y = (y + delta)?;
         }
         Ok(y)
     }

@@ -173,18 +173,20 @@ impl Rope {
     }
 
     /// Rotates x (batch, heads, tokens, head_dim) for positions start..start+tokens.
-    pub fn apply(&self, x: &Tensor, start: usize) -> Result<Tensor> {
+    /// `differentiable` takes candle's composed rotation (the fused kernel
+    /// has no backward).
+    pub fn apply(&self, x: &Tensor, start: usize, differentiable: bool) -> Result<Tensor> {
         let t = x.dim(2)?;
         let (cos, sin) = (self.cos.narrow(0, start, t)?, self.sin.narrow(0, start, t)?);
-        rotate(x, &cos, &sin)
+        rotate(x, &cos, &sin, differentiable)
     }
 
     /// Rotates and multiplies by attention's scale (for queries).
-    pub fn apply_scaled(&self, x: &Tensor, start: usize) -> Result<Tensor> {
+    pub fn apply_scaled(&self, x: &Tensor, start: usize, differentiable: bool) -> Result<Tensor> {
         let t = x.dim(2)?;
         let cos = self.cos_scaled.narrow(0, start, t)?;
         let sin = self.sin_scaled.narrow(0, start, t)?;
-        rotate(x, &cos, &sin)
+        rotate(x, &cos, &sin, differentiable)
     }
 
     /// The rows of (scaled cos, scaled sin, cos, sin) at a position held in
@@ -201,15 +203,19 @@ impl Rope {
     /// Rotates a query (scaled) or key of one position with [`Self::tables_at`]'s rows.
     pub fn rotate_at(&self, x: &Tensor, tables: &[Tensor; 4], query: bool) -> Result<Tensor> {
         if query {
-            rotate(x, &tables[0], &tables[1])
+            rotate(x, &tables[0], &tables[1], false)
         } else {
-            rotate(x, &tables[2], &tables[3])
+            rotate(x, &tables[2], &tables[3], false)
         }
     }
 }
 
-fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin)
+fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor, differentiable: bool) -> Result<Tensor> {
+    if differentiable {
+        candle_nn::rotary_emb::rope_slow(x, cos, sin)
+    } else {
+        candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin)
+    }
 }
 
 #[cfg(test)]
@@ -249,7 +255,7 @@ mod tests {
         let stored: Vec<f32> = order.to_stored(hd).iter().map(|&i| x[i as usize]).collect();
         let t = Tensor::from_vec(stored, (1, 1, 1, hd), &Device::Cpu).unwrap();
         let y = rope
-            .apply(&t, pos)
+            .apply(&t, pos, false)
             .unwrap()
             .flatten_all()
             .unwrap()

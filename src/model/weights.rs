@@ -111,7 +111,7 @@ impl Block {
 
     /// Rebuilds the stacked matrices from the parts (after a part changed)
     /// and points the parts back into them.
-    fn fuse(&mut self) -> Result<()> {
+    pub(super) fn fuse(&mut self) -> Result<()> {
         self.qkv = stack_rows(&mut [&mut self.q, &mut self.k, &mut self.v])?;
         self.gate_up = stack_rows(&mut [&mut self.gate, &mut self.up])?;
         Ok(())
@@ -164,7 +164,7 @@ impl Block {
         }
     }
 
-    fn part_mut(&mut self, proj: Proj) -> &mut Linear {
+    pub(super) fn part_mut(&mut self, proj: Proj) -> &mut Linear {
         match proj {
             Proj::Q => &mut self.q,
             Proj::K => &mut self.k,
@@ -258,7 +258,7 @@ impl Model {
     }
 
     /// A matrix as held (q/k rows possibly in rotary order).
-    fn stored(&self, id: WeightId) -> Option<&Tensor> {
+    pub(super) fn stored(&self, id: WeightId) -> Option<&Tensor> {
         match self.canonical_weight(id) {
             WeightId::Embed => Some(&self.embed),
             WeightId::Head => Some(&self.lm_head.weight),
@@ -289,7 +289,7 @@ impl Model {
         }
     }
 
-    fn reordered(&self, id: WeightId) -> Option<&super::rope::RotaryOrder> {
+    pub(super) fn reordered(&self, id: WeightId) -> Option<&super::rope::RotaryOrder> {
         match id {
             WeightId::Layer {
                 proj: Proj::Q | Proj::K,

@@ -3,7 +3,8 @@
 //! against llama.cpp's on the same requests (the model's weights dequantized
 //! to an F32 GGUF by gguf-py, scored by llama-cpp-python with its own
 //! tokenizer: scripts/reference_tasks_llamacpp.py, kept in
-//! tests/fixtures/tasks/smollm2_llamacpp.json).
+//! tests/fixtures/tasks/smollm2_llamacpp.json) and against transformers'
+//! (scripts/reference_tasks.py, tests/fixtures/tasks/smollm2_transformers.json).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -44,13 +45,14 @@ fn the_task_data_holds_every_task_with_its_conditional_requests() {
     assert_eq!(arc[0].label, 0);
 }
 
-#[test]
-fn smollm2_scores_requests_as_llama_cpp_does() {
+/// SmolLM2's per-request log-likelihoods, token ids and predictions on the
+/// fixture requests against a peer's (`reference`, a file of
+/// tests/fixtures/tasks); the worst difference.
+fn scores_as(reference: &str) -> f64 {
     let demo = crate::demo();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tasks");
     let reference: Value =
-        serde_json::from_str(&std::fs::read_to_string(root.join("smollm2_llamacpp.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(root.join(reference)).unwrap()).unwrap();
     let theirs: HashMap<(String, u64, usize), &Value> = reference["requests"]
         .as_array()
         .unwrap()
@@ -99,7 +101,7 @@ fn smollm2_scores_requests_as_llama_cpp_does() {
                 want.push(w);
                 requests += 1;
             }
-            // The same prediction, unless llama.cpp's two best lie within 1e-4.
+            // The same prediction, unless the peer's two best lie within 1e-4.
             let argmax = |v: &[f64]| (0..v.len()).fold(0, |b, i| if v[i] > v[b] { i } else { b });
             let mut top = want.clone();
             top.sort_by(|a, b| b.total_cmp(a));
@@ -110,7 +112,20 @@ fn smollm2_scores_requests_as_llama_cpp_does() {
         }
     }
     assert_eq!((requests, questions), (340, 100));
-    eprintln!("worst log-likelihood difference against llama.cpp: {worst:.2e}");
+    eprintln!("worst log-likelihood difference against {reference}: {worst:.2e}");
+    worst
+}
+
+#[test]
+fn smollm2_scores_requests_as_llama_cpp_does() {
+    scores_as("smollm2_llamacpp.json");
+}
+
+/// transformers' own tokenizer and forward (scripts/reference_tasks.py on
+/// the same GGUF, dequantized to fp32 by transformers' GGUF loader).
+#[test]
+fn smollm2_scores_requests_as_transformers_does() {
+    scores_as("smollm2_transformers.json");
 }
 
 #[test]

@@ -1,0 +1,394 @@
+//! LoRA training with MacDrop: the differentiable forward's gradients equal
+//! finite differences (f64), MacDrop's masks equal zeroing the dropped
+//! elements in the weights, adapters round-trip through PEFT's format and
+//! merge exactly, training lowers the loss, and a resumed run ends where
+//! an uninterrupted one does.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use candle_core::{DType, Device, IndexOp, Tensor};
+use mwtop::checkpoint::adapter::AdapterFile;
+use mwtop::checkpoint::{Checkpoint, Proj, WeightId};
+use mwtop::model::intervention::Interventions;
+use mwtop::model::lora::{Lora, RowDrop};
+use mwtop::model::{Model, RunOptions};
+use mwtop::rng::SplitMix64;
+use mwtop::train::data::Example;
+use mwtop::train::loss::{summed_loss, Batch};
+use mwtop::train::macdrop::{MacDrop, Schedule};
+use mwtop::train::{self, TrainConfig};
+
+fn fixture(family: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/families/{family}"))
+}
+
+fn load(family: &str, dtype: DType) -> Model {
+    let ckpt = Checkpoint::open_path(&fixture(family)).unwrap();
+    Model::load(&ckpt, &Device::Cpu, dtype, |_, _| {}).unwrap()
+}
+
+const ALL: [Proj; 7] = Proj::ALL;
+
+/// Adapters with A and B both random (PEFT starts B at zero, where B's
+/// gradient alone is non-zero).
+fn random_lora(model: &Model, rank: usize, seed: u64) -> Lora {
+    let lora = Lora::init(model, &ALL, rank, 2.0 * rank as f64, seed).unwrap();
+    let mut rng = SplitMix64::new(seed + 1);
+    for (_, pair) in lora.pairs() {
+        let (out, r) = pair.b.dims2().unwrap();
+        let v: Vec<f64> = (0..out * r).map(|_| rng.next_f64() * 0.2 - 0.1).collect();
+        let t = Tensor::from_vec(v, (out, r), &Device::Cpu)
+            .unwrap()
+            .to_dtype(pair.b.dtype())
+            .unwrap();
+        pair.b.set(&t).unwrap();
+    }
+    lora
+}
+
+fn examples() -> Vec<Example> {
+    vec![
+        Example {
+            ids: vec![256, 72, 101, 108, 108, 111, 32, 119],
+            loss_from: 4,
+        },
+        Example {
+            ids: vec![256, 97, 98, 99],
+            loss_from: 1,
+        },
+    ]
+}
+
+fn mean_loss(model: &Model, lora: &Arc<Lora>, drop: Option<RowDrop>, batch: &Batch) -> Tensor {
+    (summed_loss(model, lora, drop, &Interventions::none(), batch).unwrap()
+        / batch.counted() as f64)
+        .unwrap()
+}
+
+fn scalar(t: &Tensor) -> f64 {
+    t.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
+}
+
+/// d loss / d theta by backprop against central differences, for entries
+/// of A and B in the first and last layers, with and without MacDrop.
+#[test]
+fn gradients_equal_finite_differences() {
+    for family in ["llama", "gemma3", "qwen3"] {
+        let model = load(family, DType::F64);
+        let lora = Arc::new(random_lora(&model, 4, 11));
+        let ex = examples();
+        let batch = Batch::new(&ex.iter().collect::<Vec<_>>(), 0);
+        let last = model.config().n_layers - 1;
+        let d_model = model.config().d_model;
+        let drop = RowDrop::draw(
+            1,
+            &[3, 7],
+            d_model,
+            0.5,
+            &mut SplitMix64::new(3),
+            DType::F64,
+            &Device::Cpu,
+        )
+        .unwrap();
+        for drop in [None, Some(drop)] {
+            let loss = mean_loss(&model, &lora, drop.clone(), &batch);
+            let grads = loss.backward().unwrap();
+            let mut checked = 0;
+            for (id, entries) in [
+                (
+                    WeightId::layer(0, Proj::Q),
+                    [(0usize, 0usize, true), (1, 2, false)],
+                ),
+                (
+                    WeightId::layer(1, Proj::Gate),
+                    [(3, 5, true), (7, 1, false)],
+                ),
+                (
+                    WeightId::layer(last, Proj::Down),
+                    [(2, 9, true), (5, 3, false)],
+                ),
+                (
+                    WeightId::layer(last, Proj::V),
+                    [(1, 1, true), (0, 3, false)],
+                ),
+            ] {
+                let pair = lora.get(id).unwrap();
+                for (row, col, is_a) in entries {
+                    let var = if is_a { &pair.a } else { &pair.b };
+                    let g = grads
+                        .get(var.as_tensor())
+                        .expect("a gradient reaches the adapter");
+                    let g = g.i((row, col)).unwrap().to_scalar::<f64>().unwrap();
+                    let base = var.as_tensor().copy().unwrap();
+                    let h = 1e-5;
+                    let at = |delta: f64| {
+                        let mut v = base.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+                        v[row * base.dim(1).unwrap() + col] += delta;
+                        var.set(&Tensor::from_vec(v, base.shape(), &Device::Cpu).unwrap())
+                            .unwrap();
+                        let l = scalar(&mean_loss(&model, &lora, drop.clone(), &batch));
+                        var.set(&base).unwrap();
+                        l
+                    };
+                    let fd = (at(h) - at(-h)) / (2.0 * h);
+                    assert!(
+                        // Rounding of the two f64 losses (~5e-15 / 2h)
+                        // bounds what finite differences can tell.
+                        (fd - g).abs() <= 2e-9 + 1e-6 * g.abs(),
+                        "{family} {id} {} [{row}, {col}] (drop {}): backprop {g:e}, finite differences {fd:e}",
+                        if is_a { "A" } else { "B" },
+                        drop.is_some()
+                    );
+                    assert!(
+                        g.abs() > 1e-8,
+                        "{family} {id}: a zero gradient proves nothing"
+                    );
+                    checked += 1;
+                }
+            }
+            assert_eq!(checked, 8);
+        }
+    }
+}
+
+/// A MacDrop mask in the forward equals the model whose dropped elements
+/// of W_gate and W_up were set to zero in the weights, and the weights are
+/// unchanged afterwards.
+#[test]
+fn row_dropout_equals_zeroing_the_dropped_elements() {
+    let model = load("llama", DType::F64);
+    let mut zeroed = load("llama", DType::F64);
+    let (layer, rows) = (1, vec![5usize, 0, 17]);
+    let d_model = model.config().d_model;
+    let drop = RowDrop::draw(
+        layer,
+        &rows,
+        d_model,
+        0.6,
+        &mut SplitMix64::new(9),
+        DType::F64,
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert!(drop.dropped > 0);
+    let keep = drop.keep.to_vec2::<f64>().unwrap();
+    for proj in [Proj::Gate, Proj::Up] {
+        let id = WeightId::layer(layer, proj);
+        let w = model.weight(id).unwrap().to_vec2::<f64>().unwrap();
+        let mut delta = vec![vec![0f64; d_model]; w.len()];
+        for (i, &r) in rows.iter().enumerate() {
+            for c in 0..d_model {
+                if keep[i][c] == 0.0 {
+                    delta[r][c] = -w[r][c];
+                }
+            }
+        }
+        let delta = Tensor::new(delta, &Device::Cpu).unwrap();
+        zeroed.add_to_weight(id, &delta).unwrap();
+    }
+    let tokens = vec![vec![256u32, 10, 20, 30, 40], vec![256, 50, 60, 70, 80]];
+    // f64 runs take the composed ops (candle's fused kernels have no f64).
+    let exact = RunOptions {
+        differentiable: true,
+        ..RunOptions::default()
+    };
+    let opts = RunOptions {
+        row_drop: Some(drop),
+        ..exact.clone()
+    };
+    let dropped = model.forward(&tokens, None, &opts).unwrap().logits.unwrap();
+    let want = zeroed
+        .forward(&tokens, None, &exact)
+        .unwrap()
+        .logits
+        .unwrap();
+    let plain = model
+        .forward(&tokens, None, &exact)
+        .unwrap()
+        .logits
+        .unwrap();
+    let diff = |a: &Tensor, b: &Tensor| scalar(&(a - b).unwrap().abs().unwrap().max_all().unwrap());
+    assert!(diff(&dropped, &want) < 1e-10, "{}", diff(&dropped, &want));
+    assert!(diff(&dropped, &plain) > 1e-4, "the mask changed nothing");
+}
+
+/// An adapter written in PEFT's format reads back bit for bit, and merged
+/// into the weights it computes what the unmerged adapter computes.
+#[test]
+fn adapters_round_trip_and_merge_exactly() {
+    let model = load("gemma3", DType::F32);
+    let lora = random_lora(&model, 3, 5);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("adapter");
+    train::adapter_file(&lora, Some("fixture".into()))
+        .unwrap()
+        .write(&out)
+        .unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["peft_type"], "LORA");
+    assert_eq!(config["r"], 3);
+    assert_eq!(config["lora_alpha"], 6.0);
+    assert_eq!(config["target_modules"].as_array().unwrap().len(), 7);
+    let file = AdapterFile::read(&out).unwrap();
+    assert_eq!(file.tensors.len(), 7 * model.config().n_layers);
+    let back = Lora::from_tensors(&model, file.rank, file.alpha, file.tensors.clone()).unwrap();
+    for ((ia, pa), (ib, pb)) in lora.pairs().zip(back.pairs()) {
+        assert_eq!(ia, ib);
+        for (x, y) in [(&pa.a, &pb.a), (&pa.b, &pb.b)] {
+            let x = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let y = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(x, y, "{ia}");
+        }
+    }
+    let tokens = vec![vec![256u32, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]];
+    let on_the_fly = model
+        .forward(
+            &tokens,
+            None,
+            &RunOptions {
+                lora: Some(Arc::new(back)),
+                ..RunOptions::default()
+            },
+        )
+        .unwrap()
+        .logits
+        .unwrap();
+    let mut merged = load("gemma3", DType::F32);
+    merged.merge_lora(&lora).unwrap();
+    let m = merged
+        .forward(&tokens, None, &RunOptions::default())
+        .unwrap()
+        .logits
+        .unwrap();
+    let base = model
+        .forward(&tokens, None, &RunOptions::default())
+        .unwrap()
+        .logits
+        .unwrap();
+    let diff = |a: &Tensor, b: &Tensor| scalar(&(a - b).unwrap().abs().unwrap().max_all().unwrap());
+    assert!(diff(&on_the_fly, &m) < 1e-4, "{}", diff(&on_the_fly, &m));
+    assert!(
+        diff(&on_the_fly, &base) > 1e-2,
+        "the adapter changed nothing"
+    );
+}
+
+fn pattern_examples() -> Vec<Example> {
+    (0..24)
+        .map(|i| {
+            let mut ids = vec![256u32];
+            ids.extend((0..12).map(|j| 97 + ((i + j) % 3) as u32));
+            Example { ids, loss_from: 1 }
+        })
+        .collect()
+}
+
+fn config(out: &Path, steps: Option<usize>, macdrop: Option<MacDrop>) -> TrainConfig {
+    TrainConfig {
+        epochs: 2,
+        max_steps: steps,
+        batch: 4,
+        grad_accum: 2,
+        lr: 2e-2,
+        warmup: 0.1,
+        seed: 1,
+        macdrop,
+        save_every: Some(2),
+        out: out.to_path_buf(),
+        base_model: None,
+        data: "pattern".into(),
+    }
+}
+
+#[test]
+fn training_lowers_the_loss_with_and_without_macdrop() {
+    let model = load("llama", DType::F32);
+    let ex = pattern_examples();
+    let dir = tempfile::tempdir().unwrap();
+    let macdrop = MacDrop {
+        layer: 1,
+        rows: vec![0, 1, 2, 3, 4],
+        p0: 0.8,
+        schedule: Schedule::Step,
+        seed: 2,
+    };
+    for md in [None, Some(macdrop)] {
+        let out = dir.path().join(format!("run-{}", md.is_some()));
+        let lora = Lora::init(&model, &ALL, 8, 16.0, 4).unwrap();
+        let cfg = config(&out, Some(12), md);
+        let stop = AtomicBool::new(false);
+        let mut ps = Vec::new();
+        let done = train::train(&model, lora, &ex, &cfg, None, &stop, |r| ps.push(r.p)).unwrap();
+        let l = &done.state.losses;
+        assert_eq!(l.len(), 12);
+        assert!(done.state.finished && !done.interrupted);
+        let tail = l[9..].iter().sum::<f64>() / 3.0;
+        assert!(tail < 0.6 * l[0], "losses {l:?}");
+        if cfg.macdrop.is_some() {
+            assert_eq!(ps[0], Some(0.8));
+            assert!((ps[6].unwrap() - 0.8 * (1.0 - 6.0 / 12.0)).abs() < 1e-12);
+        } else {
+            assert!(ps.iter().all(Option::is_none));
+        }
+        let state: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join(train::STATE_FILE)).unwrap())
+                .unwrap();
+        assert_eq!(state["step"], 12);
+        assert!(out.join("adapter_model.safetensors").is_file());
+    }
+}
+
+/// Interrupted after 3 of 6 updates and resumed, a run ends with the
+/// adapter the uninterrupted run ends with, bit for bit.
+#[test]
+fn a_resumed_run_ends_where_an_uninterrupted_one_does() {
+    let model = load("llama", DType::F32);
+    let ex = pattern_examples();
+    let dir = tempfile::tempdir().unwrap();
+    let md = MacDrop {
+        layer: 0,
+        rows: vec![1, 2],
+        p0: 0.5,
+        schedule: Schedule::Step,
+        seed: 3,
+    };
+    let whole = dir.path().join("whole");
+    let lora = Lora::init(&model, &ALL, 4, 8.0, 7).unwrap();
+    let stop = AtomicBool::new(false);
+    let cfg = config(&whole, Some(6), Some(md.clone()));
+    train::train(&model, lora, &ex, &cfg, None, &stop, |_| {}).unwrap();
+
+    let part = dir.path().join("part");
+    let cfg = config(&part, Some(6), Some(md));
+    let lora = Lora::init(&model, &ALL, 4, 8.0, 7).unwrap();
+    let first = train::train(&model, lora, &ex, &cfg, None, &stop, |r| {
+        if r.step == 3 {
+            stop.store(true, Ordering::Relaxed);
+        }
+    })
+    .unwrap();
+    assert!(first.interrupted);
+    assert_eq!(first.state.step, 3);
+    stop.store(false, Ordering::Relaxed);
+    let saved = train::read_state(&part).unwrap();
+    let file = AdapterFile::read(&part).unwrap();
+    let lora = Lora::from_tensors(&model, file.rank, file.alpha, file.tensors).unwrap();
+    let resumed = train::train(&model, lora, &ex, &cfg, Some(saved), &stop, |_| {}).unwrap();
+    assert_eq!(resumed.state.step, 6);
+    assert!(resumed.state.finished);
+    let a = AdapterFile::read(&whole).unwrap();
+    let b = AdapterFile::read(&part).unwrap();
+    for ((ia, (aa, ab)), (_, (ba, bb))) in a.tensors.iter().zip(&b.tensors) {
+        for (x, y) in [(aa, ba), (ab, bb)] {
+            let x = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let y = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(x, y, "{ia}");
+        }
+    }
+}
