@@ -41,8 +41,9 @@ fn module_name(proj: Proj) -> &'static str {
     m.rsplit('.').next().unwrap_or(m)
 }
 
-/// Parses `...layers.{i}.{module}.lora_{A|B}[.default].weight`.
-fn parse_peft_name(name: &str) -> Option<(WeightId, bool)> {
+/// Parses `...layers.{i}.{module}.lora_{A|B}[.default].weight`: the
+/// matrix and whether this is A.
+pub fn parse_peft_name(name: &str) -> Option<(WeightId, bool)> {
     let name = name.strip_suffix(".weight")?;
     let name = name.strip_suffix(".default").unwrap_or(name);
     let (module, is_a) = if let Some(m) = name.strip_suffix(".lora_A") {
@@ -79,7 +80,7 @@ impl AdapterFile {
                 "peft_type {peft_type:?} (only LORA adapters apply)"
             )));
         }
-        for flag in ["use_dora", "use_rslora", "fan_in_fan_out"] {
+        for flag in ["use_dora", "use_rslora", "fan_in_fan_out", "lora_bias"] {
             if cfg.get(flag).and_then(Value::as_bool) == Some(true) {
                 return Err(unsupported(format!("{flag} is set")));
             }
