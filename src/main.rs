@@ -21,6 +21,12 @@ fn usage_error(e: &clap::Error) -> String {
     let text = e.to_string();
     let first = text.lines().next().unwrap_or_default();
     let mut msg = first.trim_start_matches("error: ").to_string();
+    // clap lists missing arguments on the lines below its first.
+    if e.kind() == ErrorKind::MissingRequiredArgument {
+        if let Some(ContextValue::Strings(missing)) = e.get(ContextKind::InvalidArg) {
+            msg = format!("{} {}", msg.trim_end_matches(':'), missing.join(", "));
+        }
+    }
     if let Some(ContextValue::Strings(valid)) = e.get(ContextKind::ValidValue) {
         let list = match valid.split_last() {
             Some((last, [])) => last.clone(),

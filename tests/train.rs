@@ -483,3 +483,222 @@ fn one_step_equals_transformers_and_peft() {
         eprintln!("{family}: loss {got} (peft {want}), gradients within {worst:.1e}, step within {moved:.1e}");
     }
 }
+
+fn alpaca_file(dir: &Path) -> PathBuf {
+    let path = dir.join("alpaca.jsonl");
+    let lines: Vec<String> = (0..12)
+        .map(|i| {
+            serde_json::json!({
+                "instruction": format!("Count to {}.", i % 4 + 2),
+                "input": if i % 3 == 0 { "slowly" } else { "" },
+                "output": "1 2 3 4 5".chars().take(2 * (i % 4) + 3).collect::<String>(),
+            })
+            .to_string()
+        })
+        .collect();
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path
+}
+
+fn json_of(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `mwtop finetune` on instruction data with MacDrop, then `eval
+/// --adapter` on what it wrote: the adapter changes the model.
+#[test]
+fn the_finetune_command_trains_an_adapter_that_eval_applies() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = alpaca_file(dir.path());
+    let out = dir.path().join("adapter");
+    let model = fixture("llama");
+    let m = model.to_str().unwrap();
+    let run = common::mwtop(&[
+        "finetune",
+        m,
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--steps",
+        "4",
+        "--batch",
+        "3",
+        "--grad-accum",
+        "2",
+        "--lr",
+        "1e-2",
+        "--lora-rank",
+        "4",
+        "--macdrop",
+        "--layer",
+        "1",
+        "--k",
+        "2",
+        "--json",
+    ]);
+    let report = json_of(&run);
+    assert_eq!(report["updates"], 4);
+    assert_eq!(report["examples"], 12);
+    assert_eq!(report["finished"], true);
+    assert_eq!(report["losses"].as_array().unwrap().len(), 4);
+    assert_eq!(report["macdrop"]["layer"], 1);
+    assert_eq!(report["macdrop"]["rows"].as_array().unwrap().len(), 2);
+    // 3 layers x rank 4 x (in + out) of q, k, v, o, gate, up, down.
+    let per_layer = 128 + 96 + 96 + 128 + 3 * 192;
+    assert_eq!(report["trainable_parameters"], 3 * 4 * per_layer);
+    let file = AdapterFile::read(&out).unwrap();
+    assert_eq!(file.rank, 4);
+    let text = dir.path().join("text.txt");
+    std::fs::write(&text, "abc abc abc 1 2 3 4 5 the end").unwrap();
+    let ppl = |extra: &[&str]| {
+        let mut args = vec!["eval", m, "--text", text.to_str().unwrap(), "--json"];
+        args.extend_from_slice(extra);
+        json_of(&common::mwtop(&args))["perplexity"]
+            .as_f64()
+            .unwrap()
+    };
+    let base = ppl(&[]);
+    let adapted = ppl(&["--adapter", out.to_str().unwrap()]);
+    assert!(base.is_finite() && adapted.is_finite());
+    assert!((base - adapted).abs() > 1e-3 * base, "{base} vs {adapted}");
+}
+
+#[test]
+fn finetune_refuses_bad_input_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = alpaca_file(dir.path());
+    let model = fixture("llama");
+    let m = model.to_str().unwrap();
+    let d = data.to_str().unwrap();
+    let taken = dir.path().join("taken");
+    std::fs::create_dir(&taken).unwrap();
+    std::fs::write(taken.join("notes.txt"), "mine").unwrap();
+    let t = taken.to_str().unwrap();
+    let fresh = dir.path().join("fresh");
+    let f = fresh.to_str().unwrap();
+    for (args, needles) in [
+        (
+            vec!["finetune", m, "--data", "no-such-data", "--out", f],
+            vec!["no-such-data", "alpaca-en-demo"],
+        ),
+        (
+            vec!["finetune", m, "--data", d, "--out", t, "--steps", "1"],
+            vec!["not an adapter directory"],
+        ),
+        (
+            vec!["finetune", m, "--data", d, "--out", f, "--resume"],
+            vec!["no saved run"],
+        ),
+        (
+            vec!["finetune", m, "--data", d, "--out", f, "--dtype", "bf16"],
+            vec!["f32"],
+        ),
+        (
+            vec![
+                "finetune",
+                m,
+                "--data",
+                d,
+                "--out",
+                f,
+                "--targets",
+                "q,lm_head",
+            ],
+            vec!["lm_head"],
+        ),
+        (
+            vec!["finetune", m, "--data", d, "--out", f, "--lr", "0"],
+            vec!["--lr"],
+        ),
+        (
+            vec![
+                "finetune",
+                m,
+                "--data",
+                d,
+                "--out",
+                f,
+                "--macdrop",
+                "--layer",
+                "9",
+            ],
+            vec!["--layer 9"],
+        ),
+        (
+            vec!["eval", m, "--text", d, "--adapter", t],
+            vec!["adapter_config.json"],
+        ),
+        (vec!["finetune", m, "--out", f], vec!["required", "--data"]),
+    ] {
+        let out = common::mwtop(&args);
+        common::assert_one_line_error(&out, &needles);
+    }
+    assert_eq!(
+        std::fs::read_to_string(taken.join("notes.txt")).unwrap(),
+        "mine"
+    );
+    assert!(!fresh.exists());
+}
+
+/// Ctrl-C (SIGINT) stops a run after the update in progress with a
+/// checkpoint, and --resume finishes it.
+#[test]
+fn an_interrupted_run_leaves_a_checkpoint_that_resumes() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let data = alpaca_file(dir.path());
+    let out = dir.path().join("adapter");
+    let model = fixture("llama");
+    let args = [
+        "finetune",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--steps",
+        "100000",
+        "--batch",
+        "2",
+        "--grad-accum",
+        "1",
+        "--save-every",
+        "1000000",
+        "--json",
+    ];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mwtop"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = lines
+        .find_map(|l| l.ok().filter(|l| l.contains("update 2/")))
+        .unwrap();
+    assert!(first.contains("loss"), "{first}");
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let done = child.wait_with_output().unwrap();
+    let report = json_of(&done);
+    assert_eq!(report["interrupted"], true);
+    let step = report["updates"].as_u64().unwrap();
+    assert!(step >= 2);
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join(train::STATE_FILE)).unwrap())
+            .unwrap();
+    assert_eq!(state["step"].as_u64().unwrap(), step);
+    assert_eq!(state["finished"], false);
+    AdapterFile::read(&out).unwrap();
+    // Resumed with other settings: refused.
+    let mut other = args.to_vec();
+    other[7] = "3";
+    other.push("--resume");
+    common::assert_one_line_error(&common::mwtop(&other), &["other settings"]);
+}

@@ -283,6 +283,23 @@ impl AdapterFile {
     }
 }
 
+/// Refuses to replace `dir` unless it is absent, empty or an adapter
+/// directory: what the user keeps there is never lost.
+pub fn check_replaceable(dir: &Path) -> Result<()> {
+    if dir.exists() && !dir.join(CONFIG_FILE).is_file() {
+        let empty = std::fs::read_dir(dir)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
+        if !empty {
+            return Err(CheckpointError::Unsupported {
+                path: dir.to_path_buf(),
+                message: "exists and is not an adapter directory (refusing to replace it)".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn candle(path: &Path, id: WeightId, e: candle_core::Error) -> CheckpointError {
     CheckpointError::Candle {
         path: path.to_path_buf(),

@@ -136,13 +136,24 @@ pub struct RunArgs {
     /// Compute dtype (f32 by default: bf16's spacing at 20,000 is 128).
     #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
     pub dtype: DTypeArg,
+    /// A LoRA adapter (PEFT's format: adapter_config.json and
+    /// adapter_model.safetensors), merged into the weights at load.
+    #[arg(long)]
+    pub adapter: Option<std::path::PathBuf>,
 }
 
 impl RunArgs {
-    /// Creates the device and loads the model, with a counter on stderr.
+    /// Creates the device and loads the model (and merges --adapter), with
+    /// a counter on stderr.
     pub fn load(&self, ckpt: &Checkpoint) -> Result<Model> {
         let device = mwtop::runtime::parse_device(self.device.as_deref())?;
-        Ok(progress::load_model(ckpt, &device, self.dtype.into())?)
+        let mut model = progress::load_model(ckpt, &device, self.dtype.into())?;
+        if let Some(dir) = &self.adapter {
+            let info = mwtop::runtime::merge_adapter(&mut model, dir)
+                .map_err(|e| color_eyre::eyre::eyre!("--adapter {}: {e}", dir.display()))?;
+            tracing::info!("merged {info}");
+        }
+        Ok(model)
     }
 }
 

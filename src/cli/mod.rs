@@ -7,6 +7,7 @@ mod args;
 mod bench;
 mod convert;
 mod eval;
+mod finetune;
 mod generate;
 mod inspect;
 mod progress;
@@ -46,6 +47,8 @@ enum Command {
     Scan(scan::ScanArgs),
     /// Zero-shot accuracy (ARC, BoolQ, PIQA, WinoGrande, ...), plain, attacked or swept.
     Tasks(tasks::TasksArgs),
+    /// LoRA fine-tuning, with MacDrop on request; writes a PEFT adapter.
+    Finetune(finetune::FinetuneArgs),
     /// Speed of this build: prompt and decode tokens/s, capture off and on, the pair, first token.
     Bench(bench::BenchArgs),
     /// Fetch a demo model (if needed) and print its path.
@@ -68,6 +71,7 @@ impl Cli {
             Some(Command::Eval(a)) => a.run(model),
             Some(Command::Scan(a)) => a.run(model),
             Some(Command::Tasks(a)) => a.run(model),
+            Some(Command::Finetune(a)) => a.run(model),
             Some(Command::Bench(a)) => a.run(model),
             Some(Command::Demo(a)) => {
                 let path = mwtop::demo::ensure_model(a.name.model()).wrap_err("demo model")?;

@@ -32,6 +32,15 @@ impl UiArgs {
                 return Err(eyre!("{m}: no such file or directory"));
             }
         }
+        if let Some(dir) = &self.run.adapter {
+            let config = dir.join(mwtop::checkpoint::adapter::CONFIG_FILE);
+            if !config.is_file() {
+                return Err(eyre!(
+                    "--adapter {}: no adapter_config.json there",
+                    dir.display()
+                ));
+            }
+        }
         // The first run downloads a demo model: show pip's progress on the
         // plain terminal rather than under the UI.
         match self.model.as_deref().map(mwtop::runtime::demo_named) {
@@ -44,6 +53,7 @@ impl UiArgs {
             self.run.device,
             self.run.dtype.into(),
             self.prompt,
+            self.run.adapter,
         )?;
         Ok(())
     }

@@ -47,6 +47,8 @@ pub enum Job {
         spec: Option<String>,
         device: Option<String>,
         dtype: DType,
+        /// A LoRA adapter merged into the weights at load.
+        adapter: Option<std::path::PathBuf>,
     },
     /// Scan a probe: heatmaps, massive layer, massive weights.
     Probe { prompt: String },
@@ -287,7 +289,8 @@ impl<F: Fn(Event)> Engine<F> {
                 spec,
                 device,
                 dtype,
-            } => self.load(spec, device, dtype),
+                adapter,
+            } => self.load(spec, device, dtype, adapter),
             Job::Probe { prompt } => self.probe(&prompt),
             Job::Detail { layer } => self.detail(layer),
             Job::Generate {
@@ -311,6 +314,7 @@ impl<F: Fn(Event)> Engine<F> {
         spec: Option<String>,
         device: Option<String>,
         dtype: DType,
+        adapter: Option<std::path::PathBuf>,
     ) -> Result<(), ModelError> {
         let start = Instant::now();
         let device = runtime::parse_device(device.as_deref())
@@ -324,9 +328,13 @@ impl<F: Fn(Event)> Engine<F> {
             "loading {}",
             ckpt.source().display()
         )));
-        let model = Model::load(&ckpt, &device, dtype, |done, total| {
+        let mut model = Model::load(&ckpt, &device, dtype, |done, total| {
             (self.emit)(Event::Loading { done, total })
         })?;
+        if let Some(dir) = &adapter {
+            let merged = runtime::merge_adapter(&mut model, dir)?;
+            tracing::info!("merged {merged}");
+        }
         let tokenizer = ckpt.tokenizer()?;
         let eval_tokens = tokenizer
             .encode(self.eval_text.as_str(), false)

@@ -211,6 +211,17 @@ impl App {
         device: Option<String>,
         dtype: candle_core::DType,
     ) {
+        self.start_with_adapter(spec, device, dtype, None);
+    }
+
+    /// As [`Self::start`], with a LoRA adapter merged into the weights.
+    pub fn start_with_adapter(
+        &mut self,
+        spec: Option<String>,
+        device: Option<String>,
+        dtype: candle_core::DType,
+        adapter: Option<std::path::PathBuf>,
+    ) {
         self.status = match &spec {
             Some(s) => format!("opening {s}"),
             None => "opening the demo model".into(),
@@ -219,6 +230,7 @@ impl App {
             spec,
             device,
             dtype,
+            adapter,
         });
     }
 

@@ -37,13 +37,21 @@ pub fn run(
     device: Option<String>,
     dtype: DType,
     prompt: Option<String>,
+    adapter: Option<std::path::PathBuf>,
 ) -> std::io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let mut terminal = ratatui::init();
     let _ = execute!(std::io::stdout(), EnableMouseCapture);
-    let result = rt.block_on(event_loop(&mut terminal, spec, device, dtype, prompt));
+    let result = rt.block_on(event_loop(
+        &mut terminal,
+        spec,
+        device,
+        dtype,
+        prompt,
+        adapter,
+    ));
     let _ = execute!(std::io::stdout(), DisableMouseCapture);
     ratatui::restore();
     result
@@ -55,6 +63,7 @@ async fn event_loop(
     device: Option<String>,
     dtype: DType,
     prompt: Option<String>,
+    adapter: Option<std::path::PathBuf>,
 ) -> std::io::Result<()> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
     let engine = EngineHandle::spawn(move |e| drop(tx.send(e)), EVAL_TEXT.to_string());
@@ -62,7 +71,7 @@ async fn event_loop(
         Box::new(move |job| engine.submit(job)),
         prompt.as_deref().unwrap_or(DEFAULT_PROMPT),
     );
-    app.start(spec, device, dtype);
+    app.start_with_adapter(spec, device, dtype, adapter);
     let mut input = EventStream::new();
     let mut log_tick = tokio::time::interval(Duration::from_millis(250));
     loop {
