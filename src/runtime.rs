@@ -129,6 +129,25 @@ pub fn device_name(device: &Device) -> &'static str {
     }
 }
 
+/// Reads a LoRA adapter (PEFT's format) and merges it into `model`'s
+/// weights: exact up to one rounding per weight, and every later run
+/// (recorded decode steps included) at the base model's speed. What was
+/// merged, in words.
+pub fn merge_adapter(
+    model: &mut crate::model::Model,
+    dir: &std::path::Path,
+) -> Result<String, crate::model::ModelError> {
+    let file = crate::checkpoint::adapter::AdapterFile::read(dir)?;
+    let n = file.tensors.len();
+    let (rank, alpha) = (file.rank, file.alpha);
+    let lora = crate::model::lora::Lora::from_tensors(model, rank, alpha, file.tensors)?;
+    model.merge_lora(&lora)?;
+    Ok(format!(
+        "a rank-{rank} LoRA (alpha {alpha}) on {n} matrices from {}",
+        dir.display()
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,23 +168,4 @@ mod tests {
         assert_eq!(parse_dtype("bf16").unwrap(), DType::BF16);
         assert!(parse_dtype("f8").is_err());
     }
-}
-
-/// Reads a LoRA adapter (PEFT's format) and merges it into `model`'s
-/// weights: exact up to one rounding per weight, and every later run
-/// (recorded decode steps included) at the base model's speed. What was
-/// merged, in words.
-pub fn merge_adapter(
-    model: &mut crate::model::Model,
-    dir: &std::path::Path,
-) -> Result<String, crate::model::ModelError> {
-    let file = crate::checkpoint::adapter::AdapterFile::read(dir)?;
-    let n = file.tensors.len();
-    let (rank, alpha) = (file.rank, file.alpha);
-    let lora = crate::model::lora::Lora::from_tensors(model, rank, alpha, file.tensors)?;
-    model.merge_lora(&lora)?;
-    Ok(format!(
-        "a rank-{rank} LoRA (alpha {alpha}) on {n} matrices from {}",
-        dir.display()
-    ))
 }
