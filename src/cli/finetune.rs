@@ -123,6 +123,10 @@ struct FinetuneReport {
     first_loss: Option<f64>,
     last_loss: Option<f64>,
     losses: Vec<f64>,
+    /// Seconds since the start at the end of each update, and the tokens
+    /// it counted (a benchmark leaves the first, warm-up update out).
+    update_seconds: Vec<f64>,
+    update_tokens: Vec<usize>,
     macdrop: Option<MacDrop>,
 }
 
@@ -273,7 +277,10 @@ impl FinetuneArgs {
                 .map_err(|e| eyre!("cannot watch for Ctrl-C: {e}"))?;
         }
         let mut counter = Counter::new(true);
+        let (mut update_seconds, mut update_tokens) = (Vec::new(), Vec::new());
         let done = train::train(&model, lora, &examples, &cfg, resume, &stop, |r| {
+            update_tokens.push(r.counted);
+            update_seconds.push(r.seconds);
             let rate = r.tokens as f64 / r.seconds.max(1e-9);
             let eta = r.seconds / r.step.max(1) as f64 * (r.total - r.step) as f64;
             let p = r.p.map_or(String::new(), |p| format!(" · p {p:.2}"));
@@ -305,6 +312,8 @@ impl FinetuneArgs {
             first_loss: state.losses.first().copied(),
             last_loss: state.losses.last().copied(),
             losses: state.losses.clone(),
+            update_seconds,
+            update_tokens,
             macdrop,
         };
         report.print(self.json)

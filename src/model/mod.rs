@@ -14,6 +14,7 @@ mod attention;
 mod block;
 mod capture;
 mod family;
+mod frozen;
 mod gemv;
 mod graph;
 pub mod hooks;

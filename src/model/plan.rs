@@ -234,6 +234,10 @@ impl<'a> Plan<'a> {
         };
         let mut y = match fast {
             Some(y) => y.reshape((b, t, out))?,
+            None if self.differentiable() => {
+                super::frozen::frozen_matmul(&x.reshape((b * t, d))?, &l.weight)?
+                    .reshape((b, t, out))?
+            }
             None => x
                 .reshape((b * t, d))?
                 .matmul(&l.weight.t()?)?

@@ -118,6 +118,8 @@ pub struct StepReport {
     pub lr: f64,
     /// MacDrop's drop probability this update.
     pub p: Option<f64>,
+    /// Tokens the loss counted, this update and in all.
+    pub counted: usize,
     pub tokens: usize,
     pub seconds: f64,
 }
@@ -273,6 +275,7 @@ pub fn train(
             loss: loss_sum,
             lr,
             p,
+            counted,
             tokens: state.tokens,
             seconds: started.elapsed().as_secs_f64(),
         });
