@@ -129,6 +129,15 @@ pub fn device_name(device: &Device) -> &'static str {
     }
 }
 
+/// Reads a LoRA adapter (PEFT's format) for `model`, its shapes checked.
+pub fn read_adapter(
+    model: &crate::model::Model,
+    dir: &std::path::Path,
+) -> Result<crate::model::lora::Lora, crate::model::ModelError> {
+    let file = crate::checkpoint::adapter::AdapterFile::read(dir)?;
+    crate::model::lora::Lora::from_tensors(model, file.rank, file.alpha, file.tensors)
+}
+
 /// Reads a LoRA adapter (PEFT's format) and merges it into `model`'s
 /// weights: exact up to one rounding per weight, and every later run
 /// (recorded decode steps included) at the base model's speed. What was
@@ -137,10 +146,9 @@ pub fn merge_adapter(
     model: &mut crate::model::Model,
     dir: &std::path::Path,
 ) -> Result<String, crate::model::ModelError> {
-    let file = crate::checkpoint::adapter::AdapterFile::read(dir)?;
-    let n = file.tensors.len();
-    let (rank, alpha) = (file.rank, file.alpha);
-    let lora = crate::model::lora::Lora::from_tensors(model, rank, alpha, file.tensors)?;
+    let lora = read_adapter(model, dir)?;
+    let n = lora.pairs().count();
+    let (rank, alpha) = (lora.rank, lora.alpha);
     model.merge_lora(&lora)?;
     Ok(format!(
         "a rank-{rank} LoRA (alpha {alpha}) on {n} matrices from {}",

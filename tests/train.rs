@@ -702,3 +702,67 @@ fn an_interrupted_run_leaves_a_checkpoint_that_resumes() {
     other.push("--resume");
     common::assert_one_line_error(&common::mwtop(&other), &["other settings"]);
 }
+
+/// Rows of one batch with different adapters (or none) compute what each
+/// computes alone: how the UI shows the base model beside its adapters.
+#[test]
+fn per_row_adapters_equal_each_adapter_alone() {
+    let model = load("qwen2", DType::F32);
+    let a = Arc::new(random_lora(&model, 2, 21));
+    let b = Arc::new(random_lora(&model, 3, 22));
+    let tokens = vec![256u32, 5, 6, 7, 8, 9];
+    let attack = Interventions::ffn_mask(1, mwtop::model::intervention::MaskMode::Zero, vec![4, 9]);
+    let rows = vec![
+        Interventions::none(),
+        Interventions::none().with_adapter(Some(a.clone())),
+        attack.clone().with_adapter(Some(b.clone())),
+    ];
+    let batch = model
+        .forward(
+            &vec![tokens.clone(); 3],
+            None,
+            &RunOptions {
+                interventions: rows,
+                ..RunOptions::default()
+            },
+        )
+        .unwrap()
+        .logits
+        .unwrap();
+    let alone = |lora: Option<Arc<Lora>>, iv: Interventions| {
+        model
+            .forward(
+                std::slice::from_ref(&tokens),
+                None,
+                &RunOptions {
+                    lora,
+                    interventions: vec![iv],
+                    ..RunOptions::default()
+                },
+            )
+            .unwrap()
+            .logits
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+    };
+    let want = [
+        alone(None, Interventions::none()),
+        alone(Some(a), Interventions::none()),
+        alone(Some(b), attack),
+    ];
+    for (r, w) in want.iter().enumerate() {
+        let got = batch.get(r).unwrap();
+        let d = scalar(&(&got - w).unwrap().abs().unwrap().max_all().unwrap());
+        assert!(d < 1e-4, "row {r}: {d}");
+    }
+    let d01 = scalar(
+        &(&want[0] - &want[1])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap(),
+    );
+    assert!(d01 > 1e-2, "the adapter changed nothing");
+}

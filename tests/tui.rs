@@ -26,11 +26,17 @@ struct Harness {
 
 impl Harness {
     fn new() -> Self {
+        Self::with_adapters(|_| Vec::new())
+    }
+
+    /// The planted model with the adapters `make` writes beside it.
+    fn with_adapters(make: impl FnOnce(&std::path::Path) -> Vec<std::path::PathBuf>) -> Self {
         let dir = common::tempdir();
         let path = dir.path().join("planted");
         Spec::planted()
             .write_hf_dir(&path, safetensors::Dtype::F32)
             .unwrap();
+        let adapters = make(&path);
         let (tx, rx) = mpsc::channel();
         let engine = EngineHandle::spawn(
             move |e| drop(tx.send(e)),
@@ -38,10 +44,11 @@ impl Harness {
         );
         let mut app = App::new(Box::new(move |job| engine.submit(job)), "Hi");
         app.max_tokens = 12;
-        app.start(
+        app.start_with_adapters(
             Some(path.to_str().unwrap().to_string()),
             Some("cpu".to_string()),
             DType::F32,
+            adapters,
         );
         let mut h = Self { _dir: dir, app, rx };
         h.settle();
@@ -261,4 +268,82 @@ fn accuracy_shows_a_gauge_then_both_sides() {
     let screen = h.screen(160, 40);
     assert!(screen.contains("· arc_easy 52.3%"), "{screen}");
     assert!(screen.contains("· arc_easy 37.9%"), "{screen}");
+}
+
+/// A random adapter (A and B non-zero) of the planted model, written in
+/// PEFT's format under `name` beside it.
+fn write_adapter(model_dir: &std::path::Path, name: &str, seed: u64) -> std::path::PathBuf {
+    use mwtop::model::lora::Lora;
+    let ckpt = mwtop::checkpoint::Checkpoint::open_path(model_dir).unwrap();
+    let model =
+        mwtop::model::Model::load(&ckpt, &candle_core::Device::Cpu, DType::F32, |_, _| {}).unwrap();
+    let lora = Lora::init(&model, &mwtop::checkpoint::Proj::ALL, 2, 4.0, seed).unwrap();
+    let mut rng = mwtop::rng::SplitMix64::new(seed);
+    for (_, pair) in lora.pairs() {
+        let n = pair.b.elem_count();
+        let v: Vec<f32> = (0..n)
+            .map(|_| (rng.next_f64() * 0.4 - 0.2) as f32)
+            .collect();
+        pair.b
+            .set(
+                &candle_core::Tensor::from_vec(v, pair.b.shape(), &candle_core::Device::Cpu)
+                    .unwrap(),
+            )
+            .unwrap();
+    }
+    let out = model_dir.parent().unwrap().join(name);
+    mwtop::train::adapter_file(&lora, None)
+        .unwrap()
+        .write(&out)
+        .unwrap();
+    out
+}
+
+/// `mwtop MODEL --adapter A`: the base model beside the adapter, both
+/// under the same attack; one model on both panels is original beside
+/// attacked again; each panel's title names its model.
+#[test]
+fn adapters_are_shown_beside_the_base_model() {
+    let plain = Harness::new();
+    let base_ppl = plain.app.perplexity.0.unwrap();
+    let mut h = Harness::with_adapters(|m| vec![write_adapter(m, "tuned", 3)]);
+    assert!(h.app.error.is_none(), "{:?}", h.app.error);
+    assert_eq!(h.app.models, [None, Some(0)]);
+    let screen = h.screen(120, 30);
+    assert!(screen.contains("base · original"), "{screen}");
+    assert!(screen.contains("tuned · original"), "{screen}");
+    let (left, right) = h.app.perplexity;
+    assert!(
+        (left.unwrap() - base_ppl).abs() < 1e-6 * base_ppl,
+        "the base row is the base model"
+    );
+    assert!(
+        (right.unwrap() / left.unwrap() - 1.0).abs() > 1e-3,
+        "the adapter shows: {left:?} {right:?}"
+    );
+
+    h.key(KeyCode::Char('z'));
+    let screen = h.screen(120, 30);
+    assert!(screen.contains("base · zero"), "{screen}");
+    assert!(screen.contains("tuned · zero"), "{screen}");
+    let (base_zero, tuned_zero) = h.app.perplexity;
+    assert!(
+        (base_zero.unwrap() - base_ppl).abs() > 1e-3 * base_ppl,
+        "both sides are attacked"
+    );
+
+    h.key(KeyCode::Char('M'));
+    assert_eq!(h.app.models, [Some(0), Some(0)]);
+    let screen = h.screen(120, 30);
+    assert!(screen.contains("tuned · original"), "{screen}");
+    assert!(screen.contains("tuned · zero"), "{screen}");
+    assert_eq!(h.app.perplexity.1, tuned_zero);
+    assert_eq!(
+        h.app.perplexity.0, right,
+        "the adapter's own original, kept"
+    );
+
+    h.key(KeyCode::Char('m'));
+    assert_eq!(h.app.models, [Some(0), None]);
+    assert_eq!(h.app.perplexity, (tuned_zero, base_zero));
 }

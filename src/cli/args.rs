@@ -137,9 +137,10 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
     pub dtype: DTypeArg,
     /// A LoRA adapter (PEFT's format: adapter_config.json and
-    /// adapter_model.safetensors), merged into the weights at load.
+    /// adapter_model.safetensors), merged into the weights at load. The UI
+    /// takes several and shows them beside the base model.
     #[arg(long)]
-    pub adapter: Option<std::path::PathBuf>,
+    pub adapter: Vec<std::path::PathBuf>,
 }
 
 impl RunArgs {
@@ -147,8 +148,13 @@ impl RunArgs {
     /// a counter on stderr.
     pub fn load(&self, ckpt: &Checkpoint) -> Result<Model> {
         let device = mwtop::runtime::parse_device(self.device.as_deref())?;
+        if self.adapter.len() > 1 {
+            color_eyre::eyre::bail!(
+                "one --adapter per command (the UI shows several side by side)"
+            );
+        }
         let mut model = progress::load_model(ckpt, &device, self.dtype.into())?;
-        if let Some(dir) = &self.adapter {
+        if let Some(dir) = self.adapter.first() {
             let info = mwtop::runtime::merge_adapter(&mut model, dir)
                 .map_err(|e| color_eyre::eyre::eyre!("--adapter {}: {e}", dir.display()))?;
             tracing::info!("merged {info}");

@@ -173,7 +173,7 @@ fn proj(name: &str) -> Result<Proj> {
 
 impl FinetuneArgs {
     pub fn run(self, global: Option<String>) -> Result<()> {
-        if self.run.adapter.is_some() {
+        if !self.run.adapter.is_empty() {
             bail!("finetune trains a new adapter: use --init-adapter to start from one");
         }
         if !matches!(self.run.dtype, super::args::DTypeArg::F32) {

@@ -32,7 +32,7 @@ impl UiArgs {
                 return Err(eyre!("{m}: no such file or directory"));
             }
         }
-        if let Some(dir) = &self.run.adapter {
+        for dir in &self.run.adapter {
             let config = dir.join(mwtop::checkpoint::adapter::CONFIG_FILE);
             if !config.is_file() {
                 return Err(eyre!(

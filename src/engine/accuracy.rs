@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::{Engine, Event};
+use super::{sides, Engine, Event, PanelModels, Side};
 use crate::analysis::attack::Attack;
 use crate::analysis::zero_shot::{self, Budget};
 use crate::model::intervention::Interventions;
@@ -19,10 +19,13 @@ pub(super) struct AccuracyRun {
     /// The caches' key: the name, and the limit if any.
     task: String,
     rows: Vec<Interventions>,
+    /// The side each row of `rows` scores.
+    row_sides: Vec<Side>,
+    /// The pair's two sides.
+    pair: [Side; 2],
     /// Per row of `rows`: the log-likelihoods of the questions scored so
     /// far, growing step by step.
     scores: Vec<Vec<Vec<f64>>>,
-    attacked: bool,
 }
 
 /// Questions per accuracy step: a few seconds of work on a CPU.
@@ -42,6 +45,7 @@ impl<F: Fn(Event)> Engine<F> {
         task: String,
         attack: Option<Attack>,
         limit: Option<usize>,
+        models: PanelModels,
     ) -> Result<(), ModelError> {
         let epoch = self.epoch.load(Ordering::SeqCst);
         let emit = &self.emit;
@@ -71,29 +75,37 @@ impl<F: Fn(Event)> Engine<F> {
             let encoded = zero_shot::encode_questions(&l.model, &l.tokenizer, questions)?;
             l.task_questions.insert(task.clone(), encoded);
         }
-        let mut rows = Vec::new();
-        if !l.original_acc.contains_key(&task) {
-            rows.push(Interventions::none());
+        let pair = sides(models, attack.is_some());
+        // Each distinct side once; an unattacked model's acc is kept.
+        let mut row_sides: Vec<Side> = Vec::new();
+        for s in pair {
+            let known = !s.attacked && l.original_acc.contains_key(&(task.clone(), s.model));
+            if !known && !row_sides.contains(&s) {
+                row_sides.push(s);
+            }
         }
-        let attacked = attack.is_some();
-        rows.extend(attack.map(|a| a.interventions()));
-        if rows.is_empty() {
-            let acc = l.original_acc[&task];
+        if row_sides.is_empty() {
+            let acc = |s: Side| l.original_acc[&(task.clone(), s.model)];
             emit(Event::Accuracy {
                 epoch,
                 task: name,
-                original: acc,
-                attacked: acc,
+                original: acc(pair[0]),
+                attacked: acc(pair[1]),
             });
             return Ok(());
         }
+        let rows: Vec<Interventions> = row_sides
+            .iter()
+            .map(|&s| l.side(s, attack.as_ref()))
+            .collect();
         l.accuracy_run = Some(AccuracyRun {
             epoch,
             name,
             task,
             scores: vec![Vec::new(); rows.len()],
             rows,
-            attacked,
+            row_sides,
+            pair,
         });
         Ok(())
     }
@@ -149,23 +161,20 @@ impl<F: Fn(Event)> Engine<F> {
             .iter()
             .map(|s| zero_shot::task_score(&run.task, questions, s).acc)
             .collect();
-        let original = match l.original_acc.get(&run.task) {
-            Some(&a) => a,
-            None => {
-                l.original_acc.insert(run.task.clone(), accs[0]);
-                accs[0]
+        for (s, &a) in run.row_sides.iter().zip(&accs) {
+            if !s.attacked {
+                l.original_acc.insert((run.task.clone(), s.model), a);
             }
-        };
-        let attacked = if run.attacked {
-            *accs.last().expect("one run at least")
-        } else {
-            original
+        }
+        let acc = |side: Side| match run.row_sides.iter().position(|&s| s == side) {
+            Some(i) => accs[i],
+            None => l.original_acc[&(run.task.clone(), side.model)],
         };
         emit(Event::Accuracy {
             epoch: run.epoch,
-            task: run.name,
-            original,
-            attacked,
+            task: run.name.clone(),
+            original: acc(run.pair[0]),
+            attacked: acc(run.pair[1]),
         });
         Ok(())
     }

@@ -47,8 +47,9 @@ pub enum Job {
         spec: Option<String>,
         device: Option<String>,
         dtype: DType,
-        /// A LoRA adapter merged into the weights at load.
-        adapter: Option<std::path::PathBuf>,
+        /// LoRA adapters (PEFT's format), kept apart from the weights so
+        /// the pair's two panels can show the base model and an adapter.
+        adapters: Vec<std::path::PathBuf>,
     },
     /// Scan a probe: heatmaps, massive layer, massive weights.
     Probe { prompt: String },
@@ -60,9 +61,13 @@ pub enum Job {
         chat: bool,
         attack: Option<Attack>,
         max_tokens: usize,
+        models: PanelModels,
     },
     /// Perplexity of the evaluation text, original and attacked.
-    Evaluate { attack: Option<Attack> },
+    Evaluate {
+        attack: Option<Attack>,
+        models: PanelModels,
+    },
     /// Zero-shot accuracy on one task (`crate::tasks::TASKS`), original and
     /// attacked; the original's is kept per task.
     /// `limit`: its first questions only.
@@ -70,9 +75,43 @@ pub enum Job {
         task: String,
         attack: Option<Attack>,
         limit: Option<usize>,
+        models: PanelModels,
     },
     /// The next questions of the accuracy run in progress (the engine's own).
     AccuracyStep,
+}
+
+/// The model each panel of the pair shows: None for the base model, else
+/// the index of an adapter ([`ModelInfo::adapters`]).
+pub type PanelModels = [Option<usize>; 2];
+
+/// What one panel of the pair runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Side {
+    pub(crate) model: Option<usize>,
+    pub(crate) attacked: bool,
+}
+
+/// The pair's two sides: one model original beside attacked, or two
+/// models side by side under the same attack.
+pub(crate) fn sides(models: PanelModels, attack: bool) -> [Side; 2] {
+    if models[0] == models[1] {
+        [
+            Side {
+                model: models[0],
+                attacked: false,
+            },
+            Side {
+                model: models[1],
+                attacked: attack,
+            },
+        ]
+    } else {
+        models.map(|model| Side {
+            model,
+            attacked: attack,
+        })
+    }
 }
 
 impl Job {
@@ -98,6 +137,8 @@ pub struct ModelInfo {
     pub device: String,
     pub dtype: String,
     pub load_seconds: f64,
+    /// The adapters loaded beside the base model, by directory name.
+    pub adapters: Vec<String>,
 }
 
 /// What a probe gives the views.
@@ -205,11 +246,25 @@ struct Loaded {
     prompt_format: PromptFormat,
     eval_tokens: Vec<u32>,
     probe: Vec<u32>,
-    original_ppl: Option<f64>,
-    /// Tokenized questions per task, and the original model's acc per task.
+    /// Adapters applied on the fly, per row of the pair.
+    adapters: Vec<Arc<crate::model::lora::Lora>>,
+    /// Unattacked perplexity per model (None: the base model).
+    original_ppl: std::collections::HashMap<Option<usize>, f64>,
+    /// Tokenized questions per task, and each model's unattacked acc per task.
     task_questions: std::collections::HashMap<String, Vec<Encoded>>,
-    original_acc: std::collections::HashMap<String, f64>,
+    original_acc: std::collections::HashMap<(String, Option<usize>), f64>,
     accuracy_run: Option<AccuracyRun>,
+}
+
+impl Loaded {
+    /// The interventions of one side of the pair.
+    fn side(&self, side: Side, attack: Option<&Attack>) -> Interventions {
+        let iv = match (side.attacked, attack) {
+            (true, Some(a)) => a.interventions(),
+            _ => Interventions::none(),
+        };
+        iv.with_adapter(side.model.and_then(|i| self.adapters.get(i).cloned()))
+    }
 }
 
 struct Engine<F: Fn(Event)> {
@@ -289,8 +344,8 @@ impl<F: Fn(Event)> Engine<F> {
                 spec,
                 device,
                 dtype,
-                adapter,
-            } => self.load(spec, device, dtype, adapter),
+                adapters,
+            } => self.load(spec, device, dtype, adapters),
             Job::Probe { prompt } => self.probe(&prompt),
             Job::Detail { layer } => self.detail(layer),
             Job::Generate {
@@ -298,13 +353,15 @@ impl<F: Fn(Event)> Engine<F> {
                 chat,
                 attack,
                 max_tokens,
-            } => self.generate(&prompt, chat, attack, max_tokens),
-            Job::Evaluate { attack } => self.evaluate(attack),
+                models,
+            } => self.generate(&prompt, chat, attack, max_tokens, models),
+            Job::Evaluate { attack, models } => self.evaluate(attack, models),
             Job::Accuracy {
                 task,
                 attack,
                 limit,
-            } => self.start_accuracy(task, attack, limit),
+                models,
+            } => self.start_accuracy(task, attack, limit, models),
             Job::AccuracyStep => self.accuracy_step(),
         }
     }
@@ -314,7 +371,7 @@ impl<F: Fn(Event)> Engine<F> {
         spec: Option<String>,
         device: Option<String>,
         dtype: DType,
-        adapter: Option<std::path::PathBuf>,
+        adapter_dirs: Vec<std::path::PathBuf>,
     ) -> Result<(), ModelError> {
         let start = Instant::now();
         let device = runtime::parse_device(device.as_deref())
@@ -328,12 +385,18 @@ impl<F: Fn(Event)> Engine<F> {
             "loading {}",
             ckpt.source().display()
         )));
-        let mut model = Model::load(&ckpt, &device, dtype, |done, total| {
+        let model = Model::load(&ckpt, &device, dtype, |done, total| {
             (self.emit)(Event::Loading { done, total })
         })?;
-        if let Some(dir) = &adapter {
-            let merged = runtime::merge_adapter(&mut model, dir)?;
-            tracing::info!("merged {merged}");
+        let mut adapters = Vec::new();
+        let mut adapter_names = Vec::new();
+        for dir in &adapter_dirs {
+            adapters.push(Arc::new(runtime::read_adapter(&model, dir)?));
+            adapter_names.push(
+                dir.file_name()
+                    .map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into()),
+            );
+            tracing::info!("adapter {} beside the base model", dir.display());
         }
         let tokenizer = ckpt.tokenizer()?;
         let eval_tokens = tokenizer
@@ -354,6 +417,7 @@ impl<F: Fn(Event)> Engine<F> {
             device: runtime::device_name(&device).into(),
             dtype: format!("{dtype:?}").to_lowercase(),
             load_seconds: start.elapsed().as_secs_f64(),
+            adapters: adapter_names,
         };
         tracing::info!("loaded {} in {:.2}s", info.name, info.load_seconds);
         self.loaded = Some(Loaded {
@@ -362,7 +426,8 @@ impl<F: Fn(Event)> Engine<F> {
             tokenizer,
             eval_tokens,
             probe: Vec::new(),
-            original_ppl: None,
+            adapters,
+            original_ppl: Default::default(),
             task_questions: Default::default(),
             original_acc: Default::default(),
             accuracy_run: None,
@@ -475,6 +540,7 @@ impl<F: Fn(Event)> Engine<F> {
         chat_mode: bool,
         attack: Option<Attack>,
         max_tokens: usize,
+        models: PanelModels,
     ) -> Result<(), ModelError> {
         let epoch = self.epoch.load(Ordering::SeqCst);
         let cancel = self.token();
@@ -489,10 +555,10 @@ impl<F: Fn(Event)> Engine<F> {
         if ids.is_empty() {
             return Err(ModelError::Invalid("the prompt is empty".into()));
         }
-        let rows = vec![
-            Interventions::none(),
-            attack.map(|a| a.interventions()).unwrap_or_default(),
-        ];
+        let rows: Vec<Interventions> = sides(models, attack.is_some())
+            .iter()
+            .map(|&s| l.side(s, attack.as_ref()))
+            .collect();
         let params = GenerateParams {
             max_tokens,
             cancel: Some(cancel),
@@ -521,7 +587,7 @@ impl<F: Fn(Event)> Engine<F> {
         Ok(())
     }
 
-    fn evaluate(&mut self, attack: Option<Attack>) -> Result<(), ModelError> {
+    fn evaluate(&mut self, attack: Option<Attack>, models: PanelModels) -> Result<(), ModelError> {
         let epoch = self.epoch.load(Ordering::SeqCst);
         let cancel = self.token();
         let l = self
@@ -532,29 +598,44 @@ impl<F: Fn(Event)> Engine<F> {
             return Ok(());
         }
         let window = Window::default_for(&l.model);
-        let mut rows = Vec::new();
-        if l.original_ppl.is_none() {
-            rows.push(Interventions::none());
+        let pair = sides(models, attack.is_some());
+        // Each distinct side once; an unattacked model's value is kept.
+        let mut todo: Vec<Side> = Vec::new();
+        for s in pair {
+            let known = !s.attacked && l.original_ppl.contains_key(&s.model);
+            if !known && !todo.contains(&s) {
+                todo.push(s);
+            }
         }
-        let attacked = attack.map(|a| a.interventions());
-        if let Some(iv) = &attacked {
-            rows.push(iv.clone());
-        }
+        let rows: Vec<Interventions> = todo.iter().map(|&s| l.side(s, attack.as_ref())).collect();
         let results = if rows.is_empty() {
             Vec::new()
         } else {
             perplexity_cancellable(&l.model, &l.eval_tokens, &rows, window, Some(cancel))?
         };
-        let mut it = results.into_iter();
-        if l.original_ppl.is_none() {
-            l.original_ppl = it.next().map(|p| p.perplexity);
+        let mut got: Vec<(Side, f64)> = todo
+            .into_iter()
+            .zip(results.iter().map(|p| p.perplexity))
+            .collect();
+        for &(s, p) in &got {
+            if !s.attacked {
+                l.original_ppl.insert(s.model, p);
+            }
         }
-        let original = l.original_ppl.unwrap_or(f64::NAN);
-        let attacked = it.next().map_or(original, |p| p.perplexity);
+        for s in pair {
+            if !s.attacked {
+                got.push((s, l.original_ppl[&s.model]));
+            }
+        }
+        let value = |side: Side| {
+            got.iter()
+                .find(|(s, _)| *s == side)
+                .map_or(f64::NAN, |&(_, p)| p)
+        };
         (self.emit)(Event::Perplexity {
             epoch,
-            original,
-            attacked,
+            original: value(pair[0]),
+            attacked: value(pair[1]),
         });
         Ok(())
     }

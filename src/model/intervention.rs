@@ -55,12 +55,26 @@ pub struct WeightEdit {
     pub value: f32,
 }
 
+/// A LoRA adapter applied to one sequence of a batch (on the fly, so a
+/// base row and adapted rows share one batch and one copy of the weights).
+/// Two are equal when they are the same adapter.
+#[derive(Debug, Clone)]
+pub struct RowAdapter(pub std::sync::Arc<super::lora::Lora>);
+
+impl PartialEq for RowAdapter {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
 /// Everything done to one sequence of a batch.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Interventions {
     /// layer -> mask over its d_ff dims.
     pub ffn_masks: BTreeMap<usize, FfnMask>,
     pub weight_edits: Vec<WeightEdit>,
+    #[serde(skip)]
+    pub adapter: Option<RowAdapter>,
 }
 
 impl Interventions {
@@ -69,7 +83,7 @@ impl Interventions {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ffn_masks.is_empty() && self.weight_edits.is_empty()
+        self.ffn_masks.is_empty() && self.weight_edits.is_empty() && self.adapter.is_none()
     }
 
     /// A d_ff mask on one layer.
@@ -77,5 +91,11 @@ impl Interventions {
         let mut s = Self::default();
         s.ffn_masks.insert(layer, FfnMask { mode, dims });
         s
+    }
+
+    /// These interventions on the model with `adapter` applied.
+    pub fn with_adapter(mut self, adapter: Option<std::sync::Arc<super::lora::Lora>>) -> Self {
+        self.adapter = adapter.map(RowAdapter);
+        self
     }
 }

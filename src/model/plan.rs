@@ -22,6 +22,8 @@ pub(super) struct Plan<'a> {
     /// Embedding edits as (batch row, token id, dim, delta).
     embed_edits: Vec<(usize, u32, usize, f32)>,
     lora: Option<&'a Lora>,
+    /// Adapters of some rows only: each with its (batch, 1, 1) row mask.
+    row_lora: Vec<(std::sync::Arc<Lora>, Tensor)>,
     /// q/k rows' held order, to map adapter outputs (Hugging Face order) to it.
     rotary: Option<RotaryOrder>,
     drop: Option<DropPlan>,
@@ -155,13 +157,43 @@ impl<'a> Plan<'a> {
             }
         };
         let lora = opts.lora.as_deref();
+        let mut row_lora: Vec<(std::sync::Arc<Lora>, Vec<f32>)> = Vec::new();
+        for r in 0..b {
+            let Some(a) = per_row(r).and_then(|iv| iv.adapter.as_ref()) else {
+                continue;
+            };
+            let at = match row_lora
+                .iter()
+                .position(|(l, _)| std::sync::Arc::ptr_eq(l, &a.0))
+            {
+                Some(i) => i,
+                None => {
+                    row_lora.push((a.0.clone(), vec![0.0; b]));
+                    row_lora.len() - 1
+                }
+            };
+            row_lora[at].1[r] = 1.0;
+        }
+        let row_lora = row_lora
+            .into_iter()
+            .map(|(l, m)| {
+                Ok((
+                    l,
+                    Tensor::from_vec(m, (b, 1, 1), &model.device)?.to_dtype(model.dtype)?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let rotary = (lora.is_some() || !row_lora.is_empty())
+            .then(|| model.rotary_order.clone())
+            .flatten();
         Ok(Self {
             opts,
             masks,
             edits,
             embed_edits,
             lora,
-            rotary: lora.and(model.rotary_order.clone()),
+            row_lora,
+            rotary,
             drop,
         })
     }
@@ -174,17 +206,21 @@ impl<'a> Plan<'a> {
     /// Whether adapters, row dropout or training change this run (a
     /// recorded decode step has none of them).
     pub(super) fn adapts(&self) -> bool {
-        self.lora.is_some() || self.drop.is_some() || self.differentiable()
+        self.lora.is_some()
+            || !self.row_lora.is_empty()
+            || self.drop.is_some()
+            || self.differentiable()
     }
 
     /// Whether `parts` must run apart instead of as one stacked matmul: a
     /// weight edit, an adapter or row dropout touches one of them.
     pub(super) fn runs_apart(&self, parts: &[&Linear]) -> bool {
         self.edits_any(parts)
-            || parts
-                .iter()
-                .filter_map(|l| l.id)
-                .any(|id| self.lora.is_some_and(|lora| lora.get(id).is_some()) || self.drops(id))
+            || parts.iter().filter_map(|l| l.id).any(|id| {
+                self.lora.is_some_and(|lora| lora.get(id).is_some())
+                    || self.row_lora.iter().any(|(l, _)| l.get(id).is_some())
+                    || self.drops(id)
+            })
     }
 
     fn drops(&self, id: WeightId) -> bool {
@@ -263,29 +299,50 @@ impl<'a> Plan<'a> {
             let share = x.reshape((b * t, d))?.matmul(&lost.t()?)?;
             y = (y - share.matmul(&drop.onehot)?.reshape((b, t, out))?)?;
         }
-        if let Some(pair) = self.lora.and_then(|lora| lora.get(id)) {
-            let scale = self.lora.map_or(1.0, Lora::scale);
-            let mut delta = x
-                .reshape((b * t, d))?
-                .to_dtype(pair.a.dtype())?
-                .matmul(&pair.a.as_tensor().t()?)?
-                .matmul(&pair.b.as_tensor().t()?)?
-                .affine(scale, 0.0)?;
-            if let (
-                Some(order),
-                WeightId::Layer {
-                    proj: Proj::Q | Proj::K,
-                    ..
-                },
-            ) = (&self.rotary, id)
-            {
-                let index = Tensor::from_vec(order.to_stored(out), out, x.device())?;
-                delta = delta.index_select(&index, 1)?;
+        if let Some(lora) = self.lora {
+            if let Some(delta) = self.lora_delta(lora, id, x, out)? {
+                y = (y + delta)?;
             }
-            let delta = delta.to_dtype(y.dtype())?.reshape((b, t, out))?;
-            y = (y + delta)?;
+        }
+        for (lora, rows) in &self.row_lora {
+            if let Some(delta) = self.lora_delta(lora, id, x, out)? {
+                y = (y + delta.broadcast_mul(rows)?)?;
+            }
         }
         Ok(y)
+    }
+
+    /// scale * B (A x) of `lora`'s adapter of `id` (None when it has
+    /// none), as (b, t, out), its rows in the order q/k rows are held in.
+    fn lora_delta(
+        &self,
+        lora: &Lora,
+        id: WeightId,
+        x: &Tensor,
+        out: usize,
+    ) -> Result<Option<Tensor>> {
+        let Some(pair) = lora.get(id) else {
+            return Ok(None);
+        };
+        let (b, t, d) = x.dims3()?;
+        let mut delta = x
+            .reshape((b * t, d))?
+            .to_dtype(pair.a.dtype())?
+            .matmul(&pair.a.as_tensor().t()?)?
+            .matmul(&pair.b.as_tensor().t()?)?
+            .affine(lora.scale(), 0.0)?;
+        if let (
+            Some(order),
+            WeightId::Layer {
+                proj: Proj::Q | Proj::K,
+                ..
+            },
+        ) = (&self.rotary, id)
+        {
+            let index = Tensor::from_vec(order.to_stored(out), out, x.device())?;
+            delta = delta.index_select(&index, 1)?;
+        }
+        Ok(Some(delta.to_dtype(x.dtype())?.reshape((b, t, out))?))
     }
 
     pub(super) fn edit_embedding(

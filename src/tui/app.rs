@@ -63,6 +63,9 @@ pub struct App {
     pub max_tokens: usize,
     pub generated: [String; 2],
     pub generating: bool,
+    /// The model of each panel: None the base model, else an adapter of
+    /// [`ModelInfo::adapters`]. Two different models run the same attack.
+    pub models: crate::engine::PanelModels,
     epoch: u64,
     /// Perplexity of the evaluation text: original, attacked (None while computing).
     pub perplexity: (Option<f64>, Option<f64>),
@@ -114,6 +117,7 @@ impl App {
             max_tokens: 48,
             generated: [String::new(), String::new()],
             generating: false,
+            models: [None, None],
             epoch: 0,
             perplexity: (None, None),
             task: 0,
@@ -164,9 +168,11 @@ impl App {
             chat: self.chat,
             attack: attack.clone(),
             max_tokens: self.max_tokens,
+            models: self.models,
         });
         (self.submit)(Job::Evaluate {
             attack: attack.clone(),
+            models: self.models,
         });
         if self.accuracy_on {
             self.run_accuracy(attack);
@@ -175,10 +181,11 @@ impl App {
         self.generating = true;
         self.toggled_at = Some(Instant::now());
         self.first_token_latency = None;
-        self.perplexity.1 = if self.mode == AttackMode::Original {
-            self.perplexity.0
-        } else {
-            None
+        let same = self.models[0] == self.models[1];
+        self.perplexity = match (same, self.mode == AttackMode::Original) {
+            (true, true) => (self.perplexity.0, self.perplexity.0),
+            (true, false) => (self.perplexity.0, None),
+            (false, _) => (None, None),
         };
     }
 
@@ -189,9 +196,53 @@ impl App {
             task: crate::tasks::TASKS[self.task].to_string(),
             attack,
             limit: self.accuracy_limit,
+            models: self.models,
         });
         self.accuracy_progress = None;
-        self.accuracy.1 = if original { self.accuracy.0 } else { None };
+        self.accuracy = match (self.models[0] == self.models[1], original) {
+            (true, true) => (self.accuracy.0, self.accuracy.0),
+            (true, false) => (self.accuracy.0, None),
+            (false, _) => (None, None),
+        };
+    }
+
+    /// The name of a panel's model.
+    pub fn model_name(&self, side: usize) -> String {
+        match self.models[side] {
+            None => "base".into(),
+            Some(i) => self
+                .info
+                .as_ref()
+                .and_then(|info| info.adapters.get(i).cloned())
+                .unwrap_or_else(|| format!("adapter {i}")),
+        }
+    }
+
+    /// Steps a panel's model through the base model and each adapter.
+    fn next_model(&mut self, side: usize) {
+        let n = self.info.as_ref().map_or(0, |i| i.adapters.len());
+        if n == 0 {
+            self.status = "no adapters: start mwtop with --adapter DIR (repeatable)".into();
+            return;
+        }
+        self.models[side] = match self.models[side] {
+            None => Some(0),
+            Some(i) if i + 1 < n => Some(i + 1),
+            Some(_) => None,
+        };
+        self.perplexity = (None, None);
+        self.accuracy = (None, None);
+        self.status = format!(
+            "left: {}, right: {}{}",
+            self.model_name(0),
+            self.model_name(1),
+            if self.models[0] == self.models[1] {
+                " (original beside attacked)"
+            } else {
+                " (both under the same attack)"
+            }
+        );
+        self.rerun();
     }
 
     /// The epoch of the latest toggle: events of older ones are ignored.
@@ -211,16 +262,16 @@ impl App {
         device: Option<String>,
         dtype: candle_core::DType,
     ) {
-        self.start_with_adapter(spec, device, dtype, None);
+        self.start_with_adapters(spec, device, dtype, Vec::new());
     }
 
-    /// As [`Self::start`], with a LoRA adapter merged into the weights.
-    pub fn start_with_adapter(
+    /// As [`Self::start`], with LoRA adapters to show beside the base model.
+    pub fn start_with_adapters(
         &mut self,
         spec: Option<String>,
         device: Option<String>,
         dtype: candle_core::DType,
-        adapter: Option<std::path::PathBuf>,
+        adapters: Vec<std::path::PathBuf>,
     ) {
         self.status = match &spec {
             Some(s) => format!("opening {s}"),
@@ -230,7 +281,7 @@ impl App {
             spec,
             device,
             dtype,
-            adapter,
+            adapters,
         });
     }
 
@@ -241,6 +292,8 @@ impl App {
             Event::Loading { done, total } => self.loading = Some((done, total)),
             Event::Loaded(info) => {
                 self.loading = None;
+                // With adapters, the base model beside the first one.
+                self.models = [None, (!info.adapters.is_empty()).then_some(0)];
                 self.status = format!("loaded in {:.1}s; probing", info.load_seconds);
                 self.info = Some(*info);
                 (self.submit)(Job::Probe {
@@ -390,6 +443,8 @@ impl App {
                     self.run_accuracy(self.attack());
                 }
             }
+            Action::NextModel => self.next_model(1),
+            Action::PrevModelLeft => self.next_model(0),
             Action::NextTask => {
                 self.task = (self.task + 1) % crate::tasks::TASKS.len();
                 self.accuracy = (None, None);

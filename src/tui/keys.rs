@@ -17,6 +17,8 @@ pub enum Action {
     Regenerate,
     Accuracy,
     NextTask,
+    NextModel,
+    PrevModelLeft,
     ToggleLog,
     Help,
     Quit,
@@ -127,6 +129,21 @@ pub const BINDINGS: &[Binding] = &[
         hint: "",
         help: "next zero-shot task (ARC-Easy first, then ARC-C, BoolQ, ...)",
         action: Action::NextTask,
+    },
+    Binding {
+        keys: &[KeyCode::Char('m')],
+        label: "m/M",
+        hint: "",
+        help: "--adapter: the right (M: left) panel's model, base or adapter",
+        action: Action::NextModel,
+    },
+    Binding {
+        keys: &[KeyCode::Char('M')],
+        label: "M",
+        hint: "",
+        // Shown with m's line.
+        help: "",
+        action: Action::PrevModelLeft,
     },
     Binding {
         keys: &[KeyCode::Char('L')],

@@ -37,7 +37,7 @@ pub fn run(
     device: Option<String>,
     dtype: DType,
     prompt: Option<String>,
-    adapter: Option<std::path::PathBuf>,
+    adapters: Vec<std::path::PathBuf>,
 ) -> std::io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -50,7 +50,7 @@ pub fn run(
         device,
         dtype,
         prompt,
-        adapter,
+        adapters,
     ));
     let _ = execute!(std::io::stdout(), DisableMouseCapture);
     ratatui::restore();
@@ -63,7 +63,7 @@ async fn event_loop(
     device: Option<String>,
     dtype: DType,
     prompt: Option<String>,
-    adapter: Option<std::path::PathBuf>,
+    adapters: Vec<std::path::PathBuf>,
 ) -> std::io::Result<()> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
     let engine = EngineHandle::spawn(move |e| drop(tx.send(e)), EVAL_TEXT.to_string());
@@ -71,7 +71,7 @@ async fn event_loop(
         Box::new(move |job| engine.submit(job)),
         prompt.as_deref().unwrap_or(DEFAULT_PROMPT),
     );
-    app.start_with_adapter(spec, device, dtype, adapter);
+    app.start_with_adapters(spec, device, dtype, adapters);
     let mut input = EventStream::new();
     let mut log_tick = tokio::time::interval(Duration::from_millis(250));
     loop {

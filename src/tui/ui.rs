@@ -367,14 +367,25 @@ fn draw_generation(frame: &mut Frame, area: Rect, app: &App) {
         None => " · ppl …".to_string(),
     };
     let busy = if app.generating { " …" } else { "" };
+    // With adapters each panel names its model; two different models run
+    // the same attack.
+    let adapters = app.info.as_ref().is_some_and(|i| !i.adapters.is_empty());
+    let same = app.models[0] == app.models[1];
+    let label = |side: usize| {
+        let attack = if side == 0 && same {
+            "original".to_string()
+        } else {
+            attack_label(app)
+        };
+        if adapters {
+            format!("{} · {attack}", app.model_name(side))
+        } else {
+            attack
+        }
+    };
     let titles = [
-        format!(" original{}{}{busy} ", ppl(0), accuracy(app, 0)),
-        format!(
-            " {}{}{}{busy} ",
-            attack_label(app),
-            ppl(1),
-            accuracy(app, 1)
-        ),
+        format!(" {}{}{}{busy} ", label(0), ppl(0), accuracy(app, 0)),
+        format!(" {}{}{}{busy} ", label(1), ppl(1), accuracy(app, 1)),
     ];
     for (i, col) in cols.iter().enumerate() {
         let style = if i == 1 && app.mode != AttackMode::Original {
@@ -443,15 +454,15 @@ fn draw_footer(frame: &mut Frame, area: Rect) {
 
 fn draw_help(frame: &mut Frame, area: Rect) {
     let w = area.width.min(72);
-    let h = (BINDINGS.len() as u16 + 4).min(area.height);
+    let shown = BINDINGS.iter().filter(|b| !b.help.is_empty());
+    let h = (shown.clone().count() as u16 + 3).min(area.height);
     let rect = Rect::new(
         area.x + (area.width - w) / 2,
         area.y + (area.height - h) / 2,
         w,
         h,
     );
-    let mut lines: Vec<Line> = BINDINGS
-        .iter()
+    let mut lines: Vec<Line> = shown
         .map(|b| {
             Line::from(vec![
                 Span::styled(format!(" {:>6}  ", b.label), ACCENT),
