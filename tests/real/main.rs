@@ -16,6 +16,7 @@ mod pty;
 mod reference;
 mod tape;
 mod tasks;
+mod train;
 
 use std::sync::OnceLock;
 
