@@ -46,13 +46,13 @@ fn the_task_data_holds_every_task_with_its_conditional_requests() {
 }
 
 /// SmolLM2's per-request log-likelihoods, token ids and predictions on the
-/// fixture requests against a peer's (`reference`, a file of
+/// fixture requests against a peer's (`file`, in
 /// tests/fixtures/tasks); the worst difference.
-fn scores_as(reference: &str) -> f64 {
+fn scores_as(file: &str) -> f64 {
     let demo = crate::demo();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tasks");
     let reference: Value =
-        serde_json::from_str(&std::fs::read_to_string(root.join(reference)).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(root.join(file)).unwrap()).unwrap();
     let theirs: HashMap<(String, u64, usize), &Value> = reference["requests"]
         .as_array()
         .unwrap()
@@ -112,7 +112,7 @@ fn scores_as(reference: &str) -> f64 {
         }
     }
     assert_eq!((requests, questions), (340, 100));
-    eprintln!("worst log-likelihood difference against {reference}: {worst:.2e}");
+    eprintln!("worst log-likelihood difference against {file}: {worst:.2e}");
     worst
 }
 
