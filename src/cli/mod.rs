@@ -5,6 +5,7 @@
 
 mod args;
 mod bench;
+mod check;
 mod convert;
 mod eval;
 mod finetune;
@@ -47,6 +48,8 @@ enum Command {
     Scan(scan::ScanArgs),
     /// Zero-shot accuracy (ARC, BoolQ, PIQA, WinoGrande, ...), plain, attacked or swept.
     Tasks(tasks::TasksArgs),
+    /// A gate for pipelines: fail (exit 2) when zeroing the top-k massive weights costs too much.
+    Check(check::CheckArgs),
     /// LoRA fine-tuning, with MacDrop on request; writes a PEFT adapter.
     Finetune(finetune::FinetuneArgs),
     /// Speed of this build: prompt and decode tokens/s, capture off and on, the pair, first token.
@@ -72,6 +75,7 @@ impl Cli {
             Some(Command::Scan(a)) => a.run(model),
             Some(Command::Tasks(a)) => a.run(model),
             Some(Command::Finetune(a)) => a.run(model),
+            Some(Command::Check(a)) => a.run(model),
             Some(Command::Bench(a)) => a.run(model),
             Some(Command::Demo(a)) => {
                 let path = mwtop::demo::ensure_model(a.name.model()).wrap_err("demo model")?;

@@ -155,3 +155,21 @@ fn run_errors_are_one_line() {
         common::assert_one_line_error(&common::mwtop(&args), &[needle]);
     }
 }
+
+/// The gate on the demo model: zeroing its top-2 massive weights nearly
+/// triples perplexity (22.56 -> 64.59), so the default limit of 2x fails
+/// and a limit of 4x passes.
+#[test]
+fn check_fails_the_demo_model_at_twice_its_perplexity() {
+    let model = common::demo_model();
+    let m = common::path_str(&model);
+    let fail = common::mwtop(&["check", m, "--json"]);
+    assert_eq!(fail.status.code(), Some(2), "{}", common::stderr(&fail));
+    let report: serde_json::Value = serde_json::from_slice(&fail.stdout).unwrap();
+    assert_eq!(report["layer"], 11);
+    assert_eq!(report["dims"], serde_json::json!([1229, 1487]));
+    let ratio = report["perplexity"]["ratio"].as_f64().unwrap();
+    assert!((2.7..3.0).contains(&ratio), "{ratio}");
+    let pass = common::mwtop(&["check", m, "--max-ratio", "4"]);
+    assert_eq!(pass.status.code(), Some(0), "{}", common::stderr(&pass));
+}
