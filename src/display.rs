@@ -27,14 +27,30 @@ pub fn human_count(n: u64) -> String {
 pub fn describe_attack(a: &Attack) -> String {
     let dims: Vec<String> = a.dims.iter().take(6).map(usize::to_string).collect();
     let more = if a.dims.len() > 6 { ",..." } else { "" };
-    match a.mode {
+    let base = match a.mode {
         AttackMode::Original => "original".into(),
+        AttackMode::Super => String::from("super weight zeroed"),
         m => format!(
             "{m} k={} on layer {} (dims {}{more})",
             a.k,
             a.layer,
             dims.join(",")
         ),
+    };
+    let edits: Vec<String> = a
+        .edits
+        .iter()
+        .map(|e| format!("{}[{}, {}] = {}", e.tensor, e.row, e.col, e.value))
+        .collect();
+    if edits.is_empty() {
+        base
+    } else if a.mode == AttackMode::Super && a.edits.len() == 1 {
+        format!(
+            "super weight {} zeroed",
+            &edits[0][..edits[0].rfind(" = ").unwrap_or(0)]
+        )
+    } else {
+        format!("{base} + {}", edits.join(", "))
     }
 }
 

@@ -155,3 +155,55 @@ fn scan_json_has_the_documented_keys() {
         "{text}"
     );
 }
+
+/// `--mode super` zeroes the one down_proj scalar the scan names (the
+/// planted super weight, layer 1 [42, 300]), exactly what `--edit
+/// 1:42,300=0` does; a bad `--edit` is refused in one line.
+#[test]
+fn the_super_weight_attack_is_the_edit_that_zeroes_it() {
+    let (_dir, path) = planted();
+    let m = path.to_str().unwrap();
+    let text = _dir.path().join("text.txt");
+    std::fs::write(
+        &text,
+        "Hi there, the planted model reads this text twice. Hi there.",
+    )
+    .unwrap();
+    let t = text.to_str().unwrap();
+    let ppl = |extra: &[&str]| -> f64 {
+        let mut args = vec!["eval", m, "--text", t, "--bos", "--json"];
+        args.extend_from_slice(extra);
+        let out = common::mwtop(&args);
+        assert!(out.status.success(), "{}", common::stderr(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["perplexity"].as_f64().unwrap()
+    };
+    let original = ppl(&[]);
+    let sup = ppl(&["--mode", "super"]);
+    let edit = ppl(&["--edit", "1:42,300=0"]);
+    assert_eq!(sup, edit, "the same single weight");
+    assert!((sup / original - 1.0).abs() > 1e-3, "{sup} vs {original}");
+    // Setting it to what it is changes nothing.
+    assert!((ppl(&["--edit", "1:42,300=1.5"]) - original).abs() < 1e-9 * original);
+    let gen = common::mwtop(&[
+        "generate",
+        m,
+        "--prompt",
+        "Hi",
+        "--max-tokens",
+        "4",
+        "--mode",
+        "super",
+        "--json",
+    ]);
+    assert!(gen.status.success(), "{}", common::stderr(&gen));
+    for (bad, needle) in [
+        ("1:42=0", "expected L:row,col=value"),
+        ("7:1,2=0", "layers 0.."),
+    ] {
+        common::assert_one_line_error(
+            &common::mwtop(&["eval", m, "--text", t, "--edit", bad]),
+            &[needle],
+        );
+    }
+}

@@ -347,3 +347,24 @@ fn adapters_are_shown_beside_the_base_model() {
     assert_eq!(h.app.models, [Some(0), None]);
     assert_eq!(h.app.perplexity, (tuned_zero, base_zero));
 }
+
+/// `w` zeroes the super weight alone: the title names it, the massive
+/// weights panel marks it, and the attacked perplexity moves.
+#[test]
+fn the_super_weight_key_zeroes_one_scalar() {
+    let mut h = Harness::new();
+    let original = h.app.perplexity.0.unwrap();
+    h.key(KeyCode::Char('w'));
+    let attack = h.app.attack().unwrap();
+    assert_eq!(attack.mode, mwtop::analysis::attack::AttackMode::Super);
+    assert_eq!((attack.edits[0].row, attack.edits[0].col), (42, 300));
+    let screen = h.screen(120, 30);
+    assert!(screen.contains("super weight L1 [42,300]"), "{screen}");
+    assert!(screen.contains("✗ super w [42,300]"), "{screen}");
+    let zeroed = h.app.perplexity.1.unwrap();
+    assert!(
+        (zeroed / original - 1.0).abs() > 1e-3,
+        "{zeroed} vs {original}"
+    );
+    assert_eq!(h.app.perplexity.0, Some(original));
+}

@@ -5,14 +5,18 @@
 //! - keep: every other row set to 0 (top-k retaining; "keep only"; k = 0
 //!   zeroes both matrices);
 //! - random-zero / random-keep: the same with k random dims (seeded), drawn
-//!   from the dims outside the top-k, as controls.
+//!   from the dims outside the top-k, as controls;
+//! - super: the one super weight (Yu et al.) of down_proj set to 0.
+//!
+//! Any attack may carry single-weight edits besides (`--edit`).
 
 use std::fmt;
 use std::str::FromStr;
 
 use serde::Serialize;
 
-use crate::model::intervention::{Interventions, MaskMode};
+use crate::checkpoint::{Proj, WeightId};
+use crate::model::intervention::{Interventions, MaskMode, WeightEdit};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -22,15 +26,18 @@ pub enum AttackMode {
     Keep,
     RandomZero,
     RandomKeep,
+    /// The super weight, down_proj[massive hidden dim, top massive d_ff dim], zeroed.
+    Super,
 }
 
 impl AttackMode {
-    pub const ALL: [AttackMode; 5] = [
+    pub const ALL: [AttackMode; 6] = [
         Self::Original,
         Self::Zero,
         Self::Keep,
         Self::RandomZero,
         Self::RandomKeep,
+        Self::Super,
     ];
 
     pub fn name(self) -> &'static str {
@@ -40,6 +47,7 @@ impl AttackMode {
             Self::Keep => "keep",
             Self::RandomZero => "random-zero",
             Self::RandomKeep => "random-keep",
+            Self::Super => "super",
         }
     }
 
@@ -61,7 +69,9 @@ impl FromStr for AttackMode {
             .into_iter()
             .find(|m| m.name() == s)
             .ok_or_else(|| {
-                format!("mode {s:?}: expected original, zero, keep, random-zero or random-keep")
+                format!(
+                    "mode {s:?}: expected original, zero, keep, random-zero, random-keep or super"
+                )
             })
     }
 }
@@ -72,8 +82,12 @@ pub struct Attack {
     pub mode: AttackMode,
     pub layer: usize,
     pub k: usize,
-    /// The d_ff dims the mask names (zeroed for zero modes, kept for keep modes).
+    /// The d_ff dims the mask names (zeroed for zero modes, kept for keep
+    /// modes; the super weight's column for super).
     pub dims: Vec<usize>,
+    /// Single weights set besides (the super weight; `--edit`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub edits: Vec<WeightEdit>,
 }
 
 impl Attack {
@@ -89,7 +103,7 @@ impl Attack {
     ) -> Self {
         let k = k.min(d_ff);
         let dims = match mode {
-            AttackMode::Original => Vec::new(),
+            AttackMode::Original | AttackMode::Super => Vec::new(),
             m if m.is_random() => {
                 let top: Vec<usize> = ranked.iter().take(k).copied().collect();
                 let pool: Vec<usize> = (0..d_ff).filter(|d| !top.contains(d)).collect();
@@ -102,12 +116,41 @@ impl Attack {
             layer,
             k,
             dims,
+            edits: Vec::new(),
         }
     }
 
+    /// Zeroing the super weight down_proj[row, col] of `layer`.
+    pub fn super_weight(layer: usize, row: usize, col: usize) -> Self {
+        Self {
+            mode: AttackMode::Super,
+            layer,
+            k: 1,
+            dims: vec![col],
+            edits: vec![WeightEdit {
+                tensor: WeightId::layer(layer, Proj::Down),
+                row,
+                col,
+                value: 0.0,
+            }],
+        }
+    }
+
+    /// The attack with `edits` applied besides.
+    pub fn with_edits(mut self, edits: &[WeightEdit]) -> Self {
+        self.edits.extend_from_slice(edits);
+        self
+    }
+
     pub fn interventions(&self) -> Interventions {
+        let mut iv = self.masks();
+        iv.weight_edits.extend(self.edits.iter().cloned());
+        iv
+    }
+
+    fn masks(&self) -> Interventions {
         match self.mode {
-            AttackMode::Original => Interventions::none(),
+            AttackMode::Original | AttackMode::Super => Interventions::none(),
             AttackMode::Zero | AttackMode::RandomZero => {
                 Interventions::ffn_mask(self.layer, MaskMode::Zero, self.dims.clone())
             }

@@ -5,9 +5,11 @@ use clap::ValueEnum;
 use color_eyre::eyre::Result;
 
 use mwtop::analysis::attack::{Attack, AttackMode};
-use mwtop::analysis::massive::{MedianScope, Thresholds};
+use mwtop::analysis::massive::{self, MedianScope, Thresholds};
 use mwtop::analysis::target::{self, Target, DEFAULT_PROBE};
 use mwtop::checkpoint::Checkpoint;
+use mwtop::checkpoint::{Proj, WeightId};
+use mwtop::model::intervention::WeightEdit;
 use mwtop::model::Model;
 
 use super::progress;
@@ -58,6 +60,8 @@ pub enum ModeArg {
     RandomZero,
     /// Only k random rows kept (a control).
     RandomKeep,
+    /// The super weight (one down_proj scalar of the massive layer) zeroed.
+    Super,
 }
 
 impl From<ModeArg> for AttackMode {
@@ -68,6 +72,7 @@ impl From<ModeArg> for AttackMode {
             ModeArg::Keep => Self::Keep,
             ModeArg::RandomZero => Self::RandomZero,
             ModeArg::RandomKeep => Self::RandomKeep,
+            ModeArg::Super => Self::Super,
         }
     }
 }
@@ -89,6 +94,10 @@ pub struct AttackArgs {
     /// The probe used to find the massive layer and rank its dims.
     #[arg(long, default_value = DEFAULT_PROBE)]
     probe: String,
+    /// Set one weight besides the attack, `L:row,col=value` for
+    /// model.layers.L.mlp.down_proj.weight[row, col] (repeatable).
+    #[arg(long = "edit", value_parser = parse_edit, allow_hyphen_values = true)]
+    edits: Vec<WeightEdit>,
     #[command(flatten)]
     thresholds: ThresholdArgs,
 }
@@ -116,14 +125,73 @@ impl AttackArgs {
         needed: bool,
     ) -> Result<Option<(Target, Attack)>> {
         let mode = self.mode();
-        if mode == AttackMode::Original && !needed {
+        if mode == AttackMode::Original && !needed && self.edits.is_empty() {
             return Ok(None);
         }
+        self.check_edits(model)?;
         let target = self.target(model, tok)?;
         let k = self.dims.as_ref().map_or(self.k, Vec::len);
         let d_ff = model.config().d_ff;
-        let attack = Attack::new(mode, target.layer, &target.ranked, k, d_ff, seed);
-        Ok(Some((target, attack)))
+        let attack = match mode {
+            AttackMode::Super => self.super_weight(model, tok)?,
+            _ => Attack::new(mode, target.layer, &target.ranked, k, d_ff, seed),
+        };
+        Ok(Some((target, attack.with_edits(&self.edits))))
+    }
+
+    /// The `--edit`s (applied besides every attack, sweeps included).
+    pub fn edits(&self) -> &[WeightEdit] {
+        &self.edits
+    }
+
+    fn check_edits(&self, model: &Model) -> Result<()> {
+        let c = model.config();
+        for e in &self.edits {
+            let WeightId::Layer { layer, .. } = e.tensor else {
+                continue;
+            };
+            if layer >= c.n_layers {
+                color_eyre::eyre::bail!(
+                    "--edit {layer}:{},{}: the model has layers 0..{}",
+                    e.row,
+                    e.col,
+                    c.n_layers - 1
+                );
+            }
+            if e.row >= c.d_model || e.col >= c.d_ff {
+                color_eyre::eyre::bail!(
+                    "--edit {layer}:{},{}: down_proj is [{}, {}]",
+                    e.row,
+                    e.col,
+                    c.d_model,
+                    c.d_ff
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The super weight of the massive layer, as the scan finds it.
+    fn super_weight(&self, model: &Model, tok: &tokenizers::Tokenizer) -> Result<Attack> {
+        let th = self.thresholds.get();
+        let ids = tok
+            .encode(self.probe.as_str(), false)
+            .map_err(|e| color_eyre::eyre::eyre!("tokenizer: {e}"))?
+            .get_ids()
+            .to_vec();
+        let (probe, position0) = massive::probe_tokens(model, &ids);
+        let report = massive::scan(model, tok, &probe, position0, 8, th)?;
+        let (Some(layer), Some(sw)) = (report.massive_layer, report.super_weights.first()) else {
+            color_eyre::eyre::bail!(
+                "--mode super: no massive activation for the probe, so no super weight (name one with --edit L:row,col=0)"
+            );
+        };
+        if sw.layer != layer {
+            color_eyre::eyre::bail!(
+                "--mode super: the scan found no super weight on the massive layer {layer}"
+            );
+        }
+        Ok(Attack::super_weight(sw.layer, sw.row, sw.col))
     }
 }
 
@@ -179,4 +247,24 @@ impl From<DTypeArg> for candle_core::DType {
             DTypeArg::Bf16 => Self::BF16,
         }
     }
+}
+
+/// `L:row,col=value`: model.layers.L.mlp.down_proj.weight[row, col] = value.
+fn parse_edit(s: &str) -> std::result::Result<WeightEdit, String> {
+    let bad =
+        || format!("{s:?}: expected L:row,col=value (down_proj of layer L), e.g. 11:507,1229=0");
+    let (layer, rest) = s.split_once(':').ok_or_else(bad)?;
+    let (at, value) = rest.split_once('=').ok_or_else(bad)?;
+    let (row, col) = at.split_once(',').ok_or_else(bad)?;
+    let num = |t: &str| t.trim().parse::<usize>().map_err(|_| bad());
+    let value: f32 = value.trim().parse().map_err(|_| bad())?;
+    if !value.is_finite() {
+        return Err(format!("{s:?}: the value must be finite"));
+    }
+    Ok(WeightEdit {
+        tensor: WeightId::layer(num(layer)?, Proj::Down),
+        row: num(row)?,
+        col: num(col)?,
+        value,
+    })
 }

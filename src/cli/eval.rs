@@ -136,7 +136,11 @@ impl EvalArgs {
         }
         if self.sweep {
             let target = self.attack.target(&model, &tok)?;
-            let attacks = sweep::sweep_attacks(&target, model.config().d_ff, self.seed);
+            let attacks: Vec<Attack> =
+                sweep::sweep_attacks(&target, model.config().d_ff, self.seed)
+                    .into_iter()
+                    .map(|a| a.with_edits(self.attack.edits()))
+                    .collect();
             let t0 = std::time::Instant::now();
             let mut counter = Counter::new(true);
             let ppl = sweep::run_attacks(&model, &ids, &attacks, window, |done, total| {

@@ -226,7 +226,11 @@ impl TasksArgs {
         let t0 = Instant::now();
         if self.sweep {
             let target = self.attack.target(&model, &tok)?;
-            let attacks = sweep::sweep_attacks(&target, model.config().d_ff, self.seed);
+            let attacks: Vec<Attack> =
+                sweep::sweep_attacks(&target, model.config().d_ff, self.seed)
+                    .into_iter()
+                    .map(|a| a.with_edits(self.attack.edits()))
+                    .collect();
             let text = tok
                 .encode(EVAL_TEXT, false)
                 .map_err(|e| eyre!("tokenizer: {e}"))?;

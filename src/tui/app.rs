@@ -142,6 +142,14 @@ impl App {
         if self.mode == AttackMode::Original {
             return None;
         }
+        if self.mode == AttackMode::Super {
+            let r = &probe.report;
+            let sw = r
+                .super_weights
+                .first()
+                .filter(|_| r.massive_layer.is_some())?;
+            return Some(Attack::super_weight(sw.layer, sw.row, sw.col));
+        }
         if let (false, Some(layer)) = (self.custom.is_empty(), self.custom_layer) {
             let dims: Vec<usize> = self.custom.iter().copied().collect();
             return Some(Attack::new(self.mode, layer, &dims, dims.len(), d_ff, 0));
@@ -454,6 +462,17 @@ impl App {
                 }
             }
             Action::Original => self.set_mode(AttackMode::Original),
+            Action::SuperWeight => {
+                let has = self
+                    .probe
+                    .as_ref()
+                    .is_some_and(|p| p.report.massive_layer.is_some());
+                if has {
+                    self.set_mode(AttackMode::Super);
+                } else {
+                    self.status = "no massive activation, so no super weight".into();
+                }
+            }
             Action::Zero => self.set_mode(AttackMode::Zero),
             Action::Keep => self.set_mode(AttackMode::Keep),
             Action::Random => self.set_mode(match self.mode {

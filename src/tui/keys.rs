@@ -8,6 +8,7 @@ pub enum Action {
     Zero,
     Keep,
     Random,
+    SuperWeight,
     MoreK,
     LessK,
     ToggleDim,
@@ -68,6 +69,13 @@ pub const BINDINGS: &[Binding] = &[
         action: Action::Random,
     },
     Binding {
+        keys: &[KeyCode::Char('w')],
+        label: "w",
+        hint: "super",
+        help: "zero only the super weight (one down_proj scalar, Yu et al.)",
+        action: Action::SuperWeight,
+    },
+    Binding {
         keys: &[KeyCode::Char('+'), KeyCode::Char('=')],
         label: "+",
         hint: "k×2",
@@ -92,14 +100,15 @@ pub const BINDINGS: &[Binding] = &[
         keys: &[KeyCode::Tab],
         label: "Tab",
         hint: "view",
-        help: "next view: layers x dims, tokens x dims, tokens x d_ff",
+        help: "views: layers x dims, tokens x dims, tokens x d_ff; S-Tab back",
         action: Action::NextView,
     },
     Binding {
         keys: &[KeyCode::BackTab],
         label: "S-Tab",
         hint: "",
-        help: "previous view",
+        // Shown with Tab's line.
+        help: "",
         action: Action::PrevView,
     },
     Binding {

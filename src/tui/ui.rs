@@ -99,6 +99,10 @@ fn draw_error(frame: &mut Frame, area: Rect, err: &str) {
 fn attack_label(app: &App) -> String {
     match app.attack() {
         None => "original".into(),
+        Some(a) if a.mode == AttackMode::Super => match a.edits.first() {
+            Some(e) => format!("super weight L{} [{},{}]", a.layer, e.row, e.col),
+            None => "super weight".into(),
+        },
         Some(a) => {
             let dims: Vec<String> = a.dims.iter().take(4).map(usize::to_string).collect();
             let more = if a.dims.len() > 4 { ",…" } else { "" };
@@ -302,15 +306,27 @@ fn draw_weights(frame: &mut Frame, area: Rect, app: &App) {
         lines.push(Line::raw(format!("hidden dim {} = {:.0}", a.dim, a.value)));
     }
     if let (Some(sw), Some(_)) = (r.super_weights.first(), r.massive_layer) {
-        lines.push(Line::raw(format!(
-            "super w [{},{}] {:.3}",
-            sw.row, sw.col, sw.value
-        )));
+        let zeroed = app.mode == AttackMode::Super;
+        lines.push(Line::styled(
+            format!(
+                "{}super w [{},{}] {:.3}",
+                if zeroed { "✗ " } else { "" },
+                sw.row,
+                sw.col,
+                sw.value
+            ),
+            if zeroed {
+                Style::new().fg(Color::Red)
+            } else {
+                Style::default()
+            },
+        ));
     }
     lines.push(Line::styled("  d_ff   value |up| |gate|", DIM));
     let attack = app.attack();
     for s in &probe.row_stats {
         let (mark, style) = match &attack {
+            Some(a) if a.mode == AttackMode::Super => (" ", Style::default()),
             Some(a) if a.layer == probe.attack_layer && a.dims.contains(&s.dim) => match a.mode {
                 AttackMode::Zero | AttackMode::RandomZero => ("✗", Style::new().fg(Color::Red)),
                 _ => ("●", Style::new().fg(Color::Green)),
