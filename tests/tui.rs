@@ -368,3 +368,27 @@ fn the_super_weight_key_zeroes_one_scalar() {
     );
     assert_eq!(h.app.perplexity.0, Some(original));
 }
+
+/// `t` makes the cursor's layer the attack layer, ranked by its own d_ff
+/// state at position 0; `t` on it again goes back to the massive layer.
+#[test]
+fn any_layer_can_be_attacked() {
+    let mut h = Harness::new();
+    assert_eq!(h.app.probe.as_ref().unwrap().attack_layer, 1);
+    while h.app.layer > 0 {
+        h.key(KeyCode::Up);
+    }
+    h.key(KeyCode::Char('t'));
+    h.key(KeyCode::Char('z'));
+    let a = h.app.attack().unwrap();
+    assert_eq!(a.layer, 0);
+    let state = &h.app.probe.as_ref().unwrap().mlp_pos0[0];
+    let top = (0..state.len())
+        .max_by(|&i, &j| state[i].abs().total_cmp(&state[j].abs()))
+        .unwrap();
+    assert_eq!(a.dims[0], top, "layer 0's own most massive d_ff dim");
+    let screen = h.screen(120, 30);
+    assert!(screen.contains("zero k=2 L0"), "{screen}");
+    h.key(KeyCode::Char('t'));
+    assert_eq!(h.app.attack().unwrap().layer, 1);
+}

@@ -56,6 +56,9 @@ pub struct App {
     /// Custom d_ff dims (picked with space in the d_ff view) and their layer.
     pub custom: BTreeSet<usize>,
     pub custom_layer: Option<usize>,
+    /// The layer attacks target when the user picked one (`t`); None: the
+    /// massive layer, the default.
+    pub target_layer: Option<usize>,
     pub prompt: String,
     pub probe_prompt: String,
     pub chat: bool,
@@ -110,6 +113,7 @@ impl App {
             k: 2,
             custom: BTreeSet::new(),
             custom_layer: None,
+            target_layer: None,
             prompt: prompt.to_string(),
             probe_prompt: crate::analysis::target::DEFAULT_PROBE.to_string(),
             chat: true,
@@ -153,6 +157,12 @@ impl App {
         if let (false, Some(layer)) = (self.custom.is_empty(), self.custom_layer) {
             let dims: Vec<usize> = self.custom.iter().copied().collect();
             return Some(Attack::new(self.mode, layer, &dims, dims.len(), d_ff, 0));
+        }
+        if let Some(layer) = self.target_layer.filter(|&l| l < probe.mlp_pos0.len()) {
+            // That layer's d_ff dims, by |state| at position 0 as the scan ranks them.
+            let state = &probe.mlp_pos0[layer];
+            let ranked = crate::analysis::massive::rank_by_abs(state, state.len());
+            return Some(Attack::new(self.mode, layer, &ranked, self.k, d_ff, 0));
         }
         Some(Attack::new(
             self.mode,
@@ -462,6 +472,19 @@ impl App {
                 }
             }
             Action::Original => self.set_mode(AttackMode::Original),
+            Action::TargetLayer => {
+                let massive = self.probe.as_ref().map(|p| p.attack_layer);
+                self.target_layer = match self.target_layer {
+                    Some(l) if l == self.layer => None,
+                    _ if Some(self.layer) == massive => None,
+                    _ => Some(self.layer),
+                };
+                self.status = match self.target_layer {
+                    Some(l) => format!("attacks target layer {l} (t again: the massive layer)"),
+                    None => "attacks target the massive layer".into(),
+                };
+                self.rerun_if_attacking();
+            }
             Action::SuperWeight => {
                 let has = self
                     .probe

@@ -9,6 +9,7 @@ pub enum Action {
     Keep,
     Random,
     SuperWeight,
+    TargetLayer,
     MoreK,
     LessK,
     ToggleDim,
@@ -76,17 +77,25 @@ pub const BINDINGS: &[Binding] = &[
         action: Action::SuperWeight,
     },
     Binding {
+        keys: &[KeyCode::Char('t')],
+        label: "t",
+        hint: "",
+        help: "attack the cursor's layer (t again: the massive layer)",
+        action: Action::TargetLayer,
+    },
+    Binding {
         keys: &[KeyCode::Char('+'), KeyCode::Char('=')],
-        label: "+",
-        hint: "k×2",
-        help: "more massive weights: double k",
+        label: "+/-",
+        hint: "k×2/÷2",
+        help: "double / halve k, the massive weights touched (down to 0)",
         action: Action::MoreK,
     },
     Binding {
         keys: &[KeyCode::Char('-'), KeyCode::Char('_')],
         label: "-",
-        hint: "k÷2",
-        help: "fewer massive weights: halve k (down to 0)",
+        hint: "",
+        // Shown with +'s line.
+        help: "",
         action: Action::LessK,
     },
     Binding {
