@@ -435,3 +435,39 @@ fn phi3_gguf_with_longrope_factors_is_refused() {
     // The control: the file without that tensor opens.
     assert!(Checkpoint::open_path(&src).is_ok());
 }
+
+/// Sampling settings that would be ignored or undefined, and a prompt that
+/// fills the context, are refused in one line (negative numbers parse with
+/// or without `=`, so they get this message and not a usage error).
+#[test]
+fn bad_sampling_settings_and_an_overlong_prompt_are_refused() {
+    let dir = common::tempdir();
+    let path = dir.path().join("tiny");
+    hf_dir_with_weights(&path, None);
+    let m = common::path_str(&path);
+    for (args, needle) in [
+        (vec!["--top-p", "2"], "--top-p must lie in (0, 1], got 2"),
+        (vec!["--top-p", "0"], "--top-p must lie in (0, 1], got 0"),
+        (vec!["--top-p", "NaN"], "got NaN"),
+        (vec!["--top-p", "-0.5"], "got -0.5"),
+        (
+            vec!["--temperature", "-1"],
+            "--temperature must be a finite number >= 0",
+        ),
+        (
+            vec!["--temperature=-1"],
+            "--temperature must be a finite number >= 0",
+        ),
+        (vec!["--temperature", "NaN"], "got NaN"),
+    ] {
+        let mut all = vec!["generate", m, "--prompt", "hi"];
+        all.extend(args);
+        common::assert_one_line_error(&common::mwtop(&all), &[needle]);
+    }
+    // The position tables hold at least 4096 positions, whatever the config claims.
+    let long = "a".repeat(4200);
+    common::assert_one_line_error(
+        &common::mwtop(&["generate", m, "--prompt", &long]),
+        &["the prompt has", "context holds"],
+    );
+}

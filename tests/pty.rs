@@ -20,3 +20,32 @@ fn a_missing_model_fails_before_taking_the_screen() {
         Duration::from_secs(5),
     );
 }
+
+/// SIGTERM and SIGHUP end the UI with the terminal given back: out of the
+/// alternate screen, the cursor shown.
+#[test]
+fn a_terminated_ui_gives_the_terminal_back() {
+    for signal in [libc::SIGTERM, libc::SIGHUP] {
+        let dir = common::tempdir();
+        let path = dir.path().join("planted");
+        mwtop::synthetic::Spec::planted()
+            .write_hf_dir(&path, safetensors::Dtype::F32)
+            .unwrap();
+        let mut t = common::Pty::spawn(
+            env!("CARGO_BIN_EXE_mwtop"),
+            &[common::path_str(&path), "--device", "cpu"],
+            &[],
+            24,
+            80,
+        );
+        t.wait_for(r"massive", Duration::from_secs(60));
+        assert!(t.alternate_screen(), "the UI took the screen");
+        unsafe { libc::kill(t.pid() as i32, signal) };
+        assert_eq!(t.wait_exit(Duration::from_secs(20)), 0);
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            !t.alternate_screen(),
+            "signal {signal}: still in the alternate screen"
+        );
+    }
+}

@@ -184,6 +184,17 @@ fn cursor_mouse_prompt_and_resizes() {
     h.key(KeyCode::Enter);
     assert_eq!(h.app.prompt, "Hi!!");
     assert!(!h.app.editing);
+    // Esc cancels an edit: the prompt is what it was.
+    h.key(KeyCode::Char('e'));
+    for code in [KeyCode::Backspace, KeyCode::Char('?'), KeyCode::Char('x')] {
+        h.app
+            .on_terminal_event(TermEvent::Key(KeyEvent::from(code)));
+    }
+    assert_eq!(h.app.prompt, "Hi!?x");
+    h.app
+        .on_terminal_event(TermEvent::Key(KeyEvent::from(KeyCode::Esc)));
+    assert!(!h.app.editing);
+    assert_eq!(h.app.prompt, "Hi!!", "Esc restores the prompt");
     // Any size down to 1x1 draws without a panic.
     for (w, hgt) in [
         (1, 1),

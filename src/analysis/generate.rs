@@ -41,6 +41,26 @@ impl Default for GenerateParams {
 }
 
 impl GenerateParams {
+    /// Refuses settings that would be ignored or undefined: a temperature
+    /// that is negative or not a number, a top-p outside (0, 1].
+    pub fn check(&self) -> Result<()> {
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return Err(crate::model::ModelError::Invalid(format!(
+                "--temperature must be a finite number >= 0 (0 is greedy), got {}",
+                self.temperature
+            )));
+        }
+        if let Some(p) = self
+            .top_p
+            .filter(|p| !(p.is_finite() && *p > 0.0 && *p <= 1.0))
+        {
+            return Err(crate::model::ModelError::Invalid(format!(
+                "--top-p must lie in (0, 1], got {p}"
+            )));
+        }
+        Ok(())
+    }
+
     fn sampling(&self) -> Sampling {
         match (self.temperature, self.top_p) {
             (t, _) if t <= 0.0 => Sampling::ArgMax,
@@ -105,6 +125,14 @@ pub fn generate(
     params: &GenerateParams,
     mut on_token: impl FnMut(usize, u32, &str) -> ControlFlow<()>,
 ) -> Result<Vec<Generated>> {
+    params.check()?;
+    if prompt.len() >= model.max_positions() {
+        return Err(crate::model::ModelError::Invalid(format!(
+            "the prompt has {} tokens; the model's context holds {}, with room for none to generate",
+            prompt.len(),
+            model.max_positions()
+        )));
+    }
     let b = rows.len().max(1);
     let eos = &model.config().eos_token_ids;
     let mut samplers: Vec<LogitsProcessor> = (0..b)

@@ -30,9 +30,10 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 64)]
     max_tokens: usize,
     /// 0 is greedy.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     temperature: f64,
-    #[arg(long)]
+    /// Nucleus sampling: the smallest set of tokens whose probability reaches p, in (0, 1].
+    #[arg(long, allow_negative_numbers = true)]
     top_p: Option<f64>,
     #[arg(long, default_value_t = 299_792_458)]
     seed: u64,
@@ -110,6 +111,13 @@ fn terminal_width() -> usize {
 
 impl GenerateArgs {
     pub fn run(self, global: Option<String>) -> Result<()> {
+        // Bad sampling settings fail before the model loads.
+        GenerateParams {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            ..GenerateParams::default()
+        }
+        .check()?;
         let ckpt = super::open(self.model.as_deref(), global.as_deref())?;
         let tok = ckpt.tokenizer()?;
         let ids = PromptFormat::new(&ckpt, &tok)

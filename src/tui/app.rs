@@ -63,6 +63,8 @@ pub struct App {
     pub probe_prompt: String,
     pub chat: bool,
     pub editing: bool,
+    /// The prompt before the edit began: Esc puts it back.
+    prompt_before_edit: String,
     pub max_tokens: usize,
     pub generated: [String; 2],
     pub generating: bool,
@@ -118,6 +120,7 @@ impl App {
             probe_prompt: crate::analysis::target::DEFAULT_PROBE.to_string(),
             chat: true,
             editing: false,
+            prompt_before_edit: String::new(),
             max_tokens: 48,
             generated: [String::new(), String::new()],
             generating: false,
@@ -419,7 +422,10 @@ impl App {
                     self.editing = false;
                     self.rerun();
                 }
-                KeyCode::Esc => self.editing = false,
+                KeyCode::Esc => {
+                    self.editing = false;
+                    self.prompt = std::mem::take(&mut self.prompt_before_edit);
+                }
                 KeyCode::Backspace => {
                     self.prompt.pop();
                 }
@@ -452,7 +458,10 @@ impl App {
             Action::Quit => self.quit = true,
             Action::Help => self.show_help = !self.show_help,
             Action::ToggleLog => self.show_log = !self.show_log,
-            Action::EditPrompt => self.editing = true,
+            Action::EditPrompt => {
+                self.editing = true;
+                self.prompt_before_edit = self.prompt.clone();
+            }
             Action::Regenerate => self.rerun(),
             Action::Accuracy => {
                 if self.probe.is_some() {

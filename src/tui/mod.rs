@@ -74,6 +74,11 @@ async fn event_loop(
     app.start_with_adapters(spec, device, dtype, adapters);
     let mut input = EventStream::new();
     let mut log_tick = tokio::time::interval(Duration::from_millis(250));
+    // SIGTERM and SIGHUP end the UI like `q`, so the terminal is given back
+    // (Ctrl-C arrives as a key in raw mode).
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
     loop {
         if app.dirty {
             terminal.draw(|f| ui::draw(f, &mut app))?;
@@ -93,6 +98,8 @@ async fn event_loop(
                 }
             }
             _ = log_tick.tick(), if app.show_log => app.dirty = true,
+            _ = term.recv() => break,
+            _ = hangup.recv() => break,
         }
         if app.quit {
             break;

@@ -115,6 +115,11 @@ impl Pty {
         self.parser.lock().unwrap().screen().contents()
     }
 
+    /// Whether the program has the terminal in its alternate screen.
+    pub fn alternate_screen(&self) -> bool {
+        self.parser.lock().unwrap().screen().alternate_screen()
+    }
+
     /// The child's process id.
     pub fn pid(&self) -> u32 {
         self.child.process_id().expect("a running child")
