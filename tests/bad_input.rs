@@ -471,3 +471,32 @@ fn bad_sampling_settings_and_an_overlong_prompt_are_refused() {
         &["the prompt has", "context holds"],
     );
 }
+
+/// A NaN in a weight makes perplexity NaN: eval says so and exits 1,
+/// never prints NaN as a result.
+#[test]
+fn a_nan_perplexity_is_an_error_not_a_result() {
+    let dir = common::tempdir();
+    let path = dir.path().join("nan");
+    hf_dir_with_weights(&path, None);
+    let file = path.join("model.safetensors");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let start = header["model.norm.weight"]["data_offsets"][0]
+        .as_u64()
+        .unwrap() as usize;
+    let at = 8 + header_len + start;
+    bytes[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(&file, bytes).unwrap();
+    let text = dir.path().join("t.txt");
+    std::fs::write(&text, "some text to score").unwrap();
+    let out = common::mwtop(&[
+        "eval",
+        common::path_str(&path),
+        "--text",
+        common::path_str(&text),
+    ]);
+    common::assert_one_line_error(&out, &["perplexity is NaN", "non-finite"]);
+    assert!(common::stdout(&out).is_empty());
+}

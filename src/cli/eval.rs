@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use color_eyre::eyre::{eyre, Result, WrapErr};
+use color_eyre::eyre::{bail, eyre, Result, WrapErr};
 use serde::Serialize;
 
 use mwtop::analysis::attack::{Attack, AttackMode};
@@ -147,6 +147,17 @@ impl EvalArgs {
                 counter.show(&format!("perplexity runs {done}/{total}"));
             })?;
             counter.finish(None);
+            if let Some((a, p)) = attacks
+                .iter()
+                .zip(&ppl)
+                .find(|(_, p)| !p.perplexity.is_finite())
+            {
+                bail!(
+                    "perplexity is {} under {}: the model computes non-finite numbers",
+                    p.perplexity,
+                    describe_attack(a)
+                );
+            }
             let report = SweepReport {
                 layer: target.layer,
                 ranked_dims: target.ranked.iter().take(32).copied().collect(),
@@ -164,6 +175,12 @@ impl EvalArgs {
             .map(|(_, a)| a);
         let rows: Vec<Interventions> = attack.iter().map(Attack::interventions).collect();
         let mut result = perplexity(&model, &ids, &rows, window)?.remove(0);
+        if !result.perplexity.is_finite() {
+            bail!(
+                "perplexity is {}: the model computes non-finite numbers (a weight or a hyper-parameter is NaN or infinite)",
+                result.perplexity
+            );
+        }
         if !self.per_token {
             result.logprobs.clear();
         }
