@@ -10,6 +10,10 @@
 # (alpaca-en-demo). Runs anywhere mwtop runs: DEVICE=cpu with LIMIT and
 # STEPS small checks the plumbing on a laptop.
 #
+# Resumable: a run whose JSON is already in OUTDIR is not run again (each
+# is written under a temporary name and renamed), so the same command,
+# cut off by a time limit, goes on where it stopped.
+#
 # Usage: scripts/macdrop-experiment.sh MWTOP MODEL REQUESTS DATA OUTDIR
 # Env:   DEVICE (cuda) SEEDS ("0 1 2") LIMIT (questions per task; all)
 #        EPOCHS (3) STEPS (instead of epochs) BATCH (8) ACCUM (2) LR (1e-4)
@@ -33,21 +37,35 @@ with opener(src, "rt") as f, open(dst, "w") as out:
 PY
 limit=(); [ -n "${LIMIT:-}" ] && limit=(--limit "$LIMIT")
 length=(--epochs "$EPOCHS"); [ -n "${STEPS:-}" ] && length=(--steps "$STEPS")
+once() { # FILE COMMAND...: run COMMAND into FILE unless FILE exists
+  local file=$1; shift
+  [ -s "$file" ] && return 0
+  "$@" > "$file.part" && mv "$file.part" "$file"
+}
 score() { # NAME [--adapter DIR]
   local name=$1; shift
-  "$BIN" tasks "$MODEL" --requests "$OUT/five.jsonl" "${limit[@]}" --device "$DEVICE" --json "$@" > "$OUT/$name.plain.json"
-  "$BIN" tasks "$MODEL" --requests "$OUT/five.jsonl" "${limit[@]}" --device "$DEVICE" --mode zero --k "$K_ATTACK" --json "$@" > "$OUT/$name.zero.json"
-  "$BIN" eval "$MODEL" --text assets/eval.txt --bos --device "$DEVICE" --json "$@" > "$OUT/$name.ppl.json"
-  "$BIN" eval "$MODEL" --text assets/eval.txt --bos --device "$DEVICE" --mode zero --k "$K_ATTACK" --json "$@" > "$OUT/$name.ppl_zero.json"
+  once "$OUT/$name.plain.json" "$BIN" tasks "$MODEL" --requests "$OUT/five.jsonl" "${limit[@]}" --device "$DEVICE" --json "$@"
+  once "$OUT/$name.zero.json" "$BIN" tasks "$MODEL" --requests "$OUT/five.jsonl" "${limit[@]}" --device "$DEVICE" --mode zero --k "$K_ATTACK" --json "$@"
+  once "$OUT/$name.ppl.json" "$BIN" eval "$MODEL" --text assets/eval.txt --bos --device "$DEVICE" --json "$@"
+  once "$OUT/$name.ppl_zero.json" "$BIN" eval "$MODEL" --text assets/eval.txt --bos --device "$DEVICE" --mode zero --k "$K_ATTACK" --json "$@"
 }
 score base
 for seed in $SEEDS; do
   for kind in lora macdrop; do
     extra=(); [ "$kind" = macdrop ] && extra=(--macdrop --k "$K" --p0 "$P0")
-    "$BIN" finetune "$MODEL" --data "$DATA" --out "$OUT/$kind-$seed" --seed "$seed" \
-      "${length[@]}" --batch "$BATCH" --grad-accum "$ACCUM" --lr "$LR" \
-      --lora-rank "$RANK" --lora-alpha "$ALPHA" --max-len "$MAX_LEN" --device "$DEVICE" \
-      "${extra[@]}" --json > "$OUT/$kind-$seed.train.json"
+    if [ ! -s "$OUT/$kind-$seed.train.json" ]; then
+      # A run cut off by a time limit left its checkpoint: go on from it.
+      again=(); [ -f "$OUT/$kind-$seed/trainer_state.json" ] && again=(--resume)
+      "$BIN" finetune "$MODEL" --data "$DATA" --out "$OUT/$kind-$seed" --seed "$seed" \
+        "${length[@]}" --batch "$BATCH" --grad-accum "$ACCUM" --lr "$LR" \
+        --lora-rank "$RANK" --lora-alpha "$ALPHA" --max-len "$MAX_LEN" --device "$DEVICE" \
+        "${extra[@]}" "${again[@]}" --json > "$OUT/$kind-$seed.train.part"
+      # Stopped by a signal, finetune saves its checkpoint and reports
+      # itself unfinished: the run is not done until it says finished.
+      python3 -c 'import json,sys; sys.exit(0 if json.load(open(sys.argv[1]))["finished"] else 3)' \
+        "$OUT/$kind-$seed.train.part"
+      mv "$OUT/$kind-$seed.train.part" "$OUT/$kind-$seed.train.json"
+    fi
     score "$kind-$seed" --adapter "$OUT/$kind-$seed"
   done
 done
