@@ -500,3 +500,36 @@ fn a_nan_perplexity_is_an_error_not_a_result() {
     common::assert_one_line_error(&out, &["perplexity is NaN", "non-finite"]);
     assert!(common::stdout(&out).is_empty());
 }
+
+/// A window or stride outside what the model and the window can hold is an
+/// error naming the option and its range, never clamped in silence.
+#[test]
+fn eval_window_and_stride_out_of_range() {
+    let dir = common::tempdir();
+    let path = dir.path().join("m");
+    hf_dir_with_weights(&path, None);
+    let text = dir.path().join("t.txt");
+    std::fs::write(&text, "some text to score, long enough for a few windows").unwrap();
+    let (m, t) = (common::path_str(&path), common::path_str(&text));
+    for (args, needles) in [
+        (
+            vec!["--window", "1"],
+            vec!["--window", "must hold 2 to", "not 1"],
+        ),
+        (vec!["--window", "100000"], vec!["--window", "not 100000"]),
+        (
+            vec!["--window", "8", "--stride", "0"],
+            vec!["--stride", "1 to 7", "not 0"],
+        ),
+        (
+            vec!["--window", "8", "--stride", "8"],
+            vec!["--stride", "not 8"],
+        ),
+    ] {
+        let mut all = vec!["eval", m, "--text", t];
+        all.extend(args);
+        common::assert_one_line_error(&common::mwtop(&all), &needles);
+    }
+    let ok = common::mwtop(&["eval", m, "--text", t, "--window", "8", "--stride", "7"]);
+    assert!(ok.status.success(), "{}", common::stderr(&ok));
+}

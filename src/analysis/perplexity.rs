@@ -76,8 +76,22 @@ pub fn perplexity_cancellable(
             "perplexity needs at least 2 tokens, the text has {n}"
         )));
     }
-    let size = window.size.clamp(2, model.max_positions());
-    let stride = window.stride.clamp(1, size - 1);
+    let max = model.max_positions();
+    if window.size < 2 || window.size > max {
+        return Err(crate::model::ModelError::Invalid(format!(
+            "the window (--window) must hold 2 to {max} tokens (the model's context), not {}",
+            window.size
+        )));
+    }
+    if window.stride == 0 || window.stride >= window.size {
+        return Err(crate::model::ModelError::Invalid(format!(
+            "the stride (--stride) must be 1 to {} tokens (less than the window of {}), not {}",
+            window.size - 1,
+            window.size,
+            window.stride
+        )));
+    }
+    let (size, stride) = (window.size, window.stride);
     let mut nll = vec![0f64; b];
     let mut logprobs: Vec<Vec<f32>> = vec![Vec::with_capacity(n - 1); b];
     let mut scored_upto = 1usize; // next token index to score
