@@ -15,7 +15,8 @@ python3 scripts/reference_tasks.py reference "$GGUF" "$FIX" "$OUT/transformers_f
 t0=$(date +%s.%N)
 "$BIN" tasks "$GGUF" --requests "$ALL" --device cuda --json > "$OUT/mwtop_all.json"
 t1=$(date +%s.%N)
-echo "{\"mwtop_all_wall_s\": $(echo "$t1 - $t0" | bc)}" > "$OUT/mwtop_all_wall.json"
+# (the GPU machine has no bc)
+python3 -c "import json,sys; print(json.dumps({'mwtop_all_wall_s': float(sys.argv[2]) - float(sys.argv[1])}))" "$t0" "$t1" > "$OUT/mwtop_all_wall.json"
 "$BIN" tasks "$GGUF" --requests "$ALL" --limit "$SUB" --device cuda --json > "$OUT/mwtop_subset.json"
 python3 scripts/reference_tasks.py time "$GGUF" "$ALL" "$SUB" > "$OUT/transformers_subset.json"
 python3 scripts/compare_tasks.py "$OUT/mwtop_fixture_cuda.json" "$OUT/transformers_fixture.json"
