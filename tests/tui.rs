@@ -13,9 +13,11 @@ use crossterm::event::{
 };
 use mwtop::engine::{EngineHandle, Event};
 use mwtop::synthetic::Spec;
-use mwtop::tui::app::{App, View};
+use mwtop::tui::app::{App, Shown, View};
+use mwtop::tui::heatmap::{self, Geometry};
 use mwtop::tui::ui;
 use ratatui::backend::TestBackend;
+use ratatui::style::Color;
 use ratatui::Terminal;
 
 struct Harness {
@@ -63,6 +65,7 @@ impl Harness {
             let done = a.error.is_some()
                 || (a.probe.is_some()
                     && a.detail.as_ref().is_some_and(|d| d.layer == a.layer)
+                    && a.states.as_ref().is_some_and(|s| s.layer() == a.layer)
                     && !a.generating
                     && a.perplexity.1.is_some());
             if done {
@@ -92,6 +95,37 @@ impl Harness {
         let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
         t.draw(|f| ui::draw(f, &mut self.app)).unwrap();
         t.backend().to_string()
+    }
+
+    /// The drawn cells, colours included.
+    fn cells(&mut self, w: u16, h: u16) -> ratatui::buffer::Buffer {
+        let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
+        t.draw(|f| ui::draw(f, &mut self.app)).unwrap();
+        t.backend().buffer().clone()
+    }
+
+    /// The colour drawn for data (row, col) of the heatmap, and the
+    /// largest |x| / reference of that pixel's bin in `rows`.
+    fn pixel(
+        &mut self,
+        row: usize,
+        col: usize,
+        rows: &[Vec<f32>],
+        reference: &[f32],
+    ) -> (Color, f32) {
+        let buf = self.cells(80, 24);
+        let area = self.app.heatmap_area.unwrap();
+        let g = Geometry::new(area, rows.len(), rows[0].len()).unwrap();
+        let (x, p) = (g.cell_of(col), g.pixel_of(row));
+        let cell = &buf[(area.x + x as u16, area.y + (p / 2) as u16)];
+        let colour = if p % 2 == 0 { cell.fg } else { cell.bg };
+        let mut best = 0f32;
+        for r in g.rows_of(p) {
+            for c in g.cols_of(x) {
+                best = best.max(rows[r][c].abs() / reference[r]);
+            }
+        }
+        (colour, best)
     }
 }
 
@@ -153,6 +187,141 @@ fn screens_through_a_session() {
     assert!(!h.app.show_help);
 
     insta::assert_snapshot!("wide_200x60", h.screen(200, 60));
+}
+
+/// The heatmap reacts to attacks: after z the planted massive cell (layer
+/// 2, hidden dim 42) goes dark in the attacked picture, c shows the
+/// original again (bright) and then the change (the diverging palette's
+/// blue end); every cell of the plot is painted, none in default colours.
+#[test]
+fn heatmap_colours_follow_the_attack() {
+    let mut h = Harness::new();
+    h.key(KeyCode::Down);
+    h.key(KeyCode::Down);
+    h.key(KeyCode::Left);
+    assert_eq!(h.app.layer, 2);
+    let (left, right) = {
+        let s = &h.app.states.as_ref().unwrap().sides;
+        (s[0].clone(), s[1].clone())
+    };
+    let reference = left.layer_medians.clone();
+    let (original, bright) = h.pixel(2, 42, &left.resid_max, &reference);
+    assert!(
+        bright > 100.0,
+        "the planted massive activation: {bright}x median"
+    );
+    assert_eq!(original, heatmap::color(bright, 1.0));
+    assert_eq!(h.app.shown, Shown::Original);
+
+    h.key(KeyCode::Char('z'));
+    assert_eq!(
+        h.app.shown,
+        Shown::Attacked,
+        "a toggle shows the attacked model"
+    );
+    let s = &h.app.states.as_ref().unwrap().sides;
+    let (before, after) = (s[0].resid_max.clone(), s[1].resid_max.clone());
+    assert_eq!(before, left.resid_max, "the left panel is the original");
+    assert_eq!(right.resid_max, left.resid_max, "no attack before z");
+    let (attacked, dim) = h.pixel(2, 42, &after, &reference);
+    assert!(dim < bright / 10.0, "zeroing removes it: {dim} vs {bright}");
+    assert_eq!(attacked, heatmap::color(dim, 1.0));
+    assert_ne!(attacked, original);
+    let title = h.screen(80, 24);
+    assert!(title.contains("· attacked"), "{title}");
+
+    h.key(KeyCode::Char('c'));
+    assert_eq!(h.app.shown, Shown::Change);
+    let buf = h.cells(80, 24);
+    let area = h.app.heatmap_area.unwrap();
+    let g = Geometry::new(area, 3, 256).unwrap();
+    let (x, p) = (g.cell_of(42), g.pixel_of(2));
+    let cell = &buf[(area.x + x as u16, area.y + (p / 2) as u16)];
+    let Color::Rgb(r, _, b) = (if p % 2 == 0 { cell.fg } else { cell.bg }) else {
+        panic!("an RGB colour")
+    };
+    assert!(b > r + 50, "a fall is blue: {r} vs {b}");
+    for y in area.y..area.y + area.height {
+        for x in area.x..area.x + area.width {
+            let c = &buf[(x, y)];
+            assert!(
+                c.fg != Color::Reset && c.bg != Color::Reset,
+                "cell ({x},{y}) unpainted"
+            );
+        }
+    }
+    insta::assert_snapshot!("change_80x24", h.screen(80, 24));
+
+    h.key(KeyCode::Char('c'));
+    assert_eq!(h.app.shown, Shown::Original);
+    assert_eq!(h.pixel(2, 42, &before, &reference).0, original);
+
+    // s saves the view as a figure: three panels under the zero attack.
+    let dir = common::tempdir();
+    let path = h.app.save_figure(dir.path()).unwrap();
+    let name = path.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        name.starts_with("mwtop-planted-layers-zero-") && name.ends_with(".png"),
+        "{name}"
+    );
+    let decoder = png::Decoder::new(std::fs::File::open(&path).unwrap());
+    let info = decoder.read_info().unwrap().info().clone();
+    assert_eq!((info.width, info.height), (3 * 560 + 2 * 150, 564));
+}
+
+/// The tour: seven captioned steps on the planted model, each setting the
+/// view and the attack; space goes on, ← back, the last step or Esc ends it.
+#[test]
+fn the_tour_tells_the_planted_story_step_by_step() {
+    use mwtop::analysis::attack::AttackMode;
+    let mut h = Harness::new();
+    h.key(KeyCode::Char('T'));
+    let t = h.app.tour.as_ref().expect("T starts the tour");
+    assert_eq!(t.steps.len(), 7, "six steps and the super weight");
+    let caption = t.step().caption.clone();
+    assert!(
+        caption.contains("Hidden dim 42") && caption.contains("at layer 1"),
+        "{caption}"
+    );
+    assert_eq!((h.app.view, h.app.layer, h.app.dim), (View::Layers, 1, 42));
+    let screen = h.screen(80, 24);
+    assert!(
+        screen.contains("tour 1/7: The massive activation"),
+        "{screen}"
+    );
+
+    h.key(KeyCode::Char(' '));
+    assert_eq!((h.app.view, h.app.ffn_dim), (View::Ffn, 300));
+    let caption = h.app.tour.as_ref().unwrap().step().caption.clone();
+    assert!(
+        caption.contains("dim 300") && caption.contains("dim 17"),
+        "{caption}"
+    );
+    h.key(KeyCode::Char(' '));
+    h.key(KeyCode::Char(' '));
+    let a = h.app.attack().expect("step 4 zeroes");
+    assert_eq!((a.mode, a.dims.clone()), (AttackMode::Zero, vec![300, 17]));
+    assert_eq!(h.app.shown, Shown::Attacked);
+    insta::assert_snapshot!("tour_zero_80x24", h.screen(80, 24));
+    h.key(KeyCode::Left);
+    assert!(
+        h.app.attack().is_none(),
+        "back to the massive weights, unattacked"
+    );
+    h.key(KeyCode::Char(' '));
+    h.key(KeyCode::Char(' '));
+    assert_eq!(h.app.attack().unwrap().mode, AttackMode::Keep);
+    h.key(KeyCode::Char(' '));
+    assert_eq!(h.app.attack().unwrap().mode, AttackMode::RandomZero);
+    h.key(KeyCode::Char(' '));
+    assert_eq!(h.app.attack().unwrap().mode, AttackMode::Super);
+    h.key(KeyCode::Char(' '));
+    assert!(h.app.tour.is_none(), "the last step ends the tour");
+    assert!(h.app.status.contains("tour over"));
+    h.key(KeyCode::Char('T'));
+    assert!(h.app.tour.is_some());
+    h.key(KeyCode::Esc);
+    assert!(h.app.tour.is_none(), "Esc ends it");
 }
 
 #[test]

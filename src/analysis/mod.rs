@@ -8,6 +8,7 @@ pub mod generate;
 pub mod massive;
 pub mod norms;
 pub mod perplexity;
+pub mod states;
 pub mod sweep;
 pub mod target;
 pub mod zero_shot;

@@ -107,6 +107,15 @@ impl AttackArgs {
         self.mode.into()
     }
 
+    /// The probe text that finds the massive layer.
+    pub fn probe(&self) -> &str {
+        &self.probe
+    }
+
+    pub fn thresholds(&self) -> Thresholds {
+        self.thresholds.get()
+    }
+
     /// The target (scanned when not given; a model without a massive layer
     /// is refused unless `--layer` names one).
     pub fn target(&self, model: &Model, tok: &tokenizers::Tokenizer) -> Result<Target> {

@@ -11,7 +11,9 @@ mod eval;
 mod finetune;
 mod generate;
 mod inspect;
+mod plot;
 mod progress;
+mod report;
 mod scan;
 mod tasks;
 mod ui;
@@ -50,6 +52,10 @@ enum Command {
     Tasks(tasks::TasksArgs),
     /// A gate for pipelines: fail (exit 2) when zeroing the top-k massive weights costs too much.
     Check(check::CheckArgs),
+    /// One figure (PNG or SVG): a heatmap of the probe's states, attacked or not, or the sweep.
+    Plot(plot::PlotArgs),
+    /// One self-contained HTML page: the scan, massive weights, sweep and generations.
+    Report(report::ReportArgs),
     /// LoRA fine-tuning, with MacDrop on request; writes a PEFT adapter.
     Finetune(finetune::FinetuneArgs),
     /// Speed of this build: prompt and decode tokens/s, capture off and on, the pair, first token.
@@ -76,6 +82,8 @@ impl Cli {
             Some(Command::Tasks(a)) => a.run(model),
             Some(Command::Finetune(a)) => a.run(model),
             Some(Command::Check(a)) => a.run(model),
+            Some(Command::Plot(a)) => a.run(model),
+            Some(Command::Report(a)) => a.run(model),
             Some(Command::Bench(a)) => a.run(model),
             Some(Command::Demo(a)) => {
                 let path = mwtop::demo::ensure_model(a.name.model()).wrap_err("demo model")?;

@@ -16,6 +16,11 @@ pub struct UiArgs {
     #[arg(long)]
     prompt: Option<String>,
 
+    /// Start with the guided tour (T in the UI): the House of Cards story
+    /// on this model, step by step.
+    #[arg(long)]
+    tour: bool,
+
     #[command(flatten)]
     run: RunArgs,
 }
@@ -54,6 +59,7 @@ impl UiArgs {
             self.run.dtype.into(),
             self.prompt,
             self.run.adapter,
+            self.tour,
         )?;
         Ok(())
     }

@@ -7,8 +7,8 @@
 //! - Every job that starts a new "what-if" (generation, perplexity) bumps a
 //!   shared epoch, which cancels the running generation or perplexity between
 //!   two layers.
-//! - Jobs run in priority order: load, probe, layer detail, generation,
-//!   perplexity, then zero-shot accuracy, so a toggle's first token is not
+//! - Jobs run in priority order: load, probe, layer detail, the pair's
+//!   states, generation, perplexity, then zero-shot accuracy, so a toggle's first token is not
 //!   stuck behind a long perplexity run. Accuracy runs a few questions per
 //!   step and yields to any other job between steps.
 
@@ -26,6 +26,7 @@ use crate::analysis::attack::Attack;
 use crate::analysis::generate::{generate, GenerateParams, StopReason};
 use crate::analysis::massive::{self, ScanReport, Thresholds};
 use crate::analysis::perplexity::{perplexity_cancellable, Window};
+pub use crate::analysis::states::{LayerDetail, ProbeStates};
 use crate::analysis::target::{self, RowStats};
 use crate::analysis::zero_shot::Encoded;
 use crate::checkpoint::chat::PromptFormat;
@@ -55,6 +56,14 @@ pub enum Job {
     Probe { prompt: String },
     /// Full tokens x dims states of one layer, for the probe.
     Detail { layer: usize },
+    /// Both panels' states over the probe (what the heatmaps show of the
+    /// pair): one batch of two rows with the interventions generation uses.
+    States {
+        attack: Option<Attack>,
+        models: PanelModels,
+        /// The layer whose full tokens x dims states come with them.
+        layer: usize,
+    },
     /// Original and attacked generation side by side, one batch of two.
     Generate {
         prompt: String,
@@ -120,10 +129,11 @@ impl Job {
             Job::Load { .. } => 0,
             Job::Probe { .. } => 1,
             Job::Detail { .. } => 2,
-            Job::Generate { .. } => 3,
-            Job::Evaluate { .. } => 4,
-            Job::Accuracy { .. } => 5,
-            Job::AccuracyStep => 6,
+            Job::States { .. } => 3,
+            Job::Generate { .. } => 4,
+            Job::Evaluate { .. } => 5,
+            Job::Accuracy { .. } => 6,
+            Job::AccuracyStep => 7,
         }
     }
 }
@@ -156,15 +166,6 @@ pub struct ProbeResult {
     pub row_stats: Vec<RowStats>,
 }
 
-/// tokens x dims states of one layer.
-#[derive(Debug, Clone)]
-pub struct LayerDetail {
-    pub layer: usize,
-    pub resid: Vec<Vec<f32>>,
-    pub mlp: Vec<Vec<f32>>,
-    pub median: f32,
-}
-
 /// What the engine reports.
 #[derive(Debug, Clone)]
 pub enum Event {
@@ -177,6 +178,11 @@ pub enum Event {
     Failed(String),
     Probed(Box<ProbeResult>),
     Detail(Box<LayerDetail>),
+    /// The pair's states (left panel, right panel) for the toggle `epoch`.
+    States {
+        epoch: u64,
+        sides: Box<[ProbeStates; 2]>,
+    },
     /// A token for row 0 (original) or 1 (attacked) of generation `epoch`.
     Token {
         epoch: u64,
@@ -348,6 +354,11 @@ impl<F: Fn(Event)> Engine<F> {
             } => self.load(spec, device, dtype, adapters),
             Job::Probe { prompt } => self.probe(&prompt),
             Job::Detail { layer } => self.detail(layer),
+            Job::States {
+                attack,
+                models,
+                layer,
+            } => self.states(attack, models, layer),
             Job::Generate {
                 prompt,
                 chat,
@@ -531,6 +542,31 @@ impl<F: Fn(Event)> Engine<F> {
             mlp: rows(find(HookPoint::MlpPost, Reduction::Full)),
             median: find(HookPoint::ResidPost, Reduction::MedianAbs).values[0],
         })));
+        Ok(())
+    }
+
+    fn states(
+        &mut self,
+        attack: Option<Attack>,
+        models: PanelModels,
+        layer: usize,
+    ) -> Result<(), ModelError> {
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        let l = self.loaded()?;
+        if l.probe.is_empty() || layer >= l.model.config().n_layers {
+            return Ok(());
+        }
+        let rows: Vec<Interventions> = sides(models, attack.is_some())
+            .iter()
+            .map(|&s| l.side(s, attack.as_ref()))
+            .collect();
+        let mut states = crate::analysis::states::probe_states(&l.model, &l.probe, &rows, layer)?;
+        let right = states.pop().expect("two rows");
+        let left = states.pop().expect("two rows");
+        (self.emit)(Event::States {
+            epoch,
+            sides: Box::new([left, right]),
+        });
         Ok(())
     }
 

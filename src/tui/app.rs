@@ -12,7 +12,7 @@ use ratatui::layout::Rect;
 use super::heatmap::Geometry;
 use super::keys::{self, Action};
 use crate::analysis::attack::{Attack, AttackMode};
-use crate::engine::{Event, Job, LayerDetail, ModelInfo, ProbeResult};
+use crate::engine::{Event, Job, LayerDetail, ModelInfo, ProbeResult, ProbeStates};
 
 /// The three views Tab cycles through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +35,39 @@ impl View {
     }
 }
 
+/// What the heatmap shows of the pair: the left panel's model (the
+/// original), the right panel's (the attacked one), or the change between
+/// them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shown {
+    Original,
+    Attacked,
+    Change,
+}
+
+impl Shown {
+    fn next(self) -> Self {
+        match self {
+            Shown::Original => Shown::Attacked,
+            Shown::Attacked => Shown::Change,
+            Shown::Change => Shown::Original,
+        }
+    }
+}
+
+/// The pair's states over the probe, for the toggle they belong to.
+#[derive(Debug, Clone)]
+pub struct PairStates {
+    pub sides: Box<[ProbeStates; 2]>,
+}
+
+impl PairStates {
+    /// The layer whose tokens x dims states these hold.
+    pub fn layer(&self) -> usize {
+        self.sides[0].detail.layer
+    }
+}
+
 /// Sends a job to the engine and returns the epoch it belongs to.
 pub type Submit = Box<dyn FnMut(Job) -> u64>;
 
@@ -46,6 +79,10 @@ pub struct App {
     pub error: Option<String>,
     pub probe: Option<ProbeResult>,
     pub detail: Option<LayerDetail>,
+    /// Both panels' states (left, right) for the latest toggle.
+    pub states: Option<PairStates>,
+    /// Which of them the heatmap shows (`c` cycles).
+    pub shown: Shown,
     pub view: View,
     pub layer: usize,
     pub dim: usize,
@@ -91,6 +128,10 @@ pub struct App {
     pub dirty: bool,
     /// Where the heatmap was drawn last (for mouse clicks).
     pub heatmap_area: Option<Rect>,
+    /// The guided tour, while it runs.
+    pub tour: Option<super::tour::Tour>,
+    /// Start the tour as soon as the model is scanned (`mwtop --tour`).
+    pub tour_on_start: bool,
     toggled_at: Option<Instant>,
     /// Keypress (toggle) to first new token, of the latest toggle.
     pub first_token_latency: Option<Duration>,
@@ -106,6 +147,8 @@ impl App {
             error: None,
             probe: None,
             detail: None,
+            states: None,
+            shown: Shown::Original,
             view: View::Layers,
             layer: 0,
             dim: 0,
@@ -137,6 +180,8 @@ impl App {
             quit: false,
             dirty: true,
             heatmap_area: None,
+            tour: None,
+            tour_on_start: false,
             toggled_at: None,
             first_token_latency: None,
         }
@@ -191,6 +236,8 @@ impl App {
             max_tokens: self.max_tokens,
             models: self.models,
         });
+        self.states = None;
+        self.request_states();
         (self.submit)(Job::Evaluate {
             attack: attack.clone(),
             models: self.models,
@@ -208,6 +255,24 @@ impl App {
             (true, false) => (self.perplexity.0, None),
             (false, _) => (None, None),
         };
+    }
+
+    /// Asks for both panels' states at the current layer (the heatmap's
+    /// attacked and change pictures); they come with the current epoch.
+    fn request_states(&mut self) {
+        let job = Job::States {
+            attack: self.attack(),
+            models: self.models,
+            layer: self.layer,
+        };
+        (self.submit)(job);
+    }
+
+    /// Asks for the selected layer's tokens x dims states, of the original
+    /// (the scan's model) and of the pair.
+    fn request_layer(&mut self) {
+        (self.submit)(Job::Detail { layer: self.layer });
+        self.request_states();
     }
 
     /// Runs the chosen task on the original (once) and the attacked model.
@@ -348,14 +413,23 @@ impl App {
                     ),
                 };
                 self.probe = Some(*p);
-                (self.submit)(Job::Detail { layer: self.layer });
-                if first {
+                if first && self.tour_on_start {
+                    self.start_tour();
+                } else if first {
+                    (self.submit)(Job::Detail { layer: self.layer });
                     self.rerun();
+                } else {
+                    self.request_layer();
                 }
             }
             Event::Detail(d) => {
                 self.token = self.token.min(d.resid.len().saturating_sub(1));
                 self.detail = Some(*d);
+            }
+            Event::States { epoch, sides } => {
+                if epoch == self.epoch {
+                    self.states = Some(PairStates { sides });
+                }
             }
             Event::Token { epoch, row, text } => {
                 if epoch == self.epoch && row < 2 {
@@ -432,6 +506,9 @@ impl App {
                 KeyCode::Char(c) => self.prompt.push(c),
                 _ => {}
             }
+            return;
+        }
+        if self.tour.is_some() && !self.show_help && self.tour_key(key.code) {
             return;
         }
         if self.show_help {
@@ -535,6 +612,21 @@ impl App {
                     self.status = "space picks d_ff dims: switch to the d_ff view with Tab".into();
                 }
             }
+            Action::Tour => self.start_tour(),
+            Action::Save => {
+                self.status = match self.save_figure(std::path::Path::new(".")) {
+                    Ok(path) => format!("saved {}", path.display()),
+                    Err(e) => format!("not saved: {e}"),
+                };
+            }
+            Action::CycleShown => {
+                self.shown = self.shown.next();
+                self.status = match self.shown {
+                    Shown::Original => "heatmap: the original model (left panel)".into(),
+                    Shown::Attacked => "heatmap: the attacked model (right panel)".into(),
+                    Shown::Change => "heatmap: change, attacked vs original (log ratio)".into(),
+                };
+            }
             Action::NextView | Action::PrevView => {
                 let order = [View::Layers, View::Tokens, View::Ffn];
                 let i = order.iter().position(|v| *v == self.view).unwrap_or(0);
@@ -545,8 +637,141 @@ impl App {
         }
     }
 
+    /// Writes the current view as a PNG figure into `dir` (the original,
+    /// and under an attack the attacked model and the change); returns its path.
+    pub fn save_figure(&self, dir: &std::path::Path) -> Result<std::path::PathBuf, String> {
+        use crate::export::views;
+        let (Some(probe), Some(states), Some(info)) = (&self.probe, &self.states, &self.info)
+        else {
+            return Err("the model's states are not there yet".into());
+        };
+        let view = match self.view {
+            View::Layers => views::View::Layers,
+            View::Tokens => views::View::Tokens,
+            View::Ffn => views::View::Ffn,
+        };
+        if view != views::View::Layers && states.layer() != self.layer {
+            return Err(format!("layer {} is still being read", self.layer));
+        }
+        let attack = self.attack();
+        let label = attack.as_ref().map(crate::display::describe_attack);
+        let sides = [states.sides[0].clone(), states.sides[1].clone()];
+        let shown = if label.is_some() {
+            &sides[..]
+        } else {
+            &sides[..1]
+        };
+        let marks: Vec<usize> = match &attack {
+            Some(a) if a.layer == self.layer => a.dims.iter().take(4).copied().collect(),
+            _ => probe.ranked.iter().take(2).copied().collect(),
+        };
+        let fig = views::heatmaps(
+            view,
+            &info.name,
+            &probe.report,
+            shown,
+            label.as_deref(),
+            &marks,
+        );
+        let png = fig
+            .render(crate::export::figure::Format::Png)
+            .map_err(|e| e.to_string())?;
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let what = match view {
+            views::View::Layers => "layers".to_string(),
+            views::View::Tokens => format!("tokens-L{}", self.layer),
+            views::View::Ffn => format!("dff-L{}", self.layer),
+        };
+        let mode = attack
+            .as_ref()
+            .map_or("original".to_string(), |a| a.mode.to_string());
+        let path = dir.join(format!("mwtop-{}-{what}-{mode}-{secs}.png", info.name));
+        crate::export::write_atomically(&path, &png).map_err(|e| e.to_string())?;
+        Ok(path)
+    }
+
+    /// Starts the guided tour at its first step.
+    pub fn start_tour(&mut self) {
+        let (Some(probe), Some(info)) = (&self.probe, &self.info) else {
+            self.status = "the tour starts once the model is scanned".into();
+            return;
+        };
+        let steps = super::tour::steps(probe, info);
+        self.tour = Some(super::tour::Tour { steps, at: 0 });
+        self.apply_tour_step();
+    }
+
+    /// A key while the tour runs: true when the tour took it.
+    fn tour_key(&mut self, code: KeyCode) -> bool {
+        let Some(tour) = &mut self.tour else {
+            return false;
+        };
+        match code {
+            KeyCode::Char(' ') | KeyCode::Enter | KeyCode::Right | KeyCode::Char('n') => {
+                if tour.at + 1 < tour.steps.len() {
+                    tour.at += 1;
+                    self.apply_tour_step();
+                } else {
+                    self.end_tour();
+                }
+                true
+            }
+            KeyCode::Left | KeyCode::Backspace | KeyCode::Char('p') => {
+                if tour.at > 0 {
+                    tour.at -= 1;
+                    self.apply_tour_step();
+                }
+                true
+            }
+            KeyCode::Esc => {
+                self.end_tour();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn end_tour(&mut self) {
+        self.tour = None;
+        self.status = "tour over: the keys are yours (? lists them)".into();
+    }
+
+    /// Sets the view, the cursor and the attack of the tour's current step.
+    fn apply_tour_step(&mut self) {
+        let Some(step) = self.tour.as_ref().map(|t| t.step().clone()) else {
+            return;
+        };
+        let s = step.setting;
+        self.view = s.view;
+        self.k = s.k;
+        self.custom.clear();
+        self.custom_layer = None;
+        self.target_layer = None;
+        self.layer = s.layer;
+        self.token = 0;
+        if let Some(d) = s.dim {
+            self.dim = d;
+        }
+        if let Some(d) = s.ffn_dim {
+            self.ffn_dim = d;
+        }
+        (self.submit)(Job::Detail { layer: self.layer });
+        self.set_mode(s.mode);
+        self.shown = s.shown;
+        self.status = format!("tour: {}", step.title);
+    }
+
     fn set_mode(&mut self, mode: AttackMode) {
         self.mode = mode;
+        // After a toggle the heatmap shows the attacked model, the
+        // original one key (c) away.
+        self.shown = if mode == AttackMode::Original {
+            Shown::Original
+        } else {
+            Shown::Attacked
+        };
         self.rerun();
     }
 
@@ -564,7 +789,7 @@ impl App {
         let step = |n: usize| {
             self.heatmap_area
                 .and_then(|a| Geometry::new(a, 1, n))
-                .map_or(1, |g| g.cols_per_cell)
+                .map_or(1, |g| g.cols_per_cell())
         };
         let (col, n_cols) = match self.view {
             View::Ffn => (&mut self.ffn_dim, d_ff),
@@ -582,7 +807,7 @@ impl App {
                     } else {
                         (self.layer + 1).min(n_layers - 1)
                     };
-                    (self.submit)(Job::Detail { layer: self.layer });
+                    self.request_layer();
                 } else {
                     self.token = if up {
                         self.token.saturating_sub(1)
@@ -610,7 +835,7 @@ impl App {
                 View::Layers => {
                     self.layer = row;
                     self.dim = col;
-                    (self.submit)(Job::Detail { layer: row });
+                    self.request_layer();
                 }
                 View::Tokens => {
                     self.token = row;

@@ -5,6 +5,7 @@
 pub mod app;
 pub mod heatmap;
 pub mod keys;
+pub mod tour;
 pub mod ui;
 
 use std::time::Duration;
@@ -38,6 +39,7 @@ pub fn run(
     dtype: DType,
     prompt: Option<String>,
     adapters: Vec<std::path::PathBuf>,
+    tour: bool,
 ) -> std::io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -51,6 +53,7 @@ pub fn run(
         dtype,
         prompt,
         adapters,
+        tour,
     ));
     let _ = execute!(std::io::stdout(), DisableMouseCapture);
     ratatui::restore();
@@ -64,6 +67,7 @@ async fn event_loop(
     dtype: DType,
     prompt: Option<String>,
     adapters: Vec<std::path::PathBuf>,
+    tour: bool,
 ) -> std::io::Result<()> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
     let engine = EngineHandle::spawn(move |e| drop(tx.send(e)), EVAL_TEXT.to_string());
@@ -71,6 +75,7 @@ async fn event_loop(
         Box::new(move |job| engine.submit(job)),
         prompt.as_deref().unwrap_or(DEFAULT_PROMPT),
     );
+    app.tour_on_start = tour;
     app.start_with_adapters(spec, device, dtype, adapters);
     let mut input = EventStream::new();
     let mut log_tick = tokio::time::interval(Duration::from_millis(250));

@@ -6,11 +6,12 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Clear, Gauge, Paragraph, Wrap};
 use ratatui::Frame;
 
-use super::app::{App, View};
+use super::app::{App, Shown, View};
 use super::heatmap::{self, Heatmap};
 use super::keys::BINDINGS;
 use crate::analysis::attack::AttackMode;
 use crate::display::format_ppl;
+use crate::engine::{LayerDetail, ProbeStates};
 
 const DIM: Style = Style::new().fg(Color::DarkGray);
 const ACCENT: Style = Style::new().fg(Color::Yellow).add_modifier(Modifier::BOLD);
@@ -64,6 +65,9 @@ pub fn draw(frame: &mut Frame, app: &mut App) {
     }
     draw_prompt(frame, rows[4], app);
     draw_footer(frame, rows[5]);
+    if let Some(t) = &app.tour {
+        draw_tour(frame, rows[3], t);
+    }
     if app.show_help {
         draw_help(frame, area);
     }
@@ -149,10 +153,183 @@ fn median(values: impl Iterator<Item = f32>) -> f32 {
     *v.select_nth_unstable_by(mid, f32::total_cmp).1
 }
 
+/// What the heatmap draws: rows of values, the reference each row is
+/// divided by, the scale, and the axes' labels.
+struct Picture {
+    rows: Vec<Vec<f32>>,
+    reference: Vec<f32>,
+    scale: heatmap::Scale,
+    cursor: (usize, usize),
+    /// One per data row: a layer number or a token's text.
+    row_labels: Vec<String>,
+    /// Columns marked under the axis (the massive dims).
+    marks: Vec<usize>,
+    /// What the columns are.
+    col_name: &'static str,
+}
+
+/// The pair's sides as the heatmap's sources: the left panel's states
+/// (falling back to the scan's, the base model unattacked, while the
+/// pair's are on their way) and the right panel's.
+fn sides(app: &App) -> (Option<&ProbeStates>, Option<&ProbeStates>) {
+    match &app.states {
+        Some(s) => (Some(&s.sides[0]), Some(&s.sides[1])),
+        None => (None, None),
+    }
+}
+
+fn picture(app: &App, shown: Shown) -> Result<Picture, String> {
+    let probe = app.probe.as_ref().ok_or_else(|| app.status.clone())?;
+    let (left, right) = sides(app);
+    let waiting = || "computing the attacked model's states ...".to_string();
+    let massive_dims = || {
+        let mut dims: Vec<usize> = Vec::new();
+        for a in &probe.report.massive_activations {
+            if !dims.contains(&a.dim) && dims.len() < 4 {
+                dims.push(a.dim);
+            }
+        }
+        dims
+    };
+    // (original rows, attacked rows, reference), per view.
+    let (original, attacked, reference, row_labels, marks, col_name, cursor) = match app.view {
+        View::Layers => {
+            let (original, reference) = match left {
+                Some(l) => (&l.resid_max, l.layer_medians.clone()),
+                None => (
+                    &probe.resid_max,
+                    probe.report.layers.iter().map(|l| l.median).collect(),
+                ),
+            };
+            let labels = (0..original.len()).map(|i| i.to_string()).collect();
+            (
+                original,
+                right.map(|r| &r.resid_max),
+                reference,
+                labels,
+                massive_dims(),
+                "dim",
+                (app.layer, app.dim),
+            )
+        }
+        View::Tokens | View::Ffn => {
+            fn pair_detail(s: Option<&ProbeStates>, layer: usize) -> Option<&LayerDetail> {
+                s.map(|s| &s.detail).filter(|d| d.layer == layer)
+            }
+            let left_detail = pair_detail(left, app.layer).or_else(|| {
+                app.detail
+                    .as_ref()
+                    .filter(|d| d.layer == app.layer && app.models[0].is_none())
+            });
+            let Some(ld) = left_detail else {
+                return Err(format!("reading layer {} ...", app.layer));
+            };
+            let rd = pair_detail(right, app.layer);
+            let labels = (0..ld.resid.len())
+                .map(|t| {
+                    probe
+                        .report
+                        .token_texts
+                        .get(t)
+                        .map(|s| sanitize(s).replace('\n', "⏎"))
+                        .unwrap_or_default()
+                })
+                .collect();
+            if app.view == View::Tokens {
+                let m = ld.median;
+                (
+                    &ld.resid,
+                    rd.map(|d| &d.resid),
+                    vec![m; ld.resid.len()],
+                    labels,
+                    massive_dims(),
+                    "dim",
+                    (app.token, app.dim),
+                )
+            } else {
+                let m = median(ld.mlp.iter().flatten().copied());
+                let marks = match app.attack() {
+                    Some(a) if a.layer == app.layer && a.mode != AttackMode::Super => {
+                        a.dims.iter().take(4).copied().collect()
+                    }
+                    _ if app.layer == probe.attack_layer => probe
+                        .ranked
+                        .iter()
+                        .take(app.k.clamp(1, 4))
+                        .copied()
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                (
+                    &ld.mlp,
+                    rd.map(|d| &d.mlp),
+                    vec![m; ld.mlp.len()],
+                    labels,
+                    marks,
+                    "d_ff",
+                    (app.token, app.ffn_dim),
+                )
+            }
+        }
+    };
+    let (rows, reference, scale) = match shown {
+        Shown::Original => (original.clone(), reference, heatmap::Scale::Magnitude),
+        Shown::Attacked => (
+            attacked.ok_or_else(waiting)?.clone(),
+            reference,
+            heatmap::Scale::Magnitude,
+        ),
+        Shown::Change => {
+            let attacked = attacked.ok_or_else(waiting)?;
+            let rows = original
+                .iter()
+                .zip(attacked)
+                .zip(&reference)
+                .map(|((o, a), &m)| {
+                    o.iter()
+                        .zip(a)
+                        .map(|(&o, &a)| heatmap::log_change(a, o, 1e-3 * m))
+                        .collect()
+                })
+                .collect();
+            let ones = vec![1.0; original.len()];
+            (rows, ones, heatmap::Scale::Change)
+        }
+    };
+    Ok(Picture {
+        rows,
+        reference,
+        scale,
+        cursor,
+        row_labels,
+        marks,
+        col_name,
+    })
+}
+
+/// The heatmap's title: the view and what it shows of the pair.
+fn heatmap_title(app: &App) -> String {
+    let view = match app.view {
+        View::Layers => "layers x dims, max |x| over tokens".to_string(),
+        View::Tokens => format!("layer {}: tokens x dims", app.layer),
+        View::Ffn => format!("layer {}: tokens x d_ff", app.layer),
+    };
+    let same = app.models[0] == app.models[1];
+    let shown = match (app.shown, same) {
+        (Shown::Original, true) => "original".to_string(),
+        (Shown::Attacked, true) => "attacked".to_string(),
+        (Shown::Change, true) => "attacked vs original".to_string(),
+        (Shown::Original, false) => app.model_name(0),
+        (Shown::Attacked, false) => app.model_name(1),
+        (Shown::Change, false) => format!("{} vs {}", app.model_name(1), app.model_name(0)),
+    };
+    format!(" {view} · {shown} ")
+}
+
 fn draw_heatmap(frame: &mut Frame, area: Rect, app: &mut App) {
     let block = Block::default()
         .borders(Borders::ALL)
-        .title(format!(" {} ", app.view.title()));
+        .title(heatmap_title(app));
     let inner = block.inner(area);
     frame.render_widget(block, area);
     app.heatmap_area = Some(inner);
@@ -170,55 +347,140 @@ fn draw_heatmap(frame: &mut Frame, area: Rect, app: &mut App) {
         );
         return;
     }
-    let Some(probe) = &app.probe else {
-        frame.render_widget(Paragraph::new(app.status.clone()).style(DIM), inner);
+    let pic = match picture(app, app.shown) {
+        Ok(p) => p,
+        Err(message) => {
+            frame.render_widget(Paragraph::new(message).style(DIM), inner);
+            return;
+        }
+    };
+    // The left gutter holds the row labels; the last two lines the dim
+    // axis and the colour bar (dropped when the panel is too small).
+    let axes = inner.height >= 5 && inner.width >= 24;
+    let label_width = pic
+        .row_labels
+        .iter()
+        .map(|l| l.chars().count())
+        .max()
+        .unwrap_or(0)
+        .clamp(pic.col_name.len(), 8) as u16;
+    let gutter = if axes { label_width + 1 } else { 0 };
+    let plot = Rect {
+        x: inner.x + gutter,
+        width: inner.width - gutter,
+        height: if axes { inner.height - 2 } else { inner.height },
+        ..inner
+    };
+    app.heatmap_area = Some(plot);
+    frame.render_widget(
+        Heatmap {
+            rows: &pic.rows,
+            reference: &pic.reference,
+            cursor: Some(pic.cursor),
+            scale: pic.scale,
+        },
+        plot,
+    );
+    if !axes {
+        return;
+    }
+    let Some(g) = heatmap::Geometry::new(plot, pic.rows.len(), pic.rows[0].len()) else {
         return;
     };
-    match app.view {
-        View::Layers => {
-            let reference: Vec<f32> = probe.report.layers.iter().map(|l| l.median).collect();
-            frame.render_widget(
-                Heatmap {
-                    rows: &probe.resid_max,
-                    reference: &reference,
-                    cursor: Some((app.layer, app.dim)),
-                },
-                inner,
-            );
+    let massive_layer = app.probe.as_ref().and_then(|p| p.report.massive_layer);
+    let buf = frame.buffer_mut();
+    // Row labels: each line names the first row of its upper pixel, once.
+    let mut last = None;
+    for y in 0..plot.height {
+        let row = g.rows_of(2 * y as usize).start;
+        if last == Some(row) {
+            continue;
         }
-        View::Tokens | View::Ffn => {
-            let Some(d) = app.detail.as_ref().filter(|d| d.layer == app.layer) else {
-                frame.render_widget(
-                    Paragraph::new(format!("reading layer {} ...", app.layer)).style(DIM),
-                    inner,
-                );
-                return;
-            };
-            let (rows, col) = if app.view == View::Tokens {
-                (&d.resid, app.dim)
-            } else {
-                (&d.mlp, app.ffn_dim)
-            };
-            let m = if app.view == View::Tokens {
-                d.median
-            } else {
-                median(rows.iter().flatten().copied())
-            };
-            let reference = vec![m; rows.len()];
-            frame.render_widget(
-                Heatmap {
-                    rows,
-                    reference: &reference,
-                    cursor: Some((app.token, col)),
-                },
-                inner,
-            );
+        last = Some(row);
+        let mut style = DIM;
+        if app.view == View::Layers && Some(row) == massive_layer {
+            style = ACCENT;
+        }
+        if row == pic.cursor.0 {
+            style = style.fg(Color::White).add_modifier(Modifier::BOLD);
+        }
+        let text: String = pic.row_labels[row]
+            .chars()
+            .take(label_width as usize)
+            .collect();
+        let pad = label_width as usize - text.chars().count();
+        buf.set_string(
+            inner.x,
+            plot.y + y,
+            format!("{}{text}", " ".repeat(pad)),
+            style,
+        );
+    }
+    // The dim axis: 0, the massive dims marked, the last dim.
+    let axis_y = plot.y + plot.height;
+    let n_cols = pic.rows[0].len();
+    buf.set_string(
+        inner.x,
+        axis_y,
+        format!("{:>w$}", pic.col_name, w = label_width as usize),
+        DIM,
+    );
+    // The massive dims first (they matter most), then 0 and the last dim
+    // where there is room.
+    let mut taken = vec![false; plot.width as usize];
+    for &dim in &pic.marks {
+        let cell = g.cell_of(dim);
+        let label = format!("▲{dim}");
+        let width = label.chars().count();
+        let fits =
+            cell + width <= plot.width as usize && !taken[cell..cell + width].iter().any(|&t| t);
+        let text = if fits { label } else { "▲".to_string() };
+        if taken[cell] {
+            continue;
+        }
+        for t in taken.iter_mut().skip(cell).take(text.chars().count()) {
+            *t = true;
+        }
+        buf.set_string(plot.x + cell as u16, axis_y, text, ACCENT);
+    }
+    let last_label = (n_cols - 1).to_string();
+    let end = plot.width as usize;
+    for (x, label) in [
+        (0, "0".to_string()),
+        (end.saturating_sub(last_label.len()), last_label),
+    ] {
+        let free = x + label.len() <= end
+            && !taken[x..x + label.len()].iter().any(|&t| t)
+            && (x == 0 || !taken[x - 1]);
+        if free {
+            buf.set_string(plot.x + x as u16, axis_y, &label, DIM);
         }
     }
+    frame.render_widget(
+        heatmap::ColourBar { scale: pic.scale },
+        Rect {
+            x: plot.x,
+            y: axis_y + 1,
+            width: plot.width,
+            height: 1,
+        },
+    );
 }
 
 fn draw_readout(frame: &mut Frame, area: Rect, app: &App) {
     let Some(probe) = &app.probe else { return };
+    let Ok(original) = picture(app, Shown::Original) else {
+        return;
+    };
+    let (row, col) = original.cursor;
+    let at = |p: &Picture| p.rows.get(row).and_then(|r| r.get(col)).copied();
+    let v = at(&original).unwrap_or(0.0);
+    let m = original
+        .reference
+        .get(row)
+        .copied()
+        .unwrap_or(1.0)
+        .max(1e-12);
     let token_text = |t: usize| {
         probe
             .report
@@ -227,60 +489,38 @@ fn draw_readout(frame: &mut Frame, area: Rect, app: &App) {
             .map(|s| format!("{:?}", sanitize(s)))
             .unwrap_or_default()
     };
-    let text = match app.view {
-        View::Layers => {
-            let v = probe
-                .resid_max
-                .get(app.layer)
-                .and_then(|r| r.get(app.dim))
-                .copied()
-                .unwrap_or(0.0);
-            let m = probe.report.layers.get(app.layer).map_or(1.0, |l| l.median);
-            let at = probe
-                .report
-                .layers
-                .get(app.layer)
-                .and_then(|l| l.top.iter().find(|a| a.dim == app.dim));
-            let tok = at
-                .map(|a| format!(" at token {} {}", a.position, token_text(a.position)))
-                .unwrap_or_default();
-            format!(
-                " layer {} · dim {} · max |x| {:.2} · {:.0}x median{tok}",
-                app.layer,
-                app.dim,
-                v,
-                v.abs() / m.max(1e-12)
-            )
-        }
-        View::Tokens | View::Ffn => match app.detail.as_ref().filter(|d| d.layer == app.layer) {
-            None => String::new(),
-            Some(d) => {
-                let (rows, col, what) = if app.view == View::Tokens {
-                    (&d.resid, app.dim, "dim")
-                } else {
-                    (&d.mlp, app.ffn_dim, "d_ff dim")
-                };
-                let v = rows
-                    .get(app.token)
-                    .and_then(|r| r.get(col))
-                    .copied()
-                    .unwrap_or(0.0);
-                let picked = if app.view == View::Ffn && app.custom.contains(&col) {
-                    " · picked"
-                } else {
-                    ""
-                };
-                format!(
-                    " layer {} · token {} {} · {what} {col} · x = {:.3} · {:.0}x median{picked}",
-                    app.layer,
-                    app.token,
-                    token_text(app.token),
-                    v,
-                    v.abs() / d.median.max(1e-12)
-                )
-            }
-        },
+    let place = match app.view {
+        View::Layers => format!(" layer {row} · dim {col} · max |x|"),
+        View::Tokens => format!(
+            " L{} · token {row} {} · dim {col} ·",
+            app.layer,
+            token_text(row)
+        ),
+        View::Ffn => format!(
+            " L{} · token {row} {} · d_ff dim {col} ·",
+            app.layer,
+            token_text(row)
+        ),
     };
+    // Beside the original's value: the attacked one when the heatmap shows
+    // the pair, else where the maximum sits (or whether the dim is picked).
+    let attacked = (app.shown != Shown::Original)
+        .then(|| picture(app, Shown::Attacked).ok())
+        .flatten()
+        .and_then(|p| at(&p));
+    let extra = match (attacked, app.view) {
+        (Some(a), _) => format!(" → attacked {a:.2} ({:.0}x)", a.abs() / m),
+        (None, View::Layers) => probe
+            .report
+            .layers
+            .get(row)
+            .and_then(|l| l.top.iter().find(|a| a.dim == col))
+            .map(|a| format!(" at token {} {}", a.position, token_text(a.position)))
+            .unwrap_or_default(),
+        (None, View::Ffn) if app.custom.contains(&col) => " · picked".into(),
+        (None, _) => String::new(),
+    };
+    let text = format!("{place} {v:.2} · {:.0}x median{extra}", v.abs() / m);
     frame.render_widget(
         Paragraph::new(text).style(Style::new().fg(Color::White)),
         area,
@@ -460,12 +700,80 @@ fn draw_prompt(frame: &mut Frame, area: Rect, app: &App) {
 }
 
 fn draw_footer(frame: &mut Frame, area: Rect) {
+    // As many hints as fit, in the table's order; help and quit always show.
+    let hints: Vec<(&str, &str)> = BINDINGS
+        .iter()
+        .filter(|b| !b.hint.is_empty())
+        .map(|b| (b.label, b.hint))
+        .collect();
+    let width = |(l, h): &(&str, &str)| l.chars().count() + h.chars().count() + 2;
+    let kept = |(l, _): &(&str, &str)| *l == "?" || *l == "q";
+    let mut room = (area.width as usize)
+        .saturating_sub(hints.iter().filter(|h| kept(h)).map(width).sum::<usize>());
     let mut spans = Vec::new();
-    for b in BINDINGS.iter().filter(|b| !b.hint.is_empty()) {
-        spans.push(Span::styled(format!(" {}", b.label), ACCENT));
-        spans.push(Span::styled(format!(" {}", b.hint), DIM));
+    let mut full = false;
+    for hint in &hints {
+        if !kept(hint) {
+            if full || width(hint) > room {
+                full = true;
+                continue;
+            }
+            room -= width(hint);
+        }
+        spans.push(Span::styled(format!(" {}", hint.0), ACCENT));
+        spans.push(Span::styled(format!(" {}", hint.1), DIM));
     }
     frame.render_widget(Paragraph::new(Line::from(spans)), area);
+}
+
+/// The tour's caption, over the bottom of the generation panels: their
+/// titles (the attack and the perplexities) stay visible above it.
+fn draw_tour(frame: &mut Frame, area: Rect, tour: &super::tour::Tour) {
+    let step = tour.step();
+    let width = area.width.saturating_sub(2).max(1) as usize;
+    let lines = textwrap_lines(&step.caption, width);
+    let h = (lines.len() as u16 + 2).min(area.height.saturating_sub(1));
+    let rect = Rect {
+        y: area.y + area.height - h,
+        height: h,
+        ..area
+    };
+    let title = format!(
+        " tour {}/{}: {} · space next · ← back · Esc ends ",
+        tour.at + 1,
+        tour.steps.len(),
+        step.title
+    );
+    frame.render_widget(Clear, rect);
+    frame.render_widget(
+        Paragraph::new(lines.into_iter().map(Line::raw).collect::<Vec<_>>()).block(
+            Block::default()
+                .borders(Borders::ALL)
+                .border_style(Style::new().fg(Color::Yellow))
+                .title(Span::styled(title, ACCENT)),
+        ),
+        rect,
+    );
+}
+
+/// Greedy word wrap to `width` columns.
+fn textwrap_lines(text: &str, width: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        let need = line.chars().count() + usize::from(!line.is_empty()) + word.chars().count();
+        if !line.is_empty() && need > width {
+            lines.push(std::mem::take(&mut line));
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    if !line.is_empty() {
+        lines.push(line);
+    }
+    lines
 }
 
 fn draw_help(frame: &mut Frame, area: Rect) {
