@@ -238,3 +238,27 @@ fn a_figure_name_without_png_or_svg_is_refused_before_loading() {
     ]);
     common::assert_one_line_error(&out, &["fig.jpg", ".png or .svg"]);
 }
+
+/// A model without massive activations still gets its report: it says so
+/// and attacks the fallback layer.
+#[test]
+fn a_model_without_massive_activations_gets_a_report_that_says_so() {
+    let dir = common::tempdir();
+    let path = dir.path().join("plain");
+    Spec::default()
+        .write_hf_dir(&path, safetensors::Dtype::F32)
+        .unwrap();
+    let out = dir.path().join("plain.html");
+    let run = common::mwtop(&[
+        "report",
+        common::path_str(&path),
+        "--out",
+        common::path_str(&out),
+        "--max-tokens",
+        "4",
+    ]);
+    assert!(run.status.success(), "{}", common::stderr(&run));
+    let html = std::fs::read_to_string(&out).unwrap();
+    assert!(html.contains("No massive activation"), "the report says so");
+    assert_eq!(html.matches("<svg").count(), 3);
+}

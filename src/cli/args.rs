@@ -124,6 +124,20 @@ impl AttackArgs {
         Ok(t.require_massive(&self.probe, th)?)
     }
 
+    /// The target as `--layer`/`--dims` and the scan give it, the fallback
+    /// layer included (for reports, which say so, rather than refuse).
+    pub fn any_target(&self, model: &Model, tok: &tokenizers::Tokenizer) -> Result<Target> {
+        let th = self.thresholds.get();
+        Ok(target::resolve_target(
+            model,
+            tok,
+            &self.probe,
+            th,
+            self.layer,
+            self.dims.clone(),
+        )?)
+    }
+
     /// The target and the attack, or None for the original model when no
     /// target is `needed`.
     pub fn resolve(

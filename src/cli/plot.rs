@@ -126,16 +126,15 @@ pub fn eval_tokens(
     Ok(ids)
 }
 
-/// Every attack of the sweep on the scan's target, with its perplexity.
+/// Every attack of the sweep on `target`, with its perplexity.
 pub fn run_sweep(
     model: &Model,
-    tok: &tokenizers::Tokenizer,
+    target: &target::Target,
     attack: &AttackArgs,
     ids: &[u32],
     seed: u64,
 ) -> Result<(usize, Vec<SweepRun>)> {
-    let target = attack.target(model, tok)?;
-    let attacks: Vec<Attack> = sweep::sweep_attacks(&target, model.config().d_ff, seed)
+    let attacks: Vec<Attack> = sweep::sweep_attacks(target, model.config().d_ff, seed)
         .into_iter()
         .map(|a| a.with_edits(attack.edits()))
         .collect();
@@ -168,7 +167,8 @@ impl PlotArgs {
         let bytes = match self.what {
             What::Sweep => {
                 let ids = eval_tokens(&ckpt, &tok, self.text.as_deref())?;
-                let (layer, runs) = run_sweep(&model, &tok, &self.attack, &ids, self.seed)?;
+                let target = self.attack.target(&model, &tok)?;
+                let (layer, runs) = run_sweep(&model, &target, &self.attack, &ids, self.seed)?;
                 views::sweep_chart(&name, &runs, layer).render(format)?
             }
             what => {

@@ -104,12 +104,17 @@ impl ReportArgs {
         });
 
         let (probe, scan) = scan_probe(&model, &tok, &self.attack)?;
-        let (layer, source) = target::attack_layer(&scan);
-        let resolved = self.attack.resolve(&model, &tok, self.seed, true)?;
-        let attack = match resolved {
-            Some((_, a)) if a.mode != AttackMode::Original => a,
-            Some((t, _)) => Attack::new(AttackMode::Zero, t.layer, &t.ranked, 2, c.d_ff, 0),
-            None => unreachable!("resolve with needed = true returns the target"),
+        let (_, source) = target::attack_layer(&scan);
+        // The attack asked for; by default zero k=2 on the target, which a
+        // model without massive activations gets from the fallback layer.
+        let target = self.attack.any_target(&model, &tok)?;
+        let attack = if self.attack.mode() == AttackMode::Original {
+            Attack::new(AttackMode::Zero, target.layer, &target.ranked, 2, c.d_ff, 0)
+        } else {
+            match self.attack.resolve(&model, &tok, self.seed, true)? {
+                Some((_, a)) => a,
+                None => unreachable!("resolve with needed = true returns the attack"),
+            }
         };
         let label = describe_attack(&attack);
         let st = states(&model, &probe, Some(&attack), attack.layer)?;
@@ -124,10 +129,11 @@ impl ReportArgs {
                 scan.thresholds.min_abs
             ),
             None => format!(
-                "No massive activation for the probe {:?} at {}x the median and {} ({source:?}): the attacks use layer {layer}.",
+                "No massive activation for the probe {:?} at {}x the median and {} ({source:?}): the attacks use layer {}.",
                 self.attack.probe(),
                 scan.thresholds.min_ratio,
-                scan.thresholds.min_abs
+                scan.thresholds.min_abs,
+                attack.layer
             ),
         })];
         let mut acts = Table {
@@ -210,7 +216,7 @@ impl ReportArgs {
         });
 
         let ids = eval_tokens(&ckpt, &tok, self.text.as_deref())?;
-        let (sweep_layer, runs) = run_sweep(&model, &tok, &self.attack, &ids, self.seed)?;
+        let (sweep_layer, runs) = run_sweep(&model, &target, &self.attack, &ids, self.seed)?;
         let ppl = |mode: AttackMode, k: usize| {
             runs.iter()
                 .find(|r| r.mode == mode && (r.k == k || mode == AttackMode::Original))
