@@ -117,6 +117,19 @@ impl Report for CheckReport {
     }
 }
 
+/// The questions of each named task (fetching the task data once), or
+/// none when no task is named.
+pub fn named_tasks(names: Option<&[String]>) -> Result<Vec<(String, Vec<tasks::Question>)>> {
+    let Some(names) = names else {
+        return Ok(Vec::new());
+    };
+    let wheel = tasks::ensure_data()?;
+    names
+        .iter()
+        .map(|n| Ok((n.clone(), tasks::load_task(&wheel, n)?)))
+        .collect()
+}
+
 impl CheckArgs {
     pub fn run(self, global: Option<String>) -> Result<()> {
         if !(self.max_ratio.is_finite() && self.max_ratio >= 1.0) {
@@ -140,16 +153,7 @@ impl CheckArgs {
             Some(p) => std::fs::read_to_string(p).wrap_err_with(|| p.display().to_string())?,
             None => EVAL_TEXT.to_string(),
         };
-        let named = match &self.tasks {
-            Some(names) => {
-                let wheel = tasks::ensure_data()?;
-                names
-                    .iter()
-                    .map(|n| Ok((n.clone(), tasks::load_task(&wheel, n)?)))
-                    .collect::<Result<Vec<_>>>()?
-            }
-            None => Vec::new(),
-        };
+        let named = named_tasks(self.tasks.as_deref())?;
         let model = self.run.load(&ckpt)?;
         let th = self.thresholds.get();
         let t = target::resolve_target(&model, &tok, &self.probe, th, None, None)?;

@@ -9,12 +9,11 @@ use serde::Serialize;
 
 use mwtop::analysis::attack::{Attack, AttackMode};
 use mwtop::analysis::perplexity::{perplexity, Perplexity, Window};
-use mwtop::analysis::sweep::{self, SweepRun, SWEEP_KS, SWEEP_MODES};
+use mwtop::analysis::sweep::{SweepRun, SWEEP_KS, SWEEP_MODES};
 use mwtop::display::{describe_attack, format_ppl};
 use mwtop::model::intervention::Interventions;
 
 use super::args::{AttackArgs, RunArgs};
-use super::progress::Counter;
 use super::Report;
 
 #[derive(clap::Args)]
@@ -136,34 +135,15 @@ impl EvalArgs {
         }
         if self.sweep {
             let target = self.attack.target(&model, &tok)?;
-            let attacks: Vec<Attack> =
-                sweep::sweep_attacks(&target, model.config().d_ff, self.seed)
-                    .into_iter()
-                    .map(|a| a.with_edits(self.attack.edits()))
-                    .collect();
             let t0 = std::time::Instant::now();
-            let mut counter = Counter::new(true);
-            let ppl = sweep::run_attacks(&model, &ids, &attacks, window, |done, total| {
-                counter.show(&format!("perplexity runs {done}/{total}"));
-            })?;
-            counter.finish(None);
-            if let Some((a, p)) = attacks
-                .iter()
-                .zip(&ppl)
-                .find(|(_, p)| !p.perplexity.is_finite())
-            {
-                bail!(
-                    "perplexity is {} under {}: the model computes non-finite numbers",
-                    p.perplexity,
-                    describe_attack(a)
-                );
-            }
+            let (_, runs) =
+                super::plot::run_sweep(&model, &target, &self.attack, &ids, window, self.seed)?;
             let report = SweepReport {
                 layer: target.layer,
                 ranked_dims: target.ranked.iter().take(32).copied().collect(),
                 tokens: ids.len(),
                 seconds: t0.elapsed().as_secs_f64(),
-                runs: sweep::sweep_runs(&attacks, &ppl),
+                runs,
                 text_name: self.text.display().to_string(),
                 bos: self.bos,
             };

