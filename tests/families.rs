@@ -117,6 +117,33 @@ fn check_family(family: &str, path: &Path) {
         &f64s(&r["logprobs_plain"]),
         1e-4,
     );
+    // Attention in tiles of one query (masks built on the device per tile)
+    // and log-probabilities a chunk of positions at a time: the same numbers.
+    let mut tiled = load(path);
+    tiled.set_attention_budget(1);
+    let chunked = tiled
+        .forward(
+            &[bos_ids.clone()],
+            None,
+            &RunOptions {
+                logits: mwtop::model::LogitsMode::NextToken,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .logits
+        .unwrap()
+        .get(0)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert_close(
+        family,
+        "log-probs in attention tiles",
+        &chunked,
+        &f64s(&r["logprobs_bos"]),
+        1e-4,
+    );
     for (point, key) in [
         (HookPoint::ResidPost, "resid_max"),
         (HookPoint::MlpPost, "dff_max"),

@@ -102,16 +102,16 @@ pub fn perplexity_cancellable(
         let batch: Vec<Vec<u32>> = vec![chunk.to_vec(); b];
         let opts = RunOptions {
             interventions: rows.to_vec(),
-            logits: LogitsMode::All,
+            logits: LogitsMode::NextToken,
             cancel: cancel.clone(),
             ..Default::default()
         };
-        let logits = model
+        let scores = model
             .forward(&batch, None, &opts)?
             .logits
-            .expect("all logits were asked for");
-        for (r, total) in nll.iter_mut().enumerate() {
-            let lp = Model::next_token_logprobs(&logits.get(r)?, chunk)?;
+            .expect("next-token log-probabilities were asked for")
+            .to_vec2::<f32>()?;
+        for (r, (lp, total)) in scores.iter().zip(nll.iter_mut()).enumerate() {
             // lp[i] scores token begin + i + 1.
             for (i, v) in lp.iter().enumerate() {
                 if begin + i + 1 >= scored_upto {

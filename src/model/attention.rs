@@ -134,7 +134,7 @@ impl Model {
         block: &Block,
         h: &Tensor,
         start: usize,
-        mask: Option<&Tensor>,
+        masking: Masking<'_>,
         cache: Option<&mut LayerKv>,
         plan: &Plan,
     ) -> Result<Tensor> {
@@ -148,9 +148,137 @@ impl Model {
             Some(cache) => cache.append(&k, &v, start)?,
             None => (k, v),
         };
-        let y = self.attend_grouped(&q, &k, &v, mask, diff)?;
+        let y = match masking {
+            Masking::Whole(mask) => self.attend_grouped(&q, &k, &v, mask, diff)?,
+            Masking::Tiled { rows, pads } => {
+                let window = self.config.attention.window(layer);
+                self.attend_tiled(&q, &k, &v, start, rows, window, pads, diff)?
+            }
+        };
         plan.linear(&block.o, &y)
     }
+
+    /// [`Self::attend_grouped`] over tiles of `rows` queries: each tile sees
+    /// only the keys its causal (and sliding) window reaches, with a mask
+    /// built for it alone, so memory grows with the window, not its square.
+    /// Every query's softmax still spans all its keys at once: the result is
+    /// the untiled one, not an online-softmax approximation.
+    #[allow(clippy::too_many_arguments)]
+    fn attend_tiled(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        start: usize,
+        rows: usize,
+        window: Option<usize>,
+        pads: Option<&[usize]>,
+        differentiable: bool,
+    ) -> Result<Tensor> {
+        let t = q.dim(2)?;
+        let mut parts = Vec::with_capacity(t.div_ceil(rows));
+        let mut a = 0;
+        while a < t {
+            let n = rows.min(t - a);
+            let first = start + a;
+            let k_end = first + n;
+            let k_start = window.map_or(0, |w| (first + 1).saturating_sub(w));
+            let mask = tile_mask(
+                first,
+                n,
+                k_start..k_end,
+                window,
+                pads,
+                self.dtype,
+                &self.device,
+            )?;
+            let keys = k_end - k_start;
+            parts.push(self.attend_grouped(
+                &q.narrow(2, a, n)?.contiguous()?,
+                &k.narrow(2, k_start, keys)?,
+                &v.narrow(2, k_start, keys)?,
+                Some(&mask),
+                differentiable,
+            )?);
+            a += n;
+        }
+        Ok(Tensor::cat(&parts, 1)?)
+    }
+}
+
+/// How the queries of one forward get their mask.
+#[derive(Clone, Copy)]
+pub(super) enum Masking<'a> {
+    /// One mask for every query (None: all keys visible).
+    Whole(Option<&'a Tensor>),
+    /// Queries in tiles of `rows`, each tile's mask built on the device
+    /// when it is needed (see [`tile_mask`]), with these left paddings.
+    Tiled {
+        rows: usize,
+        pads: Option<&'a [usize]>,
+    },
+}
+
+/// How many queries one attention tile holds so its scores (and their
+/// softmax) stay within `budget` bytes; None when all `t` fit at once.
+pub(super) fn tile_rows(
+    batch: usize,
+    heads: usize,
+    t: usize,
+    keys: usize,
+    dtype: DType,
+    budget: usize,
+) -> Option<usize> {
+    // scores and probabilities both exist during the softmax.
+    let per_query = 2 * batch * heads * keys * dtype.size_in_bytes();
+    let rows = (budget / per_query.max(1)).max(1);
+    (rows < t).then_some(rows)
+}
+
+/// The mask [`causal_mask`] gives queries at absolute positions
+/// `first..first + n` over the keys `keys`, computed on the device from
+/// position comparisons: the host-built mask of a long window would itself
+/// take t² memory. (n, keys) without padding, (rows, 1, 1, n, keys) with.
+pub(super) fn tile_mask(
+    first: usize,
+    n: usize,
+    keys: std::ops::Range<usize>,
+    window: Option<usize>,
+    pads: Option<&[usize]>,
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
+    let pos = |from: i64, len: usize| Tensor::arange(from, from + len as i64, device);
+    let q = pos(first as i64, n)?.reshape((n, 1))?;
+    let k = pos(keys.start as i64, keys.len())?.reshape((1, keys.len()))?;
+    // Keys after the query are hidden; with a window, so are keys w or more
+    // positions back (j <= p - w).
+    let mut hidden = k.broadcast_gt(&q)?;
+    if let Some(w) = window {
+        let reach = pos(first as i64 - w as i64, n)?.reshape((n, 1))?;
+        hidden = hidden.maximum(&k.broadcast_le(&reach)?)?;
+    }
+    let pads = pads.filter(|p| p.iter().any(|&n| n > 0));
+    if let Some(pads) = pads {
+        // Row r also hides its padding keys j < pads[r], except from the
+        // padding query itself.
+        let rows = pads.len();
+        let pad = Tensor::from_vec(
+            pads.iter().map(|&p| p as i64).collect::<Vec<_>>(),
+            (rows, 1, 1),
+            device,
+        )?;
+        let padding = k.broadcast_lt(&pad)?; // (rows, 1, keys)
+        let not_own = k.broadcast_ne(&q)?; // (n, keys)
+        hidden = padding
+            .broadcast_mul(&not_own)?
+            .broadcast_maximum(&hidden)?
+            .reshape((rows, 1, 1, n, keys.len()))?;
+    }
+    let shape = hidden.shape().clone();
+    let blocked = Tensor::full(f32::NEG_INFINITY, &shape, device)?.to_dtype(dtype)?;
+    let open = Tensor::zeros(&shape, dtype, device)?;
+    Ok(hidden.where_cond(&blocked, &open)?)
 }
 
 /// (t, start + t) additive mask: query i (absolute p = start + i) sees keys
@@ -194,4 +322,67 @@ pub(super) fn causal_mask(
         }
     };
     Ok(Some(mask.to_dtype(dtype)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every tile's device-built mask is the matching block of the host-built
+    /// whole mask, with and without a window and padding.
+    #[test]
+    fn tile_masks_are_blocks_of_the_whole_mask() {
+        let dev = Device::Cpu;
+        let (t, start) = (11, 3);
+        for window in [None, Some(4), Some(1)] {
+            for pads in [None, Some(vec![0, 5])] {
+                let whole = causal_mask(t, start, window, pads.as_deref(), DType::F32, &dev)
+                    .unwrap()
+                    .unwrap();
+                for rows in [1, 3, 11] {
+                    let mut a = 0;
+                    while a < t {
+                        let n = rows.min(t - a);
+                        let first = start + a;
+                        let keys = window.map_or(0, |w| (first + 1).saturating_sub(w))..first + n;
+                        let tile = tile_mask(
+                            first,
+                            n,
+                            keys.clone(),
+                            window,
+                            pads.as_deref(),
+                            DType::F32,
+                            &dev,
+                        )
+                        .unwrap();
+                        let (qd, kd) = (whole.rank() - 2, whole.rank() - 1);
+                        let want = whole
+                            .narrow(qd, a, n)
+                            .unwrap()
+                            .narrow(kd, keys.start, keys.len())
+                            .unwrap();
+                        let (w, g) = (
+                            want.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                            tile.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                        );
+                        assert_eq!(w, g, "window {window:?} pads {pads:?} rows {rows} at {a}");
+                        // The keys left out are hidden from every query of the tile.
+                        if keys.start > 0 {
+                            let before = whole
+                                .narrow(qd, a, n)
+                                .unwrap()
+                                .narrow(kd, 0, keys.start)
+                                .unwrap()
+                                .flatten_all()
+                                .unwrap()
+                                .to_vec1::<f32>()
+                                .unwrap();
+                            assert!(before.iter().all(|v| *v == f32::NEG_INFINITY));
+                        }
+                        a += n;
+                    }
+                }
+            }
+        }
+    }
 }

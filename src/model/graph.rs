@@ -90,6 +90,7 @@ impl Model {
         #[cfg(not(test))]
         let forced = false;
         t == 1
+            && opts.logits != LogitsMode::NextToken
             && (forced || (self.device.is_cuda() && self.decode_graphs))
             && !cache.graph_failed
             && !plan.has_weight_edits()

@@ -29,7 +29,7 @@ mod weights;
 use candle_core::{DType, Device, Tensor, D};
 
 use crate::checkpoint::{CheckpointError, ModelConfig};
-use attention::causal_mask;
+use attention::{causal_mask, Masking};
 use capture::Captures;
 use hooks::{CaptureRequest, Captured};
 use intervention::Interventions;
@@ -69,6 +69,11 @@ pub enum LogitsMode {
     /// (n, vocab): only the positions [`RunOptions::selected`] lists (a
     /// training loss needs the response's positions, not the prompt's).
     Selected,
+    /// (batch, tokens - 1) log-probabilities: entry p of row r is
+    /// log P(tokens[r][p + 1] | tokens[r][..=p]), computed a chunk of
+    /// positions at a time so the (tokens, vocab) logits of a long window
+    /// never exist at once (perplexity).
+    NextToken,
 }
 
 /// What one forward does besides computing logits.
@@ -164,7 +169,17 @@ pub struct Model {
     weights_version: u64,
     /// One-token steps on a CUDA device replay a recorded graph.
     decode_graphs: bool,
+    /// Bytes the attention scores of one forward may take before queries
+    /// are processed in tiles (see [`attention::tile_rows`]).
+    attention_budget: usize,
 }
+
+/// Default for [`Model::set_attention_budget`]: tiles start where a single
+/// score matrix would pass 64 MiB (a 2048-token window of a small model).
+pub const ATTENTION_BUDGET_DEFAULT: usize = 64 << 20;
+
+/// Bytes of logits one chunk of [`LogitsMode::NextToken`] holds.
+const NEXT_TOKEN_CHUNK_BYTES: usize = 64 << 20;
 
 impl Model {
     /// The norm on layer `i`'s MLP output, as the multiplier it applies;
@@ -198,6 +213,13 @@ impl Model {
     /// recorded CUDA graph (default) or launch their kernels one by one.
     pub fn set_decode_graphs(&mut self, on: bool) {
         self.decode_graphs = on;
+    }
+
+    /// Bytes the attention scores (and their softmax) of one forward may
+    /// take before the queries are processed in tiles. Tiling changes
+    /// memory, not results: each query still sees all its keys at once.
+    pub fn set_attention_budget(&mut self, bytes: usize) {
+        self.attention_budget = bytes.max(1);
     }
 
     /// The longest sequence the position tables cover.
@@ -283,12 +305,27 @@ impl Model {
         x = plan.edit_embedding(self, x, &flat, b, t)?;
         let layout = &self.config.attention;
         let pads = opts.key_padding.as_deref();
-        let full_mask = causal_mask(t, start, None, pads, self.dtype, &self.device)?;
-        let sliding_mask = match layout.sliding_window {
-            Some(w) if (0..self.config.n_layers).any(|i| layout.window(i).is_some()) => {
-                causal_mask(t, start, Some(w), pads, self.dtype, &self.device)?
-            }
-            _ => None,
+        // Long runs attend in tiles of queries, each with its own mask; short
+        // ones build each mask once for every layer.
+        let tiles = attention::tile_rows(
+            b,
+            self.config.n_heads,
+            t,
+            start + t,
+            self.dtype,
+            self.attention_budget,
+        );
+        let (full_mask, sliding_mask) = match tiles {
+            Some(_) => (None, None),
+            None => (
+                causal_mask(t, start, None, pads, self.dtype, &self.device)?,
+                match layout.sliding_window {
+                    Some(w) if (0..self.config.n_layers).any(|i| layout.window(i).is_some()) => {
+                        causal_mask(t, start, Some(w), pads, self.dtype, &self.device)?
+                    }
+                    _ => None,
+                },
+            ),
         };
         let mut captures = Captures::default();
         for (i, block) in self.blocks.iter().enumerate() {
@@ -301,11 +338,12 @@ impl Model {
                 x,
                 &plan,
                 |h| {
-                    let mask = match layout.window(i) {
-                        Some(_) => sliding_mask.as_ref(),
-                        None => full_mask.as_ref(),
+                    let masking = match (tiles, layout.window(i)) {
+                        (Some(rows), _) => Masking::Tiled { rows, pads },
+                        (None, Some(_)) => Masking::Whole(sliding_mask.as_ref()),
+                        (None, None) => Masking::Whole(full_mask.as_ref()),
                     };
-                    self.attention(i, block, h, start, mask, kv, &plan)
+                    self.attention(i, block, h, start, masking, kv, &plan)
                 },
                 &mut |layer, point, x| plan.capture(layer, point, x, &mut captures),
             )?;
@@ -330,6 +368,7 @@ impl Model {
                     .reshape((1, n, self.config.d_model))?;
                 Some(self.head(&rows, &plan)?.squeeze(0)?)
             }
+            LogitsMode::NextToken => Some(self.next_token_logprobs_chunked(&x, tokens, &plan)?),
             mode => {
                 let x = if mode == LogitsMode::Last {
                     x.narrow(1, t - 1, 1)?.contiguous()?
@@ -347,6 +386,41 @@ impl Model {
 }
 
 impl Model {
+    /// [`LogitsMode::NextToken`] from the final residual stream `x`
+    /// (batch, t, d): the head and log-softmax over a chunk of positions of
+    /// every row at a time (rows together, so per-row interventions on the
+    /// head still apply to their own row).
+    fn next_token_logprobs_chunked(
+        &self,
+        x: &Tensor,
+        tokens: &[Vec<u32>],
+        plan: &Plan,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        if t < 2 {
+            return Err(ModelError::Invalid(
+                "next-token log-probabilities need at least 2 tokens".into(),
+            ));
+        }
+        let per_position = b * self.config.vocab_size * 4;
+        let chunk = (NEXT_TOKEN_CHUNK_BYTES / per_position.max(1)).max(1);
+        let mut parts = Vec::with_capacity((t - 1).div_ceil(chunk));
+        let mut from = 0;
+        while from < t - 1 {
+            let n = chunk.min(t - 1 - from);
+            let logits = self.head(&x.narrow(1, from, n)?.contiguous()?, plan)?;
+            let lsm = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+            let targets: Vec<u32> = tokens
+                .iter()
+                .flat_map(|row| row[from + 1..from + 1 + n].iter().copied())
+                .collect();
+            let targets = Tensor::from_vec(targets, (b, n, 1), x.device())?;
+            parts.push(lsm.gather(&targets, 2)?.squeeze(2)?);
+            from += n;
+        }
+        Ok(Tensor::cat(&parts, 1)?)
+    }
+
     /// Log-probabilities (f32, host) of each next token: entry p is
     /// log P(tokens[p + 1] | tokens[..=p]) for one sequence's all-position logits.
     pub fn next_token_logprobs(logits: &Tensor, tokens: &[u32]) -> Result<Vec<f32>> {
