@@ -472,8 +472,8 @@ fn bad_sampling_settings_and_an_overlong_prompt_are_refused() {
     );
 }
 
-/// A NaN in a weight makes perplexity NaN: eval says so and exits 1,
-/// never prints NaN as a result.
+/// A NaN in a weight is refused when the weight loads, by the tensor's
+/// name: eval exits 1 and never prints NaN as a result.
 #[test]
 fn a_nan_perplexity_is_an_error_not_a_result() {
     let dir = common::tempdir();
@@ -497,7 +497,7 @@ fn a_nan_perplexity_is_an_error_not_a_result() {
         "--text",
         common::path_str(&text),
     ]);
-    common::assert_one_line_error(&out, &["perplexity is NaN", "non-finite"]);
+    common::assert_one_line_error(&out, &["model.norm.weight", "NaN or infinite"]);
     assert!(common::stdout(&out).is_empty());
 }
 

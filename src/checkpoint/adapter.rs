@@ -61,15 +61,15 @@ impl AdapterFile {
     /// PEFT does (DoRA, rsLoRA, per-module ranks, biases, extra modules).
     pub fn read(dir: &Path) -> Result<Self> {
         let config_path = dir.join(CONFIG_FILE);
-        if !config_path.is_file() {
-            return Err(CheckpointError::NotFound { path: config_path });
-        }
-        let text = std::fs::read_to_string(&config_path).map_err(|source| CheckpointError::Io {
-            path: config_path.clone(),
-            source,
-        })?;
+        let text = super::files::read_text(&config_path, super::files::JSON_LIMIT, "a JSON file")?;
         let cfg: Value = serde_json::from_str(&text)
-            .map_err(|e| CheckpointError::malformed(&config_path, e.to_string()))?;
+            .map_err(|e| CheckpointError::malformed(&config_path, format!("invalid JSON: {e}")))?;
+        if !cfg.is_object() {
+            return Err(CheckpointError::malformed(
+                &config_path,
+                "expected a JSON object",
+            ));
+        }
         let unsupported = |message: String| CheckpointError::Unsupported {
             path: config_path.clone(),
             message,
@@ -125,9 +125,7 @@ impl AdapterFile {
                 CheckpointError::malformed(&config_path, "lora_alpha must be a positive number")
             })?;
         let weights_path = dir.join(WEIGHTS_FILE);
-        if !weights_path.is_file() {
-            return Err(CheckpointError::NotFound { path: weights_path });
-        }
+        super::files::regular_file(&weights_path)?;
         let stored = candle_core::safetensors::load(&weights_path, &Device::Cpu)
             .map_err(|e| CheckpointError::malformed(&weights_path, e.to_string()))?;
         let mut halves: BTreeMap<WeightId, (Option<Tensor>, Option<Tensor>)> = BTreeMap::new();

@@ -109,6 +109,39 @@ pub enum RopeScaling {
     FrequencyFactors { tensor: String },
 }
 
+/// How the keys of a format name each setting, for messages: `config.json`'s
+/// names, or a GGUF's `{arch}.*` keys.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Keys<'a> {
+    Hf,
+    Gguf(&'a str),
+}
+
+impl Keys<'_> {
+    /// The key that holds `field` (named as in config.json).
+    pub(crate) fn name(self, field: &str) -> String {
+        let Keys::Gguf(arch) = self else {
+            return field.to_string();
+        };
+        let key = match field {
+            "num_hidden_layers" => "block_count",
+            "hidden_size" => "embedding_length",
+            "intermediate_size" => "feed_forward_length",
+            "num_attention_heads" => "attention.head_count",
+            "num_key_value_heads" => "attention.head_count_kv",
+            "head_dim" => "attention.key_length",
+            "max_position_embeddings" => "context_length",
+            "rope_theta" => "rope.freq_base",
+            "rope_local_base_freq" => "rope.freq_base_swa",
+            "rms_norm_eps" => "attention.layer_norm_rms_epsilon",
+            "sliding_window" => "attention.sliding_window",
+            "rope_scaling.factor" => "rope.scaling.factor",
+            other => other,
+        };
+        format!("{arch}.{key}")
+    }
+}
+
 /// The longest context a configuration may claim (Llama 4 Scout claims 10M).
 pub const MAX_CONTEXT: usize = 1 << 24;
 
@@ -207,12 +240,23 @@ impl ModelConfig {
         }
         let n_kv_heads = usize_field(path, cfg, "num_key_value_heads")?.unwrap_or(n_heads);
         // Each family's own default (Qwen3Config: 128, Gemma: 256).
-        let default_head_dim = match architecture {
-            Architecture::Qwen3 => 128,
-            a if a.is_gemma() => 256,
-            _ => d_model / n_heads,
+        let family_head_dim = match architecture {
+            Architecture::Qwen3 => Some(128),
+            a if a.is_gemma() => Some(256),
+            _ => None,
         };
-        let head_dim = usize_field(path, cfg, "head_dim")?.unwrap_or(default_head_dim);
+        let head_dim = match (usize_field(path, cfg, "head_dim")?, family_head_dim) {
+            (Some(h), _) | (None, Some(h)) => h,
+            (None, None) if d_model.is_multiple_of(n_heads) => d_model / n_heads,
+            (None, None) => {
+                return Err(CheckpointError::malformed(
+                    path,
+                    format!(
+                        "hidden_size {d_model} is not a multiple of num_attention_heads {n_heads} (and no head_dim is given)"
+                    ),
+                ))
+            }
+        };
         refuse_experts(path, cfg)?;
         let n_layers = required_usize(path, cfg, "num_hidden_layers")?;
         let mut attention = AttentionLayout::default();
@@ -264,29 +308,122 @@ impl ModelConfig {
             hidden_act,
             attention,
         };
-        config.check_sane(path)?;
+        config.check_sane(path, Keys::Hf)?;
         Ok(config)
     }
 
-    /// Rejects values no real model has, before anything is sized from them.
-    pub(crate) fn check_sane(&self, path: &Path) -> Result<()> {
+    /// Rejects values no real model has, before anything is sized from them:
+    /// sizes of 0, heads that do not divide, a context of 0 or beyond any
+    /// model's, and hyper-parameters that are NaN, infinite or out of range
+    /// (each named by its key in `keys`' format).
+    pub(crate) fn check_sane(&self, path: &Path, keys: Keys) -> Result<()> {
         let bad = |m: String| Err(CheckpointError::malformed(path, m));
-        if self.n_layers == 0 || self.d_model == 0 || self.d_ff == 0 || self.vocab_size == 0 {
+        let k = |field: &str| keys.name(field);
+        for (field, v) in [
+            ("num_hidden_layers", self.n_layers),
+            ("hidden_size", self.d_model),
+            ("intermediate_size", self.d_ff),
+            ("vocab_size", self.vocab_size),
+            ("num_attention_heads", self.n_heads),
+            ("num_key_value_heads", self.n_kv_heads),
+            ("head_dim", self.head_dim),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ] {
+            if v == 0 {
+                return bad(format!("{} is 0; it must be at least 1", k(field)));
+            }
+        }
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad(format!(
-                "layers {}, d_model {}, d_ff {}, vocab {}: none may be 0",
-                self.n_layers, self.d_model, self.d_ff, self.vocab_size
+                "{} attention heads ({}) are not a multiple of {} key/value heads ({})",
+                self.n_heads,
+                k("num_attention_heads"),
+                self.n_kv_heads,
+                k("num_key_value_heads")
             ));
         }
-        if self.n_kv_heads == 0 || !self.n_heads.is_multiple_of(self.n_kv_heads) {
+        if !self.head_dim.is_multiple_of(2) {
             return bad(format!(
-                "{} attention heads are not a multiple of {} key/value heads",
-                self.n_heads, self.n_kv_heads
+                "head_dim {} ({}) must be even",
+                self.head_dim,
+                k("head_dim")
             ));
         }
-        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
+        if self.max_position_embeddings > MAX_CONTEXT {
             return bad(format!(
-                "head_dim {} must be even and non-zero",
-                self.head_dim
+                "context {} ({}) is beyond any model's ({MAX_CONTEXT} at most)",
+                self.max_position_embeddings,
+                k("max_position_embeddings")
+            ));
+        }
+        let thetas = [
+            ("rope_theta", Some(self.rope_theta)),
+            ("rope_local_base_freq", self.attention.local_rope_theta),
+        ];
+        for (field, t) in thetas {
+            if let Some(t) = t.filter(|t| !(t.is_finite() && *t > 1.0)) {
+                return bad(format!(
+                    "{} = {t}: a RoPE base must be a finite number above 1",
+                    k(field)
+                ));
+            }
+        }
+        if !(self.norm_eps.is_finite() && self.norm_eps > 0.0 && self.norm_eps < 1.0) {
+            return bad(format!(
+                "{} = {}: the norm epsilon must be a finite number in (0, 1)",
+                k("rms_norm_eps"),
+                self.norm_eps
+            ));
+        }
+        let positive = |field: &str, v: f64| -> Result<()> {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                bad(format!(
+                    "{} = {v} must be a finite positive number",
+                    k(field)
+                ))
+            }
+        };
+        match &self.rope_scaling {
+            Some(RopeScaling::Linear { factor }) => positive("rope_scaling.factor", *factor)?,
+            Some(RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            }) => {
+                positive("rope_scaling.factor", *factor)?;
+                positive("rope_scaling.low_freq_factor", *low_freq_factor)?;
+                positive("rope_scaling.high_freq_factor", *high_freq_factor)?;
+                if *original_max_position_embeddings == 0 {
+                    return bad("rope_scaling.original_max_position_embeddings is 0".into());
+                }
+                if high_freq_factor <= low_freq_factor {
+                    return bad(format!(
+                        "rope_scaling.high_freq_factor {high_freq_factor} must be above low_freq_factor {low_freq_factor}"
+                    ));
+                }
+            }
+            Some(RopeScaling::FrequencyFactors { .. }) | None => {}
+        }
+        let a = &self.attention;
+        for (field, v) in [
+            ("query_pre_attn_scalar", a.query_pre_attn_scalar),
+            ("attn_logit_softcapping", a.attn_logit_softcapping),
+            ("final_logit_softcapping", a.final_logit_softcapping),
+        ] {
+            if let Some(v) = v {
+                positive(field, v)?;
+            }
+        }
+        if a.sliding_window == Some(0) {
+            return bad(format!("{} is 0", k("sliding_window")));
+        }
+        if !(a.partial_rotary_factor > 0.0 && a.partial_rotary_factor <= 1.0) {
+            return bad(format!(
+                "partial_rotary_factor {} is not in (0, 1]",
+                a.partial_rotary_factor
             ));
         }
         Ok(())
@@ -297,56 +434,62 @@ impl ModelConfig {
     /// allocation: every layer needs tensors of its own, no matrix the
     /// sizes imply may hold more elements than the whole checkpoint, and
     /// tensors of layers past `n_layers` mean the count is wrong. The exact
-    /// shapes are checked afterwards. `tensors` yields (name, shape).
+    /// shapes are checked afterwards. `tensors` yields (name, name in the
+    /// file, shape).
     pub(crate) fn check_fits<'a>(
         &self,
-        tensors: impl Iterator<Item = (&'a str, &'a [usize])> + Clone,
+        keys: Keys,
+        tensors: impl Iterator<Item = (&'a str, &'a str, &'a [usize])> + Clone,
     ) -> std::result::Result<(), String> {
         let count = tensors.clone().count();
         if self.n_layers > count {
             return Err(format!(
-                "{} layers, but the checkpoint holds only {count} tensors",
-                self.n_layers
+                "{} layers ({}), but the checkpoint holds only {count} tensors",
+                self.n_layers,
+                keys.name("num_hidden_layers")
             ));
         }
         let total: u128 = tensors
             .clone()
-            .map(|(_, shape)| shape.iter().map(|&d| d as u128).product::<u128>())
+            .map(|(_, _, shape)| shape.iter().map(|&d| d as u128).product::<u128>())
             .sum();
         let d = self.d_model as u128;
-        for (what, rows) in [
-            ("vocab", self.vocab_size as u128),
-            ("d_ff", self.d_ff as u128),
+        for (what, key, rows) in [
+            ("vocab", "vocab_size", self.vocab_size as u128),
+            ("d_ff", "intermediate_size", self.d_ff as u128),
             (
                 "heads x head_dim",
+                "num_attention_heads",
                 (self.n_heads as u128).saturating_mul(self.head_dim as u128),
             ),
             (
                 "kv heads x head_dim",
+                "num_key_value_heads",
                 (self.n_kv_heads as u128).saturating_mul(self.head_dim as u128),
             ),
         ] {
             if rows.saturating_mul(d) > total {
                 return Err(format!(
-                    "{what} {rows} x d_model {d} is more than the checkpoint's {total} elements"
+                    "{what} {rows} ({}) x d_model {d} is more than the checkpoint's {total} elements",
+                    keys.name(key)
                 ));
             }
         }
-        if self.max_position_embeddings > MAX_CONTEXT {
-            return Err(format!(
-                "context {} is beyond any model's ({MAX_CONTEXT} at most)",
-                self.max_position_embeddings
-            ));
-        }
-        let beyond = tensors.filter_map(|(name, _)| {
+        let beyond = tensors.filter_map(|(name, stored, _)| {
             let rest = name.strip_prefix("model.layers.")?;
             let layer: usize = rest.split('.').next()?.parse().ok()?;
-            (layer >= self.n_layers).then_some(name)
+            (layer >= self.n_layers).then_some((layer, name, stored))
         });
-        if let Some(name) = beyond.min() {
+        if let Some((_, name, stored)) = beyond.min() {
+            let shown = if name == stored {
+                name.to_string()
+            } else {
+                format!("{stored} ({name})")
+            };
             return Err(format!(
-                "{} layers, but the checkpoint has {name}",
-                self.n_layers
+                "{} layers ({}), but the checkpoint has {shown}",
+                self.n_layers,
+                keys.name("num_hidden_layers")
             ));
         }
         Ok(())

@@ -11,6 +11,19 @@ pub enum CheckpointError {
     #[error("{}: no such file or directory", path.display())]
     NotFound { path: PathBuf },
 
+    /// A FIFO, a device or a directory where a file was expected.
+    #[error("{}: not a regular file ({kind})", path.display())]
+    NotRegular { path: PathBuf, kind: &'static str },
+
+    /// A file read whole that is larger than mwtop reads.
+    #[error("{}: {size}, more than the {limit} limit for {what}", path.display())]
+    TooLarge {
+        path: PathBuf,
+        size: String,
+        limit: String,
+        what: String,
+    },
+
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -32,6 +45,10 @@ pub enum CheckpointError {
 
     #[error("{}: no tensor named {name}", path.display())]
     MissingTensor { path: PathBuf, name: String },
+
+    /// What the user named cannot name a checkpoint (an empty path).
+    #[error("{message}")]
+    Usage { message: String },
 
     #[error("hub: {message}")]
     Hub { message: String },

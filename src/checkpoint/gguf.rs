@@ -254,8 +254,14 @@ impl<'a> Reader<'a> {
                 self.buf.len()
             )));
         }
+        let at = self.pos;
         let bytes = self.take(len as usize, what)?;
-        Ok(String::from_utf8_lossy(bytes).into_owned())
+        String::from_utf8(bytes.to_vec()).map_err(|e| {
+            self.err(format!(
+                "{what}: the string at offset {at} is not valid UTF-8 (invalid byte at offset {})",
+                at + e.utf8_error().valid_up_to()
+            ))
+        })
     }
 
     fn value(&mut self, type_id: u32, what: &str, depth: u32) -> Result<GgufValue> {
@@ -332,6 +338,9 @@ pub fn parse(path: &Path, buf: &[u8]) -> Result<GgufHeader> {
         let key = r.string(&format!("metadata key #{i}"))?;
         let type_id = r.u32(&key)?;
         let value = r.value(type_id, &key, 0)?;
+        if metadata.contains_key(&key) {
+            return Err(r.err(format!("metadata key {key} appears twice")));
+        }
         metadata.insert(key, value);
     }
     // A tensor entry is at least a name length, n_dims, a type and an offset.
@@ -356,8 +365,13 @@ pub fn parse(path: &Path, buf: &[u8]) -> Result<GgufHeader> {
     let alignment = match metadata.get("general.alignment") {
         None => DEFAULT_ALIGNMENT,
         Some(v) => match v.as_u64() {
-            Some(a) if a > 0 && a.is_power_of_two() => a,
-            _ => return Err(r.err(format!("general.alignment {v:?} is not a power of two"))),
+            Some(a) if a > 0 && a.is_power_of_two() && a <= 1 << 30 => a,
+            _ => {
+                return Err(r.err(format!(
+                    "general.alignment = {} is not a power of two (up to 2^30)",
+                    super::gguf_config::shown(v)
+                )))
+            }
         },
     };
     let data_start = (r.pos as u64).div_ceil(alignment) * alignment;
@@ -371,10 +385,20 @@ pub fn parse(path: &Path, buf: &[u8]) -> Result<GgufHeader> {
         let dtype = ggml_dtype_from_id(type_id).ok_or_else(|| {
             CheckpointError::unsupported(path, format!("tensor {name}: GGML type id {type_id}"))
         })?;
+        if dims.contains(&0) {
+            return Err(r.err(format!(
+                "tensor {name}: shape {dims:?} has a dimension of 0"
+            )));
+        }
         let elems = dims
             .iter()
             .try_fold(1u64, |acc, &d| acc.checked_mul(d))
-            .ok_or_else(|| r.err(format!("tensor {name}: shape {dims:?} overflows")))?;
+            .filter(|&e| e <= file_len.saturating_mul(8))
+            .ok_or_else(|| {
+                r.err(format!(
+                    "tensor {name}: shape {dims:?} has more elements than a file of {file_len} bytes can hold"
+                ))
+            })?;
         let block = dtype.block_size() as u64;
         if elems % block != 0 || dims[0] % block != 0 {
             return Err(r.err(format!(
@@ -382,15 +406,15 @@ pub fn parse(path: &Path, buf: &[u8]) -> Result<GgufHeader> {
                 ggml_dtype_name(dtype)
             )));
         }
-        let bytes = elems / block * dtype.type_size() as u64;
-        let offset = data_start
-            .checked_add(rel)
-            .filter(|o| o % alignment == 0)
-            .ok_or_else(|| {
-                r.err(format!(
-                    "tensor {name}: offset {rel} is not aligned to {alignment}"
-                ))
-            })?;
+        let bytes = (elems / block)
+            .checked_mul(dtype.type_size() as u64)
+            .ok_or_else(|| r.err(format!("tensor {name}: shape {dims:?} overflows")))?;
+        if rel % alignment != 0 {
+            return Err(r.err(format!(
+                "tensor {name}: offset {rel} is not aligned to {alignment}"
+            )));
+        }
+        let offset = data_start.saturating_add(rel);
         match offset.checked_add(bytes) {
             Some(end) if end <= file_len => {}
             _ => {

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::config::{Architecture, ModelConfig, RopeScaling};
+use super::config::{Architecture, Keys, ModelConfig, RopeScaling};
 use super::error::{CheckpointError, Result};
 use super::gguf::{GgufHeader, GgufValue};
 use super::layout;
@@ -13,15 +13,72 @@ fn meta_u64(meta: &BTreeMap<String, GgufValue>, key: &str) -> Option<u64> {
     meta.get(key).and_then(GgufValue::as_u64)
 }
 
+/// A value for messages: the number, else the variant as stored.
+pub(super) fn shown(v: &GgufValue) -> String {
+    match v {
+        GgufValue::String(s) => format!("the string {s:?}"),
+        GgufValue::Array(_, items) => format!("an array of {}", items.len()),
+        GgufValue::F32(x) => format!("{x}"),
+        GgufValue::F64(x) => format!("{x}"),
+        GgufValue::Bool(b) => format!("{b}"),
+        other => other
+            .as_u64()
+            .map_or_else(|| format!("{other:?}"), |n| n.to_string()),
+    }
+}
+
+/// An optional integer key: absent is None, a value of another type (or a
+/// negative one) is an error naming the key.
+fn opt_u64(path: &Path, meta: &BTreeMap<String, GgufValue>, key: &str) -> Result<Option<u64>> {
+    match meta.get(key) {
+        None => Ok(None),
+        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+            CheckpointError::malformed(
+                path,
+                format!("{key} must be a non-negative integer, got {}", shown(v)),
+            )
+        }),
+    }
+}
+
+/// An optional number key (an integer or a float).
+fn opt_f64(path: &Path, meta: &BTreeMap<String, GgufValue>, key: &str) -> Result<Option<f64>> {
+    match meta.get(key) {
+        None => Ok(None),
+        Some(v @ (GgufValue::String(_) | GgufValue::Array(..) | GgufValue::Bool(_))) => Err(
+            CheckpointError::malformed(path, format!("{key} must be a number, got {}", shown(v))),
+        ),
+        Some(v) => Ok(v.as_f64()),
+    }
+}
+
+/// An id of the vocabulary, which token ids are (u32).
+fn opt_id(path: &Path, meta: &BTreeMap<String, GgufValue>, key: &str) -> Result<Option<u32>> {
+    match opt_u64(path, meta, key)? {
+        None => Ok(None),
+        Some(v) => u32::try_from(v).map(Some).map_err(|_| {
+            CheckpointError::malformed(path, format!("{key} = {v} is not a token id"))
+        }),
+    }
+}
+
 /// Normalized hyper-parameters from GGUF metadata (`{arch}.*` keys).
 pub(super) fn gguf_config(path: &Path, header: &GgufHeader) -> Result<ModelConfig> {
     let meta = &header.metadata;
-    let arch_name = meta
-        .get("general.architecture")
-        .and_then(GgufValue::as_str)
-        .ok_or_else(|| {
-            CheckpointError::malformed(path, "no general.architecture in the metadata")
-        })?;
+    let arch_name = match meta.get("general.architecture") {
+        None => {
+            return Err(CheckpointError::malformed(
+                path,
+                "no general.architecture in the metadata",
+            ))
+        }
+        Some(v) => v.as_str().ok_or_else(|| {
+            CheckpointError::malformed(
+                path,
+                format!("general.architecture must be a string, got {}", shown(v)),
+            )
+        })?,
+    };
     let architecture = Architecture::from_name(arch_name).ok_or_else(|| {
         CheckpointError::unsupported(
             path,
@@ -46,38 +103,52 @@ pub(super) fn gguf_config(path: &Path, header: &GgufHeader) -> Result<ModelConfi
         ));
     }
     let key = |k: &str| format!("{arch_name}.{k}");
+    let opt = |k: &str| opt_u64(path, meta, &key(k)).map(|v| v.map(|v| v as usize));
     let need = |k: &str| {
-        meta_u64(meta, &key(k)).map(|v| v as usize).ok_or_else(|| {
-            CheckpointError::malformed(path, format!("missing or invalid {}", key(k)))
-        })
+        opt(k)?.ok_or_else(|| CheckpointError::malformed(path, format!("missing {}", key(k))))
     };
     let d_model = need("embedding_length")?;
     let n_heads = need("attention.head_count")?;
     if n_heads == 0 {
         return Err(CheckpointError::malformed(
             path,
-            format!("{} is 0", key("attention.head_count")),
+            format!(
+                "{} is 0; it must be at least 1",
+                key("attention.head_count")
+            ),
         ));
     }
-    let n_kv_heads =
-        meta_u64(meta, &key("attention.head_count_kv")).map_or(n_heads, |v| v as usize);
-    let head_dim =
-        meta_u64(meta, &key("attention.key_length")).map_or(d_model / n_heads, |v| v as usize);
-    let vocab_size = meta_u64(meta, &key("vocab_size"))
-        .map(|v| v as usize)
-        .or_else(|| {
-            meta.get("tokenizer.ggml.tokens")
-                .and_then(GgufValue::as_array)
-                .map(<[_]>::len)
-        })
-        .or_else(|| {
-            header
-                .tensors
-                .iter()
-                .find(|t| t.name == "token_embd.weight")
-                .and_then(|t| t.ggml_dims.get(1).map(|&d| d as usize))
-        })
-        .ok_or_else(|| CheckpointError::malformed(path, "cannot tell the vocabulary size"))?;
+    let n_kv_heads = opt("attention.head_count_kv")?.unwrap_or(n_heads);
+    let head_dim = match opt("attention.key_length")? {
+        Some(h) => h,
+        None if d_model.is_multiple_of(n_heads) => d_model / n_heads,
+        None => {
+            return Err(CheckpointError::malformed(
+                path,
+                format!(
+                    "{} {d_model} is not a multiple of {} {n_heads} (and no {} is given)",
+                    key("embedding_length"),
+                    key("attention.head_count"),
+                    key("attention.key_length")
+                ),
+            ))
+        }
+    };
+    let vocab_size = match opt("vocab_size")? {
+        Some(v) => v,
+        None => meta
+            .get("tokenizer.ggml.tokens")
+            .and_then(GgufValue::as_array)
+            .map(<[_]>::len)
+            .or_else(|| {
+                header
+                    .tensors
+                    .iter()
+                    .find(|t| t.name == "token_embd.weight")
+                    .and_then(|t| t.ggml_dims.get(1).map(|&d| d as usize))
+            })
+            .ok_or_else(|| CheckpointError::malformed(path, "cannot tell the vocabulary size"))?,
+    };
     let rope_scaling = if header.tensors.iter().any(|t| t.name == "rope_freqs.weight") {
         Some(RopeScaling::FrequencyFactors {
             tensor: "rope_freqs.weight".into(),
@@ -88,10 +159,7 @@ pub(super) fn gguf_config(path: &Path, header: &GgufHeader) -> Result<ModelConfi
             .and_then(GgufValue::as_str)
         {
             Some("linear") => Some(RopeScaling::Linear {
-                factor: meta
-                    .get(&key("rope.scaling.factor"))
-                    .and_then(GgufValue::as_f64)
-                    .unwrap_or(1.0),
+                factor: opt_f64(path, meta, &key("rope.scaling.factor"))?.unwrap_or(1.0),
             }),
             Some("none") | None => None,
             Some(other) => {
@@ -102,7 +170,7 @@ pub(super) fn gguf_config(path: &Path, header: &GgufHeader) -> Result<ModelConfi
             }
         }
     };
-    if let Some(n) = meta_u64(meta, &key("expert_count")).filter(|&n| n > 1) {
+    if let Some(n) = opt_u64(path, meta, &key("expert_count"))?.filter(|&n| n > 1) {
         return Err(CheckpointError::unsupported(
             path,
             format!(
@@ -119,23 +187,16 @@ pub(super) fn gguf_config(path: &Path, header: &GgufHeader) -> Result<ModelConfi
         n_heads,
         n_kv_heads,
         head_dim,
-        rope_theta: meta
-            .get(&key("rope.freq_base"))
-            .and_then(GgufValue::as_f64)
-            .unwrap_or(10_000.0),
+        rope_theta: opt_f64(path, meta, &key("rope.freq_base"))?.unwrap_or(10_000.0),
         rope_scaling,
-        norm_eps: meta
-            .get(&key("attention.layer_norm_rms_epsilon"))
-            .and_then(GgufValue::as_f64)
-            .unwrap_or(1e-5),
+        norm_eps: opt_f64(path, meta, &key("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5),
         vocab_size,
         tied_embeddings: !header.tensors.iter().any(|t| t.name == "output.weight"),
-        bos_token_id: meta_u64(meta, "tokenizer.ggml.bos_token_id").map(|v| v as u32),
-        eos_token_ids: meta_u64(meta, "tokenizer.ggml.eos_token_id")
-            .map(|v| vec![v as u32])
+        bos_token_id: opt_id(path, meta, "tokenizer.ggml.bos_token_id")?,
+        eos_token_ids: opt_id(path, meta, "tokenizer.ggml.eos_token_id")?
+            .map(|v| vec![v])
             .unwrap_or_default(),
-        max_position_embeddings: meta_u64(meta, &key("context_length"))
-            .map_or(2048, |v| v as usize),
+        max_position_embeddings: opt("context_length")?.unwrap_or(2048),
         hidden_act: if architecture.is_gemma() {
             "gelu_pytorch_tanh".into()
         } else {
@@ -143,8 +204,8 @@ pub(super) fn gguf_config(path: &Path, header: &GgufHeader) -> Result<ModelConfi
         },
         attention: layout::AttentionLayout::default(),
     };
-    config.check_sane(path)?;
     config.attention = gguf_attention(path, meta, &key, &config)?;
+    config.check_sane(path, Keys::Gguf(arch_name))?;
     Ok(config)
 }
 
@@ -165,7 +226,7 @@ fn gguf_attention(
     key: &dyn Fn(&str) -> String,
     c: &ModelConfig,
 ) -> Result<layout::AttentionLayout> {
-    let f64_of = |k: &str| meta.get(&key(k)).and_then(GgufValue::as_f64);
+    let f64_of = |k: &str| opt_f64(path, meta, &key(k));
     let rotary = meta_u64(meta, &key("rope.dimension_count")).filter(|&n| n as usize != c.head_dim);
     let partial = match rotary {
         Some(n)
@@ -235,9 +296,9 @@ fn gguf_attention(
             layout::AttentionLayout {
                 sliding_window: Some(window()),
                 pattern,
-                local_rope_theta: Some(f64_of("rope.freq_base_swa").unwrap_or(10_000.0)),
+                local_rope_theta: Some(f64_of("rope.freq_base_swa")?.unwrap_or(10_000.0)),
                 query_pre_attn_scalar: Some(scale),
-                final_logit_softcapping: f64_of("final_logit_softcapping"),
+                final_logit_softcapping: f64_of("final_logit_softcapping")?,
                 ..Default::default()
             }
         }
@@ -246,8 +307,8 @@ fn gguf_attention(
             sliding_window: Some(window()),
             pattern: layout::LayerPattern::EvenSliding,
             query_pre_attn_scalar: Some(scale),
-            attn_logit_softcapping: Some(f64_of("attn_logit_softcapping").unwrap_or(50.0)),
-            final_logit_softcapping: Some(f64_of("final_logit_softcapping").unwrap_or(30.0)),
+            attn_logit_softcapping: Some(f64_of("attn_logit_softcapping")?.unwrap_or(50.0)),
+            final_logit_softcapping: Some(f64_of("final_logit_softcapping")?.unwrap_or(30.0)),
             ..Default::default()
         },
         Architecture::Phi3 => {

@@ -46,6 +46,91 @@ fn strings(meta: &BTreeMap<String, GgufValue>, key: &str) -> Option<Vec<String>>
         .collect()
 }
 
+/// Checks the vocabulary metadata when the checkpoint opens (so `inspect`
+/// refuses it too): one token per embedding row, as llama.cpp requires;
+/// token types and scores, when present, one per token; merges of two
+/// tokens of the vocabulary; BOS and EOS ids inside it.
+pub fn check(path: &Path, meta: &BTreeMap<String, GgufValue>, vocab_size: usize) -> Result<()> {
+    let err = |m: String| CheckpointError::Tokenizer {
+        path: path.to_path_buf(),
+        message: m,
+    };
+    let tokens = strings(meta, "tokenizer.ggml.tokens")
+        .ok_or_else(|| err("tokenizer.ggml.tokens must be a list of strings".into()))?;
+    if tokens.len() != vocab_size {
+        return Err(err(format!(
+            "tokenizer.ggml.tokens lists {} tokens, but the vocabulary (the embedding's rows) is {vocab_size}",
+            tokens.len()
+        )));
+    }
+    for (key, numeric) in [
+        ("tokenizer.ggml.token_type", false),
+        ("tokenizer.ggml.scores", true),
+    ] {
+        let Some(v) = meta.get(key) else { continue };
+        let items = v
+            .as_array()
+            .ok_or_else(|| err(format!("{key} must be a list")))?;
+        if items.len() != tokens.len() {
+            return Err(err(format!(
+                "{key} has {} entries for {} tokens",
+                items.len(),
+                tokens.len()
+            )));
+        }
+        let ok = |x: &GgufValue| {
+            if numeric {
+                x.as_f64().is_some_and(f64::is_finite) && x.as_str().is_none()
+            } else {
+                x.as_u64().is_some()
+            }
+        };
+        if let Some(i) = items.iter().position(|x| !ok(x)) {
+            return Err(err(format!(
+                "{key}[{i}] is not {}",
+                if numeric {
+                    "a finite number"
+                } else {
+                    "a token type (an integer)"
+                }
+            )));
+        }
+    }
+    if let Some(v) = meta.get("tokenizer.ggml.merges") {
+        let merges = v
+            .as_array()
+            .and_then(|a| a.iter().map(GgufValue::as_str).collect::<Option<Vec<_>>>())
+            .ok_or_else(|| err("tokenizer.ggml.merges must be a list of strings".into()))?;
+        let known: std::collections::HashSet<&str> = tokens.iter().map(String::as_str).collect();
+        for (i, m) in merges.iter().enumerate() {
+            let ok = m
+                .split_once(' ')
+                .is_some_and(|(a, b)| known.contains(a) && known.contains(b));
+            if !ok {
+                return Err(err(format!(
+                    "tokenizer.ggml.merges[{i}] = {m:?} is not two tokens of the vocabulary separated by a space"
+                )));
+            }
+        }
+    }
+    for key in [
+        "tokenizer.ggml.bos_token_id",
+        "tokenizer.ggml.eos_token_id",
+        "tokenizer.ggml.unknown_token_id",
+        "tokenizer.ggml.padding_token_id",
+    ] {
+        if let Some(id) = meta.get(key).and_then(GgufValue::as_u64) {
+            if id as usize >= tokens.len() {
+                return Err(err(format!(
+                    "{key} = {id} is outside the vocabulary of {} tokens",
+                    tokens.len()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Builds the tokenizer described by GGUF metadata.
 pub fn build(path: &Path, meta: &BTreeMap<String, GgufValue>) -> Result<Tokenizer> {
     let err = |m: String| CheckpointError::Tokenizer {

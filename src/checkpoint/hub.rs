@@ -105,8 +105,7 @@ pub fn resolve(spec: &str) -> Result<PathBuf> {
     }
     match source.get(id, "model.safetensors.index.json") {
         Ok(index) => {
-            let text =
-                std::fs::read_to_string(&index).map_err(|e| CheckpointError::io(&index, e))?;
+            let text = super::files::read_text(&index, super::files::JSON_LIMIT, "a JSON file")?;
             let v: serde_json::Value = serde_json::from_str(&text)
                 .map_err(|e| CheckpointError::malformed(&index, format!("invalid JSON: {e}")))?;
             let mut shards: Vec<String> = v

@@ -156,13 +156,17 @@ pub fn parse_rope(
     } else {
         (params, key.to_string(), None)
     };
-    let theta = match number(
+    let nested_theta_key = format!("{global_key}.rope_theta");
+    let (theta, theta_key) = match number(
         path,
         global.and_then(|g| field(g, "rope_theta")),
-        &format!("{global_key}.rope_theta"),
+        &nested_theta_key,
     )? {
-        Some(t) => t,
-        None => number(path, field(cfg, "rope_theta"), "rope_theta")?.unwrap_or(default_theta),
+        Some(t) => (t, nested_theta_key),
+        None => (
+            number(path, field(cfg, "rope_theta"), "rope_theta")?.unwrap_or(default_theta),
+            "rope_theta".to_string(),
+        ),
     };
     let scaling = match global {
         Some(g) => rope_scaling(path, g, &global_key)?,
@@ -211,11 +215,14 @@ pub fn parse_rope(
         ));
     }
     layout.partial_rotary_factor = prf;
-    for t in [Some(theta), layout.local_rope_theta].into_iter().flatten() {
-        if !(t.is_finite() && t > 1.0) {
+    for (key, t) in [
+        (theta_key.as_str(), Some(theta)),
+        ("the sliding layers' rope_theta", layout.local_rope_theta),
+    ] {
+        if let Some(t) = t.filter(|t| !(t.is_finite() && *t > 1.0)) {
             return Err(CheckpointError::malformed(
                 path,
-                format!("a RoPE base of {t} is not a positive number above 1"),
+                format!("{key} = {t}: a RoPE base of {t} is not a positive number above 1"),
             ));
         }
     }

@@ -9,6 +9,7 @@ pub mod adapter;
 pub mod chat;
 pub mod config;
 pub mod error;
+pub mod files;
 pub mod gguf;
 mod gguf_config;
 pub mod gguf_tokenizer;
@@ -21,7 +22,6 @@ pub mod weight_id;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::GgmlDType;
@@ -109,11 +109,7 @@ struct MappedFile {
 
 impl MappedFile {
     fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).map_err(|e| CheckpointError::io(path, e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| CheckpointError::io(path, e))?
-            .len();
+        let (file, len) = files::open_regular(path)?;
         if len == 0 {
             return Err(CheckpointError::malformed(path, "the file is empty"));
         }
@@ -161,8 +157,15 @@ impl Checkpoint {
     /// Opens a path (directory or GGUF file) or, if no such path exists and the
     /// text looks like `owner/name`, a Hugging Face hub id.
     pub fn open(spec: &str) -> Result<Self> {
+        if spec.trim().is_empty() {
+            return Err(CheckpointError::Usage {
+                message: format!(
+                    "the model {spec:?} is empty: name a Hugging Face directory, a .gguf file or a hub id (owner/name)"
+                ),
+            });
+        }
         let path = Path::new(spec);
-        if !path.exists() && hub::looks_like_hub_id(spec) {
+        if !files::present(path) && hub::looks_like_hub_id(spec) {
             let dir = hub::resolve(spec)?;
             return Self::open_path(&dir);
         }
@@ -175,6 +178,7 @@ impl Checkpoint {
         if meta.is_dir() {
             safetensors_dir::open(path)
         } else {
+            files::regular_file(path)?;
             Self::open_gguf(path)
         }
     }
@@ -203,7 +207,8 @@ impl Checkpoint {
             })
             .collect();
         let has_vocab = header.metadata.contains_key("tokenizer.ggml.tokens");
-        Self::assemble(
+        let vocab_size = config.vocab_size;
+        let ckpt = Self::assemble(
             path,
             Format::Gguf,
             config,
@@ -215,7 +220,11 @@ impl Checkpoint {
                 TokenizerSource::Missing
             },
             Some(header.metadata),
-        )
+        )?;
+        if let (true, Some(meta)) = (has_vocab, &ckpt.gguf_metadata) {
+            gguf_tokenizer::check(path, meta, vocab_size)?;
+        }
+        Ok(ckpt)
     }
 
     /// Indexes the tensors and checks them against the configuration.
@@ -232,11 +241,21 @@ impl Checkpoint {
             Format::Safetensors => source.join("config.json"),
             Format::Gguf => source.to_path_buf(),
         };
+        let arch_name = gguf_metadata
+            .as_ref()
+            .and_then(|m| m.get("general.architecture"))
+            .and_then(GgufValue::as_str)
+            .unwrap_or(config.architecture.name());
+        let keys = match format {
+            Format::Safetensors => config::Keys::Hf,
+            Format::Gguf => config::Keys::Gguf(arch_name),
+        };
         config
             .check_fits(
+                keys,
                 tensors
                     .iter()
-                    .map(|t| (t.name.as_str(), t.shape.as_slice())),
+                    .map(|t| (t.name.as_str(), t.stored_name.as_str(), t.shape.as_slice())),
             )
             .map_err(|m| CheckpointError::inconsistent(&cfg_path, m))?;
         let mut index = HashMap::with_capacity(tensors.len());
@@ -262,7 +281,26 @@ impl Checkpoint {
         Ok(ckpt)
     }
 
-    /// The configuration and the tensor shapes must tell the same story.
+    /// A tensor as messages name it: its canonical name, and the name in
+    /// the file when that differs (`blk.0.attn_q.weight`).
+    fn shown_name(&self, name: &str) -> String {
+        let stored = match self.info(name) {
+            Some(t) => t.stored_name.clone(),
+            None if self.format == Format::Gguf => names::gguf_name(self.config.architecture, name),
+            None => name.to_string(),
+        };
+        if stored == name {
+            name.to_string()
+        } else {
+            format!("{stored} ({name})")
+        }
+    }
+
+    /// The configuration and the tensor shapes must tell the same story:
+    /// every tensor the configuration implies is there with its shape, and
+    /// every tensor there is one the model reads (the implied ones, biases
+    /// of their matrices, a stored output head, RoPE factors) or one
+    /// transformers ignores too (`rotary_emb.inv_freq`).
     fn check_shapes(&self) -> Result<()> {
         let what = match self.format {
             Format::Safetensors => "config.json",
@@ -272,24 +310,85 @@ impl Checkpoint {
             Format::Safetensors => self.source.join("config.json"),
             Format::Gguf => self.source.clone(),
         };
+        let mut expected: HashMap<String, Vec<usize>> = HashMap::new();
         for (name, shape) in self.config.expected_shapes() {
             match self.info(&name) {
                 None => {
                     return Err(CheckpointError::inconsistent(
                         &cfg_path,
-                        format!("{what} implies a tensor {name}, which the checkpoint lacks"),
+                        format!(
+                            "{what} implies a tensor {}, which the checkpoint lacks",
+                            self.shown_name(&name)
+                        ),
                     ))
                 }
                 Some(t) if t.shape != shape => {
                     return Err(CheckpointError::inconsistent(
                         &cfg_path,
                         format!(
-                            "{what} implies shape {shape:?} for {name}, but the file stores {:?}",
+                            "{what} implies shape {shape:?} for {}, but the file stores {:?}",
+                            self.shown_name(&name),
                             t.shape
                         ),
                     ))
                 }
                 Some(_) => {}
+            }
+            expected.insert(name, shape);
+        }
+        // A tied model may still store its output head; then it is read.
+        let head = WeightId::Head.hf_name();
+        if let (Some(t), false) = (self.info(&head), expected.contains_key(&head)) {
+            let shape = vec![self.config.vocab_size, self.config.d_model];
+            if t.shape != shape {
+                return Err(CheckpointError::inconsistent(
+                    &cfg_path,
+                    format!(
+                        "{what} implies shape {shape:?} for {}, but the file stores {:?}",
+                        self.shown_name(&head),
+                        t.shape
+                    ),
+                ));
+            }
+            expected.insert(head, shape);
+        }
+        if let Some(RopeScaling::FrequencyFactors { tensor }) = &self.config.rope_scaling {
+            if let Some(t) = self.info(tensor) {
+                expected.insert(tensor.clone(), t.shape.clone());
+            }
+        }
+        for t in &self.tensors {
+            if expected.contains_key(&t.name) || t.name.ends_with(".rotary_emb.inv_freq") {
+                continue;
+            }
+            let matrix = t
+                .name
+                .strip_suffix(".bias")
+                .and_then(|base| expected.get(&format!("{base}.weight")))
+                .filter(|s| s.len() == 2);
+            match matrix {
+                Some(s) if t.shape == [s[0]] => {}
+                Some(s) => {
+                    return Err(CheckpointError::inconsistent(
+                        &t.file,
+                        format!(
+                            "the bias {} has shape {:?}, but its matrix has {} rows",
+                            self.shown_name(&t.name),
+                            t.shape,
+                            s[0]
+                        ),
+                    ))
+                }
+                None => {
+                    return Err(CheckpointError::inconsistent(
+                        &cfg_path,
+                        format!(
+                            "the checkpoint has a tensor {} that a {} model as {what} describes it does not use",
+                            self.shown_name(&t.name),
+                            self.config.architecture.name()
+                        ),
+                    ))
+                }
             }
         }
         Ok(())
@@ -354,17 +453,36 @@ impl Checkpoint {
             StoredDType::Ggml(g) => dequantize_ggml(g, data, &info.shape).map_err(candle_err)?,
         };
         let tensor = apply_transform(tensor, info.transform).map_err(candle_err)?;
-        tensor
+        let out = tensor
             .to_dtype(dtype)
             .and_then(|t| t.to_device(device))
-            .map_err(candle_err)
+            .map_err(candle_err)?;
+        if !all_finite(&out).map_err(candle_err)? {
+            let stored_finite = all_finite(&tensor).map_err(candle_err)?;
+            return Err(CheckpointError::malformed(
+                &file.path,
+                if stored_finite {
+                    format!(
+                        "tensor {}: its values overflow {dtype:?} to infinity (use --dtype f32)",
+                        self.shown_name(name)
+                    )
+                } else {
+                    format!(
+                        "tensor {} holds NaN or infinite values",
+                        self.shown_name(name)
+                    )
+                },
+            ));
+        }
+        Ok(out)
     }
 
     /// The tokenizer: tokenizer.json for directories, the GGUF's own vocabulary for GGUF.
     pub fn tokenizer(&self) -> Result<tokenizers::Tokenizer> {
         match &self.tokenizer {
             TokenizerSource::File(path) => {
-                tokenizers::Tokenizer::from_file(path).map_err(|e| CheckpointError::Tokenizer {
+                let bytes = files::read_limited(path, files::TOKENIZER_LIMIT, "a tokenizer.json")?;
+                tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| CheckpointError::Tokenizer {
                     path: path.clone(),
                     message: e.to_string(),
                 })
@@ -390,13 +508,32 @@ impl Checkpoint {
                 .as_str()
                 .map(str::to_string),
             None => {
-                let text =
-                    std::fs::read_to_string(self.source.join("tokenizer_config.json")).ok()?;
+                let text = files::read_text(
+                    &self.source.join("tokenizer_config.json"),
+                    files::JSON_LIMIT,
+                    "a JSON file",
+                )
+                .ok()?;
                 let v: serde_json::Value = serde_json::from_str(&text).ok()?;
                 v.get("chat_template")?.as_str().map(str::to_string)
             }
         }
     }
+}
+
+/// Whether every element is finite, on the tensor's own device: x * 0 is 0
+/// for a finite x and NaN for NaN or an infinity, so the sum is NaN exactly
+/// when some element is not finite (one scalar comes back).
+fn all_finite(t: &Tensor) -> candle_core::Result<bool> {
+    if !t.dtype().is_float() {
+        return Ok(true);
+    }
+    let s = t
+        .affine(0.0, 0.0)?
+        .sum_all()?
+        .to_dtype(DType::F32)?
+        .to_scalar::<f32>()?;
+    Ok(s.is_finite())
 }
 
 /// Dequantizes (or just reinterprets) GGML bytes into an f32 CPU tensor.
