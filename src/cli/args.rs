@@ -2,12 +2,12 @@
 //! which massive-activation thresholds apply, which attack to run.
 
 use clap::ValueEnum;
-use color_eyre::eyre::Result;
+use color_eyre::eyre::{bail, Result};
 
 use mwtop::analysis::attack::{Attack, AttackMode};
 use mwtop::analysis::massive::{self, MedianScope, Thresholds};
 use mwtop::analysis::target::{self, Target, DEFAULT_PROBE};
-use mwtop::checkpoint::Checkpoint;
+use mwtop::checkpoint::{Checkpoint, ModelConfig};
 use mwtop::checkpoint::{Proj, WeightId};
 use mwtop::model::intervention::WeightEdit;
 use mwtop::model::Model;
@@ -18,10 +18,10 @@ use super::progress;
 #[derive(clap::Args, Clone)]
 pub struct ThresholdArgs {
     /// |x| must exceed this.
-    #[arg(long, default_value_t = 100.0)]
+    #[arg(long, default_value_t = 100.0, value_parser = finite_non_negative_f32, allow_negative_numbers = true)]
     min_abs: f32,
     /// |x| must be at least this many times the median |x|.
-    #[arg(long, default_value_t = 1000.0)]
+    #[arg(long, default_value_t = 1000.0, value_parser = finite_non_negative_f32, allow_negative_numbers = true)]
     min_ratio: f32,
     /// The median of the whole layer output (as the published code) or of the token's vector.
     #[arg(long, value_enum, default_value_t = Scope::Layer)]
@@ -83,13 +83,13 @@ pub struct AttackArgs {
     #[arg(long, value_enum, default_value_t = ModeArg::Original)]
     mode: ModeArg,
     /// How many massive weights the attack touches.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = at_least_one, allow_negative_numbers = true)]
     k: usize,
     /// The layer to attack (default: the massive layer found by a scan of --probe).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     layer: Option<usize>,
     /// Explicit d_ff dims (comma-separated), most massive first; sets k to their count.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
     dims: Option<Vec<usize>>,
     /// The probe used to find the massive layer and rank its dims.
     #[arg(long, default_value = DEFAULT_PROBE)]
@@ -116,9 +116,44 @@ impl AttackArgs {
         self.thresholds.get()
     }
 
+    /// `--k`, `--layer` and `--dims` within the model: k of its d_ff rows,
+    /// one of its layers, distinct dims of its d_ff.
+    pub fn check(&self, config: &ModelConfig) -> Result<()> {
+        let (layers, d_ff) = (config.n_layers, config.d_ff);
+        if self.k > d_ff {
+            bail!(
+                "--k {}: the model's MLPs have {d_ff} rows (d_ff), so k must lie in 1..={d_ff}",
+                self.k
+            );
+        }
+        if let Some(l) = self.layer.filter(|&l| l >= layers) {
+            bail!(
+                "--layer {l}: the model has layers 0..{} ({layers} layers)",
+                layers - 1
+            );
+        }
+        if let Some(dims) = &self.dims {
+            if dims.is_empty() {
+                bail!("--dims names no dims");
+            }
+            if let Some(d) = dims.iter().find(|&&d| d >= d_ff) {
+                bail!(
+                    "--dims {d}: the model's d_ff dims are 0..{} (d_ff {d_ff})",
+                    d_ff - 1
+                );
+            }
+            let mut seen = std::collections::HashSet::new();
+            if let Some(d) = dims.iter().find(|&&d| !seen.insert(d)) {
+                bail!("--dims names {d} twice");
+            }
+        }
+        Ok(())
+    }
+
     /// The target (scanned when not given; a model without a massive layer
     /// is refused unless `--layer` names one).
     pub fn target(&self, model: &Model, tok: &tokenizers::Tokenizer) -> Result<Target> {
+        self.check(model.config())?;
         let th = self.thresholds.get();
         let t = target::resolve_target(model, tok, &self.probe, th, self.layer, self.dims.clone())?;
         Ok(t.require_massive(&self.probe, th)?)
@@ -127,6 +162,7 @@ impl AttackArgs {
     /// The target as `--layer`/`--dims` and the scan give it, the fallback
     /// layer included (for reports, which say so, rather than refuse).
     pub fn any_target(&self, model: &Model, tok: &tokenizers::Tokenizer) -> Result<Target> {
+        self.check(model.config())?;
         let th = self.thresholds.get();
         Ok(target::resolve_target(
             model,
@@ -147,6 +183,7 @@ impl AttackArgs {
         seed: u64,
         needed: bool,
     ) -> Result<Option<(Target, Attack)>> {
+        self.check(model.config())?;
         let mode = self.mode();
         if mode == AttackMode::Original && !needed && self.edits.is_empty() {
             return Ok(None);
@@ -290,4 +327,53 @@ fn parse_edit(s: &str) -> std::result::Result<WeightEdit, String> {
         col: num(col)?,
         value,
     })
+}
+
+/// A count of at least 1 (clap's value parser, so the message names the option).
+pub fn at_least_one(s: &str) -> std::result::Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err("expected a whole number of at least 1".into()),
+    }
+}
+
+fn float(s: &str) -> std::result::Result<f64, String> {
+    s.trim()
+        .parse::<f64>()
+        .map_err(|_| format!("{s:?} is not a number"))
+}
+
+/// A finite number >= 0.
+pub fn finite_non_negative(s: &str) -> std::result::Result<f64, String> {
+    match float(s)? {
+        v if v.is_finite() && v >= 0.0 => Ok(v),
+        v => Err(format!("must be a finite number >= 0, got {v}")),
+    }
+}
+
+/// A finite number >= 0, as f32.
+pub fn finite_non_negative_f32(s: &str) -> std::result::Result<f32, String> {
+    finite_non_negative(s).and_then(|v| {
+        let x = v as f32;
+        x.is_finite()
+            .then_some(x)
+            .ok_or_else(|| format!("{v} is beyond f32's range"))
+    })
+}
+
+/// A finite number > 0.
+pub fn finite_positive(s: &str) -> std::result::Result<f64, String> {
+    match float(s)? {
+        v if v.is_finite() && v > 0.0 => Ok(v),
+        v => Err(format!("must be a finite number > 0, got {v}")),
+    }
+}
+
+/// A probability or share, in [0, 1].
+pub fn unit_interval(s: &str) -> std::result::Result<f64, String> {
+    match float(s)? {
+        v if (0.0..=1.0).contains(&v) => Ok(v),
+        v => Err(format!("must lie in [0, 1], got {v}")),
+    }
 }

@@ -28,7 +28,7 @@ pub struct BenchArgs {
     /// Model path or hub id; omitted: the demo model.
     model: Option<String>,
     /// Decode steps to time.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = super::args::at_least_one, allow_negative_numbers = true)]
     decode: usize,
     #[command(flatten)]
     run: RunArgs,

@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use color_eyre::eyre::{bail, eyre, Result, WrapErr};
+use color_eyre::eyre::{bail, eyre, Result};
 use serde::Serialize;
 
 use mwtop::analysis::attack::{Attack, AttackMode};
@@ -28,10 +28,10 @@ pub struct CheckArgs {
     /// Model path or hub id; omitted: the demo model.
     model: Option<String>,
     /// How many massive weights (rows of up/gate_proj) to zero.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = super::args::at_least_one, allow_negative_numbers = true)]
     k: usize,
     /// Fail when zeroing raises perplexity by more than this factor.
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 2.0, allow_negative_numbers = true)]
     max_ratio: f64,
     /// The text whose perplexity is compared (default: mwtop's evaluation text), BOS first.
     #[arg(long)]
@@ -40,10 +40,15 @@ pub struct CheckArgs {
     #[arg(long, value_delimiter = ',')]
     tasks: Option<Vec<String>>,
     /// The first N questions of each task.
-    #[arg(long, requires = "tasks")]
+    #[arg(long, requires = "tasks", value_parser = super::args::at_least_one, allow_negative_numbers = true)]
     limit: Option<usize>,
     /// Fail when a task's accuracy falls by more than this many points.
-    #[arg(long, default_value_t = 5.0, requires = "tasks")]
+    #[arg(
+        long,
+        default_value_t = 5.0,
+        requires = "tasks",
+        allow_negative_numbers = true
+    )]
     max_drop: f64,
     #[arg(long, default_value = DEFAULT_PROBE)]
     probe: String,
@@ -150,7 +155,7 @@ impl CheckArgs {
         let ckpt = super::open(self.model.as_deref(), global.as_deref())?;
         let tok = ckpt.tokenizer()?;
         let body = match &self.text {
-            Some(p) => std::fs::read_to_string(p).wrap_err_with(|| p.display().to_string())?,
+            Some(p) => super::read_text(p)?,
             None => EVAL_TEXT.to_string(),
         };
         let named = named_tasks(self.tasks.as_deref())?;

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use color_eyre::eyre::Result;
+use color_eyre::eyre::{bail, eyre, Result};
 
 use mwtop::convert::ConvertReport;
 
@@ -26,7 +26,29 @@ pub struct ConvertArgs {
 impl ConvertArgs {
     pub fn run(self) -> Result<()> {
         let ckpt = super::open(Some(&self.model), None)?;
-        mwtop::convert::convert(&ckpt, &self.out, self.dtype.into())?.print(self.json)
+        // convert writes into a hidden sibling and renames it: creating the
+        // directory first names a place that cannot be written as the user
+        // gave it, not by the temporary name.
+        let out = &self.out;
+        let created = match std::fs::create_dir(out) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+            Err(e) => bail!("{}: cannot create the output directory: {e}", out.display()),
+        };
+        let result = mwtop::convert::convert(&ckpt, out, self.dtype.into());
+        match result {
+            Ok(report) => report.print(self.json),
+            Err(e) => {
+                if created {
+                    let _ = std::fs::remove_dir(out);
+                }
+                let tmp = mwtop::checkpoint::temp_sibling(out);
+                Err(eyre!(e.to_string().replace(
+                    &tmp.display().to_string(),
+                    &out.display().to_string()
+                )))
+            }
+        }
     }
 }
 

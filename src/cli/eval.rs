@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use color_eyre::eyre::{bail, eyre, Result, WrapErr};
+use color_eyre::eyre::{bail, eyre, Result};
 use serde::Serialize;
 
 use mwtop::analysis::attack::{Attack, AttackMode};
@@ -27,10 +27,10 @@ pub struct EvalArgs {
     #[arg(long)]
     bos: bool,
     /// Sliding window in tokens (default: min(context, 2048)).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     window: Option<usize>,
     /// Tokens between window starts (default: half the window).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     stride: Option<usize>,
     #[command(flatten)]
     attack: AttackArgs,
@@ -109,8 +109,7 @@ impl Report for SweepReport {
 impl EvalArgs {
     pub fn run(self, global: Option<String>) -> Result<()> {
         let ckpt = super::open(self.model.as_deref(), global.as_deref())?;
-        let body = std::fs::read_to_string(&self.text)
-            .wrap_err_with(|| self.text.display().to_string())?;
+        let body = super::read_text(&self.text)?;
         let tok = ckpt.tokenizer()?;
         let mut ids = tok
             .encode(body.as_str(), false)

@@ -36,37 +36,37 @@ pub struct FinetuneArgs {
     /// directory that is not an adapter is refused).
     #[arg(long)]
     out: PathBuf,
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = super::args::at_least_one, allow_negative_numbers = true)]
     lora_rank: usize,
-    #[arg(long, default_value_t = 16.0)]
+    #[arg(long, default_value_t = 16.0, value_parser = super::args::finite_positive, allow_negative_numbers = true)]
     lora_alpha: f64,
     /// Projections adapted in every layer (comma-separated: q, k, v, o,
     /// gate, up, down).
     #[arg(long, value_delimiter = ',', default_value = "q,k,v,o,gate,up,down")]
     targets: Vec<String>,
     /// Peak learning rate (AdamW, no weight decay).
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = 1e-4, value_parser = super::args::finite_positive, allow_negative_numbers = true)]
     lr: f64,
-    #[arg(long, default_value_t = 3, conflicts_with = "steps")]
+    #[arg(long, default_value_t = 3, conflicts_with = "steps", value_parser = super::args::at_least_one, allow_negative_numbers = true)]
     epochs: usize,
     /// Stop after this many updates instead of after --epochs.
-    #[arg(long)]
+    #[arg(long, value_parser = super::args::at_least_one, allow_negative_numbers = true)]
     steps: Option<usize>,
     /// Examples per forward.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = super::args::at_least_one, allow_negative_numbers = true)]
     batch: usize,
     /// Forwards per update (the paper's effective batch of 256: --batch 8 --grad-accum 32).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = super::args::at_least_one, allow_negative_numbers = true)]
     grad_accum: usize,
     /// Share of the updates that warm the learning rate up (then it falls linearly to 0).
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, value_parser = super::args::unit_interval, allow_negative_numbers = true)]
     warmup: f64,
     /// Tokens per example (longer ones are cut; an instruction whose
     /// prompt alone is that long is skipped).
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, allow_negative_numbers = true)]
     max_len: usize,
     /// Only the first N records.
-    #[arg(long)]
+    #[arg(long, value_parser = super::args::at_least_one, allow_negative_numbers = true)]
     limit: Option<usize>,
     /// Seed of the adapter's initial A, the data order and MacDrop's masks.
     #[arg(long, default_value_t = 0)]
@@ -78,19 +78,19 @@ pub struct FinetuneArgs {
     #[arg(long)]
     resume: bool,
     /// Write a checkpoint every N updates.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_parser = super::args::at_least_one, allow_negative_numbers = true)]
     save_every: usize,
     /// MacDrop: drop elements of the massive rows of W_up and W_gate each update.
     #[arg(long)]
     macdrop: bool,
     /// MacDrop's massive rows (the top k of the scan).
-    #[arg(long, default_value_t = 5, requires = "macdrop")]
+    #[arg(long, default_value_t = 5, requires = "macdrop", value_parser = super::args::at_least_one, allow_negative_numbers = true)]
     k: usize,
     /// MacDrop's initial drop probability.
-    #[arg(long, default_value_t = 0.8, requires = "macdrop")]
+    #[arg(long, default_value_t = 0.8, requires = "macdrop", value_parser = super::args::unit_interval, allow_negative_numbers = true)]
     p0: f64,
     /// MacDrop's layer (default: the massive layer of a scan of --probe).
-    #[arg(long, requires = "macdrop")]
+    #[arg(long, requires = "macdrop", allow_negative_numbers = true)]
     layer: Option<usize>,
     /// How MacDrop's probability falls: step (the paper's), epoch, exp or constant.
     #[arg(long, value_enum, default_value_t = Schedule::Step, requires = "macdrop")]

@@ -27,7 +27,8 @@ pub struct GenerateArgs {
     /// Wrap the prompt in the model's chat template (ChatML if it has none).
     #[arg(long)]
     chat: bool,
-    #[arg(long, default_value_t = 64)]
+    /// Tokens to generate: at least 1, and the prompt and they must fit the context.
+    #[arg(long, default_value_t = 64, value_parser = super::args::at_least_one, allow_negative_numbers = true)]
     max_tokens: usize,
     /// 0 is greedy.
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
@@ -127,6 +128,15 @@ impl GenerateArgs {
             return Err(eyre!("the prompt is empty"));
         }
         let model = self.run.load(&ckpt)?;
+        let room = model.max_positions().saturating_sub(ids.len());
+        if room > 0 && self.max_tokens > room {
+            return Err(eyre!(
+                "--max-tokens {}: the prompt's {} tokens and the continuation must fit the model's context of {} positions, so at most {room}",
+                self.max_tokens,
+                ids.len(),
+                model.max_positions()
+            ));
+        }
         let params = GenerateParams {
             max_tokens: self.max_tokens,
             temperature: self.temperature,

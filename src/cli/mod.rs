@@ -22,7 +22,7 @@ use clap::{Parser, Subcommand};
 use color_eyre::eyre::{Result, WrapErr};
 use serde::Serialize;
 
-use mwtop::checkpoint::Checkpoint;
+use mwtop::checkpoint::{files, Checkpoint};
 
 /// top for the inside of a language model: massive activations and the
 /// massive weights that make them.
@@ -138,6 +138,13 @@ trait Report: Serialize {
         }
         Ok(())
     }
+}
+
+/// A text file the user named: a regular file (a FIFO or a device is
+/// refused, never read until memory runs out) of at most
+/// [`files::TEXT_LIMIT`] bytes of UTF-8.
+fn read_text(path: &std::path::Path) -> Result<String> {
+    Ok(files::read_text(path, files::TEXT_LIMIT, "a text")?)
 }
 
 /// Opens the subcommand's model, else the one named before it, else the demo model.

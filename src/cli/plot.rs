@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use color_eyre::eyre::{bail, eyre, Result, WrapErr};
+use color_eyre::eyre::{bail, eyre, Result};
 
 use mwtop::analysis::attack::Attack;
 use mwtop::analysis::massive::{self, ScanReport};
@@ -48,7 +48,7 @@ pub struct PlotArgs {
     out: PathBuf,
     /// The layer the tokens and dff figures show (default: the attacked
     /// layer, else the massive layer).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     at: Option<usize>,
     /// The text the sweep scores (default: mwtop's evaluation text), BOS first.
     #[arg(long)]
@@ -109,7 +109,7 @@ pub fn eval_tokens(
     text: Option<&Path>,
 ) -> Result<Vec<u32>> {
     let body = match text {
-        Some(p) => std::fs::read_to_string(p).wrap_err_with(|| p.display().to_string())?,
+        Some(p) => super::read_text(p)?,
         None => EVAL_TEXT.to_string(),
     };
     let mut ids = tok

@@ -37,13 +37,13 @@ pub struct ReportArgs {
     /// Apply the model's chat template to the prompt.
     #[arg(long)]
     chat: bool,
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = 40, value_parser = super::args::at_least_one, allow_negative_numbers = true)]
     max_tokens: usize,
     /// Zero-shot tasks to score under each attack (comma-separated).
     #[arg(long, value_delimiter = ',')]
     tasks: Option<Vec<String>>,
     /// The first N questions of each task.
-    #[arg(long, requires = "tasks")]
+    #[arg(long, requires = "tasks", value_parser = super::args::at_least_one, allow_negative_numbers = true)]
     limit: Option<usize>,
     /// The text whose perplexity the sweep reports (default: mwtop's evaluation text).
     #[arg(long)]

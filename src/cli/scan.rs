@@ -20,7 +20,7 @@ pub struct ScanArgs {
     #[arg(long, default_value = DEFAULT_PROBE)]
     prompt: String,
     /// How many massive weights (d_ff dims) to list.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = super::args::at_least_one, allow_negative_numbers = true)]
     k: usize,
     #[command(flatten)]
     thresholds: ThresholdArgs,

@@ -38,7 +38,7 @@ pub struct TasksArgs {
     #[arg(long, conflicts_with = "tasks")]
     requests: Option<PathBuf>,
     /// The first N questions of each task.
-    #[arg(long)]
+    #[arg(long, value_parser = super::args::at_least_one, allow_negative_numbers = true)]
     limit: Option<usize>,
     #[command(flatten)]
     attack: AttackArgs,
@@ -53,7 +53,7 @@ pub struct TasksArgs {
     #[arg(long)]
     per_request: bool,
     /// Tokens per forward (default: 2048 on the CPU, 16384 on a GPU).
-    #[arg(long)]
+    #[arg(long, value_parser = super::args::at_least_one, allow_negative_numbers = true)]
     batch_tokens: Option<usize>,
     #[command(flatten)]
     run: RunArgs,
