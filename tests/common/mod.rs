@@ -210,3 +210,74 @@ pub fn assert_round_trip(gguf: &Path, out: &Path, dtype: candle_core::DType) {
     assert_eq!(ta, tb);
     assert_eq!(a.chat_template(), b.chat_template());
 }
+
+/// How a run under [`mwtop_bounded`] ended.
+pub struct Bounded {
+    /// The exit code; None when a signal ended it (or the timeout did).
+    pub code: Option<i32>,
+    /// The signal that ended it, if one did.
+    pub signal: Option<i32>,
+    pub timed_out: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the real `mwtop` binary with stdin closed, an address-space limit
+/// (a memory blow-up fails fast instead of eating the machine) and a
+/// timeout (a hang is killed and reported instead of hanging the suite).
+pub fn mwtop_bounded(args: &[&str], timeout: std::time::Duration, address_space: u64) -> Bounded {
+    use std::io::Read;
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    use std::process::Stdio;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mwtop"));
+    // Without RUST_BACKTRACE: with it, every error report symbolizes a
+    // backtrace over the debug build's debug info (half a second a run).
+    cmd.args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: address_space as libc::rlim_t,
+                rlim_max: address_space as libc::rlim_t,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("the mwtop binary starts");
+    let pipe = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            String::from_utf8_lossy(&buf).into_owned()
+        })
+    };
+    let out = pipe(Box::new(child.stdout.take().expect("stdout piped")));
+    let err = pipe(Box::new(child.stderr.take().expect("stderr piped")));
+    let deadline = std::time::Instant::now() + timeout;
+    let (status, timed_out) = loop {
+        if let Some(status) = child.try_wait().expect("waiting on mwtop") {
+            break (status, false);
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            break (child.wait().expect("the killed child is reaped"), true);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    Bounded {
+        code: status.code(),
+        signal: status.signal(),
+        timed_out,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }
+}
