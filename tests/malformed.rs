@@ -1490,6 +1490,42 @@ fn cases() -> Vec<Case> {
                 a
             }),
         ),
+        case(
+            "finetune_data_fifo",
+            &["data.jsonl", "not a regular file (a FIFO)"],
+            |dir| {
+                let g = write_gguf(dir, &gguf_bytes());
+                let data = dir.join("data.jsonl");
+                mkfifo(&data);
+                args(&[
+                    "finetune",
+                    &s(&g),
+                    "--data",
+                    &s(&data),
+                    "--out",
+                    &s(&dir.join("adapter")),
+                    "--device",
+                    "cpu",
+                ])
+            },
+        ),
+        case(
+            "tasks_requests_fifo",
+            &["requests.jsonl", "not a regular file (a FIFO)"],
+            |dir| {
+                let g = write_gguf(dir, &gguf_bytes());
+                let requests = dir.join("requests.jsonl");
+                mkfifo(&requests);
+                args(&[
+                    "tasks",
+                    &s(&g),
+                    "--requests",
+                    &s(&requests),
+                    "--device",
+                    "cpu",
+                ])
+            },
+        ),
     ];
     v.push(Case {
         name: "convert_into_a_path_under_a_file",

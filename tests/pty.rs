@@ -21,11 +21,12 @@ fn a_missing_model_fails_before_taking_the_screen() {
     );
 }
 
-/// SIGTERM and SIGHUP end the UI with the terminal given back: out of the
-/// alternate screen, the cursor shown.
+/// SIGTERM, SIGHUP, SIGINT and the Ctrl-C key (0 stands for the key, sent
+/// as byte 3 through the terminal) end the UI with the terminal given back:
+/// out of the alternate screen, the cursor shown.
 #[test]
 fn a_terminated_ui_gives_the_terminal_back() {
-    for signal in [libc::SIGTERM, libc::SIGHUP] {
+    for signal in [libc::SIGTERM, libc::SIGHUP, libc::SIGINT, 0] {
         let dir = common::tempdir();
         let path = dir.path().join("planted");
         mwtop::synthetic::Spec::planted()
@@ -40,7 +41,12 @@ fn a_terminated_ui_gives_the_terminal_back() {
         );
         t.wait_for(r"massive", Duration::from_secs(60));
         assert!(t.alternate_screen(), "the UI took the screen");
-        unsafe { libc::kill(t.pid() as i32, signal) };
+        if signal == 0 {
+            t.send(&[3]);
+        } else {
+            // SAFETY: a signal to our own child.
+            unsafe { libc::kill(t.pid() as i32, signal) };
+        }
         assert_eq!(t.wait_exit(Duration::from_secs(20)), 0);
         std::thread::sleep(Duration::from_millis(200));
         assert!(

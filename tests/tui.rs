@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use candle_core::DType;
@@ -12,7 +12,6 @@ use crossterm::event::{
     Event as TermEvent, KeyCode, KeyEvent, KeyModifiers, MouseButton, MouseEvent, MouseEventKind,
 };
 use mwtop::engine::{EngineHandle, Event};
-use mwtop::synthetic::Spec;
 use mwtop::tui::app::{App, Shown, View};
 use mwtop::tui::heatmap::{self, Geometry};
 use mwtop::tui::ui;
@@ -20,90 +19,22 @@ use ratatui::backend::TestBackend;
 use ratatui::style::Color;
 use ratatui::Terminal;
 
-struct Harness {
-    _dir: tempfile::TempDir,
-    app: App,
-    rx: Receiver<Event>,
+#[path = "common/harness.rs"]
+mod harness;
+use harness::Harness;
+
+/// Reading the drawn heatmap back.
+trait Pixels {
+    fn pixel(
+        &mut self,
+        row: usize,
+        col: usize,
+        rows: &[Vec<f32>],
+        reference: &[f32],
+    ) -> (Color, f32);
 }
 
-impl Harness {
-    fn new() -> Self {
-        Self::with_adapters(|_| Vec::new())
-    }
-
-    /// The planted model with the adapters `make` writes beside it.
-    fn with_adapters(make: impl FnOnce(&std::path::Path) -> Vec<std::path::PathBuf>) -> Self {
-        let dir = common::tempdir();
-        let path = dir.path().join("planted");
-        Spec::planted()
-            .write_hf_dir(&path, safetensors::Dtype::F32)
-            .unwrap();
-        let adapters = make(&path);
-        let (tx, rx) = mpsc::channel();
-        let engine = EngineHandle::spawn(
-            move |e| drop(tx.send(e)),
-            mwtop::analysis::perplexity::EVAL_TEXT.to_string(),
-        );
-        let mut app = App::new(Box::new(move |job| engine.submit(job)), "Hi");
-        app.max_tokens = 12;
-        app.start_with_adapters(
-            Some(path.to_str().unwrap().to_string()),
-            Some("cpu".to_string()),
-            DType::F32,
-            adapters,
-        );
-        let mut h = Self { _dir: dir, app, rx };
-        h.settle();
-        h
-    }
-
-    /// Feeds engine events to the app until everything asked for has arrived.
-    fn settle(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let a = &self.app;
-            let done = a.error.is_some()
-                || (a.probe.is_some()
-                    && a.detail.as_ref().is_some_and(|d| d.layer == a.layer)
-                    && a.states.as_ref().is_some_and(|s| s.layer() == a.layer)
-                    && !a.generating
-                    && a.perplexity.1.is_some());
-            if done {
-                // Drain anything still queued (stale epochs are ignored by the app).
-                while let Ok(e) = self.rx.recv_timeout(Duration::from_millis(50)) {
-                    self.app.on_engine_event(e);
-                }
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the engine did not finish in time"
-            );
-            if let Ok(e) = self.rx.recv_timeout(Duration::from_millis(100)) {
-                self.app.on_engine_event(e);
-            }
-        }
-    }
-
-    fn key(&mut self, code: KeyCode) {
-        self.app
-            .on_terminal_event(TermEvent::Key(KeyEvent::from(code)));
-        self.settle();
-    }
-
-    fn screen(&mut self, w: u16, h: u16) -> String {
-        let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
-        t.draw(|f| ui::draw(f, &mut self.app)).unwrap();
-        t.backend().to_string()
-    }
-
-    /// The drawn cells, colours included.
-    fn cells(&mut self, w: u16, h: u16) -> ratatui::buffer::Buffer {
-        let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
-        t.draw(|f| ui::draw(f, &mut self.app)).unwrap();
-        t.backend().buffer().clone()
-    }
-
+impl Pixels for Harness {
     /// The colour drawn for data (row, col) of the heatmap, and the
     /// largest |x| / reference of that pixel's bin in `rows`.
     fn pixel(
@@ -517,15 +448,19 @@ fn adapters_are_shown_beside_the_base_model() {
     let screen = h.screen(120, 30);
     assert!(screen.contains("tuned · original"), "{screen}");
     assert!(screen.contains("tuned · zero"), "{screen}");
-    assert_eq!(h.app.perplexity.1, tuned_zero);
-    assert_eq!(
-        h.app.perplexity.0, right,
-        "the adapter's own original, kept"
+    // The same numbers as before, up to the last bits a batch of other
+    // rows can change (the models themselves differ by more than 1e-3).
+    let same = |a: Option<f64>, b: Option<f64>| (a.unwrap() / b.unwrap() - 1.0).abs() < 1e-7;
+    assert!(same(h.app.perplexity.1, tuned_zero));
+    assert!(
+        same(h.app.perplexity.0, right),
+        "the adapter's own original: {:?} vs {right:?}",
+        h.app.perplexity.0
     );
 
     h.key(KeyCode::Char('m'));
     assert_eq!(h.app.models, [Some(0), None]);
-    assert_eq!(h.app.perplexity, (tuned_zero, base_zero));
+    assert!(same(h.app.perplexity.0, tuned_zero) && same(h.app.perplexity.1, base_zero));
 }
 
 /// `w` zeroes the super weight alone: the title names it, the massive

@@ -16,6 +16,8 @@ pub const JSON_LIMIT: u64 = 64 << 20;
 pub const TOKENIZER_LIMIT: u64 = 256 << 20;
 /// A text to score (`eval --text`, `check --text`, `plot --text`).
 pub const TEXT_LIMIT: u64 = 256 << 20;
+/// Fine-tuning data read whole (alpaca_gpt4_en is about 40 MB).
+pub const DATA_LIMIT: u64 = 1 << 30;
 
 /// What a non-regular file is, for messages.
 fn kind(meta: &Metadata) -> &'static str {

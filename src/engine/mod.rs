@@ -323,7 +323,7 @@ impl<F: Fn(Event)> Engine<F> {
                 if let Err(e) = self.handle(job) {
                     if !matches!(e, ModelError::Cancelled) {
                         tracing::error!("{e}");
-                        (self.emit)(Event::Failed(e.to_string()));
+                        (self.emit)(Event::Failed(crate::runtime::explain(e.to_string())));
                     }
                     if let (true, Some(l)) = (accuracy, self.loaded.as_mut()) {
                         l.accuracy_run = None;

@@ -137,6 +137,11 @@ pub fn resolve(data: &str) -> Result<PathBuf> {
         return ensure_named(named);
     }
     let path = PathBuf::from(data);
+    if crate::checkpoint::files::present(&path) {
+        // Named as what it is: a FIFO or directory under the name.
+        crate::checkpoint::files::regular_file(&path)
+            .map_err(|e| TrainError::Data(e.to_string()))?;
+    }
     if !path.is_file() {
         let names: Vec<&str> = NAMED.iter().map(|n| n.name).collect();
         return Err(TrainError::Data(format!(
@@ -151,7 +156,13 @@ pub fn resolve(data: &str) -> Result<PathBuf> {
 /// (`instruction`, optional `input`, `output`) or of `{"text": ...}`; any
 /// other file is one plain text.
 pub fn read_records(path: &Path) -> Result<Vec<Record>> {
-    let text = std::fs::read_to_string(path).map_err(io(path))?;
+    // A FIFO or device under the name is refused, not read forever.
+    let text = crate::checkpoint::files::read_text(
+        path,
+        crate::checkpoint::files::DATA_LIMIT,
+        "training data",
+    )
+    .map_err(|e| TrainError::Data(e.to_string()))?;
     let bad = |what: String| TrainError::Data(format!("{}: {what}", path.display()));
     let trimmed = text.trim_start();
     let values: Vec<Value> = if trimmed.starts_with('[') {

@@ -79,11 +79,12 @@ async fn event_loop(
     app.start_with_adapters(spec, device, dtype, adapters);
     let mut input = EventStream::new();
     let mut log_tick = tokio::time::interval(Duration::from_millis(250));
-    // SIGTERM and SIGHUP end the UI like `q`, so the terminal is given back
-    // (Ctrl-C arrives as a key in raw mode).
+    // SIGTERM, SIGHUP and SIGINT (from `kill`; Ctrl-C itself arrives as a
+    // key in raw mode) end the UI like `q`, so the terminal is given back.
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut hangup = signal(SignalKind::hangup())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
     loop {
         if app.dirty {
             terminal.draw(|f| ui::draw(f, &mut app))?;
@@ -105,6 +106,7 @@ async fn event_loop(
             _ = log_tick.tick(), if app.show_log => app.dirty = true,
             _ = term.recv() => break,
             _ = hangup.recv() => break,
+            _ = interrupt.recv() => break,
         }
         if app.quit {
             break;
