@@ -470,6 +470,26 @@ fn bad_sampling_settings_and_an_overlong_prompt_are_refused() {
         &common::mwtop(&["generate", m, "--prompt", &long]),
         &["the prompt has", "context holds"],
     );
+    // Or, when asked, the prompt keeps its last tokens, with a warning.
+    let out = common::mwtop(&[
+        "generate",
+        m,
+        "--prompt",
+        &long,
+        "--max-tokens",
+        "5",
+        "--truncate-prompt",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    assert!(
+        common::stderr(&out).contains("its first 109 tokens were dropped"),
+        "{}",
+        common::stderr(&out)
+    );
+    let v: serde_json::Value = serde_json::from_str(&common::stdout(&out)).unwrap();
+    let row = v.get("rows").map_or(&v, |r| &r[0]);
+    assert_eq!(row["prompt_tokens"], 4091, "{v}");
 }
 
 /// A NaN in a weight is refused when the weight loads, by the tensor's

@@ -41,6 +41,10 @@ pub struct GenerateArgs {
     /// Keep going past the end-of-sequence token.
     #[arg(long)]
     no_stop: bool,
+    /// A prompt that leaves no room for --max-tokens in the context keeps
+    /// its last tokens (and its BOS), with a warning, instead of being refused.
+    #[arg(long)]
+    truncate_prompt: bool,
     #[command(flatten)]
     attack: AttackArgs,
     /// Print the original and the attacked generation side by side (one batch of two).
@@ -121,14 +125,36 @@ impl GenerateArgs {
         .check()?;
         let ckpt = super::open(self.model.as_deref(), global.as_deref())?;
         let tok = ckpt.tokenizer()?;
-        let ids = PromptFormat::new(&ckpt, &tok)
+        let mut ids = PromptFormat::new(&ckpt, &tok)
             .ids(&tok, &self.prompt, self.chat)
             .map_err(|e| eyre!(e))?;
         if ids.is_empty() {
             return Err(eyre!("the prompt is empty"));
         }
         let model = self.run.load(&ckpt)?;
-        let room = model.max_positions().saturating_sub(ids.len());
+        let context = model.max_positions();
+        if self.truncate_prompt && ids.len() + self.max_tokens > context {
+            if self.max_tokens >= context {
+                return Err(eyre!(
+                    "--max-tokens {} leaves no room for a prompt in the model's context of {context} positions",
+                    self.max_tokens
+                ));
+            }
+            let bos = ckpt
+                .config()
+                .bos_token_id
+                .filter(|&b| ids.first() == Some(&b));
+            let keep = context - self.max_tokens - usize::from(bos.is_some());
+            let dropped = ids.len() - usize::from(bos.is_some()) - keep;
+            eprintln!(
+                "mwtop: warning: the prompt's {} tokens and --max-tokens {} pass the context of {context} positions: its first {dropped} tokens were dropped (--truncate-prompt)",
+                ids.len(),
+                self.max_tokens
+            );
+            let tail = ids.split_off(ids.len() - keep);
+            ids = bos.into_iter().chain(tail).collect();
+        }
+        let room = context.saturating_sub(ids.len());
         if room > 0 && self.max_tokens > room {
             return Err(eyre!(
                 "--max-tokens {}: the prompt's {} tokens and the continuation must fit the model's context of {} positions, so at most {room}",
