@@ -553,3 +553,27 @@ fn eval_window_and_stride_out_of_range() {
     let ok = common::mwtop(&["eval", m, "--text", t, "--window", "8", "--stride", "7"]);
     assert!(ok.status.success(), "{}", common::stderr(&ok));
 }
+
+/// Finite weights whose activations overflow the compute dtype (a planted
+/// super weight of 60,000, which f16 still holds, times a d_ff state
+/// above 1.1 passes f16's largest value, 65,504): the scan
+/// refuses to rank infinities instead of reporting them as a result.
+#[test]
+fn a_scan_that_overflows_its_dtype_is_an_error() {
+    let dir = common::tempdir();
+    let path = dir.path().join("overflow");
+    let mut spec = Spec::planted();
+    if let Some(p) = spec.plant.as_mut() {
+        p.super_value = 6e4;
+    }
+    spec.write_hf_dir(&path, safetensors::Dtype::F32).unwrap();
+    let m = common::path_str(&path);
+    let out = common::mwtop(&["scan", m, "--dtype", "f16", "--device", "cpu"]);
+    common::assert_one_line_error(
+        &out,
+        &["residual stream holds NaN or infinite values", "F16"],
+    );
+    // In f32 the same model scans.
+    let out = common::mwtop(&["scan", m, "--device", "cpu", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+}

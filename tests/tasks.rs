@@ -402,7 +402,7 @@ fn padded_batches_and_shared_prefixes_equal_rows_run_alone() {
         let (la, lb) = (alone(&a), alone(&b));
         // The same batches again with attention in tiles of one query (a
         // budget of 1 byte), whose masks are built on the device.
-        for budget in [mwtop::model::ATTENTION_BUDGET_DEFAULT, 1] {
+        for budget in [mwtop::model::ATTENTION_BUDGET_CPU, 1] {
             model.set_attention_budget(budget);
             // One-query tiles take the matrix-vector path: last-bit rounding
             // differences, nothing more (a wrong mask costs whole units).

@@ -175,6 +175,14 @@ pub fn scan(
             Reduction::MedianAbs,
         )
         .values[0];
+        // A NaN would rank as nothing and an Inf as everything: no scan
+        // result is better than a wrong one.
+        if !median.is_finite() || top.values.iter().any(|v| !v.is_finite()) {
+            return Err(crate::model::ModelError::Invalid(format!(
+                "layer {layer}'s residual stream holds NaN or infinite values (an overflow in {:?}?): the scan has no result",
+                model.dtype()
+            )));
+        }
         let per_token = &find(
             &out.captures,
             layer,

@@ -111,6 +111,14 @@ pub fn check(path: &Path, meta: &BTreeMap<String, GgufValue>, vocab_size: usize)
                     "tokenizer.ggml.merges[{i}] = {m:?} is not two tokens of the vocabulary separated by a space"
                 )));
             }
+            // What the merge makes must be a token too (the BPE builder
+            // assumes it and indexes past its buffer otherwise).
+            let made = m.replacen(' ', "", 1);
+            if !known.contains(made.as_str()) {
+                return Err(err(format!(
+                    "tokenizer.ggml.merges[{i}] = {m:?} makes {made:?}, which is not in the vocabulary"
+                )));
+            }
         }
     }
     for key in [
@@ -183,6 +191,15 @@ fn byte_level_bpe(
                 "merge {m:?} is not two tokens separated by a space"
             ))
         })?;
+        // tokenizers' BPE builder copies a + b into a buffer as long as the
+        // longest token before it looks the result up: a merge whose result
+        // is longer than every token panics there (found by fuzzing).
+        if !vocab.contains_key(&format!("{a}{b}")) {
+            return Err(err(format!(
+                "merge {m:?} makes {:?}, which is not in the vocabulary",
+                format!("{a}{b}")
+            )));
+        }
         pairs.push((a.to_string(), b.to_string()));
     }
     let bpe = BPE::builder()

@@ -199,7 +199,7 @@ impl Model {
             rotary_order,
             weights_version: 0,
             decode_graphs: true,
-            attention_budget: super::ATTENTION_BUDGET_DEFAULT,
+            attention_budget: super::attention_budget_for(device),
         })
     }
 }

@@ -174,9 +174,24 @@ pub struct Model {
     attention_budget: usize,
 }
 
-/// Default for [`Model::set_attention_budget`]: tiles start where a single
-/// score matrix would pass 64 MiB (a 2048-token window of a small model).
-pub const ATTENTION_BUDGET_DEFAULT: usize = 64 << 20;
+/// Default for [`Model::set_attention_budget`] on the CPU: tiles start
+/// where a single score matrix would pass 64 MiB (a 2048-token window of a
+/// small model), so a long window fits beside the weights in a few GB.
+pub const ATTENTION_BUDGET_CPU: usize = 64 << 20;
+
+/// The same on a GPU: 1 GiB, so the batches of zero-shot scoring and
+/// perplexity sweeps stay single kernels, and only windows of many
+/// thousand tokens are tiled.
+pub const ATTENTION_BUDGET_GPU: usize = 1 << 30;
+
+/// The default attention budget of a model on `device`.
+pub fn attention_budget_for(device: &Device) -> usize {
+    if device.is_cpu() {
+        ATTENTION_BUDGET_CPU
+    } else {
+        ATTENTION_BUDGET_GPU
+    }
+}
 
 /// Bytes of logits one chunk of [`LogitsMode::NextToken`] holds.
 const NEXT_TOKEN_CHUNK_BYTES: usize = 64 << 20;
