@@ -834,10 +834,20 @@ fn cases() -> Vec<Case> {
         ),
         case(
             "gguf_merge_of_unknown_tokens",
-            &["tokenizer.ggml.merges[1]", "\"abc xyz\""],
+            &["tokenizer.ggml.merges[0]", "\"abc xyz\"", "not two tokens"],
             gguf_meta(
                 "tokenizer.ggml.merges",
-                Array(8, vec![String("a b".into()), String("abc xyz".into())]),
+                Array(8, vec![String("abc xyz".into()), String("a b".into())]),
+            ),
+        ),
+        // Found by fuzzing: tokenizers' BPE builder panicked on a merge whose
+        // result is longer than every token.
+        case(
+            "gguf_merge_making_a_token_outside_the_vocabulary",
+            &["tokenizer.ggml.merges[0]", "makes \"ab\"", "not in the vocabulary"],
+            gguf_meta(
+                "tokenizer.ggml.merges",
+                Array(8, vec![String("a b".into())]),
             ),
         ),
         case(
