@@ -212,7 +212,7 @@ fn attack_errors_are_one_line() {
             vec![
                 "eval", m, "--text", text, "--mode", "zero", "--dims", "1536",
             ],
-            "d_ff = 1536",
+            "d_ff dims are 0..1535",
         ),
         (
             vec![
