@@ -844,7 +844,11 @@ fn cases() -> Vec<Case> {
         // result is longer than every token.
         case(
             "gguf_merge_making_a_token_outside_the_vocabulary",
-            &["tokenizer.ggml.merges[0]", "makes \"ab\"", "not in the vocabulary"],
+            &[
+                "tokenizer.ggml.merges[0]",
+                "makes \"ab\"",
+                "not in the vocabulary",
+            ],
             gguf_meta(
                 "tokenizer.ggml.merges",
                 Array(8, vec![String("a b".into())]),
