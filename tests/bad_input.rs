@@ -405,16 +405,7 @@ fn phi3_gguf_with_longrope_factors_is_refused() {
     let bytes = std::fs::read(&src).unwrap();
     let header = gguf::parse(&src, &bytes).unwrap();
     let meta: Vec<(String, GgufValue)> = header.metadata.clone().into_iter().collect();
-    let mut tensors: Vec<GgufTensorData> = header
-        .tensors
-        .iter()
-        .map(|t| GgufTensorData {
-            name: t.name.clone(),
-            dtype: t.dtype,
-            shape: t.shape(),
-            data: bytes[t.offset as usize..(t.offset + t.bytes) as usize].to_vec(),
-        })
-        .collect();
+    let mut tensors = gguf_writer::tensors_of(&header, &bytes);
     tensors.push(GgufTensorData {
         name: "rope_factors_long.weight".into(),
         dtype: candle_core::quantized::GgmlDType::F32,

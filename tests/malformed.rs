@@ -125,16 +125,7 @@ fn base_gguf(dtype: GgmlDType) -> &'static [u8] {
 fn gguf_parts(dtype: GgmlDType) -> (Meta, Vec<GgufTensorData>) {
     let bytes = base_gguf(dtype);
     let header = gguf::parse(Path::new("base.gguf"), bytes).unwrap();
-    let tensors = header
-        .tensors
-        .iter()
-        .map(|t| GgufTensorData {
-            name: t.name.clone(),
-            dtype: t.dtype,
-            shape: t.shape(),
-            data: bytes[t.offset as usize..(t.offset + t.bytes) as usize].to_vec(),
-        })
-        .collect();
+    let tensors = gguf_writer::tensors_of(&header, bytes);
     (Spec::default().gguf_metadata(), tensors)
 }
 

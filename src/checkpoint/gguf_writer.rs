@@ -47,6 +47,21 @@ fn put_value(out: &mut Vec<u8>, v: &GgufValue) {
     }
 }
 
+/// The tensors of a parsed GGUF (`header` of `bytes`) as writer input, so
+/// a file can be read, edited and written back.
+pub fn tensors_of(header: &super::gguf::GgufHeader, bytes: &[u8]) -> Vec<GgufTensorData> {
+    header
+        .tensors
+        .iter()
+        .map(|t| GgufTensorData {
+            name: t.name.clone(),
+            dtype: t.dtype,
+            shape: t.shape(),
+            data: bytes[t.offset as usize..(t.offset + t.bytes) as usize].to_vec(),
+        })
+        .collect()
+}
+
 /// Serializes a whole GGUF v3 file into memory (alignment 32).
 pub fn to_bytes(metadata: &[(String, GgufValue)], tensors: &[GgufTensorData]) -> Vec<u8> {
     const ALIGN: usize = 32;
