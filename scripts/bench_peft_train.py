@@ -2,7 +2,8 @@
 """transformers + peft's side of the training-speed comparison: the recipe
 `mwtop finetune` runs (LoRA r/alpha on every decoder projection, AdamW,
 Stanford Alpaca's prompt, the loss on the response and EOS, examples cut
-at MAX_LEN, micro-batches of BATCH right-padded, ACCUM per update), on the
+at MAX_LEN, micro-batches of BATCH right-padded, ACCUM per update; with
+GROUP_BY_LENGTH=1 each update's examples sorted by length first), on the
 same GGUF file dequantized to fp32. Prints JSON: counted (response) tokens
 per second over the updates after the first.
 
@@ -18,6 +19,9 @@ import transformers
 from peft import LoraConfig, get_peft_model
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# GROUP_BY_LENGTH=1: micro-batches of examples of similar length within each
+# update (what mwtop does); unset: in file order, as HF's Trainer by default.
+GROUP = os.environ.get("GROUP_BY_LENGTH") == "1"
 
 
 def prompt(ins, inp):
@@ -56,6 +60,8 @@ def main(gguf, data, steps, batch, accum, max_len, rank=16):
                 torch.cuda.synchronize()
             t0, counted = time.time(), 0
         chunk = examples[u * batch * accum:(u + 1) * batch * accum]
+        if GROUP:  # the update's examples by length, as mwtop's micro-batches
+            chunk = sorted(chunk, key=lambda e: len(e[0]))
         total = sum(len(ids) - s for ids, s in chunk)
         for m in range(accum):
             mb = chunk[m * batch:(m + 1) * batch]
@@ -78,7 +84,7 @@ def main(gguf, data, steps, batch, accum, max_len, rank=16):
     if DEVICE == "cuda":
         torch.cuda.synchronize()
     secs = time.time() - t0
-    print(json.dumps({"peer": "transformers+peft", "device": DEVICE, "updates_timed": steps - 1,
+    print(json.dumps({"peer": "transformers+peft", "device": DEVICE, "group_by_length": GROUP, "updates_timed": steps - 1,
                       "counted_tokens": counted, "seconds": secs,
                       "tokens_per_second": counted / secs}), flush=True)
 

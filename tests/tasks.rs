@@ -1,5 +1,6 @@
-//! Zero-shot scoring: left-padded batches and shared prefixes equal rows
-//! run alone, so batching changes no log-likelihood; acc, acc_norm and their standard errors follow
+//! Zero-shot scoring: left-padded batches and branched rows (a shared
+//! prefix, one branch per choice) equal rows run alone, so batching
+//! changes no log-likelihood; acc, acc_norm and their standard errors follow
 //! lm-evaluation-harness's definitions; the `tasks` subcommand reads
 //! request files and refuses bad ones in one line.
 
@@ -78,7 +79,7 @@ fn by_definition(model: &Model, c: &Choice, iv: &Interventions) -> f64 {
 
 #[test]
 fn shared_prefixes_and_batches_equal_each_request_scored_alone() {
-    for family in ["llama", "mistral", "gemma2"] {
+    for family in ["llama", "mistral", "gemma2", "gemma3", "phi3"] {
         let (model, tok) = load(&fixture(family));
         assert_eq!(zero_shot::bos_added(&tok, Some(256)), None, "{family}");
         let qs = questions();
@@ -374,13 +375,11 @@ fn requests_that_cannot_be_scored_exactly_are_refused() {
     assert!(e.contains("not finite"), "{e}");
 }
 
-/// Rows of different lengths in one batch: left padding hidden by
-/// `key_padding`, a shared prefix run once and continued per row through
-/// `Cache::select_rows`, right padding after the real tokens. Every real
-/// position's logits equal the row run alone (sliding windows and soft
-/// caps included).
+/// Rows of different lengths in one batch, left padding hidden by
+/// `key_padding`: every real position's logits equal the row run alone
+/// (sliding windows and soft caps included).
 #[test]
-fn padded_batches_and_shared_prefixes_equal_rows_run_alone() {
+fn left_padded_batches_equal_rows_run_alone() {
     for family in ["llama", "mistral", "gemma2", "phi3"] {
         let (mut model, _) = load(&fixture(family));
         // BOS, then the fixtures' byte-level ids of a text.
@@ -438,47 +437,94 @@ fn padded_batches_and_shared_prefixes_equal_rows_run_alone() {
             );
             let got_b = out.get(1).unwrap().narrow(0, 7, 13).unwrap();
             assert!(diff(&got_b, &lb) < tol, "{family}: {}", diff(&got_b, &lb));
-            // Prefixes a[..10] and b[..5] (left-padded to 10), then three rows:
-            // a[10..20], a[10..15] right-padded, b[5..13] right-padded.
-            let mut cache = model.new_cache();
-            let pads = vec![0, 5];
-            let prefix_b: Vec<u32> = [vec![0; 5], b[..5].to_vec()].concat();
+        }
+    }
+}
+
+/// A branched row (a prefix, then two branches and right padding, see
+/// `model::branches`) gives every real token the logits of its own
+/// sequence run alone, for every family (sliding windows counted in the
+/// branch's own positions, Gemma 3's local RoPE, Phi-3's partial rotary),
+/// with attention whole and in tiles of one query.
+#[test]
+fn branched_rows_equal_each_branch_run_alone() {
+    let families = [
+        "llama",
+        "mistral",
+        "qwen2_swa",
+        "qwen3",
+        "phi3",
+        "olmo2",
+        "gemma2",
+        "gemma3",
+    ];
+    for family in families {
+        let (mut model, _) = load(&fixture(family));
+        let text = "The quick brown fox jumps over the lazy dog. Summer is warm.";
+        let ids: Vec<u32> = std::iter::once(256)
+            .chain(text.bytes().map(u32::from))
+            .collect();
+        let prefix = &ids[..10];
+        let first = &ids[10..20];
+        let second = &ids[40..48];
+        let alone = |s: Vec<u32>| {
             model
-                .forward(
-                    &[a[..10].to_vec(), prefix_b],
-                    Some(&mut cache),
-                    &RunOptions {
-                        key_padding: Some(pads),
-                        logits: mwtop::model::LogitsMode::None,
-                        ..Default::default()
-                    },
-                )
-                .unwrap();
-            let mut rows = cache.select_rows(&[0, 0, 1], 10).unwrap();
-            let pad_to = |s: &[u32]| [s.to_vec(), vec![0; 10 - s.len()]].concat();
+                .forward(&[s], None, &RunOptions::default())
+                .unwrap()
+                .logits
+                .unwrap()
+                .get(0)
+                .unwrap()
+        };
+        let la = alone([prefix, first].concat());
+        let lb = alone([prefix, second].concat());
+        let row: Vec<u32> = [prefix, first, second, &[0, 0, 0]].concat();
+        let mut positions: Vec<u32> = (0..20).collect();
+        positions.extend(10..18);
+        positions.extend([0, 0, 0]);
+        let mut segments = vec![0u32; 10];
+        segments.extend([1; 10]);
+        segments.extend([2; 8]);
+        segments.extend([u32::MAX; 3]);
+        for budget in [mwtop::model::ATTENTION_BUDGET_CPU, 1] {
+            model.set_attention_budget(budget);
             let out = model
                 .forward(
-                    &[a[10..20].to_vec(), pad_to(&a[10..15]), pad_to(&b[5..13])],
-                    Some(&mut rows),
+                    std::slice::from_ref(&row),
+                    None,
                     &RunOptions {
-                        key_padding: Some(vec![0, 0, 5]),
+                        branches: Some(mwtop::model::Branches {
+                            positions: positions.clone(),
+                            segments: segments.clone(),
+                        }),
                         ..Default::default()
                     },
                 )
                 .unwrap()
                 .logits
+                .unwrap()
+                .get(0)
                 .unwrap();
-            let at = |r: usize, n: usize| out.get(r).unwrap().narrow(0, 0, n).unwrap();
+            let diff = |x: candle_core::Tensor, y: candle_core::Tensor| -> f32 {
+                (x - y)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar()
+                    .unwrap()
+            };
+            let tol = if budget == 1 { 1e-4 } else { 1e-5 };
+            let n = |t: &candle_core::Tensor, a, l| t.narrow(0, a, l).unwrap();
+            let d = [
+                diff(n(&out, 0, 20), n(&la, 0, 20)),
+                diff(n(&out, 20, 8), n(&lb, 10, 8)),
+            ];
             assert!(
-                diff(&at(0, 10), &la.narrow(0, 10, 10).unwrap()) < tol,
-                "{family}"
+                d.iter().all(|&d| d < tol),
+                "{family} budget {budget}: {d:?}"
             );
-            assert!(
-                diff(&at(1, 5), &la.narrow(0, 10, 5).unwrap()) < tol,
-                "{family}"
-            );
-            let d = diff(&at(2, 8), &lb.narrow(0, 5, 8).unwrap());
-            assert!(d < tol, "{family} budget {budget}: {d}");
         }
     }
 }

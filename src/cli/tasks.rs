@@ -85,7 +85,9 @@ struct TasksReport {
     average: TaskScore,
     /// None for the original model.
     attack: Option<Attack>,
+    /// Scoring; tokenizing the requests before it took `tokenize_seconds`.
     seconds: f64,
+    tokenize_seconds: f64,
     #[serde(skip)]
     label: String,
 }
@@ -204,6 +206,7 @@ impl TasksArgs {
             }
         };
         let model = self.run.load(&ckpt)?;
+        let tokenizing = Instant::now();
         let encoded: Vec<(String, Vec<Encoded>)> = named
             .into_iter()
             .map(|(name, qs)| {
@@ -213,6 +216,7 @@ impl TasksArgs {
                 Ok((name, enc))
             })
             .collect::<Result<_>>()?;
+        let tokenize_seconds = tokenizing.elapsed().as_secs_f64();
         if encoded.iter().all(|(_, e)| e.is_empty()) {
             bail!("no questions to score");
         }
@@ -303,6 +307,7 @@ impl TasksArgs {
             tasks,
             attack,
             seconds: t0.elapsed().as_secs_f64(),
+            tokenize_seconds,
             label,
         }
         .print(self.json)

@@ -3,6 +3,7 @@
 
 use candle_core::{DType, Device, Tensor};
 
+use super::branches::BranchTables;
 use super::family::QkNorm;
 use super::kv::LayerKv;
 use super::plan::Plan;
@@ -101,7 +102,6 @@ impl Model {
         // `rep` query heads that share a key/value head are stacked as rows of
         // one matrix, so each kv head is one batched matmul.
         let rep = c.n_heads / c.n_kv_heads;
-        let total = k.dim(2)?;
         let q = q.reshape((b, c.n_kv_heads, rep * t, c.head_dim))?;
         let mut scores = q.matmul(&k.t()?)?;
         // Gemma 2 caps the scaled scores before the mask: cap * tanh(s / cap),
@@ -109,16 +109,10 @@ impl Model {
         if let Some(cap) = self.family.attn_softcap {
             scores = scores.tanh()?.affine(cap, 0.0)?;
         }
-        if let Some(m) = mask {
-            scores = scores
-                .reshape((b, c.n_kv_heads, rep, t, total))?
-                .broadcast_add(m)?
-                .reshape((b, c.n_kv_heads, rep * t, total))?;
-        }
-        let probs = if differentiable {
-            candle_nn::ops::softmax(&scores, candle_core::D::Minus1)?
-        } else {
-            candle_nn::ops::softmax_last_dim(&scores)?
+        let probs = match mask {
+            _ if differentiable => super::fused::softmax_with_grad(&scores, mask, t)?,
+            Some(m) => super::fused::masked_softmax(&scores, m, t)?,
+            None => candle_nn::ops::softmax_last_dim(&scores)?,
         };
         Ok(probs
             .matmul(v)?
@@ -133,17 +127,35 @@ impl Model {
         layer: usize,
         block: &Block,
         h: &Tensor,
-        start: usize,
+        at: Positions<'_>,
         masking: Masking<'_>,
         cache: Option<&mut LayerKv>,
         plan: &Plan,
     ) -> Result<Tensor> {
         let (q, k, v) = self.project_qkv(block, h, plan)?;
         // The attention scale is folded into q's rotation.
-        let rope = self.rope_for(layer);
         let diff = plan.differentiable();
-        let q = rope.apply_scaled(&q, start, diff)?;
-        let k = rope.apply(&k, start, diff)?;
+        let (q, k, start) = match at {
+            Positions::From(start) => {
+                let rope = self.rope_for(layer);
+                (
+                    rope.apply_scaled(&q, start, diff)?,
+                    rope.apply(&k, start, diff)?,
+                    start,
+                )
+            }
+            Positions::Given(tables) => {
+                let rows = match (&tables.local, self.config.attention.window(layer)) {
+                    (Some(local), Some(_)) => local,
+                    _ => &tables.global,
+                };
+                (
+                    self.rope.rotate_at(&q, rows, true)?,
+                    self.rope.rotate_at(&k, rows, false)?,
+                    0,
+                )
+            }
+        };
         let (k, v) = match cache {
             Some(cache) => cache.append(&k, &v, start)?,
             None => (k, v),
@@ -152,7 +164,11 @@ impl Model {
             Masking::Whole(mask) => self.attend_grouped(&q, &k, &v, mask, diff)?,
             Masking::Tiled { rows, pads } => {
                 let window = self.config.attention.window(layer);
-                self.attend_tiled(&q, &k, &v, start, rows, window, pads, diff)?
+                let tile = TileMask::Built { window, pads };
+                self.attend_tiled(&q, &k, &v, start, rows, tile, diff)?
+            }
+            Masking::TiledOf { rows, mask } => {
+                self.attend_tiled(&q, &k, &v, start, rows, TileMask::Of(mask), diff)?
             }
         };
         plan.linear(&block.o, &y)
@@ -171,8 +187,7 @@ impl Model {
         v: &Tensor,
         start: usize,
         rows: usize,
-        window: Option<usize>,
-        pads: Option<&[usize]>,
+        tile: TileMask<'_>,
         differentiable: bool,
     ) -> Result<Tensor> {
         let t = q.dim(2)?;
@@ -182,16 +197,27 @@ impl Model {
             let n = rows.min(t - a);
             let first = start + a;
             let k_end = first + n;
-            let k_start = window.map_or(0, |w| (first + 1).saturating_sub(w));
-            let mask = tile_mask(
-                first,
-                n,
-                k_start..k_end,
-                window,
-                pads,
-                self.dtype,
-                &self.device,
-            )?;
+            let (k_start, mask) = match tile {
+                TileMask::Built { window, pads } => {
+                    let k_start = window.map_or(0, |w| (first + 1).saturating_sub(w));
+                    let mask = tile_mask(
+                        first,
+                        n,
+                        k_start..k_end,
+                        window,
+                        pads,
+                        self.dtype,
+                        &self.device,
+                    )?;
+                    (k_start, mask)
+                }
+                // A whole (rows, 1, 1, t, t) mask of a run without a cache:
+                // this tile's queries over the keys before their end.
+                TileMask::Of(whole) => {
+                    let mask = whole.narrow(3, a, n)?.narrow(4, 0, k_end)?.contiguous()?;
+                    (0, mask)
+                }
+            };
             let keys = k_end - k_start;
             parts.push(self.attend_grouped(
                 &q.narrow(2, a, n)?.contiguous()?,
@@ -217,6 +243,27 @@ pub(super) enum Masking<'a> {
         rows: usize,
         pads: Option<&'a [usize]>,
     },
+    /// Queries in tiles of `rows`, each tile's mask cut from this whole
+    /// (rows, 1, 1, t, t) mask (a branched run: see [`super::branches`]).
+    TiledOf { rows: usize, mask: &'a Tensor },
+}
+
+/// Where one tile's mask comes from.
+#[derive(Clone, Copy)]
+enum TileMask<'a> {
+    Built {
+        window: Option<usize>,
+        pads: Option<&'a [usize]>,
+    },
+    Of(&'a Tensor),
+}
+
+/// Where a run's tokens sit: consecutive positions from a start (the
+/// cache's length), or one position per token (a branched run).
+#[derive(Clone, Copy)]
+pub(super) enum Positions<'a> {
+    From(usize),
+    Given(&'a BranchTables),
 }
 
 /// How many queries one attention tile holds so its scores (and their

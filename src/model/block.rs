@@ -89,8 +89,17 @@ impl Model {
         } else {
             let gate_up = plan.linear(&block.gate_up, &h)?;
             let d_ff = self.config.d_ff;
-            let gate = gate_up.narrow(2, 0, d_ff)?;
-            (self.activate(&gate, plan)? * gate_up.narrow(2, d_ff, d_ff)?)?
+            let fused = match plan.differentiable() {
+                false => super::fused::gated(&gate_up, d_ff, self.family.activation)?,
+                true => None,
+            };
+            match fused {
+                Some(inter) => inter,
+                None => {
+                    let gate = gate_up.narrow(2, 0, d_ff)?;
+                    (self.activate(&gate, plan)? * gate_up.narrow(2, d_ff, d_ff)?)?
+                }
+            }
         };
         if let Some(m) = plan.ffn_mask(i) {
             inter = inter.broadcast_mul(m)?;

@@ -18,10 +18,6 @@ pub struct Cache {
     pub(super) graph: Option<DecodeGraph>,
     /// Recording a decode step failed once: this cache decodes eagerly.
     pub(super) graph_failed: bool,
-    /// Buffers of exactly this many positions (or what a run needs, if
-    /// more) instead of doubling ones: for caches used once, such as a
-    /// question's prefix, where spare room is only memory to clear.
-    pub(super) exact: Option<usize>,
     /// Run one-token steps the way a recorded step does even where none is
     /// recorded (the CPU), so tests can check that path against the eager one.
     #[cfg(test)]
@@ -41,7 +37,6 @@ impl Cache {
             len: 0,
             graph: None,
             graph_failed: false,
-            exact: None,
             #[cfg(test)]
             force_static: false,
         }
@@ -54,56 +49,6 @@ impl Cache {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
-    }
-
-    /// A cache of exactly `positions` positions (see [`Self::exact`]).
-    pub(super) fn exact(positions: usize) -> Self {
-        Self {
-            exact: Some(positions),
-            ..Self::new()
-        }
-    }
-
-    /// A cache whose row i is row `rows[i]` of this one (rows may repeat),
-    /// with room for exactly `more` positions after the cached ones: a
-    /// prefix run once per question continues as one row per choice.
-    pub fn select_rows(&self, rows: &[u32], more: usize) -> Result<Cache> {
-        let mut out = Cache::exact(self.len + more);
-        out.len = self.len;
-        if let Some(first) = self.layers.first() {
-            let held = first.k.dim(0)? as u32;
-            if let Some(&bad) = rows.iter().find(|&&r| r >= held) {
-                return Err(ModelError::Invalid(format!(
-                    "cache row {bad}; the cache holds {held}"
-                )));
-            }
-            let index = Tensor::from_vec(rows.to_vec(), rows.len(), first.k.device())?;
-            let pick = |t: &Tensor| -> Result<Tensor> {
-                let (_, heads, _, hd) = t.dims4()?;
-                let kept = t
-                    .narrow(2, 0, self.len)?
-                    .contiguous()?
-                    .index_select(&index, 0)?;
-                let buf = Tensor::zeros(
-                    (rows.len(), heads, self.len + more, hd),
-                    t.dtype(),
-                    t.device(),
-                )?;
-                buf.slice_set(&kept, 2, 0)?;
-                Ok(buf)
-            };
-            out.layers = self
-                .layers
-                .iter()
-                .map(|l| {
-                    Ok(LayerKv {
-                        k: pick(&l.k)?,
-                        v: pick(&l.v)?,
-                    })
-                })
-                .collect::<Result<_>>()?;
-        }
-        Ok(out)
     }
 
     /// Positions the buffers hold (0 before the first run).
@@ -126,10 +71,7 @@ impl Cache {
                 return Ok(());
             }
         }
-        let capacity = match self.exact {
-            Some(n) => n.max(needed),
-            None => needed.next_power_of_two().max(MIN_CAPACITY),
-        };
+        let capacity = needed.next_power_of_two().max(MIN_CAPACITY);
         let c = &model.config;
         let dims = (batch, c.n_kv_heads, capacity, c.head_dim);
         let grow = |old: Option<&Tensor>| -> Result<Tensor> {

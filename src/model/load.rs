@@ -175,6 +175,8 @@ impl Model {
             }
             _ => None,
         };
+        // Compiled and loaded now, never first inside a CUDA graph's capture.
+        super::fused::prepare(device)?;
         // transformers rounds sqrt(d) to the weights' dtype before multiplying.
         let embed_scale = family.scale_embeddings.then(|| {
             let s = (config.d_model as f64).sqrt();

@@ -12,9 +12,11 @@
 
 mod attention;
 mod block;
+pub mod branches;
 mod capture;
 mod family;
 mod frozen;
+mod fused;
 mod gemv;
 mod graph;
 pub mod hooks;
@@ -29,7 +31,8 @@ mod weights;
 use candle_core::{DType, Device, Tensor, D};
 
 use crate::checkpoint::{CheckpointError, ModelConfig};
-use attention::{causal_mask, Masking};
+use attention::{causal_mask, Masking, Positions};
+pub use branches::Branches;
 use capture::Captures;
 use hooks::{CaptureRequest, Captured};
 use intervention::Interventions;
@@ -99,6 +102,9 @@ pub struct RunOptions {
     pub differentiable: bool,
     /// Flat positions (row * tokens + position) for [`LogitsMode::Selected`].
     pub selected: Vec<u32>,
+    /// Rows holding a shared prefix and branches (see [`branches`]); a run
+    /// without a cache, padding or gradients.
+    pub branches: Option<Branches>,
 }
 
 /// Cancels runs that a newer request made obsolete: the token is live while
@@ -131,6 +137,7 @@ impl Default for RunOptions {
             row_drop: None,
             differentiable: false,
             selected: Vec::new(),
+            branches: None,
         }
     }
 }
@@ -215,11 +222,6 @@ impl Model {
         self.dtype
     }
 
-    /// A cache sized for exactly `positions` (a prefix scored once).
-    pub fn new_cache_exact(&self, positions: usize) -> Cache {
-        Cache::exact(positions)
-    }
-
     pub fn new_cache(&self) -> Cache {
         Cache::new()
     }
@@ -297,6 +299,14 @@ impl Model {
                 self.rope.max_positions
             )));
         }
+        if let Some(br) = &opts.branches {
+            if cache.is_some() || opts.key_padding.is_some() || opts.differentiable {
+                return Err(ModelError::Invalid(
+                    "a branched run takes no cache, key padding or gradients".into(),
+                ));
+            }
+            br.check(b, t, self.rope.max_positions)?;
+        }
         let plan = Plan::new(self, opts, b)?;
         let mut cache = cache;
         if let Some(c) = cache.as_deref_mut() {
@@ -330,17 +340,35 @@ impl Model {
             self.dtype,
             self.attention_budget,
         );
-        let (full_mask, sliding_mask) = match tiles {
-            Some(_) => (None, None),
-            None => (
+        let windowed = match layout.sliding_window {
+            Some(w) if (0..self.config.n_layers).any(|i| layout.window(i).is_some()) => Some(w),
+            _ => None,
+        };
+        let (full_mask, sliding_mask) = match (&opts.branches, tiles) {
+            (Some(br), _) => (
+                Some(br.mask(b, t, None, self.dtype, &self.device)?),
+                windowed
+                    .map(|w| br.mask(b, t, Some(w), self.dtype, &self.device))
+                    .transpose()?,
+            ),
+            (None, Some(_)) => (None, None),
+            (None, None) => (
                 causal_mask(t, start, None, pads, self.dtype, &self.device)?,
-                match layout.sliding_window {
-                    Some(w) if (0..self.config.n_layers).any(|i| layout.window(i).is_some()) => {
-                        causal_mask(t, start, Some(w), pads, self.dtype, &self.device)?
-                    }
-                    _ => None,
+                match windowed {
+                    Some(w) => causal_mask(t, start, Some(w), pads, self.dtype, &self.device)?,
+                    None => None,
                 },
             ),
+        };
+        let branch_tables = match &opts.branches {
+            Some(br) => {
+                Some(br.tables(b, t, &self.rope, self.local_rope.as_ref(), &self.device)?)
+            }
+            None => None,
+        };
+        let at = match &branch_tables {
+            Some(tables) => Positions::Given(tables),
+            None => Positions::From(start),
         };
         let mut captures = Captures::default();
         for (i, block) in self.blocks.iter().enumerate() {
@@ -353,12 +381,16 @@ impl Model {
                 x,
                 &plan,
                 |h| {
-                    let masking = match (tiles, layout.window(i)) {
-                        (Some(rows), _) => Masking::Tiled { rows, pads },
-                        (None, Some(_)) => Masking::Whole(sliding_mask.as_ref()),
-                        (None, None) => Masking::Whole(full_mask.as_ref()),
+                    let mask = match layout.window(i) {
+                        Some(_) => sliding_mask.as_ref(),
+                        None => full_mask.as_ref(),
                     };
-                    self.attention(i, block, h, start, masking, kv, &plan)
+                    let masking = match (tiles, &opts.branches, mask) {
+                        (Some(rows), Some(_), Some(mask)) => Masking::TiledOf { rows, mask },
+                        (Some(rows), ..) => Masking::Tiled { rows, pads },
+                        (None, ..) => Masking::Whole(mask),
+                    };
+                    self.attention(i, block, h, at, masking, kv, &plan)
                 },
                 &mut |layer, point, x| plan.capture(layer, point, x, &mut captures),
             )?;

@@ -325,12 +325,16 @@ impl<'a> Plan<'a> {
             return Ok(None);
         };
         let (b, t, d) = x.dims3()?;
-        let mut delta = x
+        // The scale applies to the rank-r product, the smallest tensor on
+        // the way (and not at all when it is 1, as alpha = rank gives).
+        let mut low = x
             .reshape((b * t, d))?
             .to_dtype(pair.a.dtype())?
-            .matmul(&pair.a.as_tensor().t()?)?
-            .matmul(&pair.b.as_tensor().t()?)?
-            .affine(lora.scale(), 0.0)?;
+            .matmul(&pair.a.as_tensor().t()?)?;
+        if lora.scale() != 1.0 {
+            low = low.affine(lora.scale(), 0.0)?;
+        }
+        let mut delta = low.matmul(&pair.b.as_tensor().t()?)?;
         if let (
             Some(order),
             WeightId::Layer {

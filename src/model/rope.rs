@@ -173,8 +173,8 @@ impl Rope {
     }
 
     /// Rotates x (batch, heads, tokens, head_dim) for positions start..start+tokens.
-    /// `differentiable` takes candle's composed rotation (the fused kernel
-    /// has no backward).
+    /// `differentiable` gives the rotation a backward (candle's fused
+    /// kernel has none).
     pub fn apply(&self, x: &Tensor, start: usize, differentiable: bool) -> Result<Tensor> {
         let t = x.dim(2)?;
         let (cos, sin) = (self.cos.narrow(0, start, t)?, self.sin.narrow(0, start, t)?);
@@ -200,7 +200,8 @@ impl Rope {
         ])
     }
 
-    /// Rotates a query (scaled) or key of one position with [`Self::tables_at`]'s rows.
+    /// Rotates a query (scaled) or key with [`Self::tables_at`]'s rows: one
+    /// position's, or (rows, tokens, head_dim / 2) of one position per token.
     pub fn rotate_at(&self, x: &Tensor, tables: &[Tensor; 4], query: bool) -> Result<Tensor> {
         if query {
             rotate(x, &tables[0], &tables[1], false)
@@ -211,10 +212,55 @@ impl Rope {
 }
 
 fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor, differentiable: bool) -> Result<Tensor> {
-    if differentiable {
-        candle_nn::rotary_emb::rope_slow(x, cos, sin)
+    let x = x.contiguous()?;
+    if differentiable && x.track_op() {
+        x.apply_op1(RotateWithGrad {
+            cos: cos.contiguous()?,
+            sin: sin.contiguous()?,
+        })
     } else {
-        candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin)
+        candle_nn::rotary_emb::rope(&x, cos, sin)
+    }
+}
+
+/// candle's fused rotation with a backward (its own has none, and the
+/// composed `rope_slow` takes seven kernels each way): a rotation's
+/// transpose is the rotation by the opposite angle, so dx is the same
+/// kernel with sin negated (and the same scale, for queries).
+struct RotateWithGrad {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl candle_core::CustomOp1 for RotateWithGrad {
+    fn name(&self) -> &'static str {
+        "mwtop-rope-with-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        super::fused::cpu_through(storage, layout, |x| {
+            candle_nn::rotary_emb::rope(x, &self.cos, &self.sin)
+        })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &candle_core::Layout,
+    ) -> Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        super::fused::cuda_through(storage, layout, |x| {
+            candle_nn::rotary_emb::rope(x, &self.cos, &self.sin)
+        })
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let back = candle_nn::rotary_emb::rope(&grad.contiguous()?, &self.cos, &self.sin.neg()?)?;
+        Ok(Some(back))
     }
 }
 

@@ -224,10 +224,7 @@ pub fn train(
         let within = step % per_epoch;
         let eff = cfg.batch * cfg.grad_accum;
         let chosen = &order[within * eff..((within + 1) * eff).min(n)];
-        let batches: Vec<Batch> = chosen
-            .chunks(cfg.batch)
-            .map(|c| Batch::new(&c.iter().map(|&i| &examples[i]).collect::<Vec<_>>(), pad))
-            .collect();
+        let batches = Batch::by_length(examples, chosen, cfg.batch, pad);
         let counted: usize = batches.iter().map(Batch::counted).sum();
         let p = cfg
             .macdrop

@@ -1,0 +1,542 @@
+//! Fused CUDA kernels for the inference forward, where candle would run
+//! two or three memory-bound kernels in a row: the attention mask's add
+//! and the softmax (one read of the scores instead of three passes), and
+//! the gated MLP's activation and product (one read of gate and up).
+//! Each computes in f32 what the composed candle ops compute, with the
+//! same formulas, so the numbers agree to the last bits; anywhere else
+//! (the CPU, other dtypes, a training forward, a kernel that did not
+//! compile) the composed ops run.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{DType, Tensor};
+
+use super::family::Activation;
+use super::Result;
+
+/// softmax(scores + mask) over the last dim. `scores` is (b, heads, t,
+/// keys) viewed as (b, kv_heads, rep * t, keys); `mask` is (t, keys) or
+/// (b, 1, 1, t, keys), additive.
+pub(super) fn masked_softmax(scores: &Tensor, mask: &Tensor, t: usize) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if let Some(y) = cuda::masked_softmax(scores, mask, t)? {
+        return Ok(y);
+    }
+    let (b, kv, rows, keys) = scores.dims4()?;
+    let masked = scores
+        .reshape((b, kv, rows / t, t, keys))?
+        .broadcast_add(mask)?
+        .reshape((b, kv, rows, keys))?;
+    Ok(candle_nn::ops::softmax_last_dim(&masked)?)
+}
+
+/// softmax(scores [+ mask]) over the last dim with a backward, for
+/// training: candle's composed softmax runs five kernels forward and more
+/// backward over the (b, heads, t, keys) scores, the largest tensors of a
+/// training step; this runs one each way on a GPU (the mask's add fused,
+/// dx = y (g - sum(g y)) in one pass), the same formulas on the CPU.
+/// Shapes as [`masked_softmax`].
+pub(super) fn softmax_with_grad(
+    scores: &Tensor,
+    mask: Option<&Tensor>,
+    t: usize,
+) -> Result<Tensor> {
+    let (b, kv, rows, _) = scores.dims4()?;
+    let op = SoftmaxGrad {
+        mask: mask.map(Tensor::contiguous).transpose()?,
+        t,
+        heads: kv * (rows / t),
+        batch: b,
+    };
+    Ok(scores.contiguous()?.apply_op1(op)?)
+}
+
+/// The softmax of [`softmax_with_grad`]; the mask is a constant.
+struct SoftmaxGrad {
+    mask: Option<Tensor>,
+    t: usize,
+    /// Query heads (kv_heads * rep): rows of one batch entry are heads * t.
+    heads: usize,
+    batch: usize,
+}
+
+impl SoftmaxGrad {
+    /// The composed forward on a tensor: what the CPU runs.
+    fn composed(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let x = match &self.mask {
+            Some(m) => {
+                let keys = x.dim(candle_core::D::Minus1)?;
+                let shape = x.shape().clone();
+                x.reshape((self.batch, self.heads, self.t, keys))?
+                    .broadcast_add(&m.reshape(((), 1, self.t, keys))?)?
+                    .reshape(shape)?
+            }
+            None => x.clone(),
+        };
+        candle_nn::ops::softmax_last_dim(&x)
+    }
+}
+
+impl candle_core::CustomOp1 for SoftmaxGrad {
+    fn name(&self) -> &'static str {
+        "mwtop-softmax-with-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        cpu_through(storage, layout, |x| self.composed(x))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        let held = self
+            .mask
+            .as_ref()
+            .map(|m| (m.storage_and_layout(), m.rank() == 5));
+        let mask = match &held {
+            Some(((st, l), batched)) => match &**st {
+                candle_core::Storage::Cuda(c) => Some((c, *l, *batched)),
+                _ => candle_core::bail!("softmax: the mask is on another device"),
+            },
+            None => None,
+        };
+        cuda::softmax_storage(storage, layout, mask, self.t, self.heads)
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        #[cfg(feature = "cuda")]
+        if let Some(dx) = cuda::softmax_backward(res, grad)? {
+            return Ok(Some(dx));
+        }
+        let dot = (grad * res)?.sum_keepdim(candle_core::D::Minus1)?;
+        Ok(Some((res * grad.broadcast_sub(&dot)?)?))
+    }
+}
+
+/// A custom op's CPU forward by candle's ops on the tensor its input holds
+/// (a copy): how an op with a hand-written backward reuses candle's
+/// forward.
+pub(super) fn cpu_through(
+    storage: &candle_core::CpuStorage,
+    layout: &candle_core::Layout,
+    f: impl FnOnce(&Tensor) -> candle_core::Result<Tensor>,
+) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+    let x = Tensor::from_storage(
+        candle_core::Storage::Cpu(storage.try_clone(layout)?),
+        layout.shape().clone(),
+        candle_core::op::BackpropOp::none(),
+        false,
+    );
+    let y = f(&x)?.contiguous()?;
+    let (st, l) = y.storage_and_layout();
+    match &*st {
+        candle_core::Storage::Cpu(c) => Ok((c.try_clone(l)?, l.shape().clone())),
+        _ => candle_core::bail!("custom op: device mismatch"),
+    }
+}
+
+/// [`cpu_through`] on a CUDA device.
+#[cfg(feature = "cuda")]
+pub(super) fn cuda_through(
+    storage: &candle_core::CudaStorage,
+    layout: &candle_core::Layout,
+    f: impl FnOnce(&Tensor) -> candle_core::Result<Tensor>,
+) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+    let x = Tensor::from_storage(
+        candle_core::Storage::Cuda(storage.try_clone(layout)?),
+        layout.shape().clone(),
+        candle_core::op::BackpropOp::none(),
+        false,
+    );
+    let y = f(&x)?.contiguous()?;
+    let (st, l) = y.storage_and_layout();
+    match &*st {
+        candle_core::Storage::Cuda(c) => Ok((c.try_clone(l)?, l.shape().clone())),
+        _ => candle_core::bail!("custom op: device mismatch"),
+    }
+}
+
+/// act(gate) * up from one (b, t, 2 * d_ff) product holding gate, then up.
+pub(super) fn gated(gate_up: &Tensor, d_ff: usize, act: Activation) -> Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    {
+        cuda::gated(gate_up, d_ff, act)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (gate_up, d_ff, act);
+        Ok(None)
+    }
+}
+
+/// Compiles the kernels and loads them on `device` (a CUDA device; nothing
+/// elsewhere), so that no later forward does it first, least of all one
+/// being recorded as a CUDA graph.
+pub(super) fn prepare(device: &candle_core::Device) -> Result<()> {
+    #[cfg(feature = "cuda")]
+    if let candle_core::Device::Cuda(dev) = device {
+        cuda::prepare(dev)?;
+    }
+    let _ = device;
+    Ok(())
+}
+
+/// Whether the fused kernels may take this tensor (f32 on a CUDA device).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn eligible(x: &Tensor) -> bool {
+    x.device().is_cuda() && x.dtype() == DType::F32
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use std::sync::OnceLock;
+
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda::cudarc::driver::{LaunchConfig, PushKernelArg};
+    use candle_core::cuda::cudarc::nvrtc;
+    use candle_core::cuda::{CudaStorage, WrapErr};
+    use candle_core::{CustomOp1, CustomOp2, Layout, Shape, Tensor};
+
+    use super::super::family::Activation;
+    use super::super::Result;
+    use super::eligible;
+
+    /// Mirrors candle-kernels' `softmax` (one warp per row: max, exp and
+    /// sum, scale) and its `usilu`/`ugelu` formulas.
+    const SOURCE: &str = r#"
+extern "C" __global__ void mwtop_masked_softmax(const float* s, const float* m, float* out,
+    int rows, int cols, int t, int heads, int batched, int has_mask) {
+  int row = blockIdx.x * blockDim.y + threadIdx.y;
+  if (row >= rows) return;
+  int lane = threadIdx.x;
+  int q = row % t;
+  int b = row / (t * heads);
+  const float* mr = m + (unsigned long long)((batched ? b * t : 0) + q) * cols;
+  const float* sr = s + (unsigned long long)row * cols;
+  float* o = out + (unsigned long long)row * cols;
+  float mx = -__int_as_float(0x7f800000);
+  for (int c = lane; c < cols; c += 32) mx = fmaxf(mx, has_mask ? sr[c] + mr[c] : sr[c]);
+  for (int k = 16; k > 0; k >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, k, 32));
+  float sum = 0.f;
+  for (int c = lane; c < cols; c += 32) {
+    float e = expf((has_mask ? sr[c] + mr[c] : sr[c]) - mx);
+    o[c] = e;
+    sum += e;
+  }
+  for (int k = 16; k > 0; k >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, k, 32);
+  float inv = 1.f / sum;
+  for (int c = lane; c < cols; c += 32) o[c] = o[c] * inv;
+}
+
+// d softmax: dx = y * (g - sum(g * y)) per row, one warp per row.
+extern "C" __global__ void mwtop_softmax_bwd(const float* y, const float* g, float* out,
+    int rows, int cols) {
+  int row = blockIdx.x * blockDim.y + threadIdx.y;
+  if (row >= rows) return;
+  int lane = threadIdx.x;
+  const float* yr = y + (unsigned long long)row * cols;
+  const float* gr = g + (unsigned long long)row * cols;
+  float* o = out + (unsigned long long)row * cols;
+  float dot = 0.f;
+  for (int c = lane; c < cols; c += 32) dot += yr[c] * gr[c];
+  for (int k = 16; k > 0; k >>= 1) dot += __shfl_xor_sync(0xffffffff, dot, k, 32);
+  for (int c = lane; c < cols; c += 32) o[c] = yr[c] * (gr[c] - dot);
+}
+
+extern "C" __global__ void mwtop_gated(const float* x, float* out, long long n, int dff, int gelu) {
+  long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  long long r = i / dff;
+  int j = (int)(i - r * dff);
+  float g = x[r * 2 * dff + j];
+  float u = x[r * 2 * dff + dff + j];
+  float a;
+  if (gelu) {
+    float g3 = g * g * g;
+    float alpha = g + 0.044715f * g3;
+    a = 0.5f * g * (1.0f + tanhf((float)(1.12837916709551257390 * 0.70710678118654752440) * alpha));
+  } else {
+    a = g / (1.0f + expf(-g));
+  }
+  out[i] = a * u;
+}
+"#;
+
+    /// The kernels' PTX, compiled once per process; None (and one warning)
+    /// when NVRTC cannot compile them.
+    fn ptx() -> Option<&'static str> {
+        static PTX: OnceLock<Option<String>> = OnceLock::new();
+        PTX.get_or_init(|| match nvrtc::compile_ptx(SOURCE) {
+            Ok(p) => Some(p.to_src()),
+            Err(e) => {
+                tracing::warn!("fused kernels unavailable, using candle's ({e})");
+                None
+            }
+        })
+        .as_deref()
+    }
+
+    pub(super) fn prepare(dev: &candle_core::CudaDevice) -> Result<()> {
+        if let Some(ptx) = ptx() {
+            for name in ["mwtop_masked_softmax", "mwtop_softmax_bwd", "mwtop_gated"] {
+                dev.get_or_load_custom_func(name, "mwtop_fused", ptx)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn contiguous_slice<'a>(
+        s: &'a CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<candle_core::cuda::cudarc::driver::CudaView<'a, f32>> {
+        match l.contiguous_offsets() {
+            Some((a, b)) => Ok(s.as_cuda_slice::<f32>()?.slice(a..b)),
+            None => candle_core::bail!("fused kernel: input not contiguous"),
+        }
+    }
+
+    struct MaskedSoftmax {
+        t: usize,
+        heads: usize,
+        batched: bool,
+    }
+
+    impl CustomOp2 for MaskedSoftmax {
+        fn name(&self) -> &'static str {
+            "mwtop-masked-softmax"
+        }
+
+        fn cpu_fwd(
+            &self,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+        ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
+            candle_core::bail!("mwtop-masked-softmax runs on CUDA only")
+        }
+
+        fn cuda_fwd(
+            &self,
+            s: &CudaStorage,
+            sl: &Layout,
+            m: &CudaStorage,
+            ml: &Layout,
+        ) -> candle_core::Result<(CudaStorage, Shape)> {
+            softmax_storage(s, sl, Some((m, ml, self.batched)), self.t, self.heads)
+        }
+    }
+
+    /// One warp per row of `rows` x `cols`.
+    fn row_config(rows: usize) -> LaunchConfig {
+        const ROWS_PER_BLOCK: usize = 4;
+        LaunchConfig {
+            grid_dim: (rows.div_ceil(ROWS_PER_BLOCK) as u32, 1, 1),
+            block_dim: (32, ROWS_PER_BLOCK as u32, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+
+    /// softmax(s [+ mask]) of contiguous f32 scores: the kernel's launch.
+    pub(super) fn softmax_storage(
+        s: &CudaStorage,
+        sl: &Layout,
+        mask: Option<(&CudaStorage, &Layout, bool)>,
+        t: usize,
+        heads: usize,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        let dev = s.device();
+        let scores = contiguous_slice(s, sl)?;
+        let mask = match mask {
+            Some((m, ml, batched)) => Some((contiguous_slice(m, ml)?, batched)),
+            None => None,
+        };
+        let dims = sl.shape().dims();
+        let cols = dims[dims.len() - 1];
+        let rows = sl.shape().elem_count() / cols;
+        let ptx = ptx().ok_or_else(|| candle_core::Error::Msg("no PTX".into()))?;
+        let func = dev.get_or_load_custom_func("mwtop_masked_softmax", "mwtop_fused", ptx)?;
+        // SAFETY: every element is written by the kernel.
+        let out = unsafe { dev.alloc::<f32>(rows * cols)? };
+        let (rows_i, cols_i, t_i, heads_i) = (rows as i32, cols as i32, t as i32, heads as i32);
+        let batched_i = mask.as_ref().is_some_and(|(_, b)| *b) as i32;
+        let has_mask_i = mask.is_some() as i32;
+        let mut b = func.builder();
+        b.arg(&scores);
+        match &mask {
+            Some((m, _)) => b.arg(m),
+            // Never read without a mask.
+            None => b.arg(&scores),
+        };
+        b.arg(&out);
+        b.arg(&rows_i);
+        b.arg(&cols_i);
+        b.arg(&t_i);
+        b.arg(&heads_i);
+        b.arg(&batched_i);
+        b.arg(&has_mask_i);
+        // SAFETY: the arguments match the kernel's signature and sizes.
+        unsafe { b.launch(row_config(rows)) }.w()?;
+        Ok((
+            CudaStorage::wrap_cuda_slice(out, dev.clone()),
+            sl.shape().clone(),
+        ))
+    }
+
+    struct SoftmaxBwd;
+
+    impl CustomOp2 for SoftmaxBwd {
+        fn name(&self) -> &'static str {
+            "mwtop-softmax-bwd"
+        }
+
+        fn cpu_fwd(
+            &self,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+        ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
+            candle_core::bail!("mwtop-softmax-bwd runs on CUDA only")
+        }
+
+        fn cuda_fwd(
+            &self,
+            y: &CudaStorage,
+            yl: &Layout,
+            g: &CudaStorage,
+            gl: &Layout,
+        ) -> candle_core::Result<(CudaStorage, Shape)> {
+            let dev = y.device();
+            let (yv, gv) = (contiguous_slice(y, yl)?, contiguous_slice(g, gl)?);
+            let dims = yl.shape().dims();
+            let cols = dims[dims.len() - 1];
+            let rows = yl.shape().elem_count() / cols;
+            let ptx = ptx().ok_or_else(|| candle_core::Error::Msg("no PTX".into()))?;
+            let func = dev.get_or_load_custom_func("mwtop_softmax_bwd", "mwtop_fused", ptx)?;
+            // SAFETY: every element is written by the kernel.
+            let out = unsafe { dev.alloc::<f32>(rows * cols)? };
+            let (rows_i, cols_i) = (rows as i32, cols as i32);
+            let mut b = func.builder();
+            b.arg(&yv);
+            b.arg(&gv);
+            b.arg(&out);
+            b.arg(&rows_i);
+            b.arg(&cols_i);
+            // SAFETY: the arguments match the kernel's signature and sizes.
+            unsafe { b.launch(row_config(rows)) }.w()?;
+            Ok((
+                CudaStorage::wrap_cuda_slice(out, dev.clone()),
+                yl.shape().clone(),
+            ))
+        }
+    }
+
+    /// dx of a softmax from its output and dy, in one kernel.
+    pub(super) fn softmax_backward(y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        if !eligible(y) || g.dtype() != y.dtype() || ptx().is_none() {
+            return Ok(None);
+        }
+        y.contiguous()?
+            .apply_op2_no_bwd(&g.contiguous()?, &SoftmaxBwd)
+            .map(Some)
+    }
+
+    pub(super) fn masked_softmax(
+        scores: &Tensor,
+        mask: &Tensor,
+        t: usize,
+    ) -> Result<Option<Tensor>> {
+        if !eligible(scores) || mask.dtype() != scores.dtype() || ptx().is_none() {
+            return Ok(None);
+        }
+        let (b, kv, rows, keys) = scores.dims4()?;
+        let batched = match mask.dims() {
+            [mt, mk] if *mt == t && *mk == keys => false,
+            [mb, 1, 1, mt, mk] if *mb == b && *mt == t && *mk == keys => true,
+            _ => return Ok(None),
+        };
+        let op = MaskedSoftmax {
+            t,
+            heads: kv * (rows / t),
+            batched,
+        };
+        Ok(Some(
+            scores
+                .contiguous()?
+                .apply_op2_no_bwd(&mask.contiguous()?, &op)?,
+        ))
+    }
+
+    struct Gated {
+        d_ff: usize,
+        gelu: bool,
+    }
+
+    impl CustomOp1 for Gated {
+        fn name(&self) -> &'static str {
+            "mwtop-gated"
+        }
+
+        fn cpu_fwd(
+            &self,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+        ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
+            candle_core::bail!("mwtop-gated runs on CUDA only")
+        }
+
+        fn cuda_fwd(
+            &self,
+            s: &CudaStorage,
+            l: &Layout,
+        ) -> candle_core::Result<(CudaStorage, Shape)> {
+            let dev = s.device();
+            let x = contiguous_slice(s, l)?;
+            let mut dims = l.shape().dims().to_vec();
+            let last = dims.len() - 1;
+            dims[last] = self.d_ff;
+            let n = l.shape().elem_count() / 2;
+            let ptx = ptx().ok_or_else(|| candle_core::Error::Msg("no PTX".into()))?;
+            let func = dev.get_or_load_custom_func("mwtop_gated", "mwtop_fused", ptx)?;
+            // SAFETY: every element is written by the kernel.
+            let out = unsafe { dev.alloc::<f32>(n)? };
+            let cfg = LaunchConfig::for_num_elems(n as u32);
+            let (n_i, dff_i, gelu_i) = (n as i64, self.d_ff as i32, self.gelu as i32);
+            let mut b = func.builder();
+            b.arg(&x);
+            b.arg(&out);
+            b.arg(&n_i);
+            b.arg(&dff_i);
+            b.arg(&gelu_i);
+            // SAFETY: the arguments match the kernel's signature and sizes.
+            unsafe { b.launch(cfg) }.w()?;
+            Ok((
+                CudaStorage::wrap_cuda_slice(out, dev.clone()),
+                Shape::from(dims),
+            ))
+        }
+    }
+
+    pub(super) fn gated(gate_up: &Tensor, d_ff: usize, act: Activation) -> Result<Option<Tensor>> {
+        if !eligible(gate_up) || ptx().is_none() || gate_up.dims().last() != Some(&(2 * d_ff)) {
+            return Ok(None);
+        }
+        let op = Gated {
+            d_ff,
+            gelu: matches!(act, Activation::GeluTanh),
+        };
+        Ok(Some(gate_up.contiguous()?.apply_op1_no_bwd(&op)?))
+    }
+}
