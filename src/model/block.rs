@@ -12,12 +12,12 @@ use super::{Model, Result};
 impl Model {
     /// RMSNorm with a stored weight, or the input itself when the family
     /// has no norm in that slot.
-    /// A differentiable plan takes candle's composed RMSNorm (the fused
-    /// kernel has no backward).
+    /// A differentiable plan takes [`super::fused::rms_norm_with_grad`]
+    /// (candle's fused kernel has no backward).
     pub(super) fn norm_opt(&self, x: Tensor, w: Option<&Tensor>, plan: &Plan) -> Result<Tensor> {
         let eps = self.config.norm_eps as f32;
         match w {
-            Some(w) if plan.differentiable() => Ok(candle_nn::ops::rms_norm_slow(&x, w, eps)?),
+            Some(w) if plan.differentiable() => super::fused::rms_norm_with_grad(&x, w, eps),
             Some(w) => Ok(candle_nn::ops::rms_norm(&x.contiguous()?, w, eps)?),
             None => Ok(x),
         }

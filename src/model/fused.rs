@@ -124,6 +124,77 @@ impl candle_core::CustomOp1 for SoftmaxGrad {
     }
 }
 
+/// RMSNorm with a stored (frozen) weight and a backward, for training:
+/// candle's fused kernel forward (its own op has no backward; the composed
+/// `rms_norm_slow` runs seven kernels forward and more backward), and
+/// dx = g w r - x r^3 sum(g w x) / d, r = 1 / sqrt(mean(x^2) + eps), in one
+/// kernel on a GPU.
+pub(super) fn rms_norm_with_grad(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    if !x.track_op() {
+        return Ok(rms_forward(&x, w, eps)?);
+    }
+    Ok(x.apply_op1(RmsNormGrad {
+        w: w.contiguous()?,
+        eps,
+    })?)
+}
+
+/// candle's fused RMSNorm, composed for f64 (gradient checks), which its
+/// kernel does not take.
+fn rms_forward(x: &Tensor, w: &Tensor, eps: f32) -> candle_core::Result<Tensor> {
+    match x.dtype() {
+        DType::F64 => candle_nn::ops::rms_norm_slow(x, w, eps),
+        _ => candle_nn::ops::rms_norm(x, w, eps),
+    }
+}
+
+struct RmsNormGrad {
+    w: Tensor,
+    eps: f32,
+}
+
+impl candle_core::CustomOp1 for RmsNormGrad {
+    fn name(&self) -> &'static str {
+        "mwtop-rms-norm-with-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        cpu_through(storage, layout, |x| rms_forward(x, &self.w, self.eps))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        cuda_through(storage, layout, |x| rms_forward(x, &self.w, self.eps))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        #[cfg(feature = "cuda")]
+        if let Some(dx) = cuda::rms_norm_backward(x, &self.w, g, self.eps)? {
+            return Ok(Some(dx));
+        }
+        let d = x.dim(candle_core::D::Minus1)? as f64;
+        let r = x
+            .sqr()?
+            .sum_keepdim(candle_core::D::Minus1)?
+            .affine(1.0 / d, self.eps as f64)?
+            .sqrt()?
+            .recip()?;
+        let gw = g.broadcast_mul(&self.w)?;
+        let dot = (&gw * x)?.sum_keepdim(candle_core::D::Minus1)?;
+        let k3 = (r.powf(3.0)? * dot)?.affine(1.0 / d, 0.0)?;
+        Ok(Some((gw.broadcast_mul(&r)? - x.broadcast_mul(&k3)?)?))
+    }
+}
+
 /// A custom op's CPU forward by candle's ops on the tensor its input holds
 /// (a copy): how an op with a hand-written backward reuses candle's
 /// forward.
@@ -254,6 +325,30 @@ extern "C" __global__ void mwtop_softmax_bwd(const float* y, const float* g, flo
   for (int c = lane; c < cols; c += 32) o[c] = yr[c] * (gr[c] - dot);
 }
 
+// d RMSNorm: y = x w r, r = rsqrt(mean(x^2) + eps); dx = g w r - x r^3 sum(g w x) / d.
+extern "C" __global__ void mwtop_rmsnorm_bwd(const float* x, const float* w, const float* g,
+    float* out, int rows, int cols, float eps) {
+  int row = blockIdx.x * blockDim.y + threadIdx.y;
+  if (row >= rows) return;
+  int lane = threadIdx.x;
+  const float* xr = x + (unsigned long long)row * cols;
+  const float* gr = g + (unsigned long long)row * cols;
+  float* o = out + (unsigned long long)row * cols;
+  float ss = 0.f, dot = 0.f;
+  for (int c = lane; c < cols; c += 32) {
+    float xv = xr[c];
+    ss += xv * xv;
+    dot += gr[c] * w[c] * xv;
+  }
+  for (int k = 16; k > 0; k >>= 1) {
+    ss += __shfl_xor_sync(0xffffffff, ss, k, 32);
+    dot += __shfl_xor_sync(0xffffffff, dot, k, 32);
+  }
+  float r = rsqrtf(ss / cols + eps);
+  float k3 = r * r * r * dot / cols;
+  for (int c = lane; c < cols; c += 32) o[c] = gr[c] * w[c] * r - xr[c] * k3;
+}
+
 extern "C" __global__ void mwtop_gated(const float* x, float* out, long long n, int dff, int gelu) {
   long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= n) return;
@@ -289,7 +384,12 @@ extern "C" __global__ void mwtop_gated(const float* x, float* out, long long n, 
 
     pub(super) fn prepare(dev: &candle_core::CudaDevice) -> Result<()> {
         if let Some(ptx) = ptx() {
-            for name in ["mwtop_masked_softmax", "mwtop_softmax_bwd", "mwtop_gated"] {
+            for name in [
+                "mwtop_masked_softmax",
+                "mwtop_softmax_bwd",
+                "mwtop_rmsnorm_bwd",
+                "mwtop_gated",
+            ] {
                 dev.get_or_load_custom_func(name, "mwtop_fused", ptx)?;
             }
         }
@@ -441,6 +541,84 @@ extern "C" __global__ void mwtop_gated(const float* x, float* out, long long n, 
                 yl.shape().clone(),
             ))
         }
+    }
+
+    struct RmsNormBwd {
+        w: Tensor,
+        eps: f32,
+    }
+
+    impl CustomOp2 for RmsNormBwd {
+        fn name(&self) -> &'static str {
+            "mwtop-rms-norm-bwd"
+        }
+
+        fn cpu_fwd(
+            &self,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+        ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
+            candle_core::bail!("mwtop-rms-norm-bwd runs on CUDA only")
+        }
+
+        fn cuda_fwd(
+            &self,
+            x: &CudaStorage,
+            xl: &Layout,
+            g: &CudaStorage,
+            gl: &Layout,
+        ) -> candle_core::Result<(CudaStorage, Shape)> {
+            let dev = x.device();
+            let (xv, gv) = (contiguous_slice(x, xl)?, contiguous_slice(g, gl)?);
+            let (w_storage, wl) = self.w.storage_and_layout();
+            let wv = match &*w_storage {
+                candle_core::Storage::Cuda(c) => contiguous_slice(c, wl)?,
+                _ => candle_core::bail!("rms norm: the weight is on another device"),
+            };
+            let dims = xl.shape().dims();
+            let cols = dims[dims.len() - 1];
+            let rows = xl.shape().elem_count() / cols;
+            let ptx = ptx().ok_or_else(|| candle_core::Error::Msg("no PTX".into()))?;
+            let func = dev.get_or_load_custom_func("mwtop_rmsnorm_bwd", "mwtop_fused", ptx)?;
+            // SAFETY: every element is written by the kernel.
+            let out = unsafe { dev.alloc::<f32>(rows * cols)? };
+            let (rows_i, cols_i, eps) = (rows as i32, cols as i32, self.eps);
+            let mut b = func.builder();
+            b.arg(&xv);
+            b.arg(&wv);
+            b.arg(&gv);
+            b.arg(&out);
+            b.arg(&rows_i);
+            b.arg(&cols_i);
+            b.arg(&eps);
+            // SAFETY: the arguments match the kernel's signature and sizes.
+            unsafe { b.launch(row_config(rows)) }.w()?;
+            Ok((
+                CudaStorage::wrap_cuda_slice(out, dev.clone()),
+                xl.shape().clone(),
+            ))
+        }
+    }
+
+    /// dx of an RMSNorm from its input and dy, in one kernel.
+    pub(super) fn rms_norm_backward(
+        x: &Tensor,
+        w: &Tensor,
+        g: &Tensor,
+        eps: f32,
+    ) -> candle_core::Result<Option<Tensor>> {
+        if !eligible(x) || g.dtype() != x.dtype() || w.dtype() != x.dtype() || ptx().is_none() {
+            return Ok(None);
+        }
+        let op = RmsNormBwd {
+            w: w.contiguous()?,
+            eps,
+        };
+        x.contiguous()?
+            .apply_op2_no_bwd(&g.contiguous()?, &op)
+            .map(Some)
     }
 
     /// dx of a softmax from its output and dy, in one kernel.
