@@ -274,7 +274,7 @@ mod cuda {
     use std::sync::OnceLock;
 
     use candle_core::backend::BackendStorage;
-    use candle_core::cuda::cudarc::driver::{LaunchConfig, PushKernelArg};
+    use candle_core::cuda::cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
     use candle_core::cuda::cudarc::nvrtc;
     use candle_core::cuda::{CudaStorage, WrapErr};
     use candle_core::{CustomOp1, CustomOp2, Layout, Shape, Tensor};
@@ -448,6 +448,29 @@ extern "C" __global__ void mwtop_gated(const float* x, float* out, long long n, 
         }
     }
 
+    /// Rows and the last dim's length of a layout.
+    fn rows_cols(l: &Layout) -> (usize, usize) {
+        let dims = l.shape().dims();
+        let cols = dims[dims.len() - 1];
+        (l.shape().elem_count() / cols, cols)
+    }
+
+    /// The fused module's function `name` and an output of `n` f32 that
+    /// the kernel writes in full.
+    fn kernel(
+        dev: &candle_core::CudaDevice,
+        name: &str,
+        n: usize,
+    ) -> candle_core::Result<(CudaFunction, CudaSlice<f32>)> {
+        let ptx = ptx().ok_or_else(|| candle_core::Error::Msg("no PTX".into()))?;
+        let func = dev
+            .get_or_load_custom_func(name, "mwtop_fused", ptx)?
+            .into_cuda_function();
+        // SAFETY: every element is written by the kernel before it is read.
+        let out = unsafe { dev.alloc::<f32>(n)? };
+        Ok((func, out))
+    }
+
     /// softmax(s [+ mask]) of contiguous f32 scores: the kernel's launch.
     pub(super) fn softmax_storage(
         s: &CudaStorage,
@@ -462,17 +485,13 @@ extern "C" __global__ void mwtop_gated(const float* x, float* out, long long n, 
             Some((m, ml, batched)) => Some((contiguous_slice(m, ml)?, batched)),
             None => None,
         };
-        let dims = sl.shape().dims();
-        let cols = dims[dims.len() - 1];
-        let rows = sl.shape().elem_count() / cols;
-        let ptx = ptx().ok_or_else(|| candle_core::Error::Msg("no PTX".into()))?;
-        let func = dev.get_or_load_custom_func("mwtop_masked_softmax", "mwtop_fused", ptx)?;
-        // SAFETY: every element is written by the kernel.
-        let out = unsafe { dev.alloc::<f32>(rows * cols)? };
+        let (rows, cols) = rows_cols(sl);
+        let (func, out) = kernel(dev, "mwtop_masked_softmax", rows * cols)?;
         let (rows_i, cols_i, t_i, heads_i) = (rows as i32, cols as i32, t as i32, heads as i32);
         let batched_i = mask.as_ref().is_some_and(|(_, b)| *b) as i32;
         let has_mask_i = mask.is_some() as i32;
-        let mut b = func.builder();
+        let stream = dev.cuda_stream();
+        let mut b = stream.launch_builder(&func);
         b.arg(&scores);
         match &mask {
             Some((m, _)) => b.arg(m),
@@ -520,15 +539,11 @@ extern "C" __global__ void mwtop_gated(const float* x, float* out, long long n, 
         ) -> candle_core::Result<(CudaStorage, Shape)> {
             let dev = y.device();
             let (yv, gv) = (contiguous_slice(y, yl)?, contiguous_slice(g, gl)?);
-            let dims = yl.shape().dims();
-            let cols = dims[dims.len() - 1];
-            let rows = yl.shape().elem_count() / cols;
-            let ptx = ptx().ok_or_else(|| candle_core::Error::Msg("no PTX".into()))?;
-            let func = dev.get_or_load_custom_func("mwtop_softmax_bwd", "mwtop_fused", ptx)?;
-            // SAFETY: every element is written by the kernel.
-            let out = unsafe { dev.alloc::<f32>(rows * cols)? };
+            let (rows, cols) = rows_cols(yl);
+            let (func, out) = kernel(dev, "mwtop_softmax_bwd", rows * cols)?;
             let (rows_i, cols_i) = (rows as i32, cols as i32);
-            let mut b = func.builder();
+            let stream = dev.cuda_stream();
+            let mut b = stream.launch_builder(&func);
             b.arg(&yv);
             b.arg(&gv);
             b.arg(&out);
@@ -577,15 +592,11 @@ extern "C" __global__ void mwtop_gated(const float* x, float* out, long long n, 
                 candle_core::Storage::Cuda(c) => contiguous_slice(c, wl)?,
                 _ => candle_core::bail!("rms norm: the weight is on another device"),
             };
-            let dims = xl.shape().dims();
-            let cols = dims[dims.len() - 1];
-            let rows = xl.shape().elem_count() / cols;
-            let ptx = ptx().ok_or_else(|| candle_core::Error::Msg("no PTX".into()))?;
-            let func = dev.get_or_load_custom_func("mwtop_rmsnorm_bwd", "mwtop_fused", ptx)?;
-            // SAFETY: every element is written by the kernel.
-            let out = unsafe { dev.alloc::<f32>(rows * cols)? };
+            let (rows, cols) = rows_cols(xl);
+            let (func, out) = kernel(dev, "mwtop_rmsnorm_bwd", rows * cols)?;
             let (rows_i, cols_i, eps) = (rows as i32, cols as i32, self.eps);
-            let mut b = func.builder();
+            let stream = dev.cuda_stream();
+            let mut b = stream.launch_builder(&func);
             b.arg(&xv);
             b.arg(&wv);
             b.arg(&gv);
@@ -686,13 +697,11 @@ extern "C" __global__ void mwtop_gated(const float* x, float* out, long long n, 
             let last = dims.len() - 1;
             dims[last] = self.d_ff;
             let n = l.shape().elem_count() / 2;
-            let ptx = ptx().ok_or_else(|| candle_core::Error::Msg("no PTX".into()))?;
-            let func = dev.get_or_load_custom_func("mwtop_gated", "mwtop_fused", ptx)?;
-            // SAFETY: every element is written by the kernel.
-            let out = unsafe { dev.alloc::<f32>(n)? };
+            let (func, out) = kernel(dev, "mwtop_gated", n)?;
             let cfg = LaunchConfig::for_num_elems(n as u32);
             let (n_i, dff_i, gelu_i) = (n as i64, self.d_ff as i32, self.gelu as i32);
-            let mut b = func.builder();
+            let stream = dev.cuda_stream();
+            let mut b = stream.launch_builder(&func);
             b.arg(&x);
             b.arg(&out);
             b.arg(&n_i);
