@@ -1,0 +1,450 @@
+//! The CUDA side of [`super`]: the kernels' source (compiled once per
+//! process by NVRTC) and their launches.
+
+use std::sync::OnceLock;
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda::cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
+use candle_core::cuda::cudarc::nvrtc;
+use candle_core::cuda::{CudaStorage, WrapErr};
+use candle_core::{CustomOp1, CustomOp2, Layout, Shape, Tensor};
+
+use super::super::family::Activation;
+use super::super::Result;
+use super::eligible;
+
+/// Mirrors candle-kernels' `softmax` (one warp per row: max, exp and
+/// sum, scale) and its `usilu`/`ugelu` formulas.
+const SOURCE: &str = r#"
+extern "C" __global__ void mwtop_masked_softmax(const float* s, const float* m, float* out,
+    int rows, int cols, int t, int heads, int batched, int has_mask) {
+  int row = blockIdx.x * blockDim.y + threadIdx.y;
+  if (row >= rows) return;
+  int lane = threadIdx.x;
+  int q = row % t;
+  int b = row / (t * heads);
+  const float* mr = m + (unsigned long long)((batched ? b * t : 0) + q) * cols;
+  const float* sr = s + (unsigned long long)row * cols;
+  float* o = out + (unsigned long long)row * cols;
+  float mx = -__int_as_float(0x7f800000);
+  for (int c = lane; c < cols; c += 32) mx = fmaxf(mx, has_mask ? sr[c] + mr[c] : sr[c]);
+  for (int k = 16; k > 0; k >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, k, 32));
+  float sum = 0.f;
+  for (int c = lane; c < cols; c += 32) {
+    float e = expf((has_mask ? sr[c] + mr[c] : sr[c]) - mx);
+    o[c] = e;
+    sum += e;
+  }
+  for (int k = 16; k > 0; k >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, k, 32);
+  float inv = 1.f / sum;
+  for (int c = lane; c < cols; c += 32) o[c] = o[c] * inv;
+}
+
+// d softmax: dx = y * (g - sum(g * y)) per row, one warp per row.
+extern "C" __global__ void mwtop_softmax_bwd(const float* y, const float* g, float* out,
+    int rows, int cols) {
+  int row = blockIdx.x * blockDim.y + threadIdx.y;
+  if (row >= rows) return;
+  int lane = threadIdx.x;
+  const float* yr = y + (unsigned long long)row * cols;
+  const float* gr = g + (unsigned long long)row * cols;
+  float* o = out + (unsigned long long)row * cols;
+  float dot = 0.f;
+  for (int c = lane; c < cols; c += 32) dot += yr[c] * gr[c];
+  for (int k = 16; k > 0; k >>= 1) dot += __shfl_xor_sync(0xffffffff, dot, k, 32);
+  for (int c = lane; c < cols; c += 32) o[c] = yr[c] * (gr[c] - dot);
+}
+
+// d RMSNorm: y = x w r, r = rsqrt(mean(x^2) + eps); dx = g w r - x r^3 sum(g w x) / d.
+extern "C" __global__ void mwtop_rmsnorm_bwd(const float* x, const float* w, const float* g,
+    float* out, int rows, int cols, float eps) {
+  int row = blockIdx.x * blockDim.y + threadIdx.y;
+  if (row >= rows) return;
+  int lane = threadIdx.x;
+  const float* xr = x + (unsigned long long)row * cols;
+  const float* gr = g + (unsigned long long)row * cols;
+  float* o = out + (unsigned long long)row * cols;
+  float ss = 0.f, dot = 0.f;
+  for (int c = lane; c < cols; c += 32) {
+    float xv = xr[c];
+    ss += xv * xv;
+    dot += gr[c] * w[c] * xv;
+  }
+  for (int k = 16; k > 0; k >>= 1) {
+    ss += __shfl_xor_sync(0xffffffff, ss, k, 32);
+    dot += __shfl_xor_sync(0xffffffff, dot, k, 32);
+  }
+  float r = rsqrtf(ss / cols + eps);
+  float k3 = r * r * r * dot / cols;
+  for (int c = lane; c < cols; c += 32) o[c] = gr[c] * w[c] * r - xr[c] * k3;
+}
+
+extern "C" __global__ void mwtop_gated(const float* x, float* out, long long n, int dff, int gelu) {
+  long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  long long r = i / dff;
+  int j = (int)(i - r * dff);
+  float g = x[r * 2 * dff + j];
+  float u = x[r * 2 * dff + dff + j];
+  float a;
+  if (gelu) {
+    float g3 = g * g * g;
+    float alpha = g + 0.044715f * g3;
+    a = 0.5f * g * (1.0f + tanhf((float)(1.12837916709551257390 * 0.70710678118654752440) * alpha));
+  } else {
+    a = g / (1.0f + expf(-g));
+  }
+  out[i] = a * u;
+}
+"#;
+
+/// The kernels' PTX, compiled once per process; None (and one warning)
+/// when NVRTC cannot compile them.
+fn ptx() -> Option<&'static str> {
+    static PTX: OnceLock<Option<String>> = OnceLock::new();
+    PTX.get_or_init(|| match nvrtc::compile_ptx(SOURCE) {
+        Ok(p) => Some(p.to_src()),
+        Err(e) => {
+            tracing::warn!("fused kernels unavailable, using candle's ({e})");
+            None
+        }
+    })
+    .as_deref()
+}
+
+pub(super) fn prepare(dev: &candle_core::CudaDevice) -> Result<()> {
+    if let Some(ptx) = ptx() {
+        for name in [
+            "mwtop_masked_softmax",
+            "mwtop_softmax_bwd",
+            "mwtop_rmsnorm_bwd",
+            "mwtop_gated",
+        ] {
+            dev.get_or_load_custom_func(name, "mwtop_fused", ptx)?;
+        }
+    }
+    Ok(())
+}
+
+fn contiguous_slice<'a>(
+    s: &'a CudaStorage,
+    l: &Layout,
+) -> candle_core::Result<candle_core::cuda::cudarc::driver::CudaView<'a, f32>> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(s.as_cuda_slice::<f32>()?.slice(a..b)),
+        None => candle_core::bail!("fused kernel: input not contiguous"),
+    }
+}
+
+struct MaskedSoftmax {
+    t: usize,
+    heads: usize,
+    batched: bool,
+}
+
+impl CustomOp2 for MaskedSoftmax {
+    fn name(&self) -> &'static str {
+        "mwtop-masked-softmax"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
+        candle_core::bail!("mwtop-masked-softmax runs on CUDA only")
+    }
+
+    fn cuda_fwd(
+        &self,
+        s: &CudaStorage,
+        sl: &Layout,
+        m: &CudaStorage,
+        ml: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        softmax_storage(s, sl, Some((m, ml, self.batched)), self.t, self.heads)
+    }
+}
+
+/// One warp per row of `rows` x `cols`.
+fn row_config(rows: usize) -> LaunchConfig {
+    const ROWS_PER_BLOCK: usize = 4;
+    LaunchConfig {
+        grid_dim: (rows.div_ceil(ROWS_PER_BLOCK) as u32, 1, 1),
+        block_dim: (32, ROWS_PER_BLOCK as u32, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Rows and the last dim's length of a layout.
+fn rows_cols(l: &Layout) -> (usize, usize) {
+    let dims = l.shape().dims();
+    let cols = dims[dims.len() - 1];
+    (l.shape().elem_count() / cols, cols)
+}
+
+/// The fused module's function `name` and an output of `n` f32 that
+/// the kernel writes in full.
+fn kernel(
+    dev: &candle_core::CudaDevice,
+    name: &str,
+    n: usize,
+) -> candle_core::Result<(CudaFunction, CudaSlice<f32>)> {
+    let ptx = ptx().ok_or_else(|| candle_core::Error::Msg("no PTX".into()))?;
+    let func = dev
+        .get_or_load_custom_func(name, "mwtop_fused", ptx)?
+        .into_cuda_function();
+    // SAFETY: every element is written by the kernel before it is read.
+    let out = unsafe { dev.alloc::<f32>(n)? };
+    Ok((func, out))
+}
+
+/// softmax(s [+ mask]) of contiguous f32 scores: the kernel's launch.
+pub(super) fn softmax_storage(
+    s: &CudaStorage,
+    sl: &Layout,
+    mask: Option<(&CudaStorage, &Layout, bool)>,
+    t: usize,
+    heads: usize,
+) -> candle_core::Result<(CudaStorage, Shape)> {
+    let dev = s.device();
+    let scores = contiguous_slice(s, sl)?;
+    let mask = match mask {
+        Some((m, ml, batched)) => Some((contiguous_slice(m, ml)?, batched)),
+        None => None,
+    };
+    let (rows, cols) = rows_cols(sl);
+    let (func, out) = kernel(dev, "mwtop_masked_softmax", rows * cols)?;
+    let (rows_i, cols_i, t_i, heads_i) = (rows as i32, cols as i32, t as i32, heads as i32);
+    let batched_i = mask.as_ref().is_some_and(|(_, b)| *b) as i32;
+    let has_mask_i = mask.is_some() as i32;
+    let stream = dev.cuda_stream();
+    let mut b = stream.launch_builder(&func);
+    b.arg(&scores);
+    match &mask {
+        Some((m, _)) => b.arg(m),
+        // Never read without a mask.
+        None => b.arg(&scores),
+    };
+    b.arg(&out);
+    b.arg(&rows_i);
+    b.arg(&cols_i);
+    b.arg(&t_i);
+    b.arg(&heads_i);
+    b.arg(&batched_i);
+    b.arg(&has_mask_i);
+    // SAFETY: the arguments match the kernel's signature and sizes.
+    unsafe { b.launch(row_config(rows)) }.w()?;
+    Ok((
+        CudaStorage::wrap_cuda_slice(out, dev.clone()),
+        sl.shape().clone(),
+    ))
+}
+
+struct SoftmaxBwd;
+
+impl CustomOp2 for SoftmaxBwd {
+    fn name(&self) -> &'static str {
+        "mwtop-softmax-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
+        candle_core::bail!("mwtop-softmax-bwd runs on CUDA only")
+    }
+
+    fn cuda_fwd(
+        &self,
+        y: &CudaStorage,
+        yl: &Layout,
+        g: &CudaStorage,
+        gl: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        let dev = y.device();
+        let (yv, gv) = (contiguous_slice(y, yl)?, contiguous_slice(g, gl)?);
+        let (rows, cols) = rows_cols(yl);
+        let (func, out) = kernel(dev, "mwtop_softmax_bwd", rows * cols)?;
+        let (rows_i, cols_i) = (rows as i32, cols as i32);
+        let stream = dev.cuda_stream();
+        let mut b = stream.launch_builder(&func);
+        b.arg(&yv);
+        b.arg(&gv);
+        b.arg(&out);
+        b.arg(&rows_i);
+        b.arg(&cols_i);
+        // SAFETY: the arguments match the kernel's signature and sizes.
+        unsafe { b.launch(row_config(rows)) }.w()?;
+        Ok((
+            CudaStorage::wrap_cuda_slice(out, dev.clone()),
+            yl.shape().clone(),
+        ))
+    }
+}
+
+struct RmsNormBwd {
+    w: Tensor,
+    eps: f32,
+}
+
+impl CustomOp2 for RmsNormBwd {
+    fn name(&self) -> &'static str {
+        "mwtop-rms-norm-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
+        candle_core::bail!("mwtop-rms-norm-bwd runs on CUDA only")
+    }
+
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        xl: &Layout,
+        g: &CudaStorage,
+        gl: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        let dev = x.device();
+        let (xv, gv) = (contiguous_slice(x, xl)?, contiguous_slice(g, gl)?);
+        let (w_storage, wl) = self.w.storage_and_layout();
+        let wv = match &*w_storage {
+            candle_core::Storage::Cuda(c) => contiguous_slice(c, wl)?,
+            _ => candle_core::bail!("rms norm: the weight is on another device"),
+        };
+        let (rows, cols) = rows_cols(xl);
+        let (func, out) = kernel(dev, "mwtop_rmsnorm_bwd", rows * cols)?;
+        let (rows_i, cols_i, eps) = (rows as i32, cols as i32, self.eps);
+        let stream = dev.cuda_stream();
+        let mut b = stream.launch_builder(&func);
+        b.arg(&xv);
+        b.arg(&wv);
+        b.arg(&gv);
+        b.arg(&out);
+        b.arg(&rows_i);
+        b.arg(&cols_i);
+        b.arg(&eps);
+        // SAFETY: the arguments match the kernel's signature and sizes.
+        unsafe { b.launch(row_config(rows)) }.w()?;
+        Ok((
+            CudaStorage::wrap_cuda_slice(out, dev.clone()),
+            xl.shape().clone(),
+        ))
+    }
+}
+
+/// dx of an RMSNorm from its input and dy, in one kernel.
+pub(super) fn rms_norm_backward(
+    x: &Tensor,
+    w: &Tensor,
+    g: &Tensor,
+    eps: f32,
+) -> candle_core::Result<Option<Tensor>> {
+    if !eligible(x) || g.dtype() != x.dtype() || w.dtype() != x.dtype() || ptx().is_none() {
+        return Ok(None);
+    }
+    let op = RmsNormBwd {
+        w: w.contiguous()?,
+        eps,
+    };
+    x.contiguous()?
+        .apply_op2_no_bwd(&g.contiguous()?, &op)
+        .map(Some)
+}
+
+/// dx of a softmax from its output and dy, in one kernel.
+pub(super) fn softmax_backward(y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    if !eligible(y) || g.dtype() != y.dtype() || ptx().is_none() {
+        return Ok(None);
+    }
+    y.contiguous()?
+        .apply_op2_no_bwd(&g.contiguous()?, &SoftmaxBwd)
+        .map(Some)
+}
+
+pub(super) fn masked_softmax(scores: &Tensor, mask: &Tensor, t: usize) -> Result<Option<Tensor>> {
+    if !eligible(scores) || mask.dtype() != scores.dtype() || ptx().is_none() {
+        return Ok(None);
+    }
+    let (b, kv, rows, keys) = scores.dims4()?;
+    let batched = match mask.dims() {
+        [mt, mk] if *mt == t && *mk == keys => false,
+        [mb, 1, 1, mt, mk] if *mb == b && *mt == t && *mk == keys => true,
+        _ => return Ok(None),
+    };
+    let op = MaskedSoftmax {
+        t,
+        heads: kv * (rows / t),
+        batched,
+    };
+    Ok(Some(
+        scores
+            .contiguous()?
+            .apply_op2_no_bwd(&mask.contiguous()?, &op)?,
+    ))
+}
+
+struct Gated {
+    d_ff: usize,
+    gelu: bool,
+}
+
+impl CustomOp1 for Gated {
+    fn name(&self) -> &'static str {
+        "mwtop-gated"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
+        candle_core::bail!("mwtop-gated runs on CUDA only")
+    }
+
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        let dev = s.device();
+        let x = contiguous_slice(s, l)?;
+        let mut dims = l.shape().dims().to_vec();
+        let last = dims.len() - 1;
+        dims[last] = self.d_ff;
+        let n = l.shape().elem_count() / 2;
+        let (func, out) = kernel(dev, "mwtop_gated", n)?;
+        let cfg = LaunchConfig::for_num_elems(n as u32);
+        let (n_i, dff_i, gelu_i) = (n as i64, self.d_ff as i32, self.gelu as i32);
+        let stream = dev.cuda_stream();
+        let mut b = stream.launch_builder(&func);
+        b.arg(&x);
+        b.arg(&out);
+        b.arg(&n_i);
+        b.arg(&dff_i);
+        b.arg(&gelu_i);
+        // SAFETY: the arguments match the kernel's signature and sizes.
+        unsafe { b.launch(cfg) }.w()?;
+        Ok((
+            CudaStorage::wrap_cuda_slice(out, dev.clone()),
+            Shape::from(dims),
+        ))
+    }
+}
+
+pub(super) fn gated(gate_up: &Tensor, d_ff: usize, act: Activation) -> Result<Option<Tensor>> {
+    if !eligible(gate_up) || ptx().is_none() || gate_up.dims().last() != Some(&(2 * d_ff)) {
+        return Ok(None);
+    }
+    let op = Gated {
+        d_ff,
+        gelu: matches!(act, Activation::GeluTanh),
+    };
+    Ok(Some(gate_up.contiguous()?.apply_op1_no_bwd(&op)?))
+}

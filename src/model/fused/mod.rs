@@ -1,0 +1,273 @@
+//! Fused CUDA kernels for the inference forward, where candle would run
+//! two or three memory-bound kernels in a row: the attention mask's add
+//! and the softmax (one read of the scores instead of three passes), and
+//! the gated MLP's activation and product (one read of gate and up).
+//! Each computes in f32 what the composed candle ops compute, with the
+//! same formulas, so the numbers agree to the last bits; anywhere else
+//! (the CPU, other dtypes, a training forward, a kernel that did not
+//! compile) the composed ops run.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{DType, Tensor};
+
+use super::family::Activation;
+use super::Result;
+
+/// softmax(scores + mask) over the last dim. `scores` is (b, heads, t,
+/// keys) viewed as (b, kv_heads, rep * t, keys); `mask` is (t, keys) or
+/// (b, 1, 1, t, keys), additive.
+pub(super) fn masked_softmax(scores: &Tensor, mask: &Tensor, t: usize) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if let Some(y) = cuda::masked_softmax(scores, mask, t)? {
+        return Ok(y);
+    }
+    let (b, kv, rows, keys) = scores.dims4()?;
+    let masked = scores
+        .reshape((b, kv, rows / t, t, keys))?
+        .broadcast_add(mask)?
+        .reshape((b, kv, rows, keys))?;
+    Ok(candle_nn::ops::softmax_last_dim(&masked)?)
+}
+
+/// softmax(scores [+ mask]) over the last dim with a backward, for
+/// training: candle's composed softmax runs five kernels forward and more
+/// backward over the (b, heads, t, keys) scores, the largest tensors of a
+/// training step; this runs one each way on a GPU (the mask's add fused,
+/// dx = y (g - sum(g y)) in one pass), the same formulas on the CPU.
+/// Shapes as [`masked_softmax`].
+pub(super) fn softmax_with_grad(
+    scores: &Tensor,
+    mask: Option<&Tensor>,
+    t: usize,
+) -> Result<Tensor> {
+    let (b, kv, rows, _) = scores.dims4()?;
+    let op = SoftmaxGrad {
+        mask: mask.map(Tensor::contiguous).transpose()?,
+        t,
+        heads: kv * (rows / t),
+        batch: b,
+    };
+    Ok(scores.contiguous()?.apply_op1(op)?)
+}
+
+/// The softmax of [`softmax_with_grad`]; the mask is a constant.
+struct SoftmaxGrad {
+    mask: Option<Tensor>,
+    t: usize,
+    /// Query heads (kv_heads * rep): rows of one batch entry are heads * t.
+    heads: usize,
+    batch: usize,
+}
+
+impl SoftmaxGrad {
+    /// The composed forward on a tensor: what the CPU runs.
+    fn composed(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let x = match &self.mask {
+            Some(m) => {
+                let keys = x.dim(candle_core::D::Minus1)?;
+                let shape = x.shape().clone();
+                x.reshape((self.batch, self.heads, self.t, keys))?
+                    .broadcast_add(&m.reshape(((), 1, self.t, keys))?)?
+                    .reshape(shape)?
+            }
+            None => x.clone(),
+        };
+        candle_nn::ops::softmax_last_dim(&x)
+    }
+}
+
+impl candle_core::CustomOp1 for SoftmaxGrad {
+    fn name(&self) -> &'static str {
+        "mwtop-softmax-with-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        cpu_through(storage, layout, |x| self.composed(x))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        let held = self
+            .mask
+            .as_ref()
+            .map(|m| (m.storage_and_layout(), m.rank() == 5));
+        let mask = match &held {
+            Some(((st, l), batched)) => match &**st {
+                candle_core::Storage::Cuda(c) => Some((c, *l, *batched)),
+                _ => candle_core::bail!("softmax: the mask is on another device"),
+            },
+            None => None,
+        };
+        cuda::softmax_storage(storage, layout, mask, self.t, self.heads)
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        #[cfg(feature = "cuda")]
+        if let Some(dx) = cuda::softmax_backward(res, grad)? {
+            return Ok(Some(dx));
+        }
+        let dot = (grad * res)?.sum_keepdim(candle_core::D::Minus1)?;
+        Ok(Some((res * grad.broadcast_sub(&dot)?)?))
+    }
+}
+
+/// RMSNorm with a stored (frozen) weight and a backward, for training:
+/// candle's fused kernel forward (its own op has no backward; the composed
+/// `rms_norm_slow` runs seven kernels forward and more backward), and
+/// dx = g w r - x r^3 sum(g w x) / d, r = 1 / sqrt(mean(x^2) + eps), in one
+/// kernel on a GPU.
+pub(super) fn rms_norm_with_grad(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    if !x.track_op() {
+        return Ok(rms_forward(&x, w, eps)?);
+    }
+    Ok(x.apply_op1(RmsNormGrad {
+        w: w.contiguous()?,
+        eps,
+    })?)
+}
+
+/// candle's fused RMSNorm, composed for f64 (gradient checks), which its
+/// kernel does not take.
+fn rms_forward(x: &Tensor, w: &Tensor, eps: f32) -> candle_core::Result<Tensor> {
+    match x.dtype() {
+        DType::F64 => candle_nn::ops::rms_norm_slow(x, w, eps),
+        _ => candle_nn::ops::rms_norm(x, w, eps),
+    }
+}
+
+struct RmsNormGrad {
+    w: Tensor,
+    eps: f32,
+}
+
+impl candle_core::CustomOp1 for RmsNormGrad {
+    fn name(&self) -> &'static str {
+        "mwtop-rms-norm-with-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        cpu_through(storage, layout, |x| rms_forward(x, &self.w, self.eps))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        cuda_through(storage, layout, |x| rms_forward(x, &self.w, self.eps))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        #[cfg(feature = "cuda")]
+        if let Some(dx) = cuda::rms_norm_backward(x, &self.w, g, self.eps)? {
+            return Ok(Some(dx));
+        }
+        let d = x.dim(candle_core::D::Minus1)? as f64;
+        let r = x
+            .sqr()?
+            .sum_keepdim(candle_core::D::Minus1)?
+            .affine(1.0 / d, self.eps as f64)?
+            .sqrt()?
+            .recip()?;
+        let gw = g.broadcast_mul(&self.w)?;
+        let dot = (&gw * x)?.sum_keepdim(candle_core::D::Minus1)?;
+        let k3 = (r.powf(3.0)? * dot)?.affine(1.0 / d, 0.0)?;
+        Ok(Some((gw.broadcast_mul(&r)? - x.broadcast_mul(&k3)?)?))
+    }
+}
+
+/// A custom op's CPU forward by candle's ops on the tensor its input holds
+/// (a copy): how an op with a hand-written backward reuses candle's
+/// forward.
+pub(super) fn cpu_through(
+    storage: &candle_core::CpuStorage,
+    layout: &candle_core::Layout,
+    f: impl FnOnce(&Tensor) -> candle_core::Result<Tensor>,
+) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+    let x = Tensor::from_storage(
+        candle_core::Storage::Cpu(storage.try_clone(layout)?),
+        layout.shape().clone(),
+        candle_core::op::BackpropOp::none(),
+        false,
+    );
+    let y = f(&x)?.contiguous()?;
+    let (st, l) = y.storage_and_layout();
+    match &*st {
+        candle_core::Storage::Cpu(c) => Ok((c.try_clone(l)?, l.shape().clone())),
+        _ => candle_core::bail!("custom op: device mismatch"),
+    }
+}
+
+/// [`cpu_through`] on a CUDA device.
+#[cfg(feature = "cuda")]
+pub(super) fn cuda_through(
+    storage: &candle_core::CudaStorage,
+    layout: &candle_core::Layout,
+    f: impl FnOnce(&Tensor) -> candle_core::Result<Tensor>,
+) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+    let x = Tensor::from_storage(
+        candle_core::Storage::Cuda(storage.try_clone(layout)?),
+        layout.shape().clone(),
+        candle_core::op::BackpropOp::none(),
+        false,
+    );
+    let y = f(&x)?.contiguous()?;
+    let (st, l) = y.storage_and_layout();
+    match &*st {
+        candle_core::Storage::Cuda(c) => Ok((c.try_clone(l)?, l.shape().clone())),
+        _ => candle_core::bail!("custom op: device mismatch"),
+    }
+}
+
+/// act(gate) * up from one (b, t, 2 * d_ff) product holding gate, then up.
+pub(super) fn gated(gate_up: &Tensor, d_ff: usize, act: Activation) -> Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    {
+        cuda::gated(gate_up, d_ff, act)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (gate_up, d_ff, act);
+        Ok(None)
+    }
+}
+
+/// Compiles the kernels and loads them on `device` (a CUDA device; nothing
+/// elsewhere), so that no later forward does it first, least of all one
+/// being recorded as a CUDA graph.
+pub(super) fn prepare(device: &candle_core::Device) -> Result<()> {
+    #[cfg(feature = "cuda")]
+    if let candle_core::Device::Cuda(dev) = device {
+        cuda::prepare(dev)?;
+    }
+    let _ = device;
+    Ok(())
+}
+
+/// Whether the fused kernels may take this tensor (f32 on a CUDA device).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn eligible(x: &Tensor) -> bool {
+    x.device().is_cuda() && x.dtype() == DType::F32
+}
+
+#[cfg(feature = "cuda")]
+mod cuda;
