@@ -98,6 +98,11 @@ extern "C" __global__ void mwtop_gated(const float* x, float* out, long long n, 
 }
 "#;
 
+/// Whether the kernels compiled (else every caller takes candle's ops).
+pub(super) fn available() -> bool {
+    ptx().is_some()
+}
+
 /// The kernels' PTX, compiled once per process; None (and one warning)
 /// when NVRTC cannot compile them.
 fn ptx() -> Option<&'static str> {

@@ -95,6 +95,9 @@ impl candle_core::CustomOp1 for SoftmaxGrad {
         storage: &candle_core::CudaStorage,
         layout: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        if storage.dtype() != DType::F32 || !cuda::available() {
+            return cuda_through(storage, layout, |x| self.composed(x));
+        }
         let held = self
             .mask
             .as_ref()
