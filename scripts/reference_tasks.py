@@ -15,8 +15,9 @@ log-softmax over the continuation's tokens.
         token ids, continuation start and log-likelihood per request.
     reference_tasks.py time GGUF REQUESTS QUESTIONS_PER_TASK
         the first QUESTIONS_PER_TASK questions of each task, batched as the
-        harness batches (32 requests, longest first, right-padded); prints
-        the seconds and the request count as JSON.
+        harness batches (32 requests, longest first, right-padded), after
+        one untimed warm-up batch; prints the seconds (tokenizing and
+        scoring) and the request count as JSON.
 """
 import gzip
 import json
@@ -99,6 +100,10 @@ def timed(gguf, requests, per_task):
         if r["doc_id"] in docs or len(docs) < per_task:
             docs.add(r["doc_id"])
             chosen.append(r)
+    # One untimed batch first: CUDA's and cuBLAS's start-up is not scoring.
+    logliks(model, [encode(tok, r) for r in chosen[:32]])
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
     t0 = time.time()
     enc = sorted((encode(tok, r) for r in chosen), key=lambda e: -len(e[0]))
     n = 0
