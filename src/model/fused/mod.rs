@@ -1,11 +1,14 @@
-//! Fused CUDA kernels for the inference forward, where candle would run
-//! two or three memory-bound kernels in a row: the attention mask's add
-//! and the softmax (one read of the scores instead of three passes), and
-//! the gated MLP's activation and product (one read of gate and up).
-//! Each computes in f32 what the composed candle ops compute, with the
-//! same formulas, so the numbers agree to the last bits; anywhere else
-//! (the CPU, other dtypes, a training forward, a kernel that did not
-//! compile) the composed ops run.
+//! Fused ops where candle would run several memory-bound kernels in a
+//! row, and backwards for the fused ops candle has none for.
+//!
+//! Inference (CUDA kernels): the attention mask's add and the softmax (one
+//! read of the scores instead of three passes), the gated MLP's activation
+//! and product (one read of gate and up). Training (custom ops with a
+//! written-out backward, on every device): the softmax with its mask,
+//! RMSNorm; RoPE's is in [`super::rope`]. Each computes in f32 what the
+//! composed candle ops compute, with the same formulas, so the numbers
+//! agree to the last bits; where a kernel cannot run (the CPU, other
+//! dtypes, NVRTC missing) candle's ops run instead.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{DType, Tensor};
