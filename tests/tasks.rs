@@ -406,16 +406,7 @@ fn left_padded_batches_equal_rows_run_alone() {
             // One-query tiles take the matrix-vector path: last-bit rounding
             // differences, nothing more (a wrong mask costs whole units).
             let tol = if budget == 1 { 1e-4 } else { 1e-5 };
-            let diff = |x: &candle_core::Tensor, y: &candle_core::Tensor| -> f32 {
-                (x - y)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar()
-                    .unwrap()
-            };
+            let diff = |x: &candle_core::Tensor, y: &candle_core::Tensor| max_abs_diff(x, y);
             // One batch, b left-padded by 7.
             let padded: Vec<u32> = [vec![0; 7], b.clone()].concat();
             let out = model
@@ -505,21 +496,11 @@ fn branched_rows_equal_each_branch_run_alone() {
                 .unwrap()
                 .get(0)
                 .unwrap();
-            let diff = |x: candle_core::Tensor, y: candle_core::Tensor| -> f32 {
-                (x - y)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar()
-                    .unwrap()
-            };
             let tol = if budget == 1 { 1e-4 } else { 1e-5 };
             let n = |t: &candle_core::Tensor, a, l| t.narrow(0, a, l).unwrap();
             let d = [
-                diff(n(&out, 0, 20), n(&la, 0, 20)),
-                diff(n(&out, 20, 8), n(&lb, 10, 8)),
+                max_abs_diff(&n(&out, 0, 20), &n(&la, 0, 20)),
+                max_abs_diff(&n(&out, 20, 8), &n(&lb, 10, 8)),
             ];
             assert!(
                 d.iter().all(|&d| d < tol),
@@ -527,4 +508,16 @@ fn branched_rows_equal_each_branch_run_alone() {
             );
         }
     }
+}
+
+/// The largest |x - y| over two tensors of one shape.
+fn max_abs_diff(x: &candle_core::Tensor, y: &candle_core::Tensor) -> f32 {
+    (x - y)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap()
 }
