@@ -8,6 +8,7 @@ use candle_core::{DType, Device};
 
 use crate::checkpoint::{Checkpoint, CheckpointError};
 use crate::demo::{self, DemoError};
+use crate::model::WeightPrecision;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -82,6 +83,18 @@ pub fn parse_device(spec: Option<&str>) -> Result<Device, DeviceError> {
         None => Ok(Device::Cpu),
         Some(ordinal) => new_cuda(ordinal).map_err(|e| DeviceError(format!("--device {s}: {e}"))),
     }
+}
+
+/// How a model's matrices are held on `device` unless the user says:
+/// as stored on a GPU, where memory is short and the product kernels read
+/// bf16/f16 directly; in the compute dtype on the CPU, whose decode
+/// kernel reads f32 (a conversion per product would halve its speed).
+pub fn weight_precision(asked: Option<WeightPrecision>, device: &Device) -> WeightPrecision {
+    asked.unwrap_or(if device.is_cpu() {
+        WeightPrecision::Compute
+    } else {
+        WeightPrecision::Stored
+    })
 }
 
 /// A CUDA device on one stream. cudarc's per-buffer event tracking exists to

@@ -426,6 +426,21 @@ impl Checkpoint {
         self.gguf_metadata.as_ref()
     }
 
+    /// The float dtype a tensor is stored in, when it is one candle holds
+    /// as it is (F32, F16, BF16); None for quantized GGUF blocks and the
+    /// rest, which only a conversion makes dense.
+    pub fn stored_float_dtype(&self, name: &str) -> Option<DType> {
+        match self.info(name)?.dtype {
+            StoredDType::Safetensors(safetensors::Dtype::F32) => Some(DType::F32),
+            StoredDType::Safetensors(safetensors::Dtype::F16) => Some(DType::F16),
+            StoredDType::Safetensors(safetensors::Dtype::BF16) => Some(DType::BF16),
+            StoredDType::Ggml(GgmlDType::F32) => Some(DType::F32),
+            StoredDType::Ggml(GgmlDType::F16) => Some(DType::F16),
+            StoredDType::Ggml(GgmlDType::BF16) => Some(DType::BF16),
+            _ => None,
+        }
+    }
+
     /// Reads one tensor (canonical name) as a dense tensor of `dtype` on `device`.
     /// Quantized GGUF data is dequantized from the mapped bytes; GGUF's RoPE
     /// row permutation of q/k is undone, so the result is in Hugging Face layout.

@@ -264,6 +264,13 @@ pub struct RunArgs {
     /// Compute dtype (f32 by default: bf16's spacing at 20,000 is 128).
     #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
     pub dtype: DTypeArg,
+    /// How the matrices are held: `stored` keeps a bf16/f16 checkpoint's
+    /// matrices in that dtype and reads them converted, exactly, in each
+    /// product (half the memory of f32); `f32` makes a dense copy in the
+    /// compute dtype. Default: stored on a GPU, f32 on the CPU (whose
+    /// kernels read f32). Quantized GGUF blocks are always converted.
+    #[arg(long, value_enum)]
+    pub weights: Option<WeightsArg>,
     /// A LoRA adapter (PEFT's format: adapter_config.json and
     /// adapter_model.safetensors), merged into the weights at load. The UI
     /// takes several and shows them beside the base model.
@@ -281,7 +288,8 @@ impl RunArgs {
                 "one --adapter per command (the UI shows several side by side)"
             );
         }
-        let mut model = progress::load_model(ckpt, &device, self.dtype.into())?;
+        let precision = mwtop::runtime::weight_precision(self.weights(), &device);
+        let mut model = progress::load_model(ckpt, &device, self.dtype.into(), precision)?;
         if let Some(dir) = self.adapter.first() {
             let info = mwtop::runtime::merge_adapter(&mut model, dir)
                 .map_err(|e| color_eyre::eyre::eyre!("--adapter {}: {e}", dir.display()))?;
@@ -289,6 +297,23 @@ impl RunArgs {
         }
         Ok(model)
     }
+}
+
+impl RunArgs {
+    /// `--weights` as the library's setting; None when not given.
+    pub fn weights(&self) -> Option<mwtop::model::WeightPrecision> {
+        self.weights.map(|w| match w {
+            WeightsArg::Stored => mwtop::model::WeightPrecision::Stored,
+            WeightsArg::F32 => mwtop::model::WeightPrecision::Compute,
+        })
+    }
+}
+
+/// `--weights` as the command line spells it.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum WeightsArg {
+    Stored,
+    F32,
 }
 
 /// A dtype as the command line spells it.

@@ -40,7 +40,9 @@ impl BenchArgs {
     pub fn run(self, global: Option<String>) -> Result<()> {
         let ckpt = super::open(self.model.as_deref(), global.as_deref())?;
         let tok = ckpt.tokenizer()?;
+        let loading = Instant::now();
         let mut model = self.run.load(&ckpt)?;
+        let load_seconds = loading.elapsed().as_secs_f64();
         let eval = tok
             .encode(EVAL_TEXT, false)
             .map_err(|e| eyre!("tokenizer: {e}"))?;
@@ -72,6 +74,7 @@ impl BenchArgs {
         )?;
         BenchReport {
             parameters,
+            load_seconds,
             ..report
         }
         .print(self.json)
@@ -82,6 +85,12 @@ impl BenchArgs {
 struct BenchReport {
     pub device: String,
     pub dtype: String,
+    /// How the matrices are held (`stored` or `compute`), and the bytes
+    /// all the weights take on the device.
+    pub weights: String,
+    pub weight_bytes: usize,
+    /// From the opened checkpoint to the model on the device.
+    pub load_seconds: f64,
     /// The checkpoint's parameter count (for time per parameter).
     pub parameters: u64,
     pub prompt_tokens: usize,
@@ -234,6 +243,9 @@ fn run(
     Ok(BenchReport {
         device: mwtop::runtime::device_name(model.device()).into(),
         dtype: format!("{:?}", model.dtype()).to_lowercase(),
+        weights: format!("{:?}", model.weight_precision()).to_lowercase(),
+        weight_bytes: model.weight_bytes(),
+        load_seconds: 0.0,
         parameters: 0,
         prompt_tokens: eval_ids.len(),
         prompt_tok_s: eval_ids.len() as f64 / p_off,

@@ -172,7 +172,7 @@ fn proj(name: &str) -> Result<Proj> {
 }
 
 impl FinetuneArgs {
-    pub fn run(self, global: Option<String>) -> Result<()> {
+    pub fn run(mut self, global: Option<String>) -> Result<()> {
         if !self.run.adapter.is_empty() {
             bail!("finetune trains a new adapter: use --init-adapter to start from one");
         }
@@ -182,6 +182,9 @@ impl FinetuneArgs {
         if self.max_len < 2 {
             bail!("--max-len must be at least 2");
         }
+        // Training reads every matrix several times a step: a dense f32 copy
+        // unless `--weights stored` asks to trade speed for memory.
+        self.run.weights.get_or_insert(super::args::WeightsArg::F32);
         let mut targets = self
             .targets
             .iter()

@@ -6,7 +6,7 @@ use std::io::{IsTerminal, Write};
 use candle_core::{DType, Device};
 
 use mwtop::checkpoint::Checkpoint;
-use mwtop::model::{Model, ModelError};
+use mwtop::model::{Model, ModelError, WeightPrecision};
 
 /// A counter on stderr; silent when `lines` is false and stderr is no terminal.
 pub struct Counter {
@@ -53,10 +53,15 @@ impl Counter {
 }
 
 /// Loads the model, with a counter on stderr when it is a terminal.
-pub fn load_model(ckpt: &Checkpoint, device: &Device, dtype: DType) -> Result<Model, ModelError> {
+pub fn load_model(
+    ckpt: &Checkpoint,
+    device: &Device,
+    dtype: DType,
+    precision: WeightPrecision,
+) -> Result<Model, ModelError> {
     let start = std::time::Instant::now();
     let mut counter = Counter::new(false);
-    let model = Model::load(ckpt, device, dtype, |done, total| {
+    let model = Model::load_as(ckpt, device, dtype, precision, |done, total| {
         counter.show(&format!("loading weights {done}/{total}"));
     })?;
     counter.finish(Some(&format!(

@@ -53,10 +53,12 @@ impl UiArgs {
             Some(Some(m)) => drop(mwtop::demo::ensure_model(m).wrap_err("demo model")?),
             Some(None) => {}
         }
+        let weights = self.run.weights();
         mwtop::tui::run(
             self.model,
             self.run.device,
             self.run.dtype.into(),
+            weights,
             self.prompt,
             self.run.adapter,
             self.tour,

@@ -48,6 +48,9 @@ pub enum Job {
         spec: Option<String>,
         device: Option<String>,
         dtype: DType,
+        /// How the matrices are held; None: the device's default
+        /// ([`runtime::weight_precision`]).
+        weights: Option<crate::model::WeightPrecision>,
         /// LoRA adapters (PEFT's format), kept apart from the weights so
         /// the pair's two panels can show the base model and an adapter.
         adapters: Vec<std::path::PathBuf>,
@@ -350,8 +353,9 @@ impl<F: Fn(Event)> Engine<F> {
                 spec,
                 device,
                 dtype,
+                weights,
                 adapters,
-            } => self.load(spec, device, dtype, adapters),
+            } => self.load(spec, device, dtype, weights, adapters),
             Job::Probe { prompt } => self.probe(&prompt),
             Job::Detail { layer } => self.detail(layer),
             Job::States {
@@ -382,6 +386,7 @@ impl<F: Fn(Event)> Engine<F> {
         spec: Option<String>,
         device: Option<String>,
         dtype: DType,
+        weights: Option<crate::model::WeightPrecision>,
         adapter_dirs: Vec<std::path::PathBuf>,
     ) -> Result<(), ModelError> {
         let start = Instant::now();
@@ -396,7 +401,8 @@ impl<F: Fn(Event)> Engine<F> {
             "loading {}",
             ckpt.source().display()
         )));
-        let model = Model::load(&ckpt, &device, dtype, |done, total| {
+        let precision = runtime::weight_precision(weights, &device);
+        let model = Model::load_as(&ckpt, &device, dtype, precision, |done, total| {
             (self.emit)(Event::Loading { done, total })
         })?;
         let mut adapters = Vec::new();

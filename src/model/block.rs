@@ -39,7 +39,8 @@ impl Model {
 
     /// Token embeddings (ids flat), scaled where the family scales them.
     pub(super) fn embed_ids(&self, ids: &Tensor) -> Result<Tensor> {
-        let x = self.embed.embedding(ids)?;
+        // A stored-precision embedding converts the looked-up rows only.
+        let x = self.embed.embedding(ids)?.to_dtype(self.dtype)?;
         Ok(match self.embed_scale {
             Some(s) => x.affine(s, 0.0)?,
             None => x,

@@ -5,7 +5,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::family::Family;
 use super::weights::{Block, Linear, Norms};
-use super::{rope, Model, ModelError, Result, ROPE_POSITIONS_MAX};
+use super::{rope, Model, ModelError, Result, WeightPrecision, ROPE_POSITIONS_MAX};
 use crate::checkpoint::{Checkpoint, Fused, NormId, NormKind, Proj, RopeScaling, WeightId};
 
 impl Model {
@@ -15,6 +15,17 @@ impl Model {
         ckpt: &Checkpoint,
         device: &Device,
         dtype: DType,
+        progress: impl FnMut(usize, usize),
+    ) -> Result<Self> {
+        Self::load_as(ckpt, device, dtype, WeightPrecision::Compute, progress)
+    }
+
+    /// [`Model::load`] with the matrices held as `precision` says.
+    pub fn load_as(
+        ckpt: &Checkpoint,
+        device: &Device,
+        dtype: DType,
+        precision: WeightPrecision,
         mut progress: impl FnMut(usize, usize),
     ) -> Result<Self> {
         let config = ckpt.config().clone();
@@ -22,17 +33,24 @@ impl Model {
         let layout = &config.attention;
         let total = ckpt.tensors().len();
         let mut done = 0usize;
-        let mut get = |name: &str| -> Result<Tensor> {
-            let t = ckpt.tensor(name, dtype, device)?;
+        // Matrices as stored, when asked and stored as a float dtype.
+        let held = |name: &str| -> DType {
+            match (precision, ckpt.stored_float_dtype(name)) {
+                (WeightPrecision::Stored, Some(stored)) => stored,
+                _ => dtype,
+            }
+        };
+        let mut get = |name: &str, as_dtype: DType| -> Result<Tensor> {
+            let t = ckpt.tensor(name, as_dtype, device)?;
             done += 1;
             progress(done.min(total), total);
             Ok(t)
         };
-        let linear = |get: &mut dyn FnMut(&str) -> Result<Tensor>,
+        let linear = |get: &mut dyn FnMut(&str, DType) -> Result<Tensor>,
                       name: String,
                       id: Option<WeightId>|
          -> Result<Linear> {
-            let weight = get(&name)?;
+            let weight = get(&name, held(&name))?;
             let bias_name = format!("{}.bias", name.trim_end_matches(".weight"));
             let bias = match ckpt.info(&bias_name) {
                 Some(_) => Some(ckpt.tensor(&bias_name, dtype, device)?),
@@ -42,11 +60,13 @@ impl Model {
         };
         // Gemma multiplies by (1 + w): stored once as that sum.
         let offset = family.offset_norms;
-        let norm = |get: &mut dyn FnMut(&str) -> Result<Tensor>, id: NormId| -> Result<Tensor> {
-            let w = get(&id.hf_name())?;
-            Ok(if offset { w.affine(1.0, 1.0)? } else { w })
-        };
-        let embed = get(&WeightId::Embed.hf_name())?;
+        let norm =
+            |get: &mut dyn FnMut(&str, DType) -> Result<Tensor>, id: NormId| -> Result<Tensor> {
+                let w = get(&id.hf_name(), dtype)?;
+                Ok(if offset { w.affine(1.0, 1.0)? } else { w })
+            };
+        let embed_name = WeightId::Embed.hf_name();
+        let embed = get(&embed_name, held(&embed_name))?;
         let (hd, nq, nk) = (config.head_dim, config.n_heads, config.n_kv_heads);
         // Phi-3 rotates the first dims of each head, the rest pass through:
         // its q/k rows are held in rotary order (see rope::RotaryOrder).
@@ -190,6 +210,7 @@ impl Model {
             config,
             device: device.clone(),
             dtype,
+            precision,
             embed,
             blocks,
             norm: final_norm,

@@ -30,7 +30,7 @@ mod weights;
 
 use candle_core::{DType, Device, Tensor, D};
 
-use crate::checkpoint::{CheckpointError, ModelConfig};
+use crate::checkpoint::{CheckpointError, ModelConfig, WeightId};
 use attention::{causal_mask, Masking, Positions};
 pub use branches::Branches;
 use capture::Captures;
@@ -153,11 +153,27 @@ pub struct ForwardOutput {
 /// Longer texts are scored with a sliding window.
 const ROPE_POSITIONS_MAX: usize = 1 << 17;
 
-/// A loaded model: dense weights on one device in one dtype.
+/// Which dtype the matrices are held in on the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightPrecision {
+    /// Every weight converted to the compute dtype at load (a dense f32
+    /// copy of a bf16 checkpoint: twice its size).
+    Compute,
+    /// Matrices (the projections, the embedding, the head) stay in the
+    /// float dtype the checkpoint stores them in (bf16, f16); each product
+    /// reads them as they are and computes in the compute dtype, so results
+    /// are those of the converted weights, at the stored size in memory.
+    /// Quantized GGUF blocks are still converted.
+    Stored,
+}
+
+/// A loaded model: dense weights on one device; activations in one
+/// compute dtype, matrices in it or as stored (see [`WeightPrecision`]).
 pub struct Model {
     config: ModelConfig,
     device: Device,
     dtype: DType,
+    precision: WeightPrecision,
     embed: Tensor,
     blocks: Vec<Block>,
     norm: Tensor,
@@ -220,6 +236,32 @@ impl Model {
 
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    pub fn weight_precision(&self) -> WeightPrecision {
+        self.precision
+    }
+
+    /// Bytes the weights take on the device (each tensor once, views of a
+    /// stacked matrix not counted again).
+    pub fn weight_bytes(&self) -> usize {
+        let size = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        let linear = |l: &Linear| size(&l.weight) + l.bias.as_ref().map_or(0, size);
+        let mut total = size(&self.embed) + size(&self.norm);
+        if self.lm_head.id != Some(WeightId::Embed) {
+            total += linear(&self.lm_head);
+        }
+        for b in &self.blocks {
+            total += linear(&b.qkv) + linear(&b.o) + linear(&b.gate_up) + linear(&b.down);
+            let n = &b.norms;
+            for t in [&n.attn_in, &n.attn_out, &n.mlp_in, &n.mlp_out, &n.q, &n.k]
+                .into_iter()
+                .flatten()
+            {
+                total += size(t);
+            }
+        }
+        total
     }
 
     pub fn new_cache(&self) -> Cache {

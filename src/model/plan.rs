@@ -264,19 +264,22 @@ impl<'a> Plan<'a> {
         let (b, t, d) = x.dims3()?;
         let out = l.weight.dim(0)?;
         let fast = if b * t == 1 && !self.differentiable() {
-            gemv::gemv(&l.weight, x)?
+            match gemv::gemv(&l.weight, x)? {
+                Some(y) => Some(y),
+                None => super::fused::gemv_stored(&l.weight, x)?,
+            }
         } else {
             None
         };
         let mut y = match fast {
             Some(y) => y.reshape((b, t, out))?,
             None if self.differentiable() => {
-                super::frozen::frozen_matmul(&x.reshape((b * t, d))?, &l.weight)?
+                super::frozen::frozen_matmul(&x.reshape((b * t, d))?, &computed(&l.weight, x)?)?
                     .reshape((b, t, out))?
             }
             None => x
                 .reshape((b * t, d))?
-                .matmul(&l.weight.t()?)?
+                .matmul(&computed(&l.weight, x)?.t()?)?
                 .reshape((b, t, out))?,
         };
         if let Some(bias) = &l.bias {
@@ -295,7 +298,7 @@ impl<'a> Plan<'a> {
         let Some(id) = l.id else { return Ok(y) };
         if let (Some(drop), true) = (&self.drop, self.drops(id)) {
             // The dropped elements' share of each massive row's dot product.
-            let lost = l.weight.index_select(&drop.rows, 0)?.mul(&drop.dropped)?;
+            let lost = computed(&l.weight.index_select(&drop.rows, 0)?, x)?.mul(&drop.dropped)?;
             let share = x.reshape((b * t, d))?.matmul(&lost.t()?)?;
             y = (y - share.matmul(&drop.onehot)?.reshape((b, t, out))?)?;
         }
@@ -387,4 +390,16 @@ impl<'a> Plan<'a> {
         }
         Ok(())
     }
+}
+
+/// A matrix held as stored (see [`super::WeightPrecision::Stored`]) in the
+/// dtype of `x`, for one product: the conversion from bf16/f16 is exact,
+/// so the product is that of the converted weights. The copy lives for
+/// that product only.
+fn computed(w: &Tensor, x: &Tensor) -> Result<Tensor> {
+    Ok(if w.dtype() == x.dtype() {
+        w.clone()
+    } else {
+        w.to_dtype(x.dtype())?
+    })
 }

@@ -121,7 +121,17 @@ impl Block {
 /// One linear map whose rows are `parts`' rows in order; each part becomes a
 /// view of its rows (no second copy of the weights).
 fn stack_rows(parts: &mut [&mut Linear]) -> Result<Linear> {
-    let weights: Vec<&Tensor> = parts.iter().map(|l| &l.weight).collect();
+    // Parts held in different dtypes (one edited or merged in the compute
+    // dtype, the rest as stored) stack in the widest of them.
+    let widest = parts
+        .iter()
+        .map(|l| l.weight.dtype())
+        .max_by_key(|d| d.size_in_bytes())
+        .unwrap_or(DType::F32);
+    let weights = parts
+        .iter()
+        .map(|l| l.weight.to_dtype(widest))
+        .collect::<candle_core::Result<Vec<_>>>()?;
     let weight = Tensor::cat(&weights, 0)?;
     let bias = if parts.iter().any(|l| l.bias.is_some()) {
         let biases = parts
@@ -198,10 +208,12 @@ impl Model {
         for &d in dims {
             keep[d] = 0.0;
         }
-        let mask = Tensor::from_vec(keep, (d_ff, 1), &self.device)?.to_dtype(self.dtype)?;
+        let mask = Tensor::from_vec(keep, (d_ff, 1), &self.device)?;
         let block = &mut self.blocks[layer];
-        block.up.weight = block.up.weight.broadcast_mul(&mask)?;
-        block.gate.weight = block.gate.weight.broadcast_mul(&mask)?;
+        // Zero is exact in every dtype: the matrices keep theirs.
+        for w in [&mut block.up.weight, &mut block.gate.weight] {
+            *w = w.broadcast_mul(&mask.to_dtype(w.dtype())?)?;
+        }
         self.weights_version += 1;
         block.fuse()
     }
@@ -226,6 +238,7 @@ impl Model {
         }
         let mut v = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         v[self.stored_row(id, row) * cols + col] = value;
+        // In the compute dtype: a stored bf16 matrix may not hold `value`.
         let new = Tensor::from_vec(v, (rows, cols), &self.device)?.to_dtype(self.dtype)?;
         self.weights_version += 1;
         match self.canonical_weight(id) {
@@ -270,14 +283,16 @@ impl Model {
     /// layer the model does not have.
     pub fn weight(&self, id: WeightId) -> Option<Tensor> {
         let stored = self.stored(id)?;
-        match self.reordered(id) {
+        let hf_order = match self.reordered(id) {
             Some(order) => {
                 let rows = stored.dim(0).ok()?;
                 let index = Tensor::from_vec(order.to_hf(rows), rows, stored.device()).ok()?;
-                stored.index_select(&index, 0).ok()
+                stored.index_select(&index, 0).ok()?
             }
-            None => Some(stored.clone()),
-        }
+            None => stored.clone(),
+        };
+        // In the compute dtype, whatever the matrix is held in.
+        hf_order.to_dtype(self.dtype).ok()
     }
 
     /// The row at which Hugging Face row `row` of `id` is held (q and k

@@ -132,6 +132,9 @@ pub struct App {
     pub tour: Option<super::tour::Tour>,
     /// Start the tour as soon as the model is scanned (`mwtop --tour`).
     pub tour_on_start: bool,
+    /// How the model's matrices are held (`--weights`); None: the
+    /// device's default.
+    pub weights: Option<crate::model::WeightPrecision>,
     toggled_at: Option<Instant>,
     /// Keypress (toggle) to first new token, of the latest toggle.
     pub first_token_latency: Option<Duration>,
@@ -182,6 +185,7 @@ impl App {
             heatmap_area: None,
             tour: None,
             tour_on_start: false,
+            weights: None,
             toggled_at: None,
             first_token_latency: None,
         }
@@ -367,6 +371,7 @@ impl App {
             spec,
             device,
             dtype,
+            weights: self.weights,
             adapters,
         });
     }

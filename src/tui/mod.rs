@@ -37,6 +37,7 @@ pub fn run(
     spec: Option<String>,
     device: Option<String>,
     dtype: DType,
+    weights: Option<crate::model::WeightPrecision>,
     prompt: Option<String>,
     adapters: Vec<std::path::PathBuf>,
     tour: bool,
@@ -51,6 +52,7 @@ pub fn run(
         spec,
         device,
         dtype,
+        weights,
         prompt,
         adapters,
         tour,
@@ -65,6 +67,7 @@ async fn event_loop(
     spec: Option<String>,
     device: Option<String>,
     dtype: DType,
+    weights: Option<crate::model::WeightPrecision>,
     prompt: Option<String>,
     adapters: Vec<std::path::PathBuf>,
     tour: bool,
@@ -76,6 +79,7 @@ async fn event_loop(
         prompt.as_deref().unwrap_or(DEFAULT_PROMPT),
     );
     app.tour_on_start = tour;
+    app.weights = weights;
     app.start_with_adapters(spec, device, dtype, adapters);
     let mut input = EventStream::new();
     let mut log_tick = tokio::time::interval(Duration::from_millis(250));

@@ -7,7 +7,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::cuda::cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
 use candle_core::cuda::cudarc::nvrtc;
 use candle_core::cuda::{CudaStorage, WrapErr};
-use candle_core::{CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use candle_core::{CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
 
 use super::super::family::Activation;
 use super::super::Result;
@@ -79,6 +79,53 @@ extern "C" __global__ void mwtop_rmsnorm_bwd(const float* x, const float* w, con
   for (int c = lane; c < cols; c += 32) o[c] = gr[c] * w[c] * r - xr[c] * k3;
 }
 
+// y = W x, W (rows, cols) of 16-bit floats (bf16 when is_bf16, else f16),
+// x and y f32; one warp per row, eight weights (16 bytes) a load when the
+// rows are 16-byte aligned. bf16 -> f32 is the bits shifted up; f16 -> f32
+// is exact too; the sum is f32.
+__device__ __forceinline__ float mwtop_widen(unsigned short h, int is_bf16) {
+  if (is_bf16) return __uint_as_float(((unsigned int)h) << 16);
+  // IEEE half -> float, subnormals included.
+  unsigned int sign = ((unsigned int)h & 0x8000u) << 16;
+  unsigned int exp = (h >> 10) & 0x1f;
+  unsigned int man = h & 0x3ff;
+  if (exp == 0x1f) return __uint_as_float(sign | 0x7f800000u | (man << 13));
+  if (exp == 0) {
+    float v = (float)man * 5.9604644775390625e-08f; // man * 2^-24
+    return sign ? -v : v;
+  }
+  return __uint_as_float(sign | ((exp + 112u) << 23) | (man << 13));
+}
+
+extern "C" __global__ void mwtop_gemv16(const unsigned short* w, const float* x, float* y,
+    int rows, int cols, int is_bf16, int vec8) {
+  int row = blockIdx.x * blockDim.y + threadIdx.y;
+  if (row >= rows) return;
+  int lane = threadIdx.x;
+  const unsigned short* wr = w + (unsigned long long)row * cols;
+  float acc = 0.f;
+  if (vec8) {
+    const uint4* w8 = (const uint4*)wr;
+    const float4* x4 = (const float4*)x;
+    int n8 = cols >> 3;
+    for (int i = lane; i < n8; i += 32) {
+      uint4 q = w8[i];
+      float4 a = x4[2 * i], b = x4[2 * i + 1];
+      unsigned int u[4] = {q.x, q.y, q.z, q.w};
+      float xs[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        acc = fmaf(mwtop_widen((unsigned short)(u[k] & 0xffffu), is_bf16), xs[2 * k], acc);
+        acc = fmaf(mwtop_widen((unsigned short)(u[k] >> 16), is_bf16), xs[2 * k + 1], acc);
+      }
+    }
+  } else {
+    for (int c = lane; c < cols; c += 32) acc = fmaf(mwtop_widen(wr[c], is_bf16), x[c], acc);
+  }
+  for (int k = 16; k > 0; k >>= 1) acc += __shfl_xor_sync(0xffffffff, acc, k, 32);
+  if (lane == 0) y[row] = acc;
+}
+
 extern "C" __global__ void mwtop_gated(const float* x, float* out, long long n, int dff, int gelu) {
   long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= n) return;
@@ -124,6 +171,7 @@ pub(super) fn prepare(dev: &candle_core::CudaDevice) -> Result<()> {
             "mwtop_softmax_bwd",
             "mwtop_rmsnorm_bwd",
             "mwtop_gated",
+            "mwtop_gemv16",
         ] {
             dev.get_or_load_custom_func(name, "mwtop_fused", ptx)?;
         }
@@ -452,4 +500,81 @@ pub(super) fn gated(gate_up: &Tensor, d_ff: usize, act: Activation) -> Result<Op
         gelu: matches!(act, Activation::GeluTanh),
     };
     Ok(Some(gate_up.contiguous()?.apply_op1_no_bwd(&op)?))
+}
+
+/// The matrix of [`gemv_stored`]: 16-bit floats, read as raw bits.
+struct Gemv16 {
+    w: Tensor,
+}
+
+impl CustomOp1 for Gemv16 {
+    fn name(&self) -> &'static str {
+        "mwtop-gemv16"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
+        candle_core::bail!("mwtop-gemv16 runs on CUDA only")
+    }
+
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        let dev = s.device();
+        let x = contiguous_slice(s, l)?;
+        let (rows, cols) = self.w.dims2()?;
+        let (w_storage, wl) = self.w.storage_and_layout();
+        let candle_core::Storage::Cuda(wc) = &*w_storage else {
+            candle_core::bail!("gemv: the weight is on another device")
+        };
+        let Some((start, end)) = wl.contiguous_offsets() else {
+            candle_core::bail!("gemv: the weight is not contiguous")
+        };
+        let is_bf16 = self.w.dtype() == DType::BF16;
+        // Both 16-bit dtypes as their bits: the kernel widens them itself.
+        let wv = if is_bf16 {
+            let v = wc.as_cuda_slice::<half::bf16>()?.slice(start..end);
+            // SAFETY: bf16 and u16 have the same size and any bits are a u16.
+            unsafe { v.transmute::<u16>(end - start) }
+        } else {
+            let v = wc.as_cuda_slice::<half::f16>()?.slice(start..end);
+            // SAFETY: as above, for f16.
+            unsafe { v.transmute::<u16>(end - start) }
+        }
+        .ok_or_else(|| candle_core::Error::Msg("gemv: cannot view the weight's bits".into()))?;
+        // 16-byte loads when every row starts 16-byte aligned (allocations
+        // are; a view's offset and the row length must keep it so).
+        let vec8 = (cols % 8 == 0 && start % 8 == 0) as i32;
+        let (func, out) = kernel(dev, "mwtop_gemv16", rows)?;
+        let (rows_i, cols_i, bf16_i) = (rows as i32, cols as i32, is_bf16 as i32);
+        let stream = dev.cuda_stream();
+        let mut b = stream.launch_builder(&func);
+        b.arg(&wv);
+        b.arg(&x);
+        b.arg(&out);
+        b.arg(&rows_i);
+        b.arg(&cols_i);
+        b.arg(&bf16_i);
+        b.arg(&vec8);
+        // SAFETY: the arguments match the kernel's signature and sizes.
+        unsafe { b.launch(row_config(rows)) }.w()?;
+        Ok((
+            CudaStorage::wrap_cuda_slice(out, dev.clone()),
+            Shape::from(rows),
+        ))
+    }
+}
+
+pub(super) fn gemv_stored(w: &Tensor, x: &Tensor) -> Result<Option<Tensor>> {
+    let sixteen = matches!(w.dtype(), DType::BF16 | DType::F16);
+    if !eligible(x) || !sixteen || !w.device().same_device(x.device()) || ptx().is_none() {
+        return Ok(None);
+    }
+    let (_, cols) = w.dims2()?;
+    if x.elem_count() != cols || !w.is_contiguous() {
+        return Ok(None);
+    }
+    let op = Gemv16 { w: w.clone() };
+    Ok(Some(x.flatten_all()?.contiguous()?.apply_op1_no_bwd(&op)?))
 }

@@ -257,6 +257,23 @@ pub(super) fn gated(gate_up: &Tensor, d_ff: usize, act: Activation) -> Result<Op
     }
 }
 
+/// y = W x for one token, W (out, in) held as bf16 or f16 (see
+/// [`super::WeightPrecision::Stored`]) and x f32, on a GPU: one read of
+/// the stored matrix, each weight widened exactly to f32 and the dot
+/// product summed in f32. None where it does not apply (the CPU, an f32
+/// W, x not one row); the caller then converts W and multiplies.
+pub(super) fn gemv_stored(w: &Tensor, x: &Tensor) -> Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    {
+        cuda::gemv_stored(w, x)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (w, x);
+        Ok(None)
+    }
+}
+
 /// Compiles the kernels and loads them on `device` (a CUDA device; nothing
 /// elsewhere), so that no later forward does it first, least of all one
 /// being recorded as a CUDA graph.

@@ -1,0 +1,155 @@
+//! Matrices held as the checkpoint stores them (`--weights stored`): a
+//! bf16/f16 checkpoint keeps half the bytes of its f32 copy, and every
+//! result equals the f32 copy's, because each product reads the stored
+//! values converted exactly.
+
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use mwtop::checkpoint::{Checkpoint, WeightId};
+use mwtop::model::intervention::{Interventions, MaskMode, WeightEdit};
+use mwtop::model::{Model, RunOptions, WeightPrecision};
+use mwtop::synthetic::Spec;
+
+use common::max_diff;
+
+const TOKENS: [u32; 12] = [256, 72, 101, 108, 108, 111, 32, 119, 111, 114, 108, 100];
+
+fn checkpoint(dtype: safetensors::Dtype) -> (tempfile::TempDir, Checkpoint) {
+    let dir = common::tempdir();
+    Spec::planted().write_hf_dir(dir.path(), dtype).unwrap();
+    let ckpt = Checkpoint::open_path(dir.path()).unwrap();
+    (dir, ckpt)
+}
+
+fn load(ckpt: &Checkpoint, precision: WeightPrecision) -> Model {
+    Model::load_as(ckpt, &Device::Cpu, DType::F32, precision, |_, _| {}).unwrap()
+}
+
+fn logits(model: &Model, options: &RunOptions) -> Tensor {
+    model
+        .forward(&[TOKENS.to_vec()], None, options)
+        .unwrap()
+        .logits
+        .unwrap()
+}
+
+#[test]
+fn stored_bf16_and_f16_take_half_the_bytes_and_compute_the_same_logits() {
+    for dtype in [safetensors::Dtype::BF16, safetensors::Dtype::F16] {
+        let (_d, ckpt) = checkpoint(dtype);
+        let dense = load(&ckpt, WeightPrecision::Compute);
+        let stored = load(&ckpt, WeightPrecision::Stored);
+        assert_eq!(stored.weight_precision(), WeightPrecision::Stored);
+        // Every matrix at 2 bytes instead of 4; the norms stay f32.
+        let (d, s) = (dense.weight_bytes() as f64, stored.weight_bytes() as f64);
+        assert!(s / d < 0.51 && s / d > 0.49, "{dtype:?}: {s} / {d} bytes");
+        let plain = RunOptions::default();
+        let diff = max_diff(&logits(&dense, &plain), &logits(&stored, &plain));
+        assert!(diff < 1e-5, "{dtype:?}: logits differ by {diff}");
+        // The matrices as the analysis reads them: the same f32 values.
+        let up = WeightId::layer(1, mwtop::checkpoint::Proj::Up);
+        let (a, b) = (dense.weight(up).unwrap(), stored.weight(up).unwrap());
+        assert_eq!(b.dtype(), DType::F32);
+        assert_eq!(max_diff(&a, &b), 0.0);
+    }
+}
+
+#[test]
+fn stored_decoding_with_the_cache_equals_the_f32_copy() {
+    let (_d, ckpt) = checkpoint(safetensors::Dtype::BF16);
+    let dense = load(&ckpt, WeightPrecision::Compute);
+    let stored = load(&ckpt, WeightPrecision::Stored);
+    let plain = RunOptions::default();
+    let (mut c1, mut c2) = (dense.new_cache(), stored.new_cache());
+    for (i, &t) in TOKENS.iter().enumerate() {
+        let step = |m: &Model, c: &mut mwtop::model::Cache| {
+            m.forward(&[vec![t]], Some(c), &plain)
+                .unwrap()
+                .logits
+                .unwrap()
+        };
+        let (a, b) = (step(&dense, &mut c1), step(&stored, &mut c2));
+        // One-token products: the f32 copy takes the CPU's row-parallel
+        // GEMV, the stored matrices a converted matmul; only the order of
+        // the f32 sums differs.
+        let diff = max_diff(&a, &b);
+        assert!(diff < 1e-4, "token {i}: {diff}");
+    }
+}
+
+#[test]
+fn attacks_and_edits_on_stored_matrices_equal_those_on_the_f32_copy() {
+    let (_d, ckpt) = checkpoint(safetensors::Dtype::BF16);
+    let mut dense = load(&ckpt, WeightPrecision::Compute);
+    let mut stored = load(&ckpt, WeightPrecision::Stored);
+    // The d_ff mask (the UI's attack) and a one-run weight edit.
+    let attack = RunOptions {
+        interventions: vec![Interventions {
+            weight_edits: vec![WeightEdit {
+                tensor: WeightId::layer(0, mwtop::checkpoint::Proj::Down),
+                row: 5,
+                col: 100,
+                value: 7.5,
+            }],
+            ..Interventions::ffn_mask(1, MaskMode::Zero, vec![0, 17, 300])
+        }],
+        ..Default::default()
+    };
+    let diff = max_diff(&logits(&dense, &attack), &logits(&stored, &attack));
+    assert!(diff < 1e-5, "attacked logits differ by {diff}");
+    // Edits for good: zeroed rows keep the stored dtype; an entry that bf16
+    // cannot hold turns its stack into f32, so the value is kept exactly.
+    for m in [&mut dense, &mut stored] {
+        m.physically_zero_ffn_rows(1, &[3, 4]).unwrap();
+        m.set_weight_entry(
+            WeightId::layer(1, mwtop::checkpoint::Proj::Q),
+            2,
+            3,
+            1.0 + 1e-6,
+        )
+        .unwrap();
+    }
+    let plain = RunOptions::default();
+    let diff = max_diff(&logits(&dense, &plain), &logits(&stored, &plain));
+    assert!(diff < 1e-5, "edited logits differ by {diff}");
+    let q = WeightId::layer(1, mwtop::checkpoint::Proj::Q);
+    let held = stored.weight(q).unwrap().flatten_all().unwrap();
+    let cols = stored.weight(q).unwrap().dim(1).unwrap();
+    let v: f32 = held.get(2 * cols + 3).unwrap().to_scalar().unwrap();
+    assert_eq!(v, 1.0 + 1e-6);
+    assert!(stored.weight_bytes() > load(&ckpt, WeightPrecision::Stored).weight_bytes());
+}
+
+#[test]
+fn the_cli_takes_weights_stored_and_f32_and_refuses_others() {
+    let dir = common::tempdir();
+    Spec::planted()
+        .write_hf_dir(dir.path(), safetensors::Dtype::BF16)
+        .unwrap();
+    let model = common::path_str(dir.path());
+    let run = |weights: &str| {
+        let out = common::mwtop(&[
+            "generate",
+            model,
+            "--prompt",
+            "hello",
+            "--max-tokens",
+            "6",
+            "--device",
+            "cpu",
+            "--weights",
+            weights,
+            "--json",
+        ]);
+        assert!(out.status.success(), "{}", common::stderr(&out));
+        let v: serde_json::Value = serde_json::from_str(&common::stdout(&out)).unwrap();
+        v["tokens"].clone()
+    };
+    let (stored, dense) = (run("stored"), run("f32"));
+    assert!(stored.as_array().is_some_and(|t| !t.is_empty()));
+    assert_eq!(stored, dense);
+    let out = common::mwtop(&["generate", model, "--weights", "int3", "--device", "cpu"]);
+    assert!(!out.status.success());
+    assert!(common::stderr(&out).contains("int3"));
+}
