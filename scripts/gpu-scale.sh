@@ -7,7 +7,8 @@
 # assets/eval.txt; transformers loads, decodes and scores the same
 # checkpoint in the same call (scripts/scale_transformers.py). Peak GPU
 # memory is nvidia-smi's "used", sampled every 100 ms, less what was used
-# before. Each step writes its own file, so a cut-off run keeps the rest.
+# before. Each step writes its own file, so a cut-off run keeps the rest;
+# the device tool returns at most 8 files: tar OUTDIR to bring it all back.
 # Usage: scripts/gpu-scale.sh MWTOP OUTDIR [MODELDIR]   (SCALE_LAYERS=N: fewer layers)
 set -euo pipefail
 BIN=$1; OUT=$2; M=${3:-/tmp/scale-llama8b}
@@ -30,8 +31,9 @@ gen() { "$BIN" generate "$M" --prompt "$PROMPT" --max-tokens 64 --no-stop --devi
 step gen_stored gen
 step transformers python3 scripts/scale_transformers.py "$M" assets/eval.txt 64 64
 step gen_f32 gen --weights f32
-step eval_stored "$BIN" eval "$M" --text assets/eval.txt --bos --device cuda --json
-step eval_f32 "$BIN" eval "$M" --text assets/eval.txt --bos --device cuda --weights f32 --json
+# One window over the whole text, as transformers scores it.
+step eval_stored "$BIN" eval "$M" --text assets/eval.txt --bos --window 4096 --device cuda --json
+step eval_f32 "$BIN" eval "$M" --text assets/eval.txt --bos --window 4096 --device cuda --weights f32 --json
 python3 - "$OUT" <<'PY'
 import json, sys
 out = sys.argv[1]
