@@ -33,10 +33,16 @@ impl Model {
         let layout = &config.attention;
         let total = ckpt.tensors().len();
         let mut done = 0usize;
-        // Matrices as stored, when asked and stored as a float dtype.
+        // Matrices as stored, when asked and stored as a float dtype no
+        // wider than the compute dtype (an f32 checkpoint run in bf16 is
+        // converted once, not held at twice the size).
         let held = |name: &str| -> DType {
             match (precision, ckpt.stored_float_dtype(name)) {
-                (WeightPrecision::Stored, Some(stored)) => stored,
+                (WeightPrecision::Stored, Some(stored))
+                    if stored.size_in_bytes() <= dtype.size_in_bytes() =>
+                {
+                    stored
+                }
                 _ => dtype,
             }
         };
