@@ -153,3 +153,20 @@ fn the_cli_takes_weights_stored_and_f32_and_refuses_others() {
     assert!(!out.status.success());
     assert!(common::stderr(&out).contains("int3"));
 }
+
+#[test]
+fn an_f32_checkpoint_run_in_bf16_is_converted_once_not_held_wider() {
+    let (_d, ckpt) = checkpoint(safetensors::Dtype::F32);
+    let as_bf16 =
+        |precision| Model::load_as(&ckpt, &Device::Cpu, DType::BF16, precision, |_, _| {}).unwrap();
+    let (stored, dense) = (
+        as_bf16(WeightPrecision::Stored),
+        as_bf16(WeightPrecision::Compute),
+    );
+    assert_eq!(stored.weight_bytes(), dense.weight_bytes());
+    let plain = RunOptions::default();
+    assert_eq!(
+        max_diff(&logits(&stored, &plain), &logits(&dense, &plain)),
+        0.0
+    );
+}
