@@ -53,16 +53,15 @@ impl UiArgs {
             Some(Some(m)) => drop(mwtop::demo::ensure_model(m).wrap_err("demo model")?),
             Some(None) => {}
         }
-        let weights = self.run.weights();
-        mwtop::tui::run(
-            self.model,
-            self.run.device,
-            self.run.dtype.into(),
-            weights,
-            self.prompt,
-            self.run.adapter,
-            self.tour,
-        )?;
+        mwtop::tui::run(mwtop::tui::Launch {
+            weights: self.run.weights(),
+            spec: self.model,
+            device: self.run.device,
+            dtype: self.run.dtype.into(),
+            prompt: self.prompt,
+            adapters: self.run.adapter,
+            tour: self.tour,
+        })?;
         Ok(())
     }
 }

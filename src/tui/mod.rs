@@ -31,32 +31,30 @@ pub fn init_logging() {
         .try_init();
 }
 
+/// What the UI opens and how: the command line's choices.
+pub struct Launch {
+    /// The model (None: the demo model).
+    pub spec: Option<String>,
+    pub device: Option<String>,
+    pub dtype: DType,
+    /// How the matrices are held; None: the device's default.
+    pub weights: Option<crate::model::WeightPrecision>,
+    pub prompt: Option<String>,
+    /// LoRA adapters shown beside the base model.
+    pub adapters: Vec<std::path::PathBuf>,
+    /// Start the guided tour once the model is scanned.
+    pub tour: bool,
+}
+
 /// Runs the UI until the user quits. The terminal is restored on return and
 /// on panic (ratatui's hook, installed after color-eyre's).
-pub fn run(
-    spec: Option<String>,
-    device: Option<String>,
-    dtype: DType,
-    weights: Option<crate::model::WeightPrecision>,
-    prompt: Option<String>,
-    adapters: Vec<std::path::PathBuf>,
-    tour: bool,
-) -> std::io::Result<()> {
+pub fn run(launch: Launch) -> std::io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let mut terminal = ratatui::init();
     let _ = execute!(std::io::stdout(), EnableMouseCapture);
-    let result = rt.block_on(event_loop(
-        &mut terminal,
-        spec,
-        device,
-        dtype,
-        weights,
-        prompt,
-        adapters,
-        tour,
-    ));
+    let result = rt.block_on(event_loop(&mut terminal, launch));
     let _ = execute!(std::io::stdout(), DisableMouseCapture);
     ratatui::restore();
     result
@@ -64,14 +62,17 @@ pub fn run(
 
 async fn event_loop(
     terminal: &mut ratatui::DefaultTerminal,
-    spec: Option<String>,
-    device: Option<String>,
-    dtype: DType,
-    weights: Option<crate::model::WeightPrecision>,
-    prompt: Option<String>,
-    adapters: Vec<std::path::PathBuf>,
-    tour: bool,
+    launch: Launch,
 ) -> std::io::Result<()> {
+    let Launch {
+        spec,
+        device,
+        dtype,
+        weights,
+        prompt,
+        adapters,
+        tour,
+    } = launch;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
     let engine = EngineHandle::spawn(move |e| drop(tx.send(e)), EVAL_TEXT.to_string());
     let mut app = App::new(
