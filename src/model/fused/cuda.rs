@@ -543,9 +543,12 @@ impl CustomOp1 for Gemv16 {
             unsafe { v.transmute::<u16>(end - start) }
         }
         .ok_or_else(|| candle_core::Error::Msg("gemv: cannot view the weight's bits".into()))?;
-        // 16-byte loads when every row starts 16-byte aligned (allocations
-        // are; a view's offset and the row length must keep it so).
-        let vec8 = (cols % 8 == 0 && start % 8 == 0) as i32;
+        // 16-byte loads when every row of W and x itself start 16-byte
+        // aligned (allocations are; a view's offset and the row length must
+        // keep them so).
+        let vec8 = (cols.is_multiple_of(8)
+            && start.is_multiple_of(8)
+            && l.start_offset().is_multiple_of(4)) as i32;
         let (func, out) = kernel(dev, "mwtop_gemv16", rows)?;
         let (rows_i, cols_i, bf16_i) = (rows as i32, cols as i32, is_bf16 as i32);
         let stream = dev.cuda_stream();
