@@ -11,10 +11,12 @@ use rayon::prelude::*;
 /// Rows handed to one rayon task: big enough to amortize scheduling.
 const ROWS_PER_TASK: usize = 64;
 
-/// y = W x for contiguous f32 W (out, in) and x (in) on the CPU; None when
-/// the fast path does not apply (other dtype or device, strided weights).
+/// y = W x for contiguous W (out, in) and x (in) on the CPU, x f32 and W
+/// f32 or held as stored in bf16/f16 (each weight widened exactly to f32,
+/// the same sums in the same order as for f32); None when the fast path does
+/// not apply (other dtypes or device, strided weights).
 pub fn gemv(w: &Tensor, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
-    if !matches!(w.device(), Device::Cpu) || w.dtype() != DType::F32 || !w.is_contiguous() {
+    if !matches!(w.device(), Device::Cpu) || x.dtype() != DType::F32 || !w.is_contiguous() {
         return Ok(None);
     }
     let (out, inp) = w.dims2()?;
@@ -23,22 +25,63 @@ pub fn gemv(w: &Tensor, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
         return Ok(None);
     }
     let (storage, layout) = w.storage_and_layout();
-    let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
-        return Ok(None);
+    let rows = layout.start_offset()..layout.start_offset() + out * inp;
+    let y = match &*storage {
+        Storage::Cpu(CpuStorage::F32(data)) => times_rows(&data[rows], &xv, dot),
+        Storage::Cpu(CpuStorage::BF16(data)) => times_rows(&data[rows], &xv, dot_bf16),
+        Storage::Cpu(CpuStorage::F16(data)) => times_rows(&data[rows], &xv, dot_f16),
+        _ => return Ok(None),
     };
-    let start = layout.start_offset();
-    let wv = &data[start..start + out * inp];
-    let mut y = vec![0f32; out];
+    drop(storage);
+    Tensor::from_vec(y, out, &Device::Cpu).map(Some)
+}
+
+/// Each row of `w` (rows of x.len()) dotted with x, the rows split over the
+/// rayon pool.
+fn times_rows<T: Sync>(w: &[T], x: &[f32], dot: impl Fn(&[T], &[f32]) -> f32 + Sync) -> Vec<f32> {
+    let inp = x.len();
+    let mut y = vec![0f32; w.len() / inp];
     y.par_chunks_mut(ROWS_PER_TASK)
         .enumerate()
         .for_each(|(block, ys)| {
             for (i, yi) in ys.iter_mut().enumerate() {
                 let r = block * ROWS_PER_TASK + i;
-                *yi = dot(&wv[r * inp..(r + 1) * inp], &xv);
+                *yi = dot(&w[r * inp..(r + 1) * inp], x);
             }
         });
-    drop(storage);
-    Tensor::from_vec(y, out, &Device::Cpu).map(Some)
+    y
+}
+
+/// [`dot`] of a bf16 row: bf16 is f32's upper half, so widening is a shift.
+fn dot_bf16(a: &[half::bf16], b: &[f32]) -> f32 {
+    with_row_f32(a.len(), |row| {
+        for (r, v) in row.iter_mut().zip(a) {
+            *r = f32::from_bits((v.to_bits() as u32) << 16);
+        }
+        dot(row, b)
+    })
+}
+
+/// [`dot`] of an f16 row, widened with half's (F16C where present) conversion.
+fn dot_f16(a: &[half::f16], b: &[f32]) -> f32 {
+    use half::slice::HalfFloatSliceExt;
+    with_row_f32(a.len(), |row| {
+        a.convert_to_f32_slice(row);
+        dot(row, b)
+    })
+}
+
+/// Runs `f` on a per-thread f32 buffer of `n` values (reused across rows, so
+/// widening a row costs no allocation).
+fn with_row_f32<R>(n: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    thread_local! {
+        static ROW: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    ROW.with(|row| {
+        let mut row = row.borrow_mut();
+        row.resize(n, 0.0);
+        f(&mut row[..n])
+    })
 }
 
 /// Dot product; AVX2+FMA when the CPU has them (checked once), else baseline SIMD.
