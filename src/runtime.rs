@@ -86,9 +86,10 @@ pub fn parse_device(spec: Option<&str>) -> Result<Device, DeviceError> {
 }
 
 /// How a model's matrices are held on `device` unless the user says:
-/// as stored on a GPU, where memory is short and the product kernels read
-/// bf16/f16 directly; in the compute dtype on the CPU, whose decode
-/// kernel reads f32 (a conversion per product would halve its speed).
+/// as stored on a GPU, where memory is short and converting a matrix costs
+/// little; in the compute dtype on the CPU, where every prompt-sized
+/// product would convert its matrix on two cores (one-token products read
+/// bf16/f16 directly on both).
 pub fn weight_precision(asked: Option<WeightPrecision>, device: &Device) -> WeightPrecision {
     asked.unwrap_or(if device.is_cpu() {
         WeightPrecision::Compute

@@ -267,8 +267,9 @@ pub struct RunArgs {
     /// How the matrices are held: `stored` keeps a bf16/f16 checkpoint's
     /// matrices in that dtype and reads them converted, exactly, in each
     /// product (half the memory of f32); `f32` makes a dense copy in the
-    /// compute dtype. Default: stored on a GPU, f32 on the CPU (whose
-    /// kernels read f32). Quantized GGUF blocks are always converted.
+    /// compute dtype. Default: stored on a GPU, f32 on the CPU (where
+    /// each prompt product would convert its matrix). Quantized GGUF
+    /// blocks are always converted.
     #[arg(long, value_enum)]
     pub weights: Option<WeightsArg>,
     /// A LoRA adapter (PEFT's format: adapter_config.json and
