@@ -176,3 +176,44 @@ fn an_f32_checkpoint_run_in_bf16_is_converted_once_not_held_wider() {
         0.0
     );
 }
+
+#[test]
+fn a_bf16_checkpoint_run_in_f16_is_converted_at_load_where_overflow_is_refused() {
+    // bf16 reaches 3e38, f16 65504: held as bf16 and converted per product,
+    // an entry of 1.7e38 would become inf without a word; converted at
+    // load, the finite check refuses it, as it does for the dense copy.
+    let dir = common::tempdir();
+    Spec::planted()
+        .write_hf_dir(dir.path(), safetensors::Dtype::BF16)
+        .unwrap();
+    let file = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .unwrap();
+    let mut bytes = std::fs::read(&file).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let at = header["model.layers.1.mlp.up_proj.weight"]["data_offsets"][0]
+        .as_u64()
+        .unwrap() as usize;
+    let first = 8 + header_len + at;
+    bytes[first..first + 2].copy_from_slice(&0x7f00u16.to_le_bytes());
+    std::fs::write(&file, bytes).unwrap();
+    let ckpt = Checkpoint::open_path(dir.path()).unwrap();
+    for precision in [WeightPrecision::Stored, WeightPrecision::Compute] {
+        let err = Model::load_as(&ckpt, &Device::Cpu, DType::F16, precision, |_, _| {})
+            .err()
+            .unwrap_or_else(|| panic!("{precision:?}: an f16 overflow was loaded"));
+        assert!(err.to_string().contains("overflow"), "{precision:?}: {err}");
+    }
+    // In f32 the stored matrices hold it exactly.
+    assert!(Model::load_as(
+        &ckpt,
+        &Device::Cpu,
+        DType::F32,
+        WeightPrecision::Stored,
+        |_, _| {}
+    )
+    .is_ok());
+}

@@ -33,16 +33,14 @@ impl Model {
         let layout = &config.attention;
         let total = ckpt.tensors().len();
         let mut done = 0usize;
-        // Matrices as stored, when asked and stored as a float dtype no
-        // wider than the compute dtype (an f32 checkpoint run in bf16 is
-        // converted once, not held at twice the size).
+        // Matrices as stored, when asked and stored as a float dtype the
+        // compute dtype holds exactly (bf16/f16 in f32). Otherwise they are
+        // converted once here, where `Checkpoint::tensor` refuses values
+        // the conversion would overflow: an f32 checkpoint run in bf16, or a
+        // bf16 one in f16, is never converted silently per product.
         let held = |name: &str| -> DType {
             match (precision, ckpt.stored_float_dtype(name)) {
-                (WeightPrecision::Stored, Some(stored))
-                    if stored.size_in_bytes() <= dtype.size_in_bytes() =>
-                {
-                    stored
-                }
+                (WeightPrecision::Stored, Some(stored)) if widens_exactly(stored, dtype) => stored,
                 _ => dtype,
             }
         };
@@ -231,4 +229,13 @@ impl Model {
             attention_budget: super::attention_budget_for(device),
         })
     }
+}
+
+/// Whether every value of `stored` is a value of `compute`.
+fn widens_exactly(stored: DType, compute: DType) -> bool {
+    stored == compute
+        || matches!(
+            (stored, compute),
+            (DType::BF16 | DType::F16, DType::F32 | DType::F64) | (DType::F32, DType::F64)
+        )
 }
