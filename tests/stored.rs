@@ -85,6 +85,27 @@ fn decode_both(dtype: safetensors::Dtype) {
 }
 
 #[test]
+fn a_stored_pair_decodes_with_one_read_of_each_matrix_like_the_f32_copy() {
+    // Two sequences a step at a time (the A/B pair's shape): two-row
+    // products take the stored GEMV, never a converted copy of W.
+    let (_d, ckpt) = checkpoint(safetensors::Dtype::BF16);
+    let dense = load(&ckpt, WeightPrecision::Compute);
+    let stored = load(&ckpt, WeightPrecision::Stored);
+    let plain = RunOptions::default();
+    let (mut c1, mut c2) = (dense.new_cache(), stored.new_cache());
+    for (i, pair) in TOKENS.chunks(2).enumerate() {
+        let batch = [vec![pair[0]], vec![pair[1]]];
+        let step = |m: &Model, c: &mut mwtop::model::Cache| {
+            m.forward(&batch, Some(c), &plain).unwrap().logits.unwrap()
+        };
+        let (a, b) = (step(&dense, &mut c1), step(&stored, &mut c2));
+        assert_eq!(b.dims()[0], 2);
+        let diff = max_diff(&a, &b);
+        assert!(diff < 1e-5, "step {i}: the pair's logits differ by {diff}");
+    }
+}
+
+#[test]
 fn attacks_and_edits_on_stored_matrices_equal_those_on_the_f32_copy() {
     let (_d, ckpt) = checkpoint(safetensors::Dtype::BF16);
     let mut dense = load(&ckpt, WeightPrecision::Compute);

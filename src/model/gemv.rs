@@ -1,4 +1,4 @@
-//! Matrix-vector product for one token on the CPU.
+//! Matrix-vector product for one token (or a few rows) on the CPU.
 //!
 //! Decoding multiplies one activation row by every weight matrix: a pure
 //! memory-bandwidth problem. gemm's single-row path runs on one thread, and
@@ -11,63 +11,98 @@ use rayon::prelude::*;
 /// Rows handed to one rayon task: big enough to amortize scheduling.
 const ROWS_PER_TASK: usize = 64;
 
-/// y = W x for contiguous W (out, in) and x (in) on the CPU, x f32 and W
-/// f32 or held as stored in bf16/f16 (each weight widened exactly to f32,
-/// the same sums in the same order as for f32); None when the fast path does
-/// not apply (other dtypes or device, strided weights).
+/// The most activation rows one product reads W once for (a token, the
+/// A/B pair's two, a short batch); more go to the general matmul.
+pub(crate) const MAX_ROWS: usize = 8;
+
+/// y = x W^T for contiguous W (out, in) and x f32 on the CPU, shape
+/// (rows of x, out). W f32 with one row of x, or W held as stored in
+/// bf16/f16 with up to [`MAX_ROWS`] (each weight row widened exactly to f32
+/// once, then the same sums in the same order as for f32, so each row
+/// equals itself decoded alone). None when the fast path does not apply
+/// (other dtypes or device, strided weights, more rows).
 pub fn gemv(w: &Tensor, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
     if !matches!(w.device(), Device::Cpu) || x.dtype() != DType::F32 || !w.is_contiguous() {
         return Ok(None);
     }
     let (out, inp) = w.dims2()?;
-    let xv: Vec<f32> = x.flatten_all()?.to_vec1()?;
-    if xv.len() != inp {
+    let n = x.elem_count() / inp.max(1);
+    let widened = matches!(w.dtype(), DType::BF16 | DType::F16);
+    let max_rows = if widened { MAX_ROWS } else { 1 };
+    if !(1..=max_rows).contains(&n) || n * inp != x.elem_count() || x.dim(x.rank() - 1)? != inp {
         return Ok(None);
     }
+    let xv: Vec<f32> = x.flatten_all()?.to_vec1()?;
     let (storage, layout) = w.storage_and_layout();
     let rows = layout.start_offset()..layout.start_offset() + out * inp;
     let y = match &*storage {
-        Storage::Cpu(CpuStorage::F32(data)) => times_rows(&data[rows], &xv, dot),
-        Storage::Cpu(CpuStorage::BF16(data)) => times_rows(&data[rows], &xv, dot_bf16),
-        Storage::Cpu(CpuStorage::F16(data)) => times_rows(&data[rows], &xv, dot_f16),
+        Storage::Cpu(CpuStorage::F32(data)) => times_rows(
+            &data[rows],
+            &xv,
+            n,
+            |r: &[f32], f: &mut dyn FnMut(&[f32])| f(r),
+        ),
+        Storage::Cpu(CpuStorage::BF16(data)) => times_rows(&data[rows], &xv, n, widen_bf16),
+        Storage::Cpu(CpuStorage::F16(data)) => times_rows(&data[rows], &xv, n, widen_f16),
         _ => return Ok(None),
     };
     drop(storage);
-    Tensor::from_vec(y, out, &Device::Cpu).map(Some)
+    Tensor::from_vec(y, (n, out), &Device::Cpu).map(Some)
 }
 
-/// Each row of `w` (rows of x.len()) dotted with x, the rows split over the
-/// rayon pool.
-fn times_rows<T: Sync>(w: &[T], x: &[f32], dot: impl Fn(&[T], &[f32]) -> f32 + Sync) -> Vec<f32> {
-    let inp = x.len();
-    let mut y = vec![0f32; w.len() / inp];
-    y.par_chunks_mut(ROWS_PER_TASK)
+/// Each row of `w` dotted with each of the `n` rows of x (row-major,
+/// n x in), the rows of w split over the rayon pool; `as_f32` hands a row
+/// of w to its callback as f32. Returns y (n, rows of w), row-major.
+fn times_rows<T: Sync>(
+    w: &[T],
+    x: &[f32],
+    n: usize,
+    as_f32: impl Fn(&[T], &mut dyn FnMut(&[f32])) + Sync,
+) -> Vec<f32> {
+    let inp = x.len() / n;
+    let out = w.len() / inp;
+    // y transposed (out, n): each task writes a contiguous block.
+    let mut yt = vec![0f32; out * n];
+    yt.par_chunks_mut(ROWS_PER_TASK * n)
         .enumerate()
         .for_each(|(block, ys)| {
-            for (i, yi) in ys.iter_mut().enumerate() {
+            for (i, yr) in ys.chunks_mut(n).enumerate() {
                 let r = block * ROWS_PER_TASK + i;
-                *yi = dot(&w[r * inp..(r + 1) * inp], x);
+                as_f32(&w[r * inp..(r + 1) * inp], &mut |row| {
+                    for (j, y) in yr.iter_mut().enumerate() {
+                        *y = dot(row, &x[j * inp..(j + 1) * inp]);
+                    }
+                });
             }
         });
+    if n == 1 {
+        return yt;
+    }
+    let mut y = vec![0f32; out * n];
+    for (r, yr) in yt.chunks(n).enumerate() {
+        for (j, v) in yr.iter().enumerate() {
+            y[j * out + r] = *v;
+        }
+    }
     y
 }
 
-/// [`dot`] of a bf16 row: bf16 is f32's upper half, so widening is a shift.
-fn dot_bf16(a: &[half::bf16], b: &[f32]) -> f32 {
+/// A bf16 row as f32: bf16 is f32's upper half, so widening is a shift.
+fn widen_bf16(a: &[half::bf16], f: &mut dyn FnMut(&[f32])) {
     with_row_f32(a.len(), |row| {
         for (r, v) in row.iter_mut().zip(a) {
             *r = f32::from_bits((v.to_bits() as u32) << 16);
         }
-        dot(row, b)
+        f(row)
     })
 }
 
-/// [`dot`] of an f16 row, widened with half's (F16C where present) conversion.
-fn dot_f16(a: &[half::f16], b: &[f32]) -> f32 {
+/// An f16 row as f32, widened with half's (F16C where present) conversion.
+fn widen_f16(a: &[half::f16], f: &mut dyn FnMut(&[f32])) {
     use half::slice::HalfFloatSliceExt;
     with_row_f32(a.len(), |row| {
         a.convert_to_f32_slice(row);
-        dot(row, b)
+        f(row)
     })
 }
 
@@ -122,4 +157,72 @@ fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
         s += x * y;
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A bf16 matrix with values of every magnitude, its columns not a
+    /// multiple of the SIMD width.
+    fn bf16_matrix(rows: usize, cols: usize) -> Tensor {
+        let v: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 7919 % 1013) as f32 - 506.0) * 0.37f32.powi((i % 5) as i32))
+            .collect();
+        Tensor::from_vec(v, (rows, cols), &Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap()
+    }
+
+    fn activations(n: usize, cols: usize) -> Tensor {
+        let v: Vec<f32> = (0..n * cols)
+            .map(|i| ((i * 31 % 17) as f32 - 8.0) / 3.0)
+            .collect();
+        Tensor::from_vec(v, (n, cols), &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn rows_of_a_batch_equal_each_row_alone_and_the_f32_copy() {
+        let w = bf16_matrix(131, 45);
+        let wide = w.to_dtype(DType::F32).unwrap();
+        let x = activations(MAX_ROWS, 45);
+        let y: Vec<Vec<f32>> = gemv(&w, &x).unwrap().unwrap().to_vec2().unwrap();
+        assert_eq!(y.len(), MAX_ROWS);
+        for (j, row) in y.iter().enumerate() {
+            let xj = x.narrow(0, j, 1).unwrap();
+            let alone: Vec<f32> = gemv(&w, &xj)
+                .unwrap()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let f32_copy: Vec<f32> = gemv(&wide, &xj)
+                .unwrap()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            assert_eq!(row, &alone, "row {j}");
+            assert_eq!(row, &f32_copy, "row {j}");
+        }
+        // And the general matmul agrees to rounding.
+        let mm: Vec<Vec<f32>> = x.matmul(&wide.t().unwrap()).unwrap().to_vec2().unwrap();
+        for (a, b) in y.iter().flatten().zip(mm.iter().flatten()) {
+            assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn more_rows_or_an_f32_batch_go_to_the_general_matmul() {
+        let w = bf16_matrix(16, 8);
+        assert!(gemv(&w, &activations(MAX_ROWS + 1, 8)).unwrap().is_none());
+        let wide = w.to_dtype(DType::F32).unwrap();
+        assert!(gemv(&wide, &activations(2, 8)).unwrap().is_none());
+        assert!(gemv(&wide, &activations(1, 8)).unwrap().is_some());
+        // x's rows must be W's columns long.
+        assert!(gemv(&w, &activations(1, 16)).unwrap().is_none());
+    }
 }

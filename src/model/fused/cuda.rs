@@ -97,33 +97,58 @@ __device__ __forceinline__ float mwtop_widen(unsigned short h, int is_bf16) {
   return __uint_as_float(sign | ((exp + 112u) << 23) | (man << 13));
 }
 
+// y (n, rows) = x (n, cols) W^T for n <= MWTOP_GEMV_ROWS activation rows:
+// each weight row is read once for all n. Every row's sum runs in the same
+// order whatever n is, so a row of a batch equals that row decoded alone.
+#define MWTOP_GEMV_ROWS 8
 extern "C" __global__ void mwtop_gemv16(const unsigned short* w, const float* x, float* y,
-    int rows, int cols, int is_bf16, int vec8) {
+    int rows, int cols, int n, int is_bf16, int vec8) {
   int row = blockIdx.x * blockDim.y + threadIdx.y;
   if (row >= rows) return;
   int lane = threadIdx.x;
   const unsigned short* wr = w + (unsigned long long)row * cols;
-  float acc = 0.f;
+  float acc[MWTOP_GEMV_ROWS];
+#pragma unroll
+  for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) acc[j] = 0.f;
   if (vec8) {
     const uint4* w8 = (const uint4*)wr;
-    const float4* x4 = (const float4*)x;
     int n8 = cols >> 3;
     for (int i = lane; i < n8; i += 32) {
       uint4 q = w8[i];
-      float4 a = x4[2 * i], b = x4[2 * i + 1];
       unsigned int u[4] = {q.x, q.y, q.z, q.w};
-      float xs[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+      float ws[8];
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
-        acc = fmaf(mwtop_widen((unsigned short)(u[k] & 0xffffu), is_bf16), xs[2 * k], acc);
-        acc = fmaf(mwtop_widen((unsigned short)(u[k] >> 16), is_bf16), xs[2 * k + 1], acc);
+        ws[2 * k] = mwtop_widen((unsigned short)(u[k] & 0xffffu), is_bf16);
+        ws[2 * k + 1] = mwtop_widen((unsigned short)(u[k] >> 16), is_bf16);
+      }
+#pragma unroll
+      for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) {
+        if (j < n) {
+          const float4* x4 = (const float4*)(x + (unsigned long long)j * cols);
+          float4 a = x4[2 * i], b = x4[2 * i + 1];
+          float xs[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+#pragma unroll
+          for (int k = 0; k < 8; ++k) acc[j] = fmaf(ws[k], xs[k], acc[j]);
+        }
       }
     }
   } else {
-    for (int c = lane; c < cols; c += 32) acc = fmaf(mwtop_widen(wr[c], is_bf16), x[c], acc);
+    for (int c = lane; c < cols; c += 32) {
+      float wc = mwtop_widen(wr[c], is_bf16);
+#pragma unroll
+      for (int j = 0; j < MWTOP_GEMV_ROWS; ++j)
+        if (j < n) acc[j] = fmaf(wc, x[(unsigned long long)j * cols + c], acc[j]);
+    }
   }
-  for (int k = 16; k > 0; k >>= 1) acc += __shfl_xor_sync(0xffffffff, acc, k, 32);
-  if (lane == 0) y[row] = acc;
+#pragma unroll
+  for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) {
+    if (j < n) {
+      float a = acc[j];
+      for (int k = 16; k > 0; k >>= 1) a += __shfl_xor_sync(0xffffffff, a, k, 32);
+      if (lane == 0) y[(unsigned long long)j * rows + row] = a;
+    }
+  }
 }
 
 extern "C" __global__ void mwtop_gated(const float* x, float* out, long long n, int dff, int gelu) {
@@ -524,6 +549,7 @@ impl CustomOp1 for Gemv16 {
         let dev = s.device();
         let x = contiguous_slice(s, l)?;
         let (rows, cols) = self.w.dims2()?;
+        let n = l.shape().elem_count() / cols;
         let (w_storage, wl) = self.w.storage_and_layout();
         let candle_core::Storage::Cuda(wc) = &*w_storage else {
             candle_core::bail!("gemv: the weight is on another device")
@@ -549,8 +575,8 @@ impl CustomOp1 for Gemv16 {
         let vec8 = (cols.is_multiple_of(8)
             && start.is_multiple_of(8)
             && l.start_offset().is_multiple_of(4)) as i32;
-        let (func, out) = kernel(dev, "mwtop_gemv16", rows)?;
-        let (rows_i, cols_i, bf16_i) = (rows as i32, cols as i32, is_bf16 as i32);
+        let (func, out) = kernel(dev, "mwtop_gemv16", n * rows)?;
+        let (rows_i, cols_i, n_i, bf16_i) = (rows as i32, cols as i32, n as i32, is_bf16 as i32);
         let stream = dev.cuda_stream();
         let mut b = stream.launch_builder(&func);
         b.arg(&wv);
@@ -558,13 +584,14 @@ impl CustomOp1 for Gemv16 {
         b.arg(&out);
         b.arg(&rows_i);
         b.arg(&cols_i);
+        b.arg(&n_i);
         b.arg(&bf16_i);
         b.arg(&vec8);
         // SAFETY: the arguments match the kernel's signature and sizes.
         unsafe { b.launch(row_config(rows)) }.w()?;
         Ok((
             CudaStorage::wrap_cuda_slice(out, dev.clone()),
-            Shape::from(rows),
+            Shape::from((n, rows)),
         ))
     }
 }
@@ -575,9 +602,13 @@ pub(super) fn gemv_stored(w: &Tensor, x: &Tensor) -> Result<Option<Tensor>> {
         return Ok(None);
     }
     let (_, cols) = w.dims2()?;
-    if x.elem_count() != cols || !w.is_contiguous() {
+    let n = x.elem_count() / cols.max(1);
+    let rows_fit = (1..=crate::model::gemv::MAX_ROWS).contains(&n) && n * cols == x.elem_count();
+    if !rows_fit || x.dim(x.rank() - 1)? != cols || !w.is_contiguous() {
         return Ok(None);
     }
     let op = Gemv16 { w: w.clone() };
-    Ok(Some(x.flatten_all()?.contiguous()?.apply_op1_no_bwd(&op)?))
+    Ok(Some(
+        x.reshape((n, cols))?.contiguous()?.apply_op1_no_bwd(&op)?,
+    ))
 }

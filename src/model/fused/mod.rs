@@ -257,11 +257,13 @@ pub(super) fn gated(gate_up: &Tensor, d_ff: usize, act: Activation) -> Result<Op
     }
 }
 
-/// y = W x for one token, W (out, in) held as bf16 or f16 (see
+/// y = x W^T for up to [`super::gemv::MAX_ROWS`] rows of x (a token, or
+/// the A/B pair's two), W (out, in) held as bf16 or f16 (see
 /// [`super::WeightPrecision::Stored`]) and x f32, on a GPU: one read of
-/// the stored matrix, each weight widened exactly to f32 and the dot
-/// product summed in f32. None where it does not apply (the CPU, an f32
-/// W, x not one row); the caller then converts W and multiplies.
+/// the stored matrix, each weight widened exactly to f32 and every dot
+/// product summed in f32, each row in the same order as alone. Shape
+/// (rows of x, out). None where it does not apply (the CPU, an f32 W, more
+/// rows); the caller then converts W and multiplies.
 pub(super) fn gemv_stored(w: &Tensor, x: &Tensor) -> Result<Option<Tensor>> {
     #[cfg(feature = "cuda")]
     {
