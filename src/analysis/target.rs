@@ -160,10 +160,15 @@ pub fn row_stats(
         let w = model
             .weight(id)
             .ok_or_else(|| ModelError::Invalid(format!("the model has no {id}")))?;
-        let w = w.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
-        Ok(dims
-            .iter()
-            .map(|&d| w.get(d).and_then(|r| r.to_vec1::<f32>()))
+        // Only the asked rows cross to the host.
+        let index: Vec<u32> = dims.iter().map(|&d| d as u32).collect();
+        let index = candle_core::Tensor::from_vec(index, dims.len(), w.device())?;
+        let w = w
+            .index_select(&index, 0)?
+            .to_device(&Device::Cpu)?
+            .to_dtype(DType::F32)?;
+        Ok((0..dims.len())
+            .map(|i| w.get(i).and_then(|r| r.to_vec1::<f32>()))
             .collect::<candle_core::Result<_>>()?)
     };
     let (up, gate) = (rows(Proj::Up)?, rows(Proj::Gate)?);
