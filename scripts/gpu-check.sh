@@ -5,22 +5,25 @@
 #   transformers on the same GPU (greedy generations identical in f32; the
 #   reference is tests/fixtures/smollm2_transformers_reference.json, made there
 #   by scripts/reference_transformers.py), and the greedy original+attacked
-#   pair (one batch of two; CUDA decodes it with a replayed graph) against the CPU.
+#   pair (one batch of two; CUDA decodes it with a replayed graph) against the CPU;
+#   and the same runs with the layers split over the GPU and the CPU
+#   (`--device cuda:0,cpu`: the residual stream crosses devices) against both.
 # Usage: scripts/gpu-check.sh MWTOP_BINARY MODEL.gguf OUTDIR
 set -euo pipefail
 BIN=$1; MODEL=$2; OUT=$3
 TEXT=assets/eval.txt
 FIX=tests/fixtures/smollm2_transformers_reference.json
 mkdir -p "$OUT"
-for dev in cuda cpu; do
-  "$BIN" eval "$MODEL" --text "$TEXT" --device "$dev" --per-token --json > "$OUT/eval-$dev.json"
+for spec in cuda cpu cuda:0,cpu; do
+  dev=${spec//[:,]/_}   # a file name: cuda_0_cpu
+  "$BIN" eval "$MODEL" --text "$TEXT" --device "$spec" --per-token --json > "$OUT/eval-$dev.json"
   for mode in zero keep random-zero; do
-    "$BIN" eval "$MODEL" --text "$TEXT" --bos --mode "$mode" --k 2 --device "$dev" --json > "$OUT/$mode-$dev.json"
+    "$BIN" eval "$MODEL" --text "$TEXT" --bos --mode "$mode" --k 2 --device "$spec" --json > "$OUT/$mode-$dev.json"
   done
-  "$BIN" scan "$MODEL" --device "$dev" --json > "$OUT/scan-$dev.json"
+  "$BIN" scan "$MODEL" --device "$spec" --json > "$OUT/scan-$dev.json"
   # Original and keep-only attack as one batch of two: on CUDA a replayed graph.
   "$BIN" generate "$MODEL" --prompt "The capital of France is" --compare --mode keep --k 2 \
-    --max-tokens 32 --device "$dev" --json > "$OUT/pair-$dev.json"
+    --max-tokens 32 --device "$spec" --json > "$OUT/pair-$dev.json"
 done
 python3 - "$FIX" "$OUT" <<'PY' > "$OUT/prompts.txt"
 import json, sys

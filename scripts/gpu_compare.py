@@ -15,26 +15,35 @@ def check(name, ok, detail):
         failures.append(name)
 
 
-gpu, cpu = load("eval-cuda"), load("eval-cpu")
-diff = max(abs(a - b) for a, b in zip(gpu["logprobs"], cpu["logprobs"]))
-check("log-probs cuda vs cpu", diff < 1e-3, f"largest |difference| {diff:.2e} over {len(gpu['logprobs'])} tokens")
-ref = fix["eval"]["next_logprob"]
-diff_ref = max(abs(a - b) for a, b in zip(gpu["logprobs"], ref))
-check("log-probs cuda vs transformers", diff_ref < 1e-3, f"largest |difference| {diff_ref:.2e}")
-for name in ["eval", "zero", "keep", "random-zero"]:
-    g, c = load(f"{name}-cuda"), load(f"{name}-cpu")
-    rel = abs(g["perplexity"] / c["perplexity"] - 1)
-    check(f"perplexity {name}", rel < 1e-3, f"cuda {g['perplexity']:.4f} cpu {c['perplexity']:.4f} (rel {rel:.1e})")
-sg, sc = load("scan-cuda"), load("scan-cpu")
-same = (sg["massive_layer"] == sc["massive_layer"]
-        and sg["massive_weights"]["dims"] == sc["massive_weights"]["dims"]
-        and [(w["layer"], w["row"], w["col"]) for w in sg["super_weights"]] == [(w["layer"], w["row"], w["col"]) for w in sc["super_weights"]]
-        and [(a["layer"], a["position"], a["dim"]) for a in sg["massive_activations"]] == [(a["layer"], a["position"], a["dim"]) for a in sc["massive_activations"]])
-check("scan cuda vs cpu", same, f"massive layer {sg['massive_layer']}, dims {sg['massive_weights']['dims'][:4]}, super weight {sg['super_weights'][0]}")
-pg, pc = load("pair-cuda"), load("pair-cpu")
-for row in ["original", "attacked"]:
-    same = pg[row]["tokens"] == pc[row]["tokens"]
-    check(f"greedy pair {row} cuda vs cpu", same, f"{len(pg[row]['tokens'])} tokens, {pg[row]['text'][:50]!r}")
+
+def scan_key(s):
+    return (s["massive_layer"], s["massive_weights"]["dims"],
+            [(w["layer"], w["row"], w["col"]) for w in s["super_weights"]],
+            [(a["layer"], a["position"], a["dim"]) for a in s["massive_activations"]])
+
+
+# Each pair of devices: the GPU against the CPU, and the layers split over
+# the GPU and the CPU (cuda:0,cpu) against each of them.
+for a, b in [("cuda", "cpu"), ("cuda_0_cpu", "cuda"), ("cuda_0_cpu", "cpu")]:
+    what = f"{a} vs {b}".replace("cuda_0_cpu", "split cuda:0,cpu")
+    ga, gb = load(f"eval-{a}"), load(f"eval-{b}")
+    diff = max(abs(x - y) for x, y in zip(ga["logprobs"], gb["logprobs"]))
+    check(f"log-probs {what}", diff < 1e-3, f"largest |difference| {diff:.2e} over {len(ga['logprobs'])} tokens")
+    if a == "cuda":
+        ref = fix["eval"]["next_logprob"]
+        diff_ref = max(abs(x - y) for x, y in zip(ga["logprobs"], ref))
+        check("log-probs cuda vs transformers", diff_ref < 1e-3, f"largest |difference| {diff_ref:.2e}")
+    for name in ["eval", "zero", "keep", "random-zero"]:
+        pa, pb = load(f"{name}-{a}")["perplexity"], load(f"{name}-{b}")["perplexity"]
+        rel = abs(pa / pb - 1)
+        check(f"perplexity {name} {what}", rel < 1e-3, f"{pa:.4f} vs {pb:.4f} (rel {rel:.1e})")
+    sa, sb = load(f"scan-{a}"), load(f"scan-{b}")
+    check(f"scan {what}", scan_key(sa) == scan_key(sb),
+          f"massive layer {sa['massive_layer']}, dims {sa['massive_weights']['dims'][:4]}, super weight {sa['super_weights'][0]}")
+    pa, pb = load(f"pair-{a}"), load(f"pair-{b}")
+    for row in ["original", "attacked"]:
+        check(f"greedy pair {row} {what}", pa[row]["tokens"] == pb[row]["tokens"],
+              f"{len(pa[row]['tokens'])} tokens, {pa[row]['text'][:50]!r}")
 for i, g in enumerate(fix["generations"]):
     r = load(f"gen-{i}")
     ids = r["tokens"] + ([2] if r["stop"] == "eos" else [])

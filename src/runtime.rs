@@ -62,36 +62,88 @@ fn cuda_ordinal(spec: &str) -> Result<Option<usize>, DeviceError> {
     }
 }
 
-/// Checks a `--device` spelling without creating the device.
+/// The most devices one model's layers are split over.
+pub const MAX_DEVICES: usize = 64;
+
+/// The device spellings of a `--device` list (`cuda:0,cuda:1`, `cuda:0,cpu`),
+/// each checked.
+fn device_list(spec: &str) -> Result<Vec<(&str, Option<usize>)>, DeviceError> {
+    let parts: Vec<&str> = spec.split(',').map(str::trim).collect();
+    if parts.len() > MAX_DEVICES {
+        return Err(DeviceError(format!(
+            "--device {spec}: {} devices; at most {MAX_DEVICES}",
+            parts.len()
+        )));
+    }
+    parts
+        .into_iter()
+        .map(|p| {
+            if p.is_empty() {
+                return Err(DeviceError(format!(
+                    "--device {spec:?}: an empty device in the list"
+                )));
+            }
+            Ok((p, cuda_ordinal(p)?))
+        })
+        .collect()
+}
+
+/// Checks a `--device` spelling (one device or a list) without creating
+/// the devices.
 pub fn check_device_spec(spec: Option<&str>) -> Result<(), DeviceError> {
     let Some(s) = spec else { return Ok(()) };
-    if cuda_ordinal(s)?.is_some() && !cfg!(feature = "cuda") {
-        return Err(DeviceError(format!(
-            "--device {s}: this mwtop was built without the cuda feature"
-        )));
+    for (part, ordinal) in device_list(s)? {
+        if ordinal.is_some() && !cfg!(feature = "cuda") {
+            return Err(DeviceError(format!(
+                "--device {part}: this mwtop was built without the cuda feature"
+            )));
+        }
     }
     Ok(())
 }
 
-/// `cpu`, `cuda` or `cuda:N`; None: CUDA when compiled in and present, else CPU.
+/// `cpu`, `cuda` or `cuda:N`; None: CUDA when compiled in and present, else
+/// CPU. The first device of a list (see [`parse_devices`]).
 pub fn parse_device(spec: Option<&str>) -> Result<Device, DeviceError> {
-    let Some(s) = spec else {
-        return Ok(default_device());
-    };
-    check_device_spec(spec)?;
-    match cuda_ordinal(s)? {
-        None => Ok(Device::Cpu),
-        Some(ordinal) => new_cuda(ordinal).map_err(|e| DeviceError(format!("--device {s}: {e}"))),
-    }
+    Ok(parse_devices(spec)?.swap_remove(0))
 }
 
-/// How a model's matrices are held on `device` unless the user says:
-/// as stored on a GPU, where memory is short and converting a matrix costs
-/// little; in the compute dtype on the CPU, where every prompt-sized
-/// product would convert its matrix on two cores (one-token products read
-/// bf16/f16 directly on both).
-pub fn weight_precision(asked: Option<WeightPrecision>, device: &Device) -> WeightPrecision {
-    asked.unwrap_or(if device.is_cpu() {
+/// The devices of `--device`: one, or a comma-separated list that splits
+/// the layers over them in order (`cuda:0,cuda:1`; `cuda:0,cpu` and
+/// `cpu,cpu` run the same split path on one GPU or none). A GPU named twice
+/// is one device.
+pub fn parse_devices(spec: Option<&str>) -> Result<Vec<Device>, DeviceError> {
+    let Some(s) = spec else {
+        return Ok(vec![default_device()]);
+    };
+    check_device_spec(spec)?;
+    let mut gpus: Vec<(usize, Device)> = Vec::new();
+    let mut devices = Vec::new();
+    for (part, ordinal) in device_list(s)? {
+        let device = match ordinal {
+            None => Device::Cpu,
+            Some(n) => match gpus.iter().find(|(m, _)| *m == n) {
+                Some((_, d)) => d.clone(),
+                None => {
+                    let d =
+                        new_cuda(n).map_err(|e| DeviceError(format!("--device {part}: {e}")))?;
+                    gpus.push((n, d.clone()));
+                    d
+                }
+            },
+        };
+        devices.push(device);
+    }
+    Ok(devices)
+}
+
+/// How a model's matrices are held on `devices` unless the user says:
+/// as stored where a GPU is among them, where memory is short and
+/// converting a matrix costs little; in the compute dtype on the CPU,
+/// where every prompt-sized product would convert its matrix on two cores
+/// (one-token products read bf16/f16 directly on both).
+pub fn weight_precision(asked: Option<WeightPrecision>, devices: &[Device]) -> WeightPrecision {
+    asked.unwrap_or(if devices.iter().all(Device::is_cpu) {
         WeightPrecision::Compute
     } else {
         WeightPrecision::Stored
@@ -141,6 +193,26 @@ pub fn device_name(device: &Device) -> &'static str {
     } else {
         "cpu"
     }
+}
+
+/// Where a model runs, as reports name it: "cuda", "cpu", or for layers
+/// split over devices each device with its layers, "cuda[0-15]+cpu[16-29]".
+pub fn placement_name(placement: &crate::model::Placement) -> String {
+    if !placement.is_split() {
+        return device_name(placement.first()).into();
+    }
+    placement
+        .groups()
+        .into_iter()
+        .map(|(d, layers)| {
+            let name = device_name(&placement.devices()[d]);
+            match layers.len() {
+                0 => format!("{name}[]"),
+                _ => format!("{name}[{}-{}]", layers.start, layers.end - 1),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("+")
 }
 
 /// Reads a LoRA adapter (PEFT's format) for `model`, its shapes checked.

@@ -258,7 +258,9 @@ impl AttackArgs {
 /// Where and in which precision the model runs.
 #[derive(clap::Args, Clone)]
 pub struct RunArgs {
-    /// cpu, cuda or cuda:N (default: cuda when built in and present, else cpu).
+    /// cpu, cuda or cuda:N (default: cuda when built in and present, else
+    /// cpu); a comma-separated list (cuda:0,cuda:1) splits the layers over
+    /// those devices in contiguous groups balanced by bytes.
     #[arg(long)]
     pub device: Option<String>,
     /// Compute dtype (f32 by default: bf16's spacing at 20,000 is 128).
@@ -283,14 +285,14 @@ impl RunArgs {
     /// Creates the device and loads the model (and merges --adapter), with
     /// a counter on stderr.
     pub fn load(&self, ckpt: &Checkpoint) -> Result<Model> {
-        let device = mwtop::runtime::parse_device(self.device.as_deref())?;
+        let devices = mwtop::runtime::parse_devices(self.device.as_deref())?;
         if self.adapter.len() > 1 {
             color_eyre::eyre::bail!(
                 "one --adapter per command (the UI shows several side by side)"
             );
         }
-        let precision = mwtop::runtime::weight_precision(self.weights(), &device);
-        let mut model = progress::load_model(ckpt, &device, self.dtype.into(), precision)?;
+        let precision = mwtop::runtime::weight_precision(self.weights(), &devices);
+        let mut model = progress::load_model(ckpt, &devices, self.dtype.into(), precision)?;
         if let Some(dir) = self.adapter.first() {
             let info = mwtop::runtime::merge_adapter(&mut model, dir)
                 .map_err(|e| color_eyre::eyre::eyre!("--adapter {}: {e}", dir.display()))?;

@@ -241,7 +241,7 @@ fn run(
         first = first.min(at.unwrap_or_else(|| t.elapsed().as_secs_f64()));
     }
     Ok(BenchReport {
-        device: mwtop::runtime::device_name(model.device()).into(),
+        device: mwtop::runtime::placement_name(model.placement()),
         dtype: format!("{:?}", model.dtype()).to_lowercase(),
         weights: format!("{:?}", model.weight_precision()).to_lowercase(),
         weight_bytes: model.weight_bytes(),

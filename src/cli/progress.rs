@@ -55,13 +55,13 @@ impl Counter {
 /// Loads the model, with a counter on stderr when it is a terminal.
 pub fn load_model(
     ckpt: &Checkpoint,
-    device: &Device,
+    devices: &[Device],
     dtype: DType,
     precision: WeightPrecision,
 ) -> Result<Model, ModelError> {
     let start = std::time::Instant::now();
     let mut counter = Counter::new(false);
-    let model = Model::load_as(ckpt, device, dtype, precision, |done, total| {
+    let model = Model::load_on(ckpt, devices, dtype, precision, |done, total| {
         counter.show(&format!("loading weights {done}/{total}"));
     })?;
     counter.finish(Some(&format!(

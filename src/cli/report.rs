@@ -329,7 +329,7 @@ impl ReportArgs {
             subtitle: format!(
                 "mwtop {} · {} {} · probe {:?}",
                 env!("CARGO_PKG_VERSION"),
-                mwtop::runtime::device_name(model.device()),
+                mwtop::runtime::placement_name(model.placement()),
                 format!("{:?}", model.dtype()).to_lowercase(),
                 self.attack.probe()
             ),

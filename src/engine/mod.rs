@@ -390,7 +390,7 @@ impl<F: Fn(Event)> Engine<F> {
         adapter_dirs: Vec<std::path::PathBuf>,
     ) -> Result<(), ModelError> {
         let start = Instant::now();
-        let device = runtime::parse_device(device.as_deref())
+        let devices = runtime::parse_devices(device.as_deref())
             .map_err(|e| ModelError::Invalid(e.to_string()))?;
         if spec.is_none() {
             (self.emit)(Event::Status("fetching the demo model (once)".into()));
@@ -401,8 +401,8 @@ impl<F: Fn(Event)> Engine<F> {
             "loading {}",
             ckpt.source().display()
         )));
-        let precision = runtime::weight_precision(weights, &device);
-        let model = Model::load_as(&ckpt, &device, dtype, precision, |done, total| {
+        let precision = runtime::weight_precision(weights, &devices);
+        let model = Model::load_on(&ckpt, &devices, dtype, precision, |done, total| {
             (self.emit)(Event::Loading { done, total })
         })?;
         let mut adapters = Vec::new();
@@ -431,7 +431,7 @@ impl<F: Fn(Event)> Engine<F> {
             name,
             config: model.config().clone(),
             parameters: ckpt.parameter_count(),
-            device: runtime::device_name(&device).into(),
+            device: runtime::placement_name(model.placement()),
             dtype: format!("{dtype:?}").to_lowercase(),
             load_seconds: start.elapsed().as_secs_f64(),
             adapters: adapter_names,

@@ -13,10 +13,18 @@ use super::{Model, Result};
 
 impl Model {
     /// The rotary tables of layer `i` (sliding layers may have their own base).
+    /// On its layer's device when the layers are split.
     pub(super) fn rope_for(&self, layer: usize) -> &Rope {
-        match (&self.local_rope, self.config.attention.window(layer)) {
+        let (global, local) = match self.placement.layer_index(layer) {
+            0 => (&self.rope, self.local_rope.as_ref()),
+            d => {
+                let (g, l) = &self.ropes_elsewhere[d - 1];
+                (g, l.as_ref())
+            }
+        };
+        match (local, self.config.attention.window(layer)) {
             (Some(local), Some(_)) => local,
-            _ => &self.rope,
+            _ => global,
         }
     }
 
@@ -207,7 +215,7 @@ impl Model {
                         window,
                         pads,
                         self.dtype,
-                        &self.device,
+                        q.device(),
                     )?;
                     (k_start, mask)
                 }

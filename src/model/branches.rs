@@ -116,6 +116,24 @@ impl Branches {
     }
 }
 
+impl BranchTables {
+    /// The same tables on `device` (the next group of a split model).
+    pub(super) fn to_device(&self, device: &Device) -> Result<Self> {
+        let move4 = |t: &[Tensor; 4]| -> Result<[Tensor; 4]> {
+            Ok([
+                t[0].to_device(device)?,
+                t[1].to_device(device)?,
+                t[2].to_device(device)?,
+                t[3].to_device(device)?,
+            ])
+        };
+        Ok(Self {
+            global: move4(&self.global)?,
+            local: self.local.as_ref().map(move4).transpose()?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

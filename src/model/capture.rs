@@ -35,16 +35,19 @@ impl Captures {
         Ok(())
     }
 
-    /// Reduces what was deferred, grouped by reduction and shape, and
+    /// Reduces what was deferred, grouped by reduction, shape and device, and
     /// returns every capture in the order it was taken.
     pub(super) fn finish(mut self) -> Result<Vec<Captured>> {
         let mut deferred = std::mem::take(&mut self.deferred);
         while !deferred.is_empty() {
             let (_, _, reduction, first) = &deferred[0];
             let (reduction, dims) = (*reduction, first.dims().to_vec());
-            let (group, rest): (Vec<_>, Vec<_>) = deferred
-                .into_iter()
-                .partition(|(_, _, r, t)| *r == reduction && t.dims() == dims.as_slice());
+            // Each device's states are reduced there (layers split over
+            // several devices).
+            let device = first.device().clone();
+            let (group, rest): (Vec<_>, Vec<_>) = deferred.into_iter().partition(|(_, _, r, t)| {
+                *r == reduction && t.dims() == dims.as_slice() && t.device().same_device(&device)
+            });
             deferred = rest;
             self.done.extend(reduce_stacked(group, reduction)?);
         }

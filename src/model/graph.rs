@@ -92,6 +92,8 @@ impl Model {
         t == 1
             && opts.logits != LogitsMode::NextToken
             && (forced || (self.device.is_cuda() && self.decode_graphs))
+            // One recorded step runs on one device's stream.
+            && !self.placement.is_split()
             && !cache.graph_failed
             && !plan.has_weight_edits()
             && !plan.adapts()

@@ -74,8 +74,9 @@ impl Cache {
         let capacity = needed.next_power_of_two().max(MIN_CAPACITY);
         let c = &model.config;
         let dims = (batch, c.n_kv_heads, capacity, c.head_dim);
-        let grow = |old: Option<&Tensor>| -> Result<Tensor> {
-            let new = Tensor::zeros(dims, model.dtype, &model.device)?;
+        // Each layer's cache on its layer's device.
+        let grow = |old: Option<&Tensor>, i: usize| -> Result<Tensor> {
+            let new = Tensor::zeros(dims, model.dtype, model.placement.of_layer(i))?;
             if let Some(old) = old.filter(|_| self.len > 0) {
                 new.slice_set(&old.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
             }
@@ -85,8 +86,8 @@ impl Cache {
             .map(|i| {
                 let old = self.layers.get(i);
                 Ok(LayerKv {
-                    k: grow(old.map(|l| &l.k))?,
-                    v: grow(old.map(|l| &l.v))?,
+                    k: grow(old.map(|l| &l.k), i)?,
+                    v: grow(old.map(|l| &l.v), i)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;

@@ -5,7 +5,9 @@ use candle_core::{DType, Device, Tensor};
 
 use super::family::Family;
 use super::weights::{Block, Linear, Norms};
-use super::{rope, Model, ModelError, Result, WeightPrecision, ROPE_POSITIONS_MAX};
+use super::{
+    rope, Model, ModelError, PartBytes, Placement, Result, WeightPrecision, ROPE_POSITIONS_MAX,
+};
 use crate::checkpoint::{Checkpoint, Fused, NormId, NormKind, Proj, RopeScaling, WeightId};
 
 impl Model {
@@ -26,10 +28,38 @@ impl Model {
         device: &Device,
         dtype: DType,
         precision: WeightPrecision,
+        progress: impl FnMut(usize, usize),
+    ) -> Result<Self> {
+        Self::load_on(
+            ckpt,
+            std::slice::from_ref(device),
+            dtype,
+            precision,
+            progress,
+        )
+    }
+
+    /// [`Model::load_as`] over several devices of one host: the layers in
+    /// contiguous groups balanced by bytes (see [`Placement`]); one device
+    /// is the usual whole model.
+    pub fn load_on(
+        ckpt: &Checkpoint,
+        devices: &[Device],
+        dtype: DType,
+        precision: WeightPrecision,
         mut progress: impl FnMut(usize, usize),
     ) -> Result<Self> {
         let config = ckpt.config().clone();
         let family = Family::of(&config)?;
+        let placement = if devices.len() == 1 {
+            Placement::single(&devices[0], config.n_layers)
+        } else {
+            Placement::balanced(devices, config.n_layers, part_bytes(&config, dtype))?
+        };
+        // The device the tensors loaded next go to: the first, each layer's
+        // own, then the last for the final norm and the head.
+        let here = std::cell::Cell::new(0usize);
+        let device = &|| &placement.devices()[here.get()];
         let layout = &config.attention;
         let total = ckpt.tensors().len();
         let mut done = 0usize;
@@ -45,7 +75,7 @@ impl Model {
             }
         };
         let mut get = |name: &str, as_dtype: DType| -> Result<Tensor> {
-            let t = ckpt.tensor(name, as_dtype, device)?;
+            let t = ckpt.tensor(name, as_dtype, device())?;
             done += 1;
             progress(done.min(total), total);
             Ok(t)
@@ -57,7 +87,7 @@ impl Model {
             let weight = get(&name, held(&name))?;
             let bias_name = format!("{}.bias", name.trim_end_matches(".weight"));
             let bias = match ckpt.info(&bias_name) {
-                Some(_) => Some(ckpt.tensor(&bias_name, dtype, device)?),
+                Some(_) => Some(ckpt.tensor(&bias_name, dtype, device())?),
                 None => None,
             };
             Ok(Linear { id, weight, bias })
@@ -84,7 +114,7 @@ impl Model {
         let rotary_order = rope::RotaryOrder::new(hd, rotary);
         let reorder = |t: Tensor, index: Vec<u32>| -> Result<Tensor> {
             let n = index.len();
-            Ok(t.index_select(&Tensor::from_vec(index, n, device)?, 0)?)
+            Ok(t.index_select(&Tensor::from_vec(index, n, t.device())?, 0)?)
         };
         // Rows (and biases, and norm weights) of q or k into rotary order.
         let to_stored = |t: Tensor| -> Result<Tensor> {
@@ -105,6 +135,7 @@ impl Model {
         };
         let mut blocks = Vec::with_capacity(config.n_layers);
         for i in 0..config.n_layers {
+            here.set(placement.layer_index(i));
             let mut slot = |kind: Option<NormKind>| -> Result<Option<Tensor>> {
                 kind.map(|kind| norm(&mut get, NormId::Layer { layer: i, kind }))
                     .transpose()
@@ -162,11 +193,13 @@ impl Model {
             };
             blocks.push(block);
         }
+        here.set(placement.devices().len() - 1);
         let final_norm = norm(&mut get, NormId::Final)?;
         let lm_head = if config.tied_embeddings && ckpt.info(&WeightId::Head.hf_name()).is_none() {
             Linear {
                 id: Some(WeightId::Embed),
-                weight: embed.clone(),
+                // A copy where a split put the head on another device.
+                weight: embed.to_device(placement.last())?,
                 bias: None,
             }
         } else {
@@ -187,20 +220,28 @@ impl Model {
         // Queries carry attention's scale, and Gemma 2's 1 / softcap too, so
         // that capping the scores is tanh and one multiply.
         let query_scale = family.attn_scale / family.attn_softcap.unwrap_or(1.0);
-        let make_rope = |theta: f64, scaling: Option<&RopeScaling>| {
+        let make_rope = |theta: f64, scaling: Option<&RopeScaling>, device: &Device| {
             let inv = rope::inv_freq(rotary, theta, scaling, factors.as_deref());
             rope::Rope::new(&inv, hd, positions, query_scale, dtype, device)
         };
-        let rope = make_rope(config.rope_theta, config.rope_scaling.as_ref())?;
-        let local_rope = match layout.local_rope_theta {
-            // Sliding layers are never scaled (transformers, llama.cpp).
-            Some(t) if t != config.rope_theta || config.rope_scaling.is_some() => {
-                Some(make_rope(t, None)?)
-            }
-            _ => None,
-        };
-        // Compiled and loaded now, never first inside a CUDA graph's capture.
-        super::fused::prepare(device)?;
+        // Every device of the model gets its own tables.
+        let mut ropes = Vec::with_capacity(placement.devices().len());
+        for device in placement.devices() {
+            let global = make_rope(config.rope_theta, config.rope_scaling.as_ref(), device)?;
+            let local = match layout.local_rope_theta {
+                // Sliding layers are never scaled (transformers, llama.cpp).
+                Some(t) if t != config.rope_theta || config.rope_scaling.is_some() => {
+                    Some(make_rope(t, None, device)?)
+                }
+                _ => None,
+            };
+            ropes.push((global, local));
+            // Compiled and loaded now, never first inside a CUDA graph's capture.
+            super::fused::prepare(device)?;
+        }
+        let mut ropes = ropes.into_iter();
+        let (rope, local_rope) = ropes.next().expect("one device at least");
+        let ropes_elsewhere = ropes.collect();
         // transformers rounds sqrt(d) to the weights' dtype before multiplying.
         let embed_scale = family.scale_embeddings.then(|| {
             let s = (config.d_model as f64).sqrt();
@@ -210,9 +251,11 @@ impl Model {
                 _ => s as f32 as f64,
             }
         });
+        let first = placement.first().clone();
         Ok(Self {
             config,
-            device: device.clone(),
+            device: first.clone(),
+            placement,
             dtype,
             precision,
             embed,
@@ -223,10 +266,11 @@ impl Model {
             embed_scale,
             rope,
             local_rope,
+            ropes_elsewhere,
             rotary_order,
             weights_version: 0,
             decode_graphs: true,
-            attention_budget: super::attention_budget_for(device),
+            attention_budget: super::attention_budget_for(&first),
         })
     }
 }
@@ -238,4 +282,20 @@ fn widens_exactly(stored: DType, compute: DType) -> bool {
             (stored, compute),
             (DType::BF16 | DType::F16, DType::F32 | DType::F64) | (DType::F32, DType::F64)
         )
+}
+
+/// Bytes of the embedding, of one layer and of the head, from the config's
+/// shapes in the compute dtype (a split balances these; a bf16 matrix held
+/// as stored halves every part alike). A tied head counts too: a split
+/// holds a copy of the embedding on the last device.
+fn part_bytes(config: &crate::checkpoint::ModelConfig, dtype: DType) -> PartBytes {
+    let (d, hd) = (config.d_model, config.head_dim);
+    let attention = (2 * config.n_heads + 2 * config.n_kv_heads) * hd * d;
+    let mlp = 3 * d * config.d_ff;
+    let embed = config.vocab_size * d * dtype.size_in_bytes();
+    PartBytes {
+        embed,
+        layer: (attention + mlp) * dtype.size_in_bytes(),
+        head: embed,
+    }
 }

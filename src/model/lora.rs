@@ -59,8 +59,9 @@ impl Lora {
                     .map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32)
                     .collect();
                 let dtype = lora_dtype(model);
-                let a = Tensor::from_vec(a, (rank, inp), model.device())?.to_dtype(dtype)?;
-                let b = Tensor::zeros((out, rank), dtype, model.device())?;
+                let on = model.placement().of_layer(layer);
+                let a = Tensor::from_vec(a, (rank, inp), on)?.to_dtype(dtype)?;
+                let b = Tensor::zeros((out, rank), dtype, on)?;
                 pairs.insert(
                     id,
                     LoraPair {
@@ -91,11 +92,11 @@ impl Lora {
         Self::check_trainable(model, rank, alpha, &targets)?;
         let mut pairs = BTreeMap::new();
         for (id, (a, b)) in tensors {
-            if !matches!(id, WeightId::Layer { .. }) {
+            let WeightId::Layer { layer, .. } = id else {
                 return Err(ModelError::Unsupported(format!(
                     "an adapter on {id}: LoRA adapts decoder projections only"
                 )));
-            }
+            };
             let (out, inp) = model.weight_shape(id)?;
             if a.dims() != [rank, inp] || b.dims() != [out, rank] {
                 return Err(ModelError::Invalid(format!(
@@ -104,9 +105,11 @@ impl Lora {
                     b.dims()
                 )));
             }
+            // On the adapted layer's device.
+            let device = model.placement().of_layer(layer);
             let on = |t: Tensor| -> Result<Var> {
                 Ok(Var::from_tensor(
-                    &t.to_dtype(lora_dtype(model))?.to_device(model.device())?,
+                    &t.to_dtype(lora_dtype(model))?.to_device(device)?,
                 )?)
             };
             pairs.insert(
@@ -250,12 +253,13 @@ impl Model {
                 delta.dims()
             )));
         }
-        let delta = self.hf_rows_to_stored(id, delta.to_device(&self.device)?)?;
         let WeightId::Layer { layer, proj } = self.canonical_weight(id) else {
             return Err(ModelError::Unsupported(format!(
                 "changing {id}: only decoder projections take a change"
             )));
         };
+        let on = self.placement.of_layer(layer);
+        let delta = self.hf_rows_to_stored(id, delta.to_device(on)?)?;
         let block = &mut self.blocks[layer];
         let part = block.part_mut(proj);
         part.weight = (part.weight.to_dtype(DType::F32)? + delta.to_dtype(DType::F32)?)?

@@ -24,6 +24,7 @@ pub mod intervention;
 mod kv;
 mod load;
 pub mod lora;
+mod placement;
 mod plan;
 pub mod rope;
 mod weights;
@@ -37,6 +38,7 @@ use capture::Captures;
 use hooks::{CaptureRequest, Captured};
 use intervention::Interventions;
 pub use kv::Cache;
+pub use placement::{PartBytes, Placement};
 use plan::Plan;
 use weights::{Block, Linear};
 
@@ -167,11 +169,14 @@ pub enum WeightPrecision {
     Stored,
 }
 
-/// A loaded model: dense weights on one device; activations in one
-/// compute dtype, matrices in it or as stored (see [`WeightPrecision`]).
+/// A loaded model: dense weights on one device, or layers split over
+/// several (see [`Placement`]); activations in one compute dtype, matrices
+/// in it or as stored (see [`WeightPrecision`]).
 pub struct Model {
     config: ModelConfig,
+    /// The embedding's device: where token ids and masks start.
     device: Device,
+    placement: Placement,
     dtype: DType,
     precision: WeightPrecision,
     embed: Tensor,
@@ -185,6 +190,8 @@ pub struct Model {
     rope: rope::Rope,
     /// The RoPE of sliding layers when their base differs (Gemma 3).
     local_rope: Option<rope::Rope>,
+    /// The same two tables on each further device of a split model.
+    ropes_elsewhere: Vec<(rope::Rope, Option<rope::Rope>)>,
     /// The order q/k rows are held in when only part of each head rotates.
     rotary_order: Option<rope::RotaryOrder>,
     /// Bumped by every change of the loaded weights (recorded decode steps
@@ -230,8 +237,15 @@ impl Model {
         &self.config
     }
 
+    /// The device of the embedding (the only one unless the layers are
+    /// split; see [`Self::placement`]).
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// Which device holds each layer; the head is on the last.
+    pub fn placement(&self) -> &Placement {
+        &self.placement
     }
 
     pub fn dtype(&self) -> DType {
@@ -248,7 +262,9 @@ impl Model {
         let size = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
         let linear = |l: &Linear| size(&l.weight) + l.bias.as_ref().map_or(0, size);
         let mut total = size(&self.embed) + size(&self.norm);
-        if self.lm_head.id != Some(WeightId::Embed) {
+        // A tied head is the embedding itself, unless a split put a copy
+        // of it on the last device.
+        if self.lm_head.id != Some(WeightId::Embed) || self.placement.is_split() {
             total += linear(&self.lm_head);
         }
         for b in &self.blocks {
@@ -408,15 +424,28 @@ impl Model {
             }
             None => None,
         };
-        let at = match &branch_tables {
-            Some(tables) => Positions::Given(tables),
-            None => Positions::From(start),
-        };
+        let (mut full_mask, mut sliding_mask, mut branch_tables) =
+            (full_mask, sliding_mask, branch_tables);
         let mut captures = Captures::default();
+        let mut on = 0;
         for (i, block) in self.blocks.iter().enumerate() {
             if opts.cancel.as_ref().is_some_and(CancelToken::is_cancelled) {
                 return Err(ModelError::Cancelled);
             }
+            // A group boundary of a split model: the residual stream and
+            // this forward's masks and tables move to the next device.
+            if self.placement.layer_index(i) != on {
+                on = self.placement.layer_index(i);
+                let dev = self.placement.of_layer(i);
+                x = x.to_device(dev)?;
+                full_mask = full_mask.map(|m| m.to_device(dev)).transpose()?;
+                sliding_mask = sliding_mask.map(|m| m.to_device(dev)).transpose()?;
+                branch_tables = branch_tables.map(|b| b.to_device(dev)).transpose()?;
+            }
+            let at = match &branch_tables {
+                Some(tables) => Positions::Given(tables),
+                None => Positions::From(start),
+            };
             let kv = cache.as_mut().map(|c| &mut c.layers[i]);
             x = self.block(
                 i,
@@ -437,6 +466,7 @@ impl Model {
                 &mut |layer, point, x| plan.capture(layer, point, x, &mut captures),
             )?;
         }
+        let x = x.to_device(self.placement.last())?;
         if let Some(c) = cache {
             c.len = start + t;
         }
@@ -450,7 +480,7 @@ impl Model {
                     )));
                 }
                 let n = opts.selected.len();
-                let index = Tensor::from_vec(opts.selected.clone(), n, &self.device)?;
+                let index = Tensor::from_vec(opts.selected.clone(), n, x.device())?;
                 let rows = x
                     .reshape((b * t, self.config.d_model))?
                     .index_select(&index, 0)?

@@ -22,8 +22,9 @@ pub(super) struct Plan<'a> {
     /// Embedding edits as (batch row, token id, dim, delta).
     embed_edits: Vec<(usize, u32, usize, f32)>,
     lora: Option<&'a Lora>,
-    /// Adapters of some rows only: each with its (batch, 1, 1) row mask.
-    row_lora: Vec<(std::sync::Arc<Lora>, Tensor)>,
+    /// Adapters of some rows only: each with its (batch, 1, 1) row mask,
+    /// one copy per device of the model.
+    row_lora: Vec<(std::sync::Arc<Lora>, Vec<Tensor>)>,
     /// q/k rows' held order, to map adapter outputs (Hugging Face order) to it.
     rotary: Option<RotaryOrder>,
     drop: Option<DropPlan>,
@@ -64,8 +65,8 @@ impl<'a> Plan<'a> {
                 .into_iter()
                 .flat_map(|r| r.unwrap_or_else(|| vec![1.0; c.d_ff]))
                 .collect();
-            *slot =
-                Some(Tensor::from_vec(flat, (b, 1, c.d_ff), &model.device)?.to_dtype(model.dtype)?);
+            let on = model.placement.of_layer(layer);
+            *slot = Some(Tensor::from_vec(flat, (b, 1, c.d_ff), on)?.to_dtype(model.dtype)?);
         }
         for r in 0..b {
             if let Some(iv) = per_row(r) {
@@ -112,8 +113,9 @@ impl<'a> Plan<'a> {
                 if Some(canonical) == model.lm_head.id || canonical != WeightId::Embed {
                     let mut per = vec![0f32; b];
                     per[r] = delta;
+                    // On the matrix's device (its layer's, or the head's).
                     let per =
-                        Tensor::from_vec(per, (b, 1, 1), &model.device)?.to_dtype(model.dtype)?;
+                        Tensor::from_vec(per, (b, 1, 1), w.device())?.to_dtype(model.dtype)?;
                     edits.push((canonical, model.stored_row(canonical, e.row), e.col, per));
                 }
             }
@@ -147,12 +149,16 @@ impl<'a> Plan<'a> {
                     onehot[i * c.d_ff + r] = 1.0;
                 }
                 let rows: Vec<u32> = d.rows.iter().map(|&r| r as u32).collect();
+                let on = model.placement.of_layer(d.layer);
                 Some(DropPlan {
                     layer: d.layer,
-                    rows: Tensor::from_vec(rows, k, &model.device)?,
-                    dropped: d.keep.to_dtype(model.dtype)?.affine(-1.0, 1.0)?,
-                    onehot: Tensor::from_vec(onehot, (k, c.d_ff), &model.device)?
-                        .to_dtype(model.dtype)?,
+                    rows: Tensor::from_vec(rows, k, on)?,
+                    dropped: d
+                        .keep
+                        .to_device(on)?
+                        .to_dtype(model.dtype)?
+                        .affine(-1.0, 1.0)?,
+                    onehot: Tensor::from_vec(onehot, (k, c.d_ff), on)?.to_dtype(model.dtype)?,
                 })
             }
         };
@@ -177,10 +183,14 @@ impl<'a> Plan<'a> {
         let row_lora = row_lora
             .into_iter()
             .map(|(l, m)| {
-                Ok((
-                    l,
-                    Tensor::from_vec(m, (b, 1, 1), &model.device)?.to_dtype(model.dtype)?,
-                ))
+                let mask = Tensor::from_vec(m, (b, 1, 1), &model.device)?.to_dtype(model.dtype)?;
+                let copies = model
+                    .placement
+                    .devices()
+                    .iter()
+                    .map(|d| mask.to_device(d))
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                Ok((l, copies))
             })
             .collect::<Result<Vec<_>>>()?;
         let rotary = (lora.is_some() || !row_lora.is_empty())
@@ -263,7 +273,7 @@ impl<'a> Plan<'a> {
     pub(super) fn linear(&self, l: &Linear, x: &Tensor) -> Result<Tensor> {
         let (b, t, d) = x.dims3()?;
         let out = l.weight.dim(0)?;
-        let fast = if b * t == 1 && !self.differentiable() {
+        let fast = if b * t <= super::gemv::MAX_ROWS && !self.differentiable() {
             match gemv::gemv(&l.weight, x)? {
                 Some(y) => Some(y),
                 None => super::fused::gemv_stored(&l.weight, x)?,
@@ -307,8 +317,12 @@ impl<'a> Plan<'a> {
                 y = (y + delta)?;
             }
         }
-        for (lora, rows) in &self.row_lora {
+        for (lora, copies) in &self.row_lora {
             if let Some(delta) = self.lora_delta(lora, id, x, out)? {
+                let rows = copies
+                    .iter()
+                    .find(|m| m.device().same_device(x.device()))
+                    .unwrap_or(&copies[0]);
                 y = (y + delta.broadcast_mul(rows)?)?;
             }
         }

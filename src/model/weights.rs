@@ -208,7 +208,7 @@ impl Model {
         for &d in dims {
             keep[d] = 0.0;
         }
-        let mask = Tensor::from_vec(keep, (d_ff, 1), &self.device)?;
+        let mask = Tensor::from_vec(keep, (d_ff, 1), self.placement.of_layer(layer))?;
         let block = &mut self.blocks[layer];
         // Zero is exact in every dtype: the matrices keep theirs.
         for w in [&mut block.up.weight, &mut block.gate.weight] {
@@ -238,15 +238,16 @@ impl Model {
         }
         let mut v = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         v[self.stored_row(id, row) * cols + col] = value;
-        // In the compute dtype: a stored bf16 matrix may not hold `value`.
-        let new = Tensor::from_vec(v, (rows, cols), &self.device)?.to_dtype(self.dtype)?;
+        // In the compute dtype (a stored bf16 matrix may not hold
+        // `value`), on the matrix's device.
+        let new = Tensor::from_vec(v, (rows, cols), w.device())?.to_dtype(self.dtype)?;
         self.weights_version += 1;
         match self.canonical_weight(id) {
             WeightId::Embed => {
-                self.embed = new.clone();
                 if self.lm_head.id == Some(WeightId::Embed) {
-                    self.lm_head.weight = new;
+                    self.lm_head.weight = new.to_device(self.placement.last())?;
                 }
+                self.embed = new;
                 Ok(())
             }
             WeightId::Head => {

@@ -86,7 +86,7 @@ pub fn summed_loss(
         .logits
         .expect("selected logits were asked for");
     let n = batch.targets.len();
-    let targets = Tensor::from_vec(batch.targets.clone(), (n, 1), model.device())?;
+    let targets = Tensor::from_vec(batch.targets.clone(), (n, 1), logits.device())?;
     let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?.gather(&targets, 1)?;
     Ok(logp.sum_all()?.neg()?)
 }
