@@ -263,8 +263,13 @@ impl Model {
         let linear = |l: &Linear| size(&l.weight) + l.bias.as_ref().map_or(0, size);
         let mut total = size(&self.embed) + size(&self.norm);
         // A tied head is the embedding itself, unless a split put a copy
-        // of it on the last device.
-        if self.lm_head.id != Some(WeightId::Embed) || self.placement.is_split() {
+        // of it on another device.
+        let copied = !self
+            .lm_head
+            .weight
+            .device()
+            .same_device(self.embed.device());
+        if self.lm_head.id != Some(WeightId::Embed) || copied {
             total += linear(&self.lm_head);
         }
         for b in &self.blocks {
