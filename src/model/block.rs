@@ -13,12 +13,16 @@ impl Model {
     /// RMSNorm with a stored weight, or the input itself when the family
     /// has no norm in that slot.
     /// A differentiable plan takes [`super::fused::rms_norm_with_grad`]
-    /// (candle's fused kernel has no backward).
+    /// (candle's fused kernel has no backward); on a GPU, f32 takes
+    /// [`super::fused::rms_norm`] (a block per row, not a warp).
     pub(super) fn norm_opt(&self, x: Tensor, w: Option<&Tensor>, plan: &Plan) -> Result<Tensor> {
         let eps = self.config.norm_eps as f32;
         match w {
             Some(w) if plan.differentiable() => super::fused::rms_norm_with_grad(&x, w, eps),
-            Some(w) => Ok(candle_nn::ops::rms_norm(&x.contiguous()?, w, eps)?),
+            Some(w) => match super::fused::rms_norm(&x, w, eps)? {
+                Some(y) => Ok(y),
+                None => Ok(candle_nn::ops::rms_norm(&x.contiguous()?, w, eps)?),
+            },
             None => Ok(x),
         }
     }

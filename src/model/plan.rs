@@ -276,7 +276,7 @@ impl<'a> Plan<'a> {
         let fast = if b * t <= super::gemv::MAX_ROWS && !self.differentiable() {
             match gemv::gemv(&l.weight, x)? {
                 Some(y) => Some(y),
-                None => super::fused::gemv_stored(&l.weight, x)?,
+                None => super::fused::gemv(&l.weight, x)?,
             }
         } else {
             None

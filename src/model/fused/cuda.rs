@@ -151,6 +151,74 @@ extern "C" __global__ void mwtop_gemv16(const unsigned short* w, const float* x,
   }
 }
 
+// The same product for f32 weights (the dense copy): 16-byte loads of W
+// and x when both are aligned.
+extern "C" __global__ void mwtop_gemv32(const float* w, const float* x, float* y,
+    int rows, int cols, int n, int vec4) {
+  int row = blockIdx.x * blockDim.y + threadIdx.y;
+  if (row >= rows) return;
+  int lane = threadIdx.x;
+  const float* wr = w + (unsigned long long)row * cols;
+  float acc[MWTOP_GEMV_ROWS];
+#pragma unroll
+  for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) acc[j] = 0.f;
+  if (vec4) {
+    const float4* w4 = (const float4*)wr;
+    int n4 = cols >> 2;
+    for (int i = lane; i < n4; i += 32) {
+      float4 q = w4[i];
+#pragma unroll
+      for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) {
+        if (j < n) {
+          float4 a = ((const float4*)(x + (unsigned long long)j * cols))[i];
+          acc[j] = fmaf(q.x, a.x, acc[j]);
+          acc[j] = fmaf(q.y, a.y, acc[j]);
+          acc[j] = fmaf(q.z, a.z, acc[j]);
+          acc[j] = fmaf(q.w, a.w, acc[j]);
+        }
+      }
+    }
+  } else {
+    for (int c = lane; c < cols; c += 32) {
+      float wc = wr[c];
+#pragma unroll
+      for (int j = 0; j < MWTOP_GEMV_ROWS; ++j)
+        if (j < n) acc[j] = fmaf(wc, x[(unsigned long long)j * cols + c], acc[j]);
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) {
+    if (j < n) {
+      float a = acc[j];
+      for (int k = 16; k > 0; k >>= 1) a += __shfl_xor_sync(0xffffffff, a, k, 32);
+      if (lane == 0) y[(unsigned long long)j * rows + row] = a;
+    }
+  }
+}
+
+// RMSNorm of each row of x (rows, cols) times w: one block of 256 threads
+// per row (candle's gives a row of fewer than 1,024 one warp, which waits
+// on its loads), the same formula: x * rsqrt(mean(x^2) + eps) * w.
+extern "C" __global__ void mwtop_rmsnorm(const float* x, const float* w, float* y,
+    int cols, float eps) {
+  const float* xr = x + (unsigned long long)blockIdx.x * cols;
+  float acc = 0.f;
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+    float v = xr[c];
+    acc += v * v;
+  }
+  __shared__ float part[32];
+  for (int k = 16; k > 0; k >>= 1) acc += __shfl_xor_sync(0xffffffff, acc, k, 32);
+  int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  if (lane == 0) part[warp] = acc;
+  __syncthreads();
+  acc = lane < (int)(blockDim.x >> 5) ? part[lane] : 0.f;
+  for (int k = 16; k > 0; k >>= 1) acc += __shfl_xor_sync(0xffffffff, acc, k, 32);
+  float scale = rsqrtf(acc / cols + eps);
+  float* yr = y + (unsigned long long)blockIdx.x * cols;
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) yr[c] = scale * xr[c] * w[c];
+}
+
 extern "C" __global__ void mwtop_gated(const float* x, float* out, long long n, int dff, int gelu) {
   long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= n) return;
@@ -197,6 +265,8 @@ pub(super) fn prepare(dev: &candle_core::CudaDevice) -> Result<()> {
             "mwtop_rmsnorm_bwd",
             "mwtop_gated",
             "mwtop_gemv16",
+            "mwtop_gemv32",
+            "mwtop_rmsnorm",
         ] {
             dev.get_or_load_custom_func(name, "mwtop_fused", ptx)?;
         }
@@ -527,14 +597,14 @@ pub(super) fn gated(gate_up: &Tensor, d_ff: usize, act: Activation) -> Result<Op
     Ok(Some(gate_up.contiguous()?.apply_op1_no_bwd(&op)?))
 }
 
-/// The matrix of [`gemv_stored`]: 16-bit floats, read as raw bits.
-struct Gemv16 {
+/// The matrix of [`gemv`]: f32, or 16-bit floats read as raw bits.
+struct Gemv {
     w: Tensor,
 }
 
-impl CustomOp1 for Gemv16 {
+impl CustomOp1 for Gemv {
     fn name(&self) -> &'static str {
-        "mwtop-gemv16"
+        "mwtop-gemv"
     }
 
     fn cpu_fwd(
@@ -542,7 +612,7 @@ impl CustomOp1 for Gemv16 {
         _: &candle_core::CpuStorage,
         _: &Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
-        candle_core::bail!("mwtop-gemv16 runs on CUDA only")
+        candle_core::bail!("mwtop-gemv runs on CUDA only")
     }
 
     fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
@@ -557,38 +627,60 @@ impl CustomOp1 for Gemv16 {
         let Some((start, end)) = wl.contiguous_offsets() else {
             candle_core::bail!("gemv: the weight is not contiguous")
         };
-        let is_bf16 = self.w.dtype() == DType::BF16;
-        // Both 16-bit dtypes as their bits: the kernel widens them itself.
-        let wv = if is_bf16 {
-            let v = wc.as_cuda_slice::<half::bf16>()?.slice(start..end);
-            // SAFETY: bf16 and u16 have the same size and any bits are a u16.
-            unsafe { v.transmute::<u16>(end - start) }
-        } else {
-            let v = wc.as_cuda_slice::<half::f16>()?.slice(start..end);
-            // SAFETY: as above, for f16.
-            unsafe { v.transmute::<u16>(end - start) }
-        }
-        .ok_or_else(|| candle_core::Error::Msg("gemv: cannot view the weight's bits".into()))?;
-        // 16-byte loads when every row of W and x itself start 16-byte
-        // aligned (allocations are; a view's offset and the row length must
-        // keep them so).
-        let vec8 = (cols.is_multiple_of(8)
-            && start.is_multiple_of(8)
-            && l.start_offset().is_multiple_of(4)) as i32;
-        let (func, out) = kernel(dev, "mwtop_gemv16", n * rows)?;
-        let (rows_i, cols_i, n_i, bf16_i) = (rows as i32, cols as i32, n as i32, is_bf16 as i32);
+        let (rows_i, cols_i, n_i) = (rows as i32, cols as i32, n as i32);
         let stream = dev.cuda_stream();
-        let mut b = stream.launch_builder(&func);
-        b.arg(&wv);
-        b.arg(&x);
-        b.arg(&out);
-        b.arg(&rows_i);
-        b.arg(&cols_i);
-        b.arg(&n_i);
-        b.arg(&bf16_i);
-        b.arg(&vec8);
-        // SAFETY: the arguments match the kernel's signature and sizes.
-        unsafe { b.launch(row_config(rows)) }.w()?;
+        let out = if self.w.dtype() == DType::F32 {
+            let wv = wc.as_cuda_slice::<f32>()?.slice(start..end);
+            // 16-byte loads when every row of W and of x starts aligned.
+            let vec4 = (cols.is_multiple_of(4)
+                && start.is_multiple_of(4)
+                && l.start_offset().is_multiple_of(4)) as i32;
+            let (func, out) = kernel(dev, "mwtop_gemv32", n * rows)?;
+            let mut b = stream.launch_builder(&func);
+            b.arg(&wv);
+            b.arg(&x);
+            b.arg(&out);
+            b.arg(&rows_i);
+            b.arg(&cols_i);
+            b.arg(&n_i);
+            b.arg(&vec4);
+            // SAFETY: the arguments match the kernel's signature and sizes.
+            unsafe { b.launch(row_config(rows)) }.w()?;
+            out
+        } else {
+            let is_bf16 = self.w.dtype() == DType::BF16;
+            // Both 16-bit dtypes as their bits: the kernel widens them itself.
+            let wv = if is_bf16 {
+                let v = wc.as_cuda_slice::<half::bf16>()?.slice(start..end);
+                // SAFETY: bf16 and u16 have the same size and any bits are a u16.
+                unsafe { v.transmute::<u16>(end - start) }
+            } else {
+                let v = wc.as_cuda_slice::<half::f16>()?.slice(start..end);
+                // SAFETY: as above, for f16.
+                unsafe { v.transmute::<u16>(end - start) }
+            }
+            .ok_or_else(|| candle_core::Error::Msg("gemv: cannot view the weight's bits".into()))?;
+            // 16-byte loads when every row of W and x itself start 16-byte
+            // aligned (allocations are; a view's offset and the row length
+            // must keep them so).
+            let vec8 = (cols.is_multiple_of(8)
+                && start.is_multiple_of(8)
+                && l.start_offset().is_multiple_of(4)) as i32;
+            let (func, out) = kernel(dev, "mwtop_gemv16", n * rows)?;
+            let bf16_i = is_bf16 as i32;
+            let mut b = stream.launch_builder(&func);
+            b.arg(&wv);
+            b.arg(&x);
+            b.arg(&out);
+            b.arg(&rows_i);
+            b.arg(&cols_i);
+            b.arg(&n_i);
+            b.arg(&bf16_i);
+            b.arg(&vec8);
+            // SAFETY: the arguments match the kernel's signature and sizes.
+            unsafe { b.launch(row_config(rows)) }.w()?;
+            out
+        };
         Ok((
             CudaStorage::wrap_cuda_slice(out, dev.clone()),
             Shape::from((n, rows)),
@@ -596,9 +688,9 @@ impl CustomOp1 for Gemv16 {
     }
 }
 
-pub(super) fn gemv_stored(w: &Tensor, x: &Tensor) -> Result<Option<Tensor>> {
-    let sixteen = matches!(w.dtype(), DType::BF16 | DType::F16);
-    if !eligible(x) || !sixteen || !w.device().same_device(x.device()) || ptx().is_none() {
+pub(super) fn gemv(w: &Tensor, x: &Tensor) -> Result<Option<Tensor>> {
+    let float = matches!(w.dtype(), DType::F32 | DType::BF16 | DType::F16);
+    if !eligible(x) || !float || !w.device().same_device(x.device()) || ptx().is_none() {
         return Ok(None);
     }
     let (_, cols) = w.dims2()?;
@@ -607,8 +699,94 @@ pub(super) fn gemv_stored(w: &Tensor, x: &Tensor) -> Result<Option<Tensor>> {
     if !rows_fit || x.dim(x.rank() - 1)? != cols || !w.is_contiguous() {
         return Ok(None);
     }
-    let op = Gemv16 { w: w.clone() };
+    let op = Gemv { w: w.clone() };
     Ok(Some(
         x.reshape((n, cols))?.contiguous()?.apply_op1_no_bwd(&op)?,
     ))
+}
+
+/// RMSNorm of contiguous f32 rows with f32 weights (see the kernel).
+struct RmsNorm {
+    eps: f32,
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "mwtop-rmsnorm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
+        candle_core::bail!("mwtop-rmsnorm runs on CUDA only")
+    }
+
+    fn cuda_fwd(
+        &self,
+        s: &CudaStorage,
+        l: &Layout,
+        ws: &CudaStorage,
+        wl: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        let dev = s.device();
+        let x = contiguous_slice(s, l)?;
+        let w = contiguous_slice(ws, wl)?;
+        let (rows, cols) = rows_cols(l);
+        let (func, out) = kernel(dev, "mwtop_rmsnorm", rows * cols)?;
+        let cols_i = cols as i32;
+        let stream = dev.cuda_stream();
+        let mut b = stream.launch_builder(&func);
+        b.arg(&x);
+        b.arg(&w);
+        b.arg(&out);
+        b.arg(&cols_i);
+        b.arg(&self.eps);
+        let cfg = LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the arguments match the kernel's signature and sizes.
+        unsafe { b.launch(cfg) }.w()?;
+        Ok((
+            CudaStorage::wrap_cuda_slice(out, dev.clone()),
+            l.shape().clone(),
+        ))
+    }
+}
+
+pub(super) fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Option<Tensor>> {
+    let cols = x.dim(x.rank() - 1)?;
+    if !eligible(x) || !eligible(w) || !w.device().same_device(x.device()) || ptx().is_none() {
+        return Ok(None);
+    }
+    if w.elem_count() != cols || cols == 0 || x.elem_count() / cols > u32::MAX as usize {
+        return Ok(None);
+    }
+    let op = RmsNorm { eps };
+    Ok(Some(
+        x.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &op)?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    /// NVRTC compiles the kernels (it needs no GPU): a kernel that does not
+    /// compile would otherwise show only as candle's slower ops on the GPU.
+    #[test]
+    fn the_kernels_compile() {
+        let ptx = super::nvrtc::compile_ptx(super::SOURCE).expect("NVRTC compiles the kernels");
+        for name in [
+            "mwtop_gemv16",
+            "mwtop_gemv32",
+            "mwtop_rmsnorm",
+            "mwtop_gated",
+        ] {
+            assert!(ptx.to_src().contains(name), "{name}");
+        }
+    }
 }

@@ -258,20 +258,34 @@ pub(super) fn gated(gate_up: &Tensor, d_ff: usize, act: Activation) -> Result<Op
 }
 
 /// y = x W^T for up to [`super::gemv::MAX_ROWS`] rows of x (a token, or
-/// the A/B pair's two), W (out, in) held as bf16 or f16 (see
+/// the A/B pair's two), W (out, in) f32 or held as bf16/f16 (see
 /// [`super::WeightPrecision::Stored`]) and x f32, on a GPU: one read of
-/// the stored matrix, each weight widened exactly to f32 and every dot
-/// product summed in f32, each row in the same order as alone. Shape
-/// (rows of x, out). None where it does not apply (the CPU, an f32 W, more
-/// rows); the caller then converts W and multiplies.
-pub(super) fn gemv_stored(w: &Tensor, x: &Tensor) -> Result<Option<Tensor>> {
+/// the matrix, each weight widened exactly to f32 and every dot product
+/// summed in f32, each row in the same order as alone. Shape (rows of x,
+/// out). None where it does not apply (the CPU, more rows); the caller
+/// then multiplies with cuBLAS (converting a stored W first).
+pub(super) fn gemv(w: &Tensor, x: &Tensor) -> Result<Option<Tensor>> {
     #[cfg(feature = "cuda")]
     {
-        cuda::gemv_stored(w, x)
+        cuda::gemv(w, x)
     }
     #[cfg(not(feature = "cuda"))]
     {
         let _ = (w, x);
+        Ok(None)
+    }
+}
+
+/// RMSNorm over the last dim of f32 `x` times `w` on a GPU, with a block
+/// per row; None elsewhere (the caller takes candle's).
+pub(super) fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    {
+        cuda::rms_norm(x, w, eps)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (x, w, eps);
         Ok(None)
     }
 }
