@@ -9,12 +9,18 @@ one JSON object.
 """
 import json
 import math
+import os
 import sys
 import time
 
 import torch
 import transformers
 from tokenizers import Tokenizer
+
+# DEVICE_MAP=auto spreads the layers over every GPU (the split run);
+# FP32_SCORING=0 skips the perplexity, whose fp32 copy would not fit then.
+DEVICE_MAP = os.environ.get("DEVICE_MAP", "cuda")
+FP32_SCORING = os.environ.get("FP32_SCORING", "1") != "0"
 
 
 def main():
@@ -26,12 +32,12 @@ def main():
     torch.cuda.synchronize()
     t = time.perf_counter()
     model = transformers.AutoModelForCausalLM.from_pretrained(
-        path, dtype=torch.bfloat16, device_map="cuda").eval()
+        path, dtype=torch.bfloat16, device_map=DEVICE_MAP).eval()
     torch.cuda.synchronize()
     load = time.perf_counter() - t
     text = open(text_file).read()
     ids = [bos] + tok.encode(text).ids
-    prompt = torch.tensor([ids[:prompt_n]], device="cuda")
+    prompt = torch.tensor([ids[:prompt_n]], device=model.device)
     with torch.no_grad():
         model.generate(prompt, max_new_tokens=4, do_sample=False)  # warm-up
         torch.cuda.synchronize()
@@ -41,6 +47,12 @@ def main():
         torch.cuda.synchronize()
         gen = time.perf_counter() - t
     peak_bf16 = torch.cuda.max_memory_allocated()
+    peaks = [torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count())]
+    if not FP32_SCORING:  # a model split over GPUs has no room for an fp32 copy
+        print(json.dumps({"load_seconds": load, "decode_tokens": out.shape[1] - prompt.shape[1],
+                          "decode_tok_s": (out.shape[1] - prompt.shape[1]) / gen,
+                          "peak_gpu_bytes_bf16": peak_bf16, "peak_gpu_bytes_per_gpu": peaks}))
+        return
     # Perplexity in fp32 on the upcast weights.
     model = model.float()
     with torch.no_grad():

@@ -7,7 +7,7 @@ a byte-level tokenizer (ids below 260; the rest of the vocabulary is never
 produced by it, only by the head). Weights are drawn on the GPU (std 0.02,
 norms 1 + 0.1 N(0,1)), so writing 16 GB takes seconds, not minutes.
 
-    [SCALE_LAYERS=N] python3 scripts/write_scale_model.py OUTDIR
+    [SCALE_SHAPE=8b|70b] [SCALE_LAYERS=N] python3 scripts/write_scale_model.py OUTDIR
 """
 import json
 import os
@@ -19,7 +19,13 @@ from safetensors.torch import save_file
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import reference_families as rf  # noqa: E402
 
-L, D, F, NH, NKV, HD, V = 32, 4096, 14336, 32, 8, 128, 128256
+SHAPES = {
+    "8b": (32, 4096, 14336, 32, 8, 128, 128256),
+    # Llama-3-70B: 141 GB in bf16, more than one H200 holds (issue 17's
+    # split run). A two-GPU machine's disk is smaller: write it to /dev/shm.
+    "70b": (80, 8192, 28672, 64, 8, 128, 128256),
+}
+L, D, F, NH, NKV, HD, V = SHAPES[os.environ.get("SCALE_SHAPE", "8b")]
 L = int(os.environ.get("SCALE_LAYERS", L))  # fewer layers: a quicker trial
 
 
@@ -47,6 +53,8 @@ def main():
     g = torch.Generator(device="cuda").manual_seed(8)
     items = list(tensors())
     total = sum(torch.Size(s).numel() for _, s in items) * 2
+    # Shards of at most ~5 GB (four for the 8B shape), as transformers writes.
+    n_shards = max(4, -(-total // 5_000_000_000))
     shards, current, size = [], {}, 0
     for name, shape in items:
         if name.endswith("norm.weight"):
@@ -55,7 +63,7 @@ def main():
             t = 0.02 * torch.randn(shape, generator=g, device="cuda")
         current[name] = t.to(torch.bfloat16).cpu()
         size += current[name].numel() * 2
-        if size >= total / 4 and len(shards) < 3:
+        if size >= total / n_shards and len(shards) < n_shards - 1:
             shards.append(current)
             current, size = {}, 0
     shards.append(current)
