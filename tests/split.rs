@@ -167,3 +167,80 @@ fn the_cli_splits_over_a_device_list_and_refuses_bad_lists() {
         common::assert_one_line_error(&out, &["--device"]);
     }
 }
+
+#[test]
+fn zero_shot_tasks_and_training_split_give_one_devices_numbers() {
+    let model = fixture("llama");
+    let m = common::path_str(&model);
+    // The fixture's requests that fit the tiny model's 512-byte context.
+    let all = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tasks/requests.jsonl"),
+    )
+    .unwrap();
+    let short: Vec<&str> = all.lines().filter(|l| l.len() < 400).collect();
+    assert!(short.len() > 100, "{} short requests", short.len());
+    let dir = common::tempdir();
+    let requests = dir.path().join("short.jsonl");
+    std::fs::write(&requests, short.join("\n")).unwrap();
+    let tasks = |device: &str| {
+        let v = json(&[
+            "tasks",
+            m,
+            "--requests",
+            common::path_str(&requests),
+            "--limit",
+            "5",
+            "--device",
+            device,
+            "--json",
+            "--per-request",
+        ]);
+        v["tasks"].clone()
+    };
+    let (one, split) = (tasks("cpu"), tasks("cpu,cpu"));
+    assert!(one.as_array().is_some_and(|t| !t.is_empty()));
+    // Shared prefixes, copied caches and branched rows: the same scores.
+    assert_eq!(one, split);
+
+    let data = dir.path().join("data.jsonl");
+    let lines: Vec<String> = (0..6)
+        .map(|i| {
+            serde_json::json!({"instruction": format!("Count to {}.", i + 2), "input": "",
+                               "output": "1 2 3 4 5".chars().take(2 * i + 3).collect::<String>()})
+            .to_string()
+        })
+        .collect();
+    std::fs::write(&data, lines.join("\n") + "\n").unwrap();
+    let losses = |device: &str| {
+        let out = dir
+            .path()
+            .join(format!("adapter-{}", device.replace(',', "-")));
+        let v = json(&[
+            "finetune",
+            m,
+            "--data",
+            common::path_str(&data),
+            "--out",
+            common::path_str(&out),
+            "--steps",
+            "2",
+            "--batch",
+            "2",
+            "--lora-rank",
+            "2",
+            "--macdrop",
+            "--layer",
+            "1",
+            "--k",
+            "2",
+            "--device",
+            device,
+            "--json",
+        ]);
+        v["losses"].clone()
+    };
+    let (one, split) = (losses("cpu"), losses("cpu,cpu"));
+    assert_eq!(one.as_array().map(Vec::len), Some(2));
+    // Gradients flow back across the boundary: the same updates.
+    assert_eq!(one, split);
+}
