@@ -1,0 +1,223 @@
+// mwtop's CUDA kernels, compiled at run time by NVRTC (src/model/fused/cuda.rs
+// launches them). The softmax mirrors candle-kernels' `softmax` (one warp per
+// row: max, exp and sum, scale) and its `usilu`/`ugelu` formulas.
+extern "C" __global__ void mwtop_masked_softmax(const float* s, const float* m, float* out,
+    int rows, int cols, int t, int heads, int batched, int has_mask) {
+  int row = blockIdx.x * blockDim.y + threadIdx.y;
+  if (row >= rows) return;
+  int lane = threadIdx.x;
+  int q = row % t;
+  int b = row / (t * heads);
+  const float* mr = m + (unsigned long long)((batched ? b * t : 0) + q) * cols;
+  const float* sr = s + (unsigned long long)row * cols;
+  float* o = out + (unsigned long long)row * cols;
+  float mx = -__int_as_float(0x7f800000);
+  for (int c = lane; c < cols; c += 32) mx = fmaxf(mx, has_mask ? sr[c] + mr[c] : sr[c]);
+  for (int k = 16; k > 0; k >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, k, 32));
+  float sum = 0.f;
+  for (int c = lane; c < cols; c += 32) {
+    float e = expf((has_mask ? sr[c] + mr[c] : sr[c]) - mx);
+    o[c] = e;
+    sum += e;
+  }
+  for (int k = 16; k > 0; k >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, k, 32);
+  float inv = 1.f / sum;
+  for (int c = lane; c < cols; c += 32) o[c] = o[c] * inv;
+}
+
+// d softmax: dx = y * (g - sum(g * y)) per row, one warp per row.
+extern "C" __global__ void mwtop_softmax_bwd(const float* y, const float* g, float* out,
+    int rows, int cols) {
+  int row = blockIdx.x * blockDim.y + threadIdx.y;
+  if (row >= rows) return;
+  int lane = threadIdx.x;
+  const float* yr = y + (unsigned long long)row * cols;
+  const float* gr = g + (unsigned long long)row * cols;
+  float* o = out + (unsigned long long)row * cols;
+  float dot = 0.f;
+  for (int c = lane; c < cols; c += 32) dot += yr[c] * gr[c];
+  for (int k = 16; k > 0; k >>= 1) dot += __shfl_xor_sync(0xffffffff, dot, k, 32);
+  for (int c = lane; c < cols; c += 32) o[c] = yr[c] * (gr[c] - dot);
+}
+
+// d RMSNorm: y = x w r, r = rsqrt(mean(x^2) + eps); dx = g w r - x r^3 sum(g w x) / d.
+extern "C" __global__ void mwtop_rmsnorm_bwd(const float* x, const float* w, const float* g,
+    float* out, int rows, int cols, float eps) {
+  int row = blockIdx.x * blockDim.y + threadIdx.y;
+  if (row >= rows) return;
+  int lane = threadIdx.x;
+  const float* xr = x + (unsigned long long)row * cols;
+  const float* gr = g + (unsigned long long)row * cols;
+  float* o = out + (unsigned long long)row * cols;
+  float ss = 0.f, dot = 0.f;
+  for (int c = lane; c < cols; c += 32) {
+    float xv = xr[c];
+    ss += xv * xv;
+    dot += gr[c] * w[c] * xv;
+  }
+  for (int k = 16; k > 0; k >>= 1) {
+    ss += __shfl_xor_sync(0xffffffff, ss, k, 32);
+    dot += __shfl_xor_sync(0xffffffff, dot, k, 32);
+  }
+  float r = rsqrtf(ss / cols + eps);
+  float k3 = r * r * r * dot / cols;
+  for (int c = lane; c < cols; c += 32) o[c] = gr[c] * w[c] * r - xr[c] * k3;
+}
+
+// y = W x, W (rows, cols) of 16-bit floats (bf16 when is_bf16, else f16),
+// x and y f32; one warp per row, eight weights (16 bytes) a load when the
+// rows are 16-byte aligned. bf16 -> f32 is the bits shifted up; f16 -> f32
+// is exact too; the sum is f32.
+__device__ __forceinline__ float mwtop_widen(unsigned short h, int is_bf16) {
+  if (is_bf16) return __uint_as_float(((unsigned int)h) << 16);
+  // IEEE half -> float, subnormals included.
+  unsigned int sign = ((unsigned int)h & 0x8000u) << 16;
+  unsigned int exp = (h >> 10) & 0x1f;
+  unsigned int man = h & 0x3ff;
+  if (exp == 0x1f) return __uint_as_float(sign | 0x7f800000u | (man << 13));
+  if (exp == 0) {
+    float v = (float)man * 5.9604644775390625e-08f; // man * 2^-24
+    return sign ? -v : v;
+  }
+  return __uint_as_float(sign | ((exp + 112u) << 23) | (man << 13));
+}
+
+// y (n, rows) = x (n, cols) W^T for n <= MWTOP_GEMV_ROWS activation rows:
+// each weight row is read once for all n. Every row's sum runs in the same
+// order whatever n is, so a row of a batch equals that row decoded alone.
+#define MWTOP_GEMV_ROWS 8
+extern "C" __global__ void mwtop_gemv16(const unsigned short* w, const float* x, float* y,
+    int rows, int cols, int n, int is_bf16, int vec8) {
+  int row = blockIdx.x * blockDim.y + threadIdx.y;
+  if (row >= rows) return;
+  int lane = threadIdx.x;
+  const unsigned short* wr = w + (unsigned long long)row * cols;
+  float acc[MWTOP_GEMV_ROWS];
+#pragma unroll
+  for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) acc[j] = 0.f;
+  if (vec8) {
+    const uint4* w8 = (const uint4*)wr;
+    int n8 = cols >> 3;
+    for (int i = lane; i < n8; i += 32) {
+      uint4 q = w8[i];
+      unsigned int u[4] = {q.x, q.y, q.z, q.w};
+      float ws[8];
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        ws[2 * k] = mwtop_widen((unsigned short)(u[k] & 0xffffu), is_bf16);
+        ws[2 * k + 1] = mwtop_widen((unsigned short)(u[k] >> 16), is_bf16);
+      }
+#pragma unroll
+      for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) {
+        if (j < n) {
+          const float4* x4 = (const float4*)(x + (unsigned long long)j * cols);
+          float4 a = x4[2 * i], b = x4[2 * i + 1];
+          float xs[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+#pragma unroll
+          for (int k = 0; k < 8; ++k) acc[j] = fmaf(ws[k], xs[k], acc[j]);
+        }
+      }
+    }
+  } else {
+    for (int c = lane; c < cols; c += 32) {
+      float wc = mwtop_widen(wr[c], is_bf16);
+#pragma unroll
+      for (int j = 0; j < MWTOP_GEMV_ROWS; ++j)
+        if (j < n) acc[j] = fmaf(wc, x[(unsigned long long)j * cols + c], acc[j]);
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) {
+    if (j < n) {
+      float a = acc[j];
+      for (int k = 16; k > 0; k >>= 1) a += __shfl_xor_sync(0xffffffff, a, k, 32);
+      if (lane == 0) y[(unsigned long long)j * rows + row] = a;
+    }
+  }
+}
+
+// The same product for f32 weights (the dense copy): 16-byte loads of W
+// and x when both are aligned.
+extern "C" __global__ void mwtop_gemv32(const float* w, const float* x, float* y,
+    int rows, int cols, int n, int vec4) {
+  int row = blockIdx.x * blockDim.y + threadIdx.y;
+  if (row >= rows) return;
+  int lane = threadIdx.x;
+  const float* wr = w + (unsigned long long)row * cols;
+  float acc[MWTOP_GEMV_ROWS];
+#pragma unroll
+  for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) acc[j] = 0.f;
+  if (vec4) {
+    const float4* w4 = (const float4*)wr;
+    int n4 = cols >> 2;
+    for (int i = lane; i < n4; i += 32) {
+      float4 q = w4[i];
+#pragma unroll
+      for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) {
+        if (j < n) {
+          float4 a = ((const float4*)(x + (unsigned long long)j * cols))[i];
+          acc[j] = fmaf(q.x, a.x, acc[j]);
+          acc[j] = fmaf(q.y, a.y, acc[j]);
+          acc[j] = fmaf(q.z, a.z, acc[j]);
+          acc[j] = fmaf(q.w, a.w, acc[j]);
+        }
+      }
+    }
+  } else {
+    for (int c = lane; c < cols; c += 32) {
+      float wc = wr[c];
+#pragma unroll
+      for (int j = 0; j < MWTOP_GEMV_ROWS; ++j)
+        if (j < n) acc[j] = fmaf(wc, x[(unsigned long long)j * cols + c], acc[j]);
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) {
+    if (j < n) {
+      float a = acc[j];
+      for (int k = 16; k > 0; k >>= 1) a += __shfl_xor_sync(0xffffffff, a, k, 32);
+      if (lane == 0) y[(unsigned long long)j * rows + row] = a;
+    }
+  }
+}
+
+// RMSNorm of each row of x (rows, cols) times w: one block of 256 threads
+// per row (candle's gives a row of fewer than 1,024 one warp, which waits
+// on its loads), the same formula: x * rsqrt(mean(x^2) + eps) * w.
+extern "C" __global__ void mwtop_rmsnorm(const float* x, const float* w, float* y,
+    int cols, float eps) {
+  const float* xr = x + (unsigned long long)blockIdx.x * cols;
+  float acc = 0.f;
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+    float v = xr[c];
+    acc += v * v;
+  }
+  __shared__ float part[32];
+  for (int k = 16; k > 0; k >>= 1) acc += __shfl_xor_sync(0xffffffff, acc, k, 32);
+  int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  if (lane == 0) part[warp] = acc;
+  __syncthreads();
+  acc = lane < (int)(blockDim.x >> 5) ? part[lane] : 0.f;
+  for (int k = 16; k > 0; k >>= 1) acc += __shfl_xor_sync(0xffffffff, acc, k, 32);
+  float scale = rsqrtf(acc / cols + eps);
+  float* yr = y + (unsigned long long)blockIdx.x * cols;
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) yr[c] = scale * xr[c] * w[c];
+}
+
+extern "C" __global__ void mwtop_gated(const float* x, float* out, long long n, int dff, int gelu) {
+  long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  long long r = i / dff;
+  int j = (int)(i - r * dff);
+  float g = x[r * 2 * dff + j];
+  float u = x[r * 2 * dff + dff + j];
+  float a;
+  if (gelu) {
+    float g3 = g * g * g;
+    float alpha = g + 0.044715f * g3;
+    a = 0.5f * g * (1.0f + tanhf((float)(1.12837916709551257390 * 0.70710678118654752440) * alpha));
+  } else {
+    a = g / (1.0f + expf(-g));
+  }
+  out[i] = a * u;
+}
