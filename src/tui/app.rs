@@ -9,6 +9,9 @@ use crossterm::event::{
 };
 use ratatui::layout::Rect;
 
+mod figure;
+mod guided;
+
 use super::heatmap::Geometry;
 use super::keys::{self, Action};
 use crate::analysis::attack::{Attack, AttackMode};
@@ -640,132 +643,6 @@ impl App {
             }
             Action::Left | Action::Right | Action::Up | Action::Down => self.move_cursor(action),
         }
-    }
-
-    /// Writes the current view as a PNG figure into `dir` (the original,
-    /// and under an attack the attacked model and the change); returns its path.
-    pub fn save_figure(&self, dir: &std::path::Path) -> Result<std::path::PathBuf, String> {
-        use crate::export::views;
-        let (Some(probe), Some(states), Some(info)) = (&self.probe, &self.states, &self.info)
-        else {
-            return Err("the model's states are not there yet".into());
-        };
-        let view = match self.view {
-            View::Layers => views::View::Layers,
-            View::Tokens => views::View::Tokens,
-            View::Ffn => views::View::Ffn,
-        };
-        if view != views::View::Layers && states.layer() != self.layer {
-            return Err(format!("layer {} is still being read", self.layer));
-        }
-        let attack = self.attack();
-        let label = attack.as_ref().map(crate::display::describe_attack);
-        let sides = [states.sides[0].clone(), states.sides[1].clone()];
-        let shown = if label.is_some() {
-            &sides[..]
-        } else {
-            &sides[..1]
-        };
-        let marks: Vec<usize> = match &attack {
-            Some(a) if a.layer == self.layer => a.dims.iter().take(4).copied().collect(),
-            _ => probe.ranked.iter().take(2).copied().collect(),
-        };
-        let fig = views::heatmaps(
-            view,
-            &info.name,
-            &probe.report,
-            shown,
-            label.as_deref(),
-            &marks,
-        );
-        let png = fig
-            .render(crate::export::figure::Format::Png)
-            .map_err(|e| e.to_string())?;
-        let secs = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let what = match view {
-            views::View::Layers => "layers".to_string(),
-            views::View::Tokens => format!("tokens-L{}", self.layer),
-            views::View::Ffn => format!("dff-L{}", self.layer),
-        };
-        let mode = attack
-            .as_ref()
-            .map_or("original".to_string(), |a| a.mode.to_string());
-        let path = dir.join(format!("mwtop-{}-{what}-{mode}-{secs}.png", info.name));
-        crate::export::write_atomically(&path, &png).map_err(|e| e.to_string())?;
-        Ok(path)
-    }
-
-    /// Starts the guided tour at its first step.
-    pub fn start_tour(&mut self) {
-        let (Some(probe), Some(info)) = (&self.probe, &self.info) else {
-            self.status = "the tour starts once the model is scanned".into();
-            return;
-        };
-        let steps = super::tour::steps(probe, info);
-        self.tour = Some(super::tour::Tour { steps, at: 0 });
-        self.apply_tour_step();
-    }
-
-    /// A key while the tour runs: true when the tour took it.
-    fn tour_key(&mut self, code: KeyCode) -> bool {
-        let Some(tour) = &mut self.tour else {
-            return false;
-        };
-        match code {
-            KeyCode::Char(' ') | KeyCode::Enter | KeyCode::Right | KeyCode::Char('n') => {
-                if tour.at + 1 < tour.steps.len() {
-                    tour.at += 1;
-                    self.apply_tour_step();
-                } else {
-                    self.end_tour();
-                }
-                true
-            }
-            KeyCode::Left | KeyCode::Backspace | KeyCode::Char('p') => {
-                if tour.at > 0 {
-                    tour.at -= 1;
-                    self.apply_tour_step();
-                }
-                true
-            }
-            KeyCode::Esc => {
-                self.end_tour();
-                true
-            }
-            _ => false,
-        }
-    }
-
-    fn end_tour(&mut self) {
-        self.tour = None;
-        self.status = "tour over: the keys are yours (? lists them)".into();
-    }
-
-    /// Sets the view, the cursor and the attack of the tour's current step.
-    fn apply_tour_step(&mut self) {
-        let Some(step) = self.tour.as_ref().map(|t| t.step().clone()) else {
-            return;
-        };
-        let s = step.setting;
-        self.view = s.view;
-        self.k = s.k;
-        self.custom.clear();
-        self.custom_layer = None;
-        self.target_layer = None;
-        self.layer = s.layer;
-        self.token = 0;
-        if let Some(d) = s.dim {
-            self.dim = d;
-        }
-        if let Some(d) = s.ffn_dim {
-            self.ffn_dim = d;
-        }
-        (self.submit)(Job::Detail { layer: self.layer });
-        self.set_mode(s.mode);
-        self.shown = s.shown;
-        self.status = format!("tour: {}", step.title);
     }
 
     fn set_mode(&mut self, mode: AttackMode) {
