@@ -118,8 +118,14 @@ fn attacks_and_edits_on_a_split_model_equal_those_on_one_device() {
     let (b, _) = run(&split, &RunOptions::default());
     assert_eq!(common::max_diff(&a, &b), 0.0, "edited for good");
     // Over `cpu,cpu` the "copy" of the tied head is the embedding itself
-    // (one device, one memory), so nothing is counted twice.
+    // (one device, one memory), so nothing is counted twice; each device
+    // counts what it holds.
     assert_eq!(split.weight_bytes(), one.weight_bytes());
+    let per = split.weight_bytes_per_device();
+    assert_eq!(per.len(), 2);
+    assert!(per.iter().all(|&b| b > 0), "{per:?}");
+    assert_eq!(per.iter().sum::<usize>(), one.weight_bytes());
+    assert_eq!(one.weight_bytes_per_device(), vec![one.weight_bytes()]);
 }
 
 fn json(args: &[&str]) -> serde_json::Value {

@@ -89,6 +89,8 @@ struct BenchReport {
     /// all the weights take on the device.
     pub weights: String,
     pub weight_bytes: usize,
+    /// The same on each device when the layers are split (one entry else).
+    pub weight_bytes_per_device: Vec<usize>,
     /// From the opened checkpoint to the model on the device.
     pub load_seconds: f64,
     /// The checkpoint's parameter count (for time per parameter).
@@ -245,6 +247,7 @@ fn run(
         dtype: format!("{:?}", model.dtype()).to_lowercase(),
         weights: format!("{:?}", model.weight_precision()).to_lowercase(),
         weight_bytes: model.weight_bytes(),
+        weight_bytes_per_device: model.weight_bytes_per_device(),
         load_seconds: 0.0,
         parameters: 0,
         prompt_tokens: eval_ids.len(),

@@ -259,9 +259,18 @@ impl Model {
     /// Bytes the weights take on the device (each tensor once, views of a
     /// stacked matrix not counted again).
     pub fn weight_bytes(&self) -> usize {
+        self.weight_bytes_per_device().iter().sum()
+    }
+
+    /// [`Self::weight_bytes`] of each device of [`Self::placement`], in
+    /// its order (one entry unless the layers are split).
+    pub fn weight_bytes_per_device(&self) -> Vec<usize> {
         let size = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
         let linear = |l: &Linear| size(&l.weight) + l.bias.as_ref().map_or(0, size);
-        let mut total = size(&self.embed) + size(&self.norm);
+        let devices = self.placement.devices().len();
+        let mut bytes = vec![0; devices];
+        bytes[0] += size(&self.embed);
+        bytes[devices - 1] += size(&self.norm);
         // A tied head is the embedding itself, unless a split put a copy
         // of it on another device.
         let copied = !self
@@ -270,19 +279,20 @@ impl Model {
             .device()
             .same_device(self.embed.device());
         if self.lm_head.id != Some(WeightId::Embed) || copied {
-            total += linear(&self.lm_head);
+            bytes[devices - 1] += linear(&self.lm_head);
         }
-        for b in &self.blocks {
-            total += linear(&b.qkv) + linear(&b.o) + linear(&b.gate_up) + linear(&b.down);
+        for (i, b) in self.blocks.iter().enumerate() {
+            let on = &mut bytes[self.placement.layer_index(i)];
+            *on += linear(&b.qkv) + linear(&b.o) + linear(&b.gate_up) + linear(&b.down);
             let n = &b.norms;
             for t in [&n.attn_in, &n.attn_out, &n.mlp_in, &n.mlp_out, &n.q, &n.k]
                 .into_iter()
                 .flatten()
             {
-                total += size(t);
+                *on += size(t);
             }
         }
-        total
+        bytes
     }
 
     pub fn new_cache(&self) -> Cache {
