@@ -102,13 +102,8 @@ pub fn check_device_spec(spec: Option<&str>) -> Result<(), DeviceError> {
     Ok(())
 }
 
-/// `cpu`, `cuda` or `cuda:N`; None: CUDA when compiled in and present, else
-/// CPU. The first device of a list (see [`parse_devices`]).
-pub fn parse_device(spec: Option<&str>) -> Result<Device, DeviceError> {
-    Ok(parse_devices(spec)?.swap_remove(0))
-}
-
-/// The devices of `--device`: one, or a comma-separated list that splits
+/// The devices of `--device` (`cpu`, `cuda` or `cuda:N`; None: CUDA when
+/// compiled in and present, else the CPU): one, or a comma-separated list that splits
 /// the layers over them in order (`cuda:0,cuda:1`; `cuda:0,cpu` and
 /// `cpu,cpu` run the same split path on one GPU or none). A GPU named twice
 /// is one device.
@@ -272,13 +267,20 @@ mod tests {
     fn device_spellings() {
         assert!(check_device_spec(None).is_ok());
         assert!(check_device_spec(Some("cpu")).is_ok());
-        assert!(matches!(parse_device(Some("cpu")), Ok(Device::Cpu)));
+        assert!(matches!(
+            parse_devices(Some("cpu")).as_deref(),
+            Ok([Device::Cpu])
+        ));
+        assert!(matches!(
+            parse_devices(Some("cpu, cpu")).as_deref(),
+            Ok([Device::Cpu, Device::Cpu])
+        ));
         let e = check_device_spec(Some("cuda:x")).unwrap_err().to_string();
         assert!(e.contains("\"x\" is not a GPU number"), "{e}");
         let e = check_device_spec(Some("tpu")).unwrap_err().to_string();
         assert!(e.contains("expected cpu, cuda or cuda:N"), "{e}");
         if !cfg!(feature = "cuda") {
-            let e = parse_device(Some("cuda:1")).unwrap_err().to_string();
+            let e = parse_devices(Some("cuda:1")).unwrap_err().to_string();
             assert!(e.contains("without the cuda feature"), "{e}");
         }
         assert_eq!(parse_dtype("bf16").unwrap(), DType::BF16);
