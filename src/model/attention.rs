@@ -15,16 +15,10 @@ impl Model {
     /// The rotary tables of layer `i` (sliding layers may have their own base).
     /// On its layer's device when the layers are split.
     pub(super) fn rope_for(&self, layer: usize) -> &Rope {
-        let (global, local) = match self.placement.layer_index(layer) {
-            0 => (&self.rope, self.local_rope.as_ref()),
-            d => {
-                let (g, l) = &self.ropes_elsewhere[d - 1];
-                (g, l.as_ref())
-            }
-        };
-        match (local, self.config.attention.window(layer)) {
+        let r = &self.ropes[self.placement.layer_index(layer)];
+        match (&r.local, self.config.attention.window(layer)) {
             (Some(local), Some(_)) => local,
-            _ => global,
+            _ => &r.global,
         }
     }
 
@@ -158,8 +152,8 @@ impl Model {
                     _ => &tables.global,
                 };
                 (
-                    self.rope.rotate_at(&q, rows, true)?,
-                    self.rope.rotate_at(&k, rows, false)?,
+                    self.ropes[0].global.rotate_at(&q, rows, true)?,
+                    self.ropes[0].global.rotate_at(&k, rows, false)?,
                     0,
                 )
             }

@@ -91,7 +91,7 @@ impl Model {
         let forced = false;
         t == 1
             && opts.logits != LogitsMode::NextToken
-            && (forced || (self.device.is_cuda() && self.decode_graphs))
+            && (forced || (self.device().is_cuda() && self.decode_graphs))
             // One recorded step runs on one device's stream.
             && !self.placement.is_split()
             && !cache.graph_failed
@@ -141,7 +141,7 @@ impl Model {
         graph
             .io
             .inputs
-            .slice_set(&Tensor::from_vec(inputs, b + 1, &self.device)?, 0, 0)?;
+            .slice_set(&Tensor::from_vec(inputs, b + 1, self.device())?, 0, 0)?;
         self.run_step(graph, &cache.layers, plan)?;
         cache.len = start + 1;
         let graph = cache.graph.as_ref().expect("set above");
@@ -155,7 +155,7 @@ impl Model {
     fn run_step(&self, graph: &mut DecodeGraph, layers: &[LayerKv], plan: &Plan) -> Result<()> {
         graph.steps += 1;
         #[cfg(feature = "cuda")]
-        if let Device::Cuda(dev) = &self.device {
+        if let Device::Cuda(dev) = self.device() {
             // candle uploads the shapes and strides of strided kernels from
             // host memory; a recording would keep pointers to freed host
             // buffers. With this cache on, the eager first step uploads each
@@ -223,9 +223,9 @@ impl Model {
             }
             None => None,
         };
-        let tables = self.rope.tables_at(&pos)?;
-        let local_tables = self
-            .local_rope
+        let tables = self.ropes[0].global.tables_at(&pos)?;
+        let local_tables = self.ropes[0]
+            .local
             .as_ref()
             .map(|r| r.tables_at(&pos))
             .transpose()?;
@@ -298,7 +298,7 @@ impl Model {
 impl StepIo {
     fn new(model: &Model, key: &StepKey, plan: &Plan) -> Result<Self> {
         let c = &model.config;
-        let (dev, dtype, cap, b) = (&model.device, model.dtype, key.capacity, key.batch);
+        let (dev, dtype, cap, b) = (model.device(), model.dtype, key.capacity, key.batch);
         let slabs = POINTS
             .into_iter()
             .filter(|&p| (0..c.n_layers).any(|l| key.capture.iter().any(|r| r.wants(l, p))))

@@ -235,13 +235,10 @@ impl Model {
                 }
                 _ => None,
             };
-            ropes.push((global, local));
+            ropes.push(super::DeviceRopes { global, local });
             // Compiled and loaded now, never first inside a CUDA graph's capture.
             super::fused::prepare(device)?;
         }
-        let mut ropes = ropes.into_iter();
-        let (rope, local_rope) = ropes.next().expect("one device at least");
-        let ropes_elsewhere = ropes.collect();
         // transformers rounds sqrt(d) to the weights' dtype before multiplying.
         let embed_scale = family.scale_embeddings.then(|| {
             let s = (config.d_model as f64).sqrt();
@@ -251,10 +248,9 @@ impl Model {
                 _ => s as f32 as f64,
             }
         });
-        let first = placement.first().clone();
+        let attention_budget = super::attention_budget_for(placement.first());
         Ok(Self {
             config,
-            device: first.clone(),
             placement,
             dtype,
             precision,
@@ -264,13 +260,11 @@ impl Model {
             lm_head,
             family,
             embed_scale,
-            rope,
-            local_rope,
-            ropes_elsewhere,
+            ropes,
             rotary_order,
             weights_version: 0,
             decode_graphs: true,
-            attention_budget: super::attention_budget_for(&first),
+            attention_budget,
         })
     }
 }

@@ -169,13 +169,18 @@ pub enum WeightPrecision {
     Stored,
 }
 
+/// The rotary tables of one device: every layer's, and the sliding layers'
+/// own where their base differs (Gemma 3).
+struct DeviceRopes {
+    global: rope::Rope,
+    local: Option<rope::Rope>,
+}
+
 /// A loaded model: dense weights on one device, or layers split over
 /// several (see [`Placement`]); activations in one compute dtype, matrices
 /// in it or as stored (see [`WeightPrecision`]).
 pub struct Model {
     config: ModelConfig,
-    /// The embedding's device: where token ids and masks start.
-    device: Device,
     placement: Placement,
     dtype: DType,
     precision: WeightPrecision,
@@ -187,11 +192,8 @@ pub struct Model {
     family: family::Family,
     /// sqrt(d_model) in the compute dtype, for families that scale embeddings.
     embed_scale: Option<f64>,
-    rope: rope::Rope,
-    /// The RoPE of sliding layers when their base differs (Gemma 3).
-    local_rope: Option<rope::Rope>,
-    /// The same two tables on each further device of a split model.
-    ropes_elsewhere: Vec<(rope::Rope, Option<rope::Rope>)>,
+    /// The rotary tables on each device of [`Self::placement`], in its order.
+    ropes: Vec<DeviceRopes>,
     /// The order q/k rows are held in when only part of each head rotates.
     rotary_order: Option<rope::RotaryOrder>,
     /// Bumped by every change of the loaded weights (recorded decode steps
@@ -240,7 +242,7 @@ impl Model {
     /// The device of the embedding (the only one unless the layers are
     /// split; see [`Self::placement`]).
     pub fn device(&self) -> &Device {
-        &self.device
+        self.placement.first()
     }
 
     /// Which device holds each layer; the head is on the last.
@@ -314,7 +316,7 @@ impl Model {
 
     /// The longest sequence the position tables cover.
     pub fn max_positions(&self) -> usize {
-        self.rope.max_positions
+        self.ropes[0].global.max_positions
     }
 
     /// Runs `tokens` (batch of equal-length sequences) from the cache's
@@ -365,11 +367,12 @@ impl Model {
             )));
         }
         let start = cache.as_ref().map_or(0, |c| c.len);
-        if start + t > self.rope.max_positions {
+        let max_positions = self.max_positions();
+        if start + t > max_positions {
             return Err(ModelError::Invalid(format!(
                 "{} positions exceed the model's {} (use a sliding window)",
                 start + t,
-                self.rope.max_positions
+                max_positions
             )));
         }
         if let Some(br) = &opts.branches {
@@ -378,7 +381,7 @@ impl Model {
                     "a branched run takes no cache, key padding or gradients".into(),
                 ));
             }
-            br.check(b, t, self.rope.max_positions)?;
+            br.check(b, t, max_positions)?;
         }
         let plan = Plan::new(self, opts, b)?;
         let mut cache = cache;
@@ -396,7 +399,7 @@ impl Model {
             c.reserve(self, b, start + t)?;
         }
         let flat: Vec<u32> = tokens.iter().flatten().copied().collect();
-        let ids = Tensor::from_vec(flat.clone(), (b, t), &self.device)?;
+        let ids = Tensor::from_vec(flat.clone(), (b, t), self.device())?;
         let mut x = self
             .embed_ids(&ids.flatten_all()?)?
             .reshape((b, t, self.config.d_model))?;
@@ -419,23 +422,24 @@ impl Model {
         };
         let (full_mask, sliding_mask) = match (&opts.branches, tiles) {
             (Some(br), _) => (
-                Some(br.mask(b, t, None, self.dtype, &self.device)?),
+                Some(br.mask(b, t, None, self.dtype, self.device())?),
                 windowed
-                    .map(|w| br.mask(b, t, Some(w), self.dtype, &self.device))
+                    .map(|w| br.mask(b, t, Some(w), self.dtype, self.device()))
                     .transpose()?,
             ),
             (None, Some(_)) => (None, None),
             (None, None) => (
-                causal_mask(t, start, None, pads, self.dtype, &self.device)?,
+                causal_mask(t, start, None, pads, self.dtype, self.device())?,
                 match windowed {
-                    Some(w) => causal_mask(t, start, Some(w), pads, self.dtype, &self.device)?,
+                    Some(w) => causal_mask(t, start, Some(w), pads, self.dtype, self.device())?,
                     None => None,
                 },
             ),
         };
         let branch_tables = match &opts.branches {
             Some(br) => {
-                Some(br.tables(b, t, &self.rope, self.local_rope.as_ref(), &self.device)?)
+                let r = &self.ropes[0];
+                Some(br.tables(b, t, &r.global, r.local.as_ref(), self.device())?)
             }
             None => None,
         };

@@ -183,7 +183,7 @@ impl<'a> Plan<'a> {
         let row_lora = row_lora
             .into_iter()
             .map(|(l, m)| {
-                let mask = Tensor::from_vec(m, (b, 1, 1), &model.device)?.to_dtype(model.dtype)?;
+                let mask = Tensor::from_vec(m, (b, 1, 1), model.device())?.to_dtype(model.dtype)?;
                 let copies = model
                     .placement
                     .devices()
@@ -386,7 +386,7 @@ impl<'a> Plan<'a> {
                 }
             }
         }
-        let add = Tensor::from_vec(add, (b, t, d), &model.device)?.to_dtype(model.dtype)?;
+        let add = Tensor::from_vec(add, (b, t, d), model.device())?.to_dtype(model.dtype)?;
         Ok((x + add)?)
     }
 
