@@ -4,7 +4,9 @@
 use std::sync::OnceLock;
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda::cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
+use candle_core::cuda::cudarc::driver::{
+    CudaFunction, CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+};
 use candle_core::cuda::cudarc::nvrtc;
 use candle_core::cuda::{CudaStorage, WrapErr};
 use candle_core::{CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
@@ -405,26 +407,13 @@ impl CustomOp1 for Gemv {
         let Some((start, end)) = wl.contiguous_offsets() else {
             candle_core::bail!("gemv: the weight is not contiguous")
         };
-        let (rows_i, cols_i, n_i) = (rows as i32, cols as i32, n as i32);
-        let stream = dev.cuda_stream();
         let out = if self.w.dtype() == DType::F32 {
             let wv = wc.as_cuda_slice::<f32>()?.slice(start..end);
             // 16-byte loads when every row of W and of x starts aligned.
             let vec4 = (cols.is_multiple_of(4)
                 && start.is_multiple_of(4)
                 && l.start_offset().is_multiple_of(4)) as i32;
-            let (func, out) = kernel(dev, "mwtop_gemv32", n * rows)?;
-            let mut b = stream.launch_builder(&func);
-            b.arg(&wv);
-            b.arg(&x);
-            b.arg(&out);
-            b.arg(&rows_i);
-            b.arg(&cols_i);
-            b.arg(&n_i);
-            b.arg(&vec4);
-            // SAFETY: the arguments match the kernel's signature and sizes.
-            unsafe { b.launch(row_config(rows)) }.w()?;
-            out
+            launch_gemv(dev, "mwtop_gemv32", &wv, &x, (rows, cols, n), &[vec4])?
         } else {
             let is_bf16 = self.w.dtype() == DType::BF16;
             // Both 16-bit dtypes as their bits: the kernel widens them itself.
@@ -444,26 +433,43 @@ impl CustomOp1 for Gemv {
             let vec8 = (cols.is_multiple_of(8)
                 && start.is_multiple_of(8)
                 && l.start_offset().is_multiple_of(4)) as i32;
-            let (func, out) = kernel(dev, "mwtop_gemv16", n * rows)?;
-            let bf16_i = is_bf16 as i32;
-            let mut b = stream.launch_builder(&func);
-            b.arg(&wv);
-            b.arg(&x);
-            b.arg(&out);
-            b.arg(&rows_i);
-            b.arg(&cols_i);
-            b.arg(&n_i);
-            b.arg(&bf16_i);
-            b.arg(&vec8);
-            // SAFETY: the arguments match the kernel's signature and sizes.
-            unsafe { b.launch(row_config(rows)) }.w()?;
-            out
+            let flags = [is_bf16 as i32, vec8];
+            launch_gemv(dev, "mwtop_gemv16", &wv, &x, (rows, cols, n), &flags)?
         };
         Ok((
             CudaStorage::wrap_cuda_slice(out, dev.clone()),
             Shape::from((n, rows)),
         ))
     }
+}
+
+/// Launches GEMV kernel `name` over W's rows: (W, x, y, rows, cols, n,
+/// then `flags`), y (n, rows).
+fn launch_gemv<T: DeviceRepr>(
+    dev: &candle_core::CudaDevice,
+    name: &str,
+    w: &CudaView<'_, T>,
+    x: &CudaView<'_, f32>,
+    (rows, cols, n): (usize, usize, usize),
+    flags: &[i32],
+) -> candle_core::Result<CudaSlice<f32>> {
+    let (func, out) = kernel(dev, name, n * rows)?;
+    let (rows_i, cols_i, n_i) = (rows as i32, cols as i32, n as i32);
+    let stream = dev.cuda_stream();
+    let mut b = stream.launch_builder(&func);
+    b.arg(w);
+    b.arg(x);
+    b.arg(&out);
+    b.arg(&rows_i);
+    b.arg(&cols_i);
+    b.arg(&n_i);
+    for f in flags {
+        b.arg(f);
+    }
+    // SAFETY: the kernels take these arguments in this order (gemv16 its
+    // two flags, gemv32 its one), with y of n * rows.
+    unsafe { b.launch(row_config(rows)) }.w()?;
+    Ok(out)
 }
 
 pub(super) fn gemv(w: &Tensor, x: &Tensor) -> Result<Option<Tensor>> {

@@ -86,6 +86,20 @@ __device__ __forceinline__ float mwtop_widen(unsigned short h, int is_bf16) {
 // each weight row is read once for all n. Every row's sum runs in the same
 // order whatever n is, so a row of a batch equals that row decoded alone.
 #define MWTOP_GEMV_ROWS 8
+
+// The end of both GEMVs: each row's lane sums reduced over the warp, lane 0
+// storing y[j, row].
+__device__ __forceinline__ void mwtop_gemv_store(const float* acc, int n, int lane, float* y,
+    int rows, int row) {
+#pragma unroll
+  for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) {
+    if (j < n) {
+      float a = acc[j];
+      for (int k = 16; k > 0; k >>= 1) a += __shfl_xor_sync(0xffffffff, a, k, 32);
+      if (lane == 0) y[(unsigned long long)j * rows + row] = a;
+    }
+  }
+}
 extern "C" __global__ void mwtop_gemv16(const unsigned short* w, const float* x, float* y,
     int rows, int cols, int n, int is_bf16, int vec8) {
   int row = blockIdx.x * blockDim.y + threadIdx.y;
@@ -126,14 +140,7 @@ extern "C" __global__ void mwtop_gemv16(const unsigned short* w, const float* x,
         if (j < n) acc[j] = fmaf(wc, x[(unsigned long long)j * cols + c], acc[j]);
     }
   }
-#pragma unroll
-  for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) {
-    if (j < n) {
-      float a = acc[j];
-      for (int k = 16; k > 0; k >>= 1) a += __shfl_xor_sync(0xffffffff, a, k, 32);
-      if (lane == 0) y[(unsigned long long)j * rows + row] = a;
-    }
-  }
+  mwtop_gemv_store(acc, n, lane, y, rows, row);
 }
 
 // The same product for f32 weights (the dense copy): 16-byte loads of W
@@ -171,14 +178,7 @@ extern "C" __global__ void mwtop_gemv32(const float* w, const float* x, float* y
         if (j < n) acc[j] = fmaf(wc, x[(unsigned long long)j * cols + c], acc[j]);
     }
   }
-#pragma unroll
-  for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) {
-    if (j < n) {
-      float a = acc[j];
-      for (int k = 16; k > 0; k >>= 1) a += __shfl_xor_sync(0xffffffff, a, k, 32);
-      if (lane == 0) y[(unsigned long long)j * rows + row] = a;
-    }
-  }
+  mwtop_gemv_store(acc, n, lane, y, rows, row);
 }
 
 // RMSNorm of each row of x (rows, cols) times w: one block of 256 threads
