@@ -6,6 +6,8 @@
 #   reference is tests/fixtures/smollm2_transformers_reference.json, made there
 #   by scripts/reference_transformers.py), and the greedy original+attacked
 #   pair (one batch of two; CUDA decodes it with a replayed graph) against the CPU;
+#   decoded tokens' log-probabilities (the replayed graph's kernels) within
+#   1e-4 of the CPU's;
 #   and the same runs with the layers split over the GPU and the CPU
 #   (`--device cuda:0,cpu`: the residual stream crosses devices) against both.
 # Usage: scripts/gpu-check.sh MWTOP_BINARY MODEL.gguf OUTDIR
@@ -35,6 +37,7 @@ while read -r line; do
   prompt=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["prompt"])' "$line")
   chat=$(python3 -c 'import json,sys; print("--chat" if json.loads(sys.argv[1])["chat"] else "")' "$line")
   "$BIN" generate "$MODEL" --prompt "$prompt" $chat --max-tokens 48 --device cuda --json > "$OUT/gen-$i.json"
+  "$BIN" generate "$MODEL" --prompt "$prompt" $chat --max-tokens 48 --device cpu --json > "$OUT/gen-$i-cpu.json"
   i=$((i+1))
 done < "$OUT/prompts.txt"
 python3 scripts/gpu_compare.py "$FIX" "$OUT"

@@ -3,7 +3,8 @@
 # build: for each tiny fixture of tests/fixtures/families (and its GGUF file
 # where one exists) the log-probs of a text longer than the sliding window on
 # CUDA against the CPU and against transformers' reference, and a greedy
-# continuation (cached, CUDA graphs) against the CPU. Prints one line per
+# continuation (cached, CUDA graphs) against the CPU, its tokens'
+# log-probabilities within 1e-4. Prints one line per
 # check and exits 1 on a failure.
 # Usage: scripts/gpu-families.sh MWTOP_BINARY OUTDIR
 set -euo pipefail
@@ -39,10 +40,13 @@ for name in sorted(os.listdir(out)):
     ref = json.load(open(f"{root}/{fam}/reference.json"))["logprobs_bos"]
     d_cpu = max(abs(a - b) for a, b in zip(g["logprobs"], c["logprobs"]))
     d_ref = max(abs(a - b) for a, b in zip(g["logprobs"], ref))
-    gg = json.load(open(f"{out}/{tag}-gen-cuda.json"))["tokens"]
-    gc = json.load(open(f"{out}/{tag}-gen-cpu.json"))["tokens"]
-    ok = d_cpu < 1e-4 and d_ref < 1e-4 and gg == gc
-    print(f"{'ok  ' if ok else 'FAIL'} {tag}: cuda vs cpu {d_cpu:.1e}, vs transformers {d_ref:.1e}, greedy {'equal' if gg == gc else 'DIFFERS'} ({len(gg)} tokens)")
+    rg = json.load(open(f"{out}/{tag}-gen-cuda.json"))
+    rc = json.load(open(f"{out}/{tag}-gen-cpu.json"))
+    gg, gc = rg["tokens"], rc["tokens"]
+    # The decoded tokens' log-probabilities: the replayed step's kernels.
+    d_dec = max(abs(a - b) for a, b in zip(rg["logprobs"], rc["logprobs"]))
+    ok = d_cpu < 1e-4 and d_ref < 1e-4 and gg == gc and d_dec < 1e-4
+    print(f"{'ok  ' if ok else 'FAIL'} {tag}: cuda vs cpu {d_cpu:.1e}, vs transformers {d_ref:.1e}, greedy {'equal' if gg == gc else 'DIFFERS'} ({len(gg)} tokens, decode log-probs {d_dec:.1e})")
     if not ok:
         bad.append(tag)
 sys.exit(1 if bad else 0)

@@ -16,6 +16,14 @@ def check(name, ok, detail):
 
 
 
+def decode_logprobs(what, ra, rb):
+    """Decoded tokens' log-probabilities: the issue's 1e-4, where the tokens agree."""
+    if ra["tokens"] != rb["tokens"]:
+        return
+    d = max((abs(x - y) for x, y in zip(ra["logprobs"], rb["logprobs"])), default=0.0)
+    check(f"decode log-probs {what}", d < 1e-4, f"largest |difference| {d:.2e} over {len(ra['logprobs'])} tokens")
+
+
 def scan_key(s):
     return (s["massive_layer"], s["massive_weights"]["dims"],
             [(w["layer"], w["row"], w["col"]) for w in s["super_weights"]],
@@ -44,8 +52,12 @@ for a, b in [("cuda", "cpu"), ("cuda_0_cpu", "cuda"), ("cuda_0_cpu", "cpu")]:
     for row in ["original", "attacked"]:
         check(f"greedy pair {row} {what}", pa[row]["tokens"] == pb[row]["tokens"],
               f"{len(pa[row]['tokens'])} tokens, {pa[row]['text'][:50]!r}")
+        decode_logprobs(f"pair {row} {what}", pa[row], pb[row])
+
+
 for i, g in enumerate(fix["generations"]):
     r = load(f"gen-{i}")
     ids = r["tokens"] + ([2] if r["stop"] == "eos" else [])
     check(f"greedy generation {i} vs transformers", ids == g["ids"], f"{len(ids)} tokens, {r['text'][:50]!r}")
+    decode_logprobs(f"generation {i} cuda vs cpu", r, load(f"gen-{i}-cpu"))
 sys.exit(1 if failures else 0)

@@ -4,7 +4,7 @@
 
 use std::ops::ControlFlow;
 
-use candle_core::IndexOp;
+use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 use serde::Serialize;
 
@@ -83,6 +83,10 @@ pub enum StopReason {
 #[derive(Debug, Clone, Serialize)]
 pub struct Generated {
     pub tokens: Vec<u32>,
+    /// Each token's natural log-probability under the model's own
+    /// distribution (the logits' log-softmax, before any temperature or
+    /// top-p): what two devices or two tools are compared by.
+    pub logprobs: Vec<f32>,
     pub text: String,
     pub stop: StopReason,
 }
@@ -148,6 +152,7 @@ pub fn generate(
     let mut out: Vec<Generated> = (0..b)
         .map(|_| Generated {
             tokens: Vec::new(),
+            logprobs: Vec::new(),
             text: String::new(),
             stop: StopReason::MaxTokens,
         })
@@ -185,7 +190,10 @@ pub fn generate(
         .expect("last logits were asked for");
         let mut next = Vec::with_capacity(b);
         for r in 0..b {
-            let id = samplers[r].sample(&logits.i((r, 0))?)?;
+            // One copy of the row to the host serves the sampler and the
+            // log-probability.
+            let row = logits.i((r, 0))?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+            let id = samplers[r].sample(&Tensor::new(row.as_slice(), &Device::Cpu)?)?;
             next.push(vec![id]);
             if done[r] {
                 continue;
@@ -196,6 +204,7 @@ pub fn generate(
                 continue;
             }
             out[r].tokens.push(id);
+            out[r].logprobs.push(log_softmax_at(&row, id as usize));
             let piece = streams[r].push(tokenizer, id);
             out[r].text.push_str(&piece);
             if on_token(r, id, &piece).is_break() {
@@ -215,10 +224,33 @@ pub fn generate(
     Ok(finish(out, tokenizer))
 }
 
+/// log softmax(logits)[id], summed in f64.
+fn log_softmax_at(logits: &[f32], id: usize) -> f32 {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
+    let sum: f64 = logits.iter().map(|&x| (x as f64 - max).exp()).sum();
+    (logits[id] as f64 - max - sum.ln()) as f32
+}
+
 /// The final text is the decode of all tokens (the stream may hold back a partial character).
 fn finish(mut out: Vec<Generated>, tokenizer: &tokenizers::Tokenizer) -> Vec<Generated> {
     for g in &mut out {
         g.text = tokenizer.decode(&g.tokens, true).unwrap_or_default();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_softmax_at;
+
+    #[test]
+    fn log_probability_of_a_token() {
+        // softmax([0, ln 3]) = [1/4, 3/4]; shifting every logit changes nothing.
+        let l3 = 3f32.ln();
+        assert!((log_softmax_at(&[0.0, l3], 1) - 0.75f32.ln()).abs() < 1e-7);
+        // (100 + ln 3 rounds to f32 at ~8e-6.)
+        assert!((log_softmax_at(&[100.0, 100.0 + l3], 0) - 0.25f32.ln()).abs() < 2e-5);
+        // A logit far below the rest has a log-probability of about itself.
+        assert!((log_softmax_at(&[0.0, -50.0], 1) + 50.0).abs() < 1e-5);
+    }
 }

@@ -62,6 +62,8 @@ pub struct GenerateReport {
     pub prompt_tokens: usize,
     pub text: String,
     pub tokens: Vec<u32>,
+    /// Each token's log-probability under the model (natural log).
+    pub logprobs: Vec<f32>,
     pub stop: StopReason,
     pub seconds: f64,
 }
@@ -250,6 +252,7 @@ fn run_rows(
             prompt_tokens: prompt.len(),
             text: g.text,
             tokens: g.tokens,
+            logprobs: g.logprobs,
             stop: g.stop,
             seconds,
         })

@@ -123,6 +123,8 @@ impl Model {
             .reshape((b, t, c.n_heads * c.head_dim))?)
     }
 
+    /// Block `layer`'s attention over `h`: the heads concatenated, (b, t,
+    /// heads * head_dim), before the o projection (the block applies it).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn attention(
         &self,
@@ -173,7 +175,7 @@ impl Model {
                 self.attend_tiled(&q, &k, &v, start, rows, TileMask::Of(mask), diff)?
             }
         };
-        plan.linear(&block.o, &y)
+        Ok(y)
     }
 
     /// [`Self::attend_grouped`] over tiles of `rows` queries: each tile sees

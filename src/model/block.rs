@@ -67,11 +67,13 @@ impl Model {
         })
     }
 
-    /// Block `i`: x + attn_out(attention(attn_in(x))), then x plus
-    /// mlp_out(mlp(mlp_in(x))), each norm present as the family says.
+    /// Block `i`: x + attn_out(o(attention(attn_in(x)))), then x plus
+    /// mlp_out(down(mlp(mlp_in(x)))), each norm present as the family says.
     /// `attend` is the attention of this run's kind (host-known positions,
-    /// or the device-side position of a replayed decode step); `hook` sees
-    /// the residual stream and the MLP state at each hook point.
+    /// or the device-side position of a replayed decode step), its heads
+    /// concatenated before the o projection; `hook` sees the residual
+    /// stream and the MLP state at each hook point. Without an output norm,
+    /// a projection and the residual add run as one kernel where they can.
     pub(super) fn block(
         &self,
         i: usize,
@@ -84,8 +86,11 @@ impl Model {
         let norms = &block.norms;
         hook(i, HookPoint::ResidPre, &x)?;
         let h = self.norm_opt(x.clone(), norms.attn_in.as_ref(), plan)?;
-        let a = self.norm_opt(attend(&h)?, norms.attn_out.as_ref(), plan)?;
-        let x = (x + a)?;
+        let heads = attend(&h)?;
+        let x = match &norms.attn_out {
+            None => plan.linear_plus(&block.o, &heads, &x)?,
+            Some(w) => (x + self.norm_opt(plan.linear(&block.o, &heads)?, Some(w), plan)?)?,
+        };
         hook(i, HookPoint::ResidMid, &x)?;
         let h = self.norm_opt(x.clone(), norms.mlp_in.as_ref(), plan)?;
         let mut inter = if plan.runs_apart(&[&block.gate, &block.up]) {
@@ -110,12 +115,10 @@ impl Model {
             inter = inter.broadcast_mul(m)?;
         }
         hook(i, HookPoint::MlpPost, &inter)?;
-        let m = self.norm_opt(
-            plan.linear(&block.down, &inter)?,
-            norms.mlp_out.as_ref(),
-            plan,
-        )?;
-        let x = (x + m)?;
+        let x = match &norms.mlp_out {
+            None => plan.linear_plus(&block.down, &inter, &x)?,
+            Some(w) => (x + self.norm_opt(plan.linear(&block.down, &inter)?, Some(w), plan)?)?,
+        };
         hook(i, HookPoint::ResidPost, &x)?;
         Ok(x)
     }

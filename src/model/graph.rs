@@ -223,16 +223,9 @@ impl Model {
             }
             None => None,
         };
-        let tables = self.ropes[0].global.tables_at(&pos)?;
-        let local_tables = self.ropes[0]
-            .local
-            .as_ref()
-            .map(|r| r.tables_at(&pos))
-            .transpose()?;
-        let kv_index = pos
-            .reshape((1, 1, 1, 1))?
-            .broadcast_as((b, c.n_kv_heads, 1, c.head_dim))?
-            .contiguous()?;
+        // Where the fused kernels cannot run: the position's table rows and
+        // the cache's scatter index, made once per step on first use.
+        let mut composed: Option<ComposedStep> = None;
         for (i, kv) in layers.iter().enumerate() {
             let block = &self.blocks[i];
             x = self.block(
@@ -242,20 +235,37 @@ impl Model {
                 |h| {
                     let (q, k, v) = self.project_qkv(block, h, plan)?;
                     let rope = self.rope_for(i);
-                    let t = match (&local_tables, c.attention.window(i)) {
-                        (Some(local), Some(_)) => local,
-                        _ => &tables,
+                    // One kernel rotates q and k and stores k and v on a GPU.
+                    let stored =
+                        super::fused::rope_store(&q, &k, &v, rope.tables(), &pos, &kv.k, &kv.v)?;
+                    let q = match stored {
+                        Some(q) => q,
+                        None => {
+                            let step = match &mut composed {
+                                Some(s) => s,
+                                none => none.insert(ComposedStep::new(self, &pos, b)?),
+                            };
+                            let t = match (&step.local_tables, c.attention.window(i)) {
+                                (Some(local), Some(_)) => local,
+                                _ => &step.tables,
+                            };
+                            kv.k.scatter_set(&step.kv_index, &rope.rotate_at(&k, t, false)?, 2)?;
+                            kv.v.scatter_set(&step.kv_index, &v, 2)?;
+                            rope.rotate_at(&q, t, true)?
+                        }
                     };
-                    let q = rope.rotate_at(&q, t, true)?;
-                    let k = rope.rotate_at(&k, t, false)?;
-                    kv.k.scatter_set(&kv_index, &k, 2)?;
-                    kv.v.scatter_set(&kv_index, &v, 2)?;
                     let mask = match (c.attention.window(i), &sliding_mask) {
                         (Some(_), Some(m)) => m,
                         _ => &full_mask,
                     };
-                    let y = self.attend_grouped(&q, &kv.k, &kv.v, Some(mask), false)?;
-                    plan.linear(&block.o, &y)
+                    // One kernel over the open keys on a GPU; the composed
+                    // ops over the whole buffer elsewhere.
+                    let softcap = self.family.attn_softcap;
+                    let y = match super::fused::decode_attention(&q, &kv.k, &kv.v, mask, softcap)? {
+                        Some(y) => y,
+                        None => self.attend_grouped(&q, &kv.k, &kv.v, Some(mask), false)?,
+                    };
+                    Ok(y)
                 },
                 &mut |layer, point, x| io.record_hook(layer, point, x),
             )?;
@@ -292,6 +302,33 @@ impl Model {
             }
         }
         Ok(out)
+    }
+}
+
+/// A step's composed-op inputs: the RoPE table rows at the step's
+/// position (global, and local where the family has them) and the index
+/// that scatters k and v into the cache at it.
+struct ComposedStep {
+    tables: [Tensor; 4],
+    local_tables: Option<[Tensor; 4]>,
+    kv_index: Tensor,
+}
+
+impl ComposedStep {
+    fn new(model: &Model, pos: &Tensor, rows: usize) -> Result<Self> {
+        let c = &model.config;
+        Ok(Self {
+            tables: model.ropes[0].global.tables_at(pos)?,
+            local_tables: model.ropes[0]
+                .local
+                .as_ref()
+                .map(|r| r.tables_at(pos))
+                .transpose()?,
+            kv_index: pos
+                .reshape((1, 1, 1, 1))?
+                .broadcast_as((rows, c.n_kv_heads, 1, c.head_dim))?
+                .contiguous()?,
+        })
     }
 }
 

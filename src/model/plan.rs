@@ -270,13 +270,27 @@ impl<'a> Plan<'a> {
     }
 
     /// y = x W^T (+ b), plus the effect of any single-weight edits of W.
+    /// residual + [`Self::linear`]: on a GPU, for a few rows and a matrix
+    /// nothing edits, adapts or drops, one GEMV kernel that adds as it
+    /// stores (the residual stream's add without a kernel of its own).
+    pub(super) fn linear_plus(&self, l: &Linear, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let plain = l.bias.is_none() && !self.runs_apart(&[l]);
+        if plain && b * t <= super::gemv::MAX_ROWS && !self.differentiable() {
+            if let Some(y) = super::fused::gemv(&l.weight, x, Some(residual))? {
+                return Ok(y.reshape(residual.shape())?);
+            }
+        }
+        Ok((residual + self.linear(l, x)?)?)
+    }
+
     pub(super) fn linear(&self, l: &Linear, x: &Tensor) -> Result<Tensor> {
         let (b, t, d) = x.dims3()?;
         let out = l.weight.dim(0)?;
         let fast = if b * t <= super::gemv::MAX_ROWS && !self.differentiable() {
             match gemv::gemv(&l.weight, x)? {
                 Some(y) => Some(y),
-                None => super::fused::gemv(&l.weight, x)?,
+                None => super::fused::gemv(&l.weight, x, None)?,
             }
         } else {
             None

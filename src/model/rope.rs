@@ -189,6 +189,12 @@ impl Rope {
         rotate(x, &cos, &sin, differentiable)
     }
 
+    /// The whole (positions, head_dim / 2) tables: scaled cos, scaled sin
+    /// (for queries), cos, sin (for keys).
+    pub fn tables(&self) -> [&Tensor; 4] {
+        [&self.cos_scaled, &self.sin_scaled, &self.cos, &self.sin]
+    }
+
     /// The rows of (scaled cos, scaled sin, cos, sin) at a position held in
     /// a one-element u32 tensor, each (1, head_dim / 2).
     pub fn tables_at(&self, pos: &Tensor) -> Result<[Tensor; 4]> {

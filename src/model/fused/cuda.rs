@@ -47,6 +47,8 @@ pub(super) fn prepare(dev: &candle_core::CudaDevice) -> Result<()> {
             "mwtop_gemv16",
             "mwtop_gemv32",
             "mwtop_rmsnorm",
+            "mwtop_rope_store",
+            "mwtop_decode_attention",
         ] {
             dev.get_or_load_custom_func(name, "mwtop_fused", ptx)?;
         }
@@ -377,9 +379,11 @@ pub(super) fn gated(gate_up: &Tensor, d_ff: usize, act: Activation) -> Result<Op
     Ok(Some(gate_up.contiguous()?.apply_op1_no_bwd(&op)?))
 }
 
-/// The matrix of [`gemv`]: f32, or 16-bit floats read as raw bits.
+/// The matrix of [`gemv`]: f32, or 16-bit floats read as raw bits; and
+/// what the product is added to, if anything ((n, rows), contiguous).
 struct Gemv {
     w: Tensor,
+    add: Option<Tensor>,
 }
 
 impl CustomOp1 for Gemv {
@@ -407,13 +411,22 @@ impl CustomOp1 for Gemv {
         let Some((start, end)) = wl.contiguous_offsets() else {
             candle_core::bail!("gemv: the weight is not contiguous")
         };
+        let add_storage = self.add.as_ref().map(|a| a.storage_and_layout());
+        let add = match &add_storage {
+            Some((st, al)) => match &**st {
+                candle_core::Storage::Cuda(ac) => Some(contiguous_slice(ac, al)?),
+                _ => candle_core::bail!("gemv: the addend is on another device"),
+            },
+            None => None,
+        };
+        let add = add.as_ref();
         let out = if self.w.dtype() == DType::F32 {
             let wv = wc.as_cuda_slice::<f32>()?.slice(start..end);
             // 16-byte loads when every row of W and of x starts aligned.
             let vec4 = (cols.is_multiple_of(4)
                 && start.is_multiple_of(4)
                 && l.start_offset().is_multiple_of(4)) as i32;
-            launch_gemv(dev, "mwtop_gemv32", &wv, &x, (rows, cols, n), &[vec4])?
+            launch_gemv(dev, "mwtop_gemv32", &wv, &x, add, (rows, cols, n), &[vec4])?
         } else {
             let is_bf16 = self.w.dtype() == DType::BF16;
             // Both 16-bit dtypes as their bits: the kernel widens them itself.
@@ -434,7 +447,7 @@ impl CustomOp1 for Gemv {
                 && start.is_multiple_of(8)
                 && l.start_offset().is_multiple_of(4)) as i32;
             let flags = [is_bf16 as i32, vec8];
-            launch_gemv(dev, "mwtop_gemv16", &wv, &x, (rows, cols, n), &flags)?
+            launch_gemv(dev, "mwtop_gemv16", &wv, &x, add, (rows, cols, n), &flags)?
         };
         Ok((
             CudaStorage::wrap_cuda_slice(out, dev.clone()),
@@ -443,23 +456,29 @@ impl CustomOp1 for Gemv {
     }
 }
 
-/// Launches GEMV kernel `name` over W's rows: (W, x, y, rows, cols, n,
-/// then `flags`), y (n, rows).
+/// Launches GEMV kernel `name` over W's rows: (W, x, y, add, rows, cols,
+/// n, then `flags`), y (n, rows) = add + W x, or W x without `add`.
 fn launch_gemv<T: DeviceRepr>(
     dev: &candle_core::CudaDevice,
     name: &str,
     w: &CudaView<'_, T>,
     x: &CudaView<'_, f32>,
+    add: Option<&CudaView<'_, f32>>,
     (rows, cols, n): (usize, usize, usize),
     flags: &[i32],
 ) -> candle_core::Result<CudaSlice<f32>> {
     let (func, out) = kernel(dev, name, n * rows)?;
     let (rows_i, cols_i, n_i) = (rows as i32, cols as i32, n as i32);
+    let no_add = 0u64; // the kernel's null pointer
     let stream = dev.cuda_stream();
     let mut b = stream.launch_builder(&func);
     b.arg(w);
     b.arg(x);
     b.arg(&out);
+    match add {
+        Some(a) => b.arg(a),
+        None => b.arg(&no_add),
+    };
     b.arg(&rows_i);
     b.arg(&cols_i);
     b.arg(&n_i);
@@ -472,18 +491,30 @@ fn launch_gemv<T: DeviceRepr>(
     Ok(out)
 }
 
-pub(super) fn gemv(w: &Tensor, x: &Tensor) -> Result<Option<Tensor>> {
+/// W x for up to `gemv::MAX_ROWS` rows of x, plus `add` (as many rows of
+/// W's row count) when given; (n, rows).
+pub(super) fn gemv(w: &Tensor, x: &Tensor, add: Option<&Tensor>) -> Result<Option<Tensor>> {
     let float = matches!(w.dtype(), DType::F32 | DType::BF16 | DType::F16);
     if !eligible(x) || !float || !w.device().same_device(x.device()) || ptx().is_none() {
         return Ok(None);
     }
-    let (_, cols) = w.dims2()?;
+    let (rows, cols) = w.dims2()?;
     let n = x.elem_count() / cols.max(1);
     let rows_fit = (1..=crate::model::gemv::MAX_ROWS).contains(&n) && n * cols == x.elem_count();
     if !rows_fit || x.dim(x.rank() - 1)? != cols || !w.is_contiguous() {
         return Ok(None);
     }
-    let op = Gemv { w: w.clone() };
+    let add = match add {
+        Some(a) if eligible(a) && a.device().same_device(x.device()) => {
+            if a.elem_count() != n * rows || a.dim(a.rank() - 1)? != rows {
+                return Ok(None);
+            }
+            Some(a.reshape((n, rows))?.contiguous()?)
+        }
+        Some(_) => return Ok(None),
+        None => None,
+    };
+    let op = Gemv { w: w.clone(), add };
     Ok(Some(
         x.reshape((n, cols))?.contiguous()?.apply_op1_no_bwd(&op)?,
     ))
@@ -557,6 +588,267 @@ pub(super) fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Option<Tensor
     ))
 }
 
+/// A tensor's f32 CUDA storage, held for a launch.
+struct Held<'a> {
+    guard: candle_core::StorageRef<'a>,
+    layout: &'a Layout,
+}
+
+impl<'a> Held<'a> {
+    fn new(t: &'a Tensor) -> candle_core::Result<Self> {
+        let (guard, layout) = t.storage_and_layout();
+        Ok(Self { guard, layout })
+    }
+
+    /// The tensor's elements (it must be contiguous).
+    fn view(&self) -> candle_core::Result<CudaView<'_, f32>> {
+        match &*self.guard {
+            candle_core::Storage::Cuda(c) => contiguous_slice(c, self.layout),
+            _ => candle_core::bail!("fused kernel: a tensor is on another device"),
+        }
+    }
+}
+
+/// The inputs of [`rope_store`] beside q (see the kernel).
+struct RopeStore {
+    k: Tensor,
+    v: Tensor,
+    /// Scaled cos, scaled sin (for q), cos, sin (for k).
+    tables: [Tensor; 4],
+    pos: Tensor,
+    k_cache: Tensor,
+    v_cache: Tensor,
+}
+
+impl CustomOp1 for RopeStore {
+    fn name(&self) -> &'static str {
+        "mwtop-rope-store"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
+        candle_core::bail!("mwtop-rope-store runs on CUDA only")
+    }
+
+    fn cuda_fwd(&self, qs: &CudaStorage, ql: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        let dev = qs.device();
+        let q = contiguous_slice(qs, ql)?;
+        let (b, nq, _, hd) = ql.shape().dims4()?;
+        let (_, nk, cap, _) = self.k_cache.dims4()?;
+        let held = [&self.k, &self.v, &self.k_cache, &self.v_cache]
+            .into_iter()
+            .chain(&self.tables)
+            .map(Held::new)
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let views = held
+            .iter()
+            .map(Held::view)
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let (pos_guard, pos_layout) = self.pos.storage_and_layout();
+        let candle_core::Storage::Cuda(pc) = &*pos_guard else {
+            candle_core::bail!("rope-store: the position is on another device")
+        };
+        let Some((p0, p1)) = pos_layout.contiguous_offsets() else {
+            candle_core::bail!("rope-store: the position is not contiguous")
+        };
+        let pos = pc.as_cuda_slice::<u32>()?.slice(p0..p1);
+        let (func, out) = kernel(dev, "mwtop_rope_store", b * nq * hd)?;
+        let threads = b * (nq + 2 * nk) * (hd / 2);
+        let ints = [b, nq, nk, hd, cap].map(|x| x as i32);
+        let stream = dev.cuda_stream();
+        let mut lb = stream.launch_builder(&func);
+        lb.arg(&q);
+        lb.arg(&views[0]); // k
+        lb.arg(&views[1]); // v
+        for t in &views[4..8] {
+            lb.arg(t);
+        }
+        lb.arg(&pos);
+        lb.arg(&out);
+        lb.arg(&views[2]); // k_cache
+        lb.arg(&views[3]); // v_cache
+        for i in &ints {
+            lb.arg(i);
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (threads.div_ceil(128) as u32, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the arguments match the kernel's signature and sizes. The
+        // kernel writes the caches in place: they are device buffers of this
+        // step, written only by kernels on this stream, never viewed from the
+        // host while it runs (the same contract as candle's scatter_set).
+        unsafe { lb.launch(cfg) }.w()?;
+        Ok((
+            CudaStorage::wrap_cuda_slice(out, dev.clone()),
+            Shape::from((b, nq, 1, hd)),
+        ))
+    }
+}
+
+pub(super) fn rope_store(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    tables: [&Tensor; 4],
+    pos: &Tensor,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+) -> Result<Option<Tensor>> {
+    let (Ok((b, _, t, hd)), Ok((kb, nk, kt, khd))) = (q.dims4(), k.dims4()) else {
+        return Ok(None);
+    };
+    let Ok((cb, cnk, _, chd)) = k_cache.dims4() else {
+        return Ok(None);
+    };
+    let half = hd / 2;
+    let shapes = t == 1
+        && kt == 1
+        && hd.is_multiple_of(2)
+        && (kb, khd) == (b, hd)
+        && v.dims() == k.dims()
+        && (cb, cnk, chd) == (b, nk, hd)
+        && v_cache.dims() == k_cache.dims()
+        && tables.iter().all(|t| t.dim(1).ok() == Some(half))
+        && pos.dtype() == DType::U32
+        && pos.elem_count() == 1;
+    let f32s = [q, k, v, k_cache, v_cache]
+        .into_iter()
+        .chain(tables)
+        .all(|x| eligible(x) && x.device().same_device(q.device()));
+    let in_place = k_cache.is_contiguous() && v_cache.is_contiguous();
+    if !shapes || !f32s || !in_place || !pos.device().same_device(q.device()) || ptx().is_none() {
+        return Ok(None);
+    }
+    let op = RopeStore {
+        k: k.contiguous()?,
+        v: v.contiguous()?,
+        tables: [
+            tables[0].contiguous()?,
+            tables[1].contiguous()?,
+            tables[2].contiguous()?,
+            tables[3].contiguous()?,
+        ],
+        pos: pos.contiguous()?,
+        k_cache: k_cache.clone(),
+        v_cache: v_cache.clone(),
+    };
+    Ok(Some(q.contiguous()?.apply_op1_no_bwd(&op)?))
+}
+
+/// One decode step's attention (see the kernel): k and v are the cache
+/// buffers, the op's inputs q and the step's additive mask.
+struct DecodeAttention {
+    k: Tensor,
+    v: Tensor,
+    heads: usize,
+    kv_heads: usize,
+    softcap: f32,
+}
+
+/// Threads per block of the decode-attention kernel.
+const ATTENTION_THREADS: usize = 256;
+
+impl CustomOp2 for DecodeAttention {
+    fn name(&self) -> &'static str {
+        "mwtop-decode-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
+        candle_core::bail!("mwtop-decode-attention runs on CUDA only")
+    }
+
+    fn cuda_fwd(
+        &self,
+        qs: &CudaStorage,
+        ql: &Layout,
+        ms: &CudaStorage,
+        ml: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        let dev = qs.device();
+        let q = contiguous_slice(qs, ql)?;
+        let mask = contiguous_slice(ms, ml)?;
+        let (b, _, cap, hd) = self.k.dims4()?;
+        let (k, v) = (Held::new(&self.k)?, Held::new(&self.v)?);
+        let (kv, vv) = (k.view()?, v.view()?);
+        let rows = b * self.heads;
+        let (func, out) = kernel(dev, "mwtop_decode_attention", rows * hd)?;
+        // SAFETY: the kernel writes every score it reads (up to the last
+        // open key) before reading it.
+        let scratch = unsafe { dev.alloc::<f32>(rows * cap)? };
+        let ints = [self.heads, self.kv_heads, cap, hd].map(|x| x as i32);
+        let stream = dev.cuda_stream();
+        let mut lb = stream.launch_builder(&func);
+        lb.arg(&q);
+        lb.arg(&kv);
+        lb.arg(&vv);
+        lb.arg(&mask);
+        lb.arg(&scratch);
+        lb.arg(&out);
+        for i in &ints {
+            lb.arg(i);
+        }
+        lb.arg(&self.softcap);
+        let parts = (ATTENTION_THREADS / hd).max(1);
+        let cfg = LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (ATTENTION_THREADS as u32, 1, 1),
+            shared_mem_bytes: ((1 + parts) * hd * 4) as u32,
+        };
+        // SAFETY: the arguments match the kernel's signature and sizes.
+        unsafe { lb.launch(cfg) }.w()?;
+        Ok((
+            CudaStorage::wrap_cuda_slice(out, dev.clone()),
+            Shape::from((b, 1, self.heads * hd)),
+        ))
+    }
+}
+
+pub(super) fn decode_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    softcap: Option<f64>,
+) -> Result<Option<Tensor>> {
+    let (b, heads, t, hd) = q.dims4()?;
+    let (kb, kv_heads, cap, khd) = k.dims4()?;
+    let fits = t == 1
+        && kb == b
+        && khd == hd
+        && v.dims() == k.dims()
+        && mask.elem_count() == cap
+        && kv_heads > 0
+        && heads.is_multiple_of(kv_heads)
+        && (1..=4096).contains(&hd);
+    let on = [k, v, mask]
+        .iter()
+        .all(|x| eligible(x) && x.device().same_device(q.device()));
+    if !fits || !eligible(q) || !on || !k.is_contiguous() || !v.is_contiguous() || ptx().is_none() {
+        return Ok(None);
+    }
+    let op = DecodeAttention {
+        k: k.clone(),
+        v: v.clone(),
+        heads,
+        kv_heads,
+        softcap: softcap.unwrap_or(0.0) as f32,
+    };
+    Ok(Some(
+        q.contiguous()?.apply_op2_no_bwd(&mask.contiguous()?, &op)?,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     /// NVRTC compiles the kernels (it needs no GPU): a kernel that does not
@@ -569,6 +861,8 @@ mod tests {
             "mwtop_gemv32",
             "mwtop_rmsnorm",
             "mwtop_gated",
+            "mwtop_rope_store",
+            "mwtop_decode_attention",
         ] {
             assert!(ptx.to_src().contains(name), "{name}");
         }

@@ -89,19 +89,22 @@ __device__ __forceinline__ float mwtop_widen(unsigned short h, int is_bf16) {
 
 // The end of both GEMVs: each row's lane sums reduced over the warp, lane 0
 // storing y[j, row].
+// With `add` (not null), y = add + W x: the residual stream's sum in the
+// same kernel, the order the composed `residual + projection` adds in.
 __device__ __forceinline__ void mwtop_gemv_store(const float* acc, int n, int lane, float* y,
-    int rows, int row) {
+    const float* add, int rows, int row) {
 #pragma unroll
   for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) {
     if (j < n) {
       float a = acc[j];
       for (int k = 16; k > 0; k >>= 1) a += __shfl_xor_sync(0xffffffff, a, k, 32);
-      if (lane == 0) y[(unsigned long long)j * rows + row] = a;
+      unsigned long long at = (unsigned long long)j * rows + row;
+      if (lane == 0) y[at] = add ? add[at] + a : a;
     }
   }
 }
 extern "C" __global__ void mwtop_gemv16(const unsigned short* w, const float* x, float* y,
-    int rows, int cols, int n, int is_bf16, int vec8) {
+    const float* add, int rows, int cols, int n, int is_bf16, int vec8) {
   int row = blockIdx.x * blockDim.y + threadIdx.y;
   if (row >= rows) return;
   int lane = threadIdx.x;
@@ -140,13 +143,13 @@ extern "C" __global__ void mwtop_gemv16(const unsigned short* w, const float* x,
         if (j < n) acc[j] = fmaf(wc, x[(unsigned long long)j * cols + c], acc[j]);
     }
   }
-  mwtop_gemv_store(acc, n, lane, y, rows, row);
+  mwtop_gemv_store(acc, n, lane, y, add, rows, row);
 }
 
 // The same product for f32 weights (the dense copy): 16-byte loads of W
 // and x when both are aligned.
 extern "C" __global__ void mwtop_gemv32(const float* w, const float* x, float* y,
-    int rows, int cols, int n, int vec4) {
+    const float* add, int rows, int cols, int n, int vec4) {
   int row = blockIdx.x * blockDim.y + threadIdx.y;
   if (row >= rows) return;
   int lane = threadIdx.x;
@@ -178,7 +181,7 @@ extern "C" __global__ void mwtop_gemv32(const float* w, const float* x, float* y
         if (j < n) acc[j] = fmaf(wc, x[(unsigned long long)j * cols + c], acc[j]);
     }
   }
-  mwtop_gemv_store(acc, n, lane, y, rows, row);
+  mwtop_gemv_store(acc, n, lane, y, add, rows, row);
 }
 
 // RMSNorm of each row of x (rows, cols) times w: one block of 256 threads
@@ -220,4 +223,163 @@ extern "C" __global__ void mwtop_gated(const float* x, float* out, long long n, 
     a = g / (1.0f + expf(-g));
   }
   out[i] = a * u;
+}
+
+// One decode step's rotary embedding and cache store: the query heads
+// rotated with the scaled tables into q_out, the key heads rotated and the
+// value heads copied into the cache buffers at the position held on the
+// device. One thread per pair of dims (i, i + hd/2) of a head slot: query
+// heads, then key heads, then value heads. The rotation is candle's
+// non-interleaved `rope` formula. q (b, nq, hd), k and v (b, nk, hd);
+// tables (positions, hd/2); caches (b, nk, cap, hd).
+extern "C" __global__ void mwtop_rope_store(const float* q, const float* k, const float* v,
+    const float* cos_q, const float* sin_q, const float* cos_k, const float* sin_k,
+    const unsigned int* pos, float* q_out, float* k_cache, float* v_cache, int b, int nq,
+    int nk, int hd, int cap) {
+  int half = hd / 2;
+  int slots = nq + 2 * nk;
+  long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= (long long)b * slots * half) return;
+  int c = (int)(i % half);
+  long long r = i / half;
+  int slot = (int)(r % slots);
+  int row = (int)(r / slots);
+  unsigned long long p = pos[0];
+  if (slot < nq) {
+    const float* x = q + ((unsigned long long)row * nq + slot) * hd;
+    float* o = q_out + ((unsigned long long)row * nq + slot) * hd;
+    float co = cos_q[p * half + c], si = sin_q[p * half + c];
+    float x1 = x[c], x2 = x[c + half];
+    o[c] = x1 * co - x2 * si;
+    o[c + half] = x1 * si + x2 * co;
+  } else if (slot < nq + nk) {
+    int h = slot - nq;
+    const float* x = k + ((unsigned long long)row * nk + h) * hd;
+    float* o = k_cache + (((unsigned long long)row * nk + h) * cap + p) * hd;
+    float co = cos_k[p * half + c], si = sin_k[p * half + c];
+    float x1 = x[c], x2 = x[c + half];
+    o[c] = x1 * co - x2 * si;
+    o[c + half] = x1 * si + x2 * co;
+  } else {
+    int h = slot - nq - nk;
+    const float* x = v + ((unsigned long long)row * nk + h) * hd;
+    float* o = v_cache + (((unsigned long long)row * nk + h) * cap + p) * hd;
+    o[c] = x[c];
+    o[c + half] = x[c + half];
+  }
+}
+
+// One decode step's attention, a block per (row, query head):
+// softmax(q k^T, capped as cap * tanh where the family caps, + mask) v over
+// the cache buffer. Only keys the additive mask opens (the filled,
+// in-window positions) are read; a closed key's weight is exactly 0 either
+// way. Eight lanes share a key (a few independent loads each, so many keys
+// are in flight); scores and weights live in `scratch` (cap per block).
+// q (b, heads, hd) carries attention's scale (and 1 / cap); k and v
+// (b, kv_heads, cap, hd); mask (cap); out (b, heads * hd).
+#define MWTOP_NEG_INF __int_as_float(0xff800000)
+#define MWTOP_KEY_LANES 8
+
+__device__ float mwtop_block_max(float x, float* red) {
+  for (int k = 16; k > 0; k >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffff, x, k, 32));
+  int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  __syncthreads();
+  if (lane == 0) red[warp] = x;
+  __syncthreads();
+  x = lane < (int)(blockDim.x >> 5) ? red[lane] : MWTOP_NEG_INF;
+  for (int k = 16; k > 0; k >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffff, x, k, 32));
+  return x;
+}
+
+__device__ float mwtop_block_sum(float x, float* red) {
+  for (int k = 16; k > 0; k >>= 1) x += __shfl_xor_sync(0xffffffff, x, k, 32);
+  int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  __syncthreads();
+  if (lane == 0) red[warp] = x;
+  __syncthreads();
+  x = lane < (int)(blockDim.x >> 5) ? red[lane] : 0.f;
+  for (int k = 16; k > 0; k >>= 1) x += __shfl_xor_sync(0xffffffff, x, k, 32);
+  return x;
+}
+
+extern "C" __global__ void mwtop_decode_attention(const float* q, const float* k,
+    const float* v, const float* mask, float* scratch, float* out, int heads, int kv_heads,
+    int cap, int hd, float softcap) {
+  extern __shared__ float shared[];
+  float* qs = shared;          // hd
+  float* partial = shared + hd; // parts * hd
+  __shared__ float red[32];
+  int bh = blockIdx.x;
+  int b = bh / heads, h = bh % heads;
+  int kvh = h / (heads / kv_heads);
+  unsigned long long base = ((unsigned long long)b * kv_heads + kvh) * cap * hd;
+  const float* kb = k + base;
+  const float* vb = v + base;
+  float* s = scratch + (unsigned long long)bh * cap;
+  for (int d = threadIdx.x; d < hd; d += blockDim.x) qs[d] = q[(unsigned long long)bh * hd + d];
+  __syncthreads();
+  // Scores: a group of MWTOP_KEY_LANES lanes per key.
+  int groups = blockDim.x / MWTOP_KEY_LANES;
+  int g = threadIdx.x / MWTOP_KEY_LANES, sub = threadIdx.x % MWTOP_KEY_LANES;
+  float mx = MWTOP_NEG_INF;
+  float last = -1.f;
+  for (int j0 = 0; j0 < cap; j0 += groups) {
+    int j = j0 + g;
+    float sc = MWTOP_NEG_INF;
+    bool open = false;
+    if (j < cap) {
+      float m = mask[j];
+      open = !(isinf(m) && m < 0.f);
+      if (open) {
+        const float* kj = kb + (unsigned long long)j * hd;
+        float acc = 0.f;
+        for (int d = sub; d < hd; d += MWTOP_KEY_LANES) acc = fmaf(qs[d], kj[d], acc);
+        sc = acc;  // completed below; every lane of the group takes part
+      }
+    }
+    // The group's sum (whole warps run this loop; closed keys add zeros).
+    float part = open ? sc : 0.f;
+    for (int o = MWTOP_KEY_LANES / 2; o > 0; o >>= 1)
+      part += __shfl_xor_sync(0xffffffff, part, o, 32);
+    if (open) {
+      float score = softcap > 0.f ? softcap * tanhf(part) : part;
+      sc = score + mask[j];
+      last = (float)j;
+    } else {
+      sc = MWTOP_NEG_INF;
+    }
+    if (j < cap && sub == 0) s[j] = sc;
+    mx = fmaxf(mx, sc);
+  }
+  mx = mwtop_block_max(mx, red);
+  int end = (int)mwtop_block_max(last, red) + 1;  // past the last open key
+  float sum = 0.f;
+  for (int j = threadIdx.x; j < end; j += blockDim.x) {
+    float sc = s[j];
+    float e = (isinf(sc) && sc < 0.f) ? 0.f : expf(sc - mx);
+    s[j] = e;
+    sum += e;
+  }
+  sum = mwtop_block_sum(sum, red);
+  // Weights times values: `parts` threads per dim, each over every
+  // parts-th key, then summed in shared memory.
+  int parts = (int)blockDim.x >= hd ? (int)blockDim.x / hd : 1;
+  int p = threadIdx.x / hd;
+  int step = parts == 1 ? (int)blockDim.x : hd;
+  if (p < parts) {
+    for (int d = threadIdx.x - p * hd; d < hd; d += step) {
+      float acc = 0.f;
+      for (int j = p; j < end; j += parts) {
+        float w = s[j];
+        if (w != 0.f) acc = fmaf(w, vb[(unsigned long long)j * hd + d], acc);
+      }
+      partial[p * hd + d] = acc;
+    }
+  }
+  __syncthreads();
+  for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+    float acc = 0.f;
+    for (int i = 0; i < parts; ++i) acc += partial[i * hd + d];
+    out[(unsigned long long)bh * hd + d] = acc / sum;
+  }
 }

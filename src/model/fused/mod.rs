@@ -262,16 +262,73 @@ pub(super) fn gated(gate_up: &Tensor, d_ff: usize, act: Activation) -> Result<Op
 /// [`super::WeightPrecision::Stored`]) and x f32, on a GPU: one read of
 /// the matrix, each weight widened exactly to f32 and every dot product
 /// summed in f32, each row in the same order as alone. Shape (rows of x,
-/// out). None where it does not apply (the CPU, more rows); the caller
-/// then multiplies with cuBLAS (converting a stored W first).
-pub(super) fn gemv(w: &Tensor, x: &Tensor) -> Result<Option<Tensor>> {
+/// out). With `add` (shaped like the product), add + x W^T in the same
+/// kernel: the residual stream's sum without a kernel of its own. None
+/// where it does not apply (the CPU, more rows); the caller then
+/// multiplies with cuBLAS (converting a stored W first) and adds.
+pub(super) fn gemv(w: &Tensor, x: &Tensor, add: Option<&Tensor>) -> Result<Option<Tensor>> {
     #[cfg(feature = "cuda")]
     {
-        cuda::gemv(w, x)
+        cuda::gemv(w, x, add)
     }
     #[cfg(not(feature = "cuda"))]
     {
-        let _ = (w, x);
+        let _ = (w, x, add);
+        Ok(None)
+    }
+}
+
+/// One decode step's RoPE and cache store in one kernel: q (rows, heads,
+/// 1, head_dim) rotated with `tables`' scaled pair, k rotated with the
+/// plain pair and written with v into the cache buffers `k_cache` and
+/// `v_cache` (rows, kv_heads, capacity, head_dim) at the position held in
+/// `pos` (one u32 on the device). `tables` are the whole (positions,
+/// head_dim / 2) scaled cos, scaled sin, cos, sin. The rotated q, or None
+/// where it does not apply (the CPU; the caller rotates and scatters with
+/// candle's ops).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn rope_store(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    tables: [&Tensor; 4],
+    pos: &Tensor,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+) -> Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    {
+        cuda::rope_store(q, k, v, tables, pos, k_cache, v_cache)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (q, k, v, tables, pos, k_cache, v_cache);
+        Ok(None)
+    }
+}
+
+/// One decode step's attention over a cache buffer: q (rows, heads, 1,
+/// head_dim) carrying the scale, k and v (rows, kv_heads, capacity,
+/// head_dim), `mask` (capacity) additive, 0 where a key is seen and -inf
+/// elsewhere; scores capped as `cap * tanh(s)` when the family caps (q
+/// carries 1 / cap). One kernel that reads only the open keys, instead of
+/// two GEMMs and a softmax over the whole buffer: (rows, 1, heads *
+/// head_dim), or None where it does not apply (the CPU; the caller
+/// attends with candle's ops).
+pub(super) fn decode_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    softcap: Option<f64>,
+) -> Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    {
+        cuda::decode_attention(q, k, v, mask, softcap)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (q, k, v, mask, softcap);
         Ok(None)
     }
 }
