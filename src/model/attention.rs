@@ -3,6 +3,7 @@
 
 use candle_core::{DType, Device, Tensor};
 
+use super::block::NormedInput;
 use super::branches::BranchTables;
 use super::family::QkNorm;
 use super::kv::LayerKv;
@@ -27,10 +28,10 @@ impl Model {
     pub(super) fn project_qkv(
         &self,
         block: &Block,
-        h: &Tensor,
+        input: &NormedInput<'_>,
         plan: &Plan,
     ) -> Result<(Tensor, Tensor, Tensor)> {
-        let (b, t, _) = h.dims3()?;
+        let (b, t, _) = input.x.dims3()?;
         let c = &self.config;
         let (nq, nk, hd) = (c.n_heads, c.n_kv_heads, c.head_dim);
         let norms = &block.norms;
@@ -40,13 +41,14 @@ impl Model {
         // norm spans the whole projection (OLMo 2).
         let (q, k, v) = if apart || self.family.qk_norm == Some(QkNorm::Whole) {
             let (q, k, v) = if apart {
+                let h = self.normed(input, plan)?;
                 (
-                    plan.linear(&block.q, h)?,
-                    plan.linear(&block.k, h)?,
-                    plan.linear(&block.v, h)?,
+                    plan.linear(&block.q, &h)?,
+                    plan.linear(&block.k, &h)?,
+                    plan.linear(&block.v, &h)?,
                 )
             } else {
-                let y = plan.linear(&block.qkv, h)?;
+                let y = self.linear_normed(&block.qkv, input, plan)?;
                 (
                     y.narrow(2, 0, nq * hd)?,
                     y.narrow(2, nq * hd, nk * hd)?,
@@ -66,9 +68,9 @@ impl Model {
                 v.reshape((b, t, nk, hd))?,
             )
         } else {
-            let y = plan
-                .linear(&block.qkv, h)?
-                .reshape((b, t, nq + 2 * nk, hd))?;
+            let y =
+                self.linear_normed(&block.qkv, input, plan)?
+                    .reshape((b, t, nq + 2 * nk, hd))?;
             (
                 y.narrow(2, 0, nq)?,
                 y.narrow(2, nq, nk)?,
@@ -130,7 +132,7 @@ impl Model {
         &self,
         layer: usize,
         block: &Block,
-        h: &Tensor,
+        h: &NormedInput<'_>,
         at: Positions<'_>,
         masking: Masking<'_>,
         cache: Option<&mut LayerKv>,

@@ -2,14 +2,63 @@
 //! describes them. The eager forward and the recorded decode step both run
 //! through these.
 
+use std::cell::OnceCell;
+
 use candle_core::{DType, Tensor};
 
 use super::family::Activation;
 use super::hooks::HookPoint;
 use super::plan::Plan;
+use super::weights::Linear;
 use super::{Model, Result};
 
+/// A projection's input before its RMSNorm: the normed rows are made only
+/// when a projection cannot norm them as it multiplies (the GPU's GEMV
+/// for a few rows does), and then once.
+pub(super) struct NormedInput<'a> {
+    pub x: &'a Tensor,
+    /// The norm's weight; None where the family has no norm in this slot.
+    weight: Option<&'a Tensor>,
+    normed: OnceCell<Tensor>,
+}
+
+impl<'a> NormedInput<'a> {
+    pub(super) fn new(x: &'a Tensor, weight: Option<&'a Tensor>) -> Self {
+        Self {
+            x,
+            weight,
+            normed: OnceCell::new(),
+        }
+    }
+}
+
 impl Model {
+    /// The normed rows of `input` (made on first use).
+    pub(super) fn normed(&self, input: &NormedInput<'_>, plan: &Plan) -> Result<Tensor> {
+        if let Some(h) = input.normed.get() {
+            return Ok(h.clone());
+        }
+        let h = self.norm_opt(input.x.clone(), input.weight, plan)?;
+        Ok(input.normed.get_or_init(|| h).clone())
+    }
+
+    /// `l` applied to the normed `input`: one GEMV kernel that norms as it
+    /// multiplies where it can, else the norm and [`Plan::linear`].
+    pub(super) fn linear_normed(
+        &self,
+        l: &Linear,
+        input: &NormedInput<'_>,
+        plan: &Plan,
+    ) -> Result<Tensor> {
+        if let Some(w) = input.weight {
+            let eps = self.config.norm_eps as f32;
+            if let Some(y) = plan.linear_fused(l, input.x, None, Some((w, eps)))? {
+                return Ok(y);
+            }
+        }
+        plan.linear(l, &self.normed(input, plan)?)
+    }
+
     /// RMSNorm with a stored weight, or the input itself when the family
     /// has no norm in that slot.
     /// A differentiable plan takes [`super::fused::rms_norm_with_grad`]
@@ -53,14 +102,16 @@ impl Model {
 
     /// Final norm, output head (f32) and the family's soft cap.
     pub(super) fn head(&self, x: &Tensor, plan: &Plan) -> Result<Tensor> {
-        let h = self.norm_opt(x.clone(), Some(&self.norm), plan)?;
         // f32 logits (f64 on an f64 model, for gradient checks).
         let out = if self.dtype == DType::F64 {
             DType::F64
         } else {
             DType::F32
         };
-        let logits = plan.linear(&self.lm_head, &h)?.to_dtype(out)?;
+        let input = NormedInput::new(x, Some(&self.norm));
+        let logits = self
+            .linear_normed(&self.lm_head, &input, plan)?
+            .to_dtype(out)?;
         Ok(match self.family.final_softcap {
             Some(cap) => ((logits / cap)?.tanh()? * cap)?,
             None => logits,
@@ -79,25 +130,25 @@ impl Model {
         i: usize,
         x: Tensor,
         plan: &Plan,
-        attend: impl FnOnce(&Tensor) -> Result<Tensor>,
+        attend: impl FnOnce(&NormedInput<'_>) -> Result<Tensor>,
         hook: &mut dyn FnMut(usize, HookPoint, &Tensor) -> Result<()>,
     ) -> Result<Tensor> {
         let block = &self.blocks[i];
         let norms = &block.norms;
         hook(i, HookPoint::ResidPre, &x)?;
-        let h = self.norm_opt(x.clone(), norms.attn_in.as_ref(), plan)?;
-        let heads = attend(&h)?;
+        let heads = attend(&NormedInput::new(&x, norms.attn_in.as_ref()))?;
         let x = match &norms.attn_out {
             None => plan.linear_plus(&block.o, &heads, &x)?,
             Some(w) => (x + self.norm_opt(plan.linear(&block.o, &heads)?, Some(w), plan)?)?,
         };
         hook(i, HookPoint::ResidMid, &x)?;
-        let h = self.norm_opt(x.clone(), norms.mlp_in.as_ref(), plan)?;
+        let input = NormedInput::new(&x, norms.mlp_in.as_ref());
         let mut inter = if plan.runs_apart(&[&block.gate, &block.up]) {
+            let h = self.normed(&input, plan)?;
             let gate = plan.linear(&block.gate, &h)?;
             (self.activate(&gate, plan)? * plan.linear(&block.up, &h)?)?
         } else {
-            let gate_up = plan.linear(&block.gate_up, &h)?;
+            let gate_up = self.linear_normed(&block.gate_up, &input, plan)?;
             let d_ff = self.config.d_ff;
             let fused = match plan.differentiable() {
                 false => super::fused::gated(&gate_up, d_ff, self.family.activation)?,

@@ -15,7 +15,7 @@
 //! Captures land in device slabs, copied to the host once per step and
 //! reduced there by the same code as CPU captures.
 
-use candle_core::{DType, Device, IndexOp, Tensor};
+use candle_core::{DType, Tensor};
 
 use super::hooks::{self, CaptureRequest, Captured, HookName, HookPoint};
 use super::intervention::Interventions;
@@ -155,7 +155,7 @@ impl Model {
     fn run_step(&self, graph: &mut DecodeGraph, layers: &[LayerKv], plan: &Plan) -> Result<()> {
         graph.steps += 1;
         #[cfg(feature = "cuda")]
-        if let Device::Cuda(dev) = self.device() {
+        if let candle_core::Device::Cuda(dev) = self.device() {
             // candle uploads the shapes and strides of strided kernels from
             // host memory; a recording would keep pointers to freed host
             // buffers. With this cache on, the eager first step uploads each
@@ -261,7 +261,14 @@ impl Model {
                     // One kernel over the open keys on a GPU; the composed
                     // ops over the whole buffer elsewhere.
                     let softcap = self.family.attn_softcap;
-                    let y = match super::fused::decode_attention(&q, &kv.k, &kv.v, mask, softcap)? {
+                    let y = match super::fused::decode_attention(
+                        &q,
+                        &kv.k,
+                        &kv.v,
+                        mask,
+                        Some(&pos),
+                        softcap,
+                    )? {
                         Some(y) => y,
                         None => self.attend_grouped(&q, &kv.k, &kv.v, Some(mask), false)?,
                     };
@@ -282,22 +289,29 @@ impl Model {
         if opts.capture.is_empty() {
             return Ok(Vec::new());
         }
+        // One copy per hook point; each layer's state is a slice of it.
         let host = io
             .slabs
             .iter()
-            .map(|(point, slab)| Ok((*point, slab.to_device(&Device::Cpu)?)))
+            .map(|(point, slab)| {
+                let (layers, b, t, d) = slab.dims4()?;
+                let values = slab.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                Ok((*point, values, (layers, b, t, d)))
+            })
             .collect::<Result<Vec<_>>>()?;
         let mut out = Vec::new();
         for layer in 0..self.config.n_layers {
             for point in POINTS {
                 for req in opts.capture.iter().filter(|r| r.wants(layer, point)) {
-                    let slab = &host.iter().find(|(p, _)| *p == point).expect("slab").1;
-                    let state = slab.i(layer)?.copy()?;
-                    out.push(hooks::reduce(
+                    let (_, values, (_, b, t, d)) =
+                        host.iter().find(|(p, ..)| *p == point).expect("slab");
+                    let size = b * t * d;
+                    out.push(hooks::reduce_host(
                         HookName::new(layer, point),
                         req.reduction,
-                        &state,
-                    )?);
+                        &values[layer * size..(layer + 1) * size],
+                        (*b, *t, *d),
+                    ));
                 }
             }
         }
@@ -386,6 +400,7 @@ mod tests {
     use crate::checkpoint::Checkpoint;
     use crate::model::intervention::{FfnMask, MaskMode};
     use crate::synthetic::Spec;
+    use candle_core::Device;
 
     fn planted_model() -> Model {
         let dir = tempfile::tempdir().unwrap();
@@ -444,6 +459,8 @@ mod tests {
                 CaptureRequest::every_layer(HookPoint::ResidPost, hooks::Reduction::MaxAbsPerDim),
                 CaptureRequest::at(1, HookPoint::MlpPost, hooks::Reduction::TopK(4)),
                 CaptureRequest::every_layer(HookPoint::ResidMid, hooks::Reduction::MedianAbs),
+                CaptureRequest::at(2, HookPoint::MlpPost, hooks::Reduction::Position(0)),
+                CaptureRequest::at(0, HookPoint::ResidPre, hooks::Reduction::Full),
             ],
             interventions: vec![Interventions::none(), attacked],
             logits: LogitsMode::Last,
@@ -464,7 +481,7 @@ mod tests {
             assert!(diff < 1e-4, "step {step}: logits differ by {diff}");
         }
         for (e, s) in eager_caps.iter().zip(&static_caps) {
-            assert_eq!(e.len(), 3 + 1 + 3);
+            assert_eq!(e.len(), 3 + 1 + 3 + 1 + 1);
             assert_eq!(e.len(), s.len());
             for (a, b) in e.iter().zip(s) {
                 assert_eq!(

@@ -237,6 +237,37 @@ fn top_k_by_abs(v: &[f32], k: usize) -> Vec<u32> {
     best.into_iter().map(|(_, i)| i).collect()
 }
 
+/// [`reduce`] of a state already in host memory: `all` is (batch, tokens,
+/// dims) row-major. A replayed decode step reduces its captures of every
+/// layer from one copy of each hook point this way, without a tensor per
+/// layer.
+pub(crate) fn reduce_host(
+    hook: HookName,
+    reduction: Reduction,
+    all: &[f32],
+    (b, t, d): (usize, usize, usize),
+) -> Captured {
+    let captured = |shape: Vec<usize>, values: Vec<f32>, indices: Vec<u32>| Captured {
+        hook,
+        reduction,
+        shape,
+        values,
+        indices,
+    };
+    match reduction {
+        Reduction::Position(p) => {
+            let tok = p.min(t.saturating_sub(1));
+            let values = (0..b)
+                .flat_map(|r| &all[(r * t + tok) * d..(r * t + tok + 1) * d])
+                .copied()
+                .collect();
+            captured(vec![b, d], values, Vec::new())
+        }
+        Reduction::Full => captured(vec![b, t, d], all[..b * t * d].to_vec(), Vec::new()),
+        _ => cpu_reduce(all, (b, t, d), reduction, captured),
+    }
+}
+
 /// Reduces `x` (batch, tokens, dims) where it lives, then copies the (small)
 /// result to the host. On the CPU the state already is host memory, so the
 /// reductions run as selection algorithms over it (medians and top-k in
@@ -251,14 +282,14 @@ pub(crate) fn reduce(hook: HookName, reduction: Reduction, x: &Tensor) -> Result
         values,
         indices,
     };
-    if x.device().is_cpu() && !matches!(reduction, Reduction::Full | Reduction::Position(_)) {
+    if x.device().is_cpu() {
         let x = x.contiguous()?;
         let (storage, layout) = x.storage_and_layout();
         let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)) = &*storage else {
             candle_core::bail!("reduce: expected f32 CPU storage");
         };
         let all = &data[layout.start_offset()..layout.start_offset() + b * t * d];
-        return Ok(cpu_reduce(all, (b, t, d), reduction, captured));
+        return Ok(reduce_host(hook, reduction, all, (b, t, d)));
     }
     let (out, indices, shape): (Tensor, Option<Tensor>, Vec<usize>) = match reduction {
         Reduction::MaxAbsPerDim => (x.abs()?.max(1)?, None, vec![b, d]),

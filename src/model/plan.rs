@@ -269,28 +269,46 @@ impl<'a> Plan<'a> {
         self.masks[layer].as_ref()
     }
 
-    /// y = x W^T (+ b), plus the effect of any single-weight edits of W.
     /// residual + [`Self::linear`]: on a GPU, for a few rows and a matrix
     /// nothing edits, adapts or drops, one GEMV kernel that adds as it
     /// stores (the residual stream's add without a kernel of its own).
     pub(super) fn linear_plus(&self, l: &Linear, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
-        let plain = l.bias.is_none() && !self.runs_apart(&[l]);
-        if plain && b * t <= super::gemv::MAX_ROWS && !self.differentiable() {
-            if let Some(y) = super::fused::gemv(&l.weight, x, Some(residual))? {
-                return Ok(y.reshape(residual.shape())?);
-            }
+        match self.linear_fused(l, x, Some(residual), None)? {
+            Some(y) => Ok(y),
+            None => Ok((residual + self.linear(l, x)?)?),
         }
-        Ok((residual + self.linear(l, x)?)?)
     }
 
+    /// `l` applied to x (b, t, in) by the GPU's GEMV with what it can fold
+    /// in: `add` added as it stores, x through RMSNorm (weight, eps) as it
+    /// loads. For a few rows and a matrix nothing edits, adapts or drops;
+    /// None elsewhere (the caller composes the ops).
+    pub(super) fn linear_fused(
+        &self,
+        l: &Linear,
+        x: &Tensor,
+        add: Option<&Tensor>,
+        norm: Option<(&Tensor, f32)>,
+    ) -> Result<Option<Tensor>> {
+        let (b, t, _) = x.dims3()?;
+        let plain = l.bias.is_none() && !self.runs_apart(&[l]);
+        if !plain || b * t > super::gemv::MAX_ROWS || self.differentiable() {
+            return Ok(None);
+        }
+        let out = l.weight.dim(0)?;
+        Ok(super::fused::gemv(&l.weight, x, add, norm)?
+            .map(|y| y.reshape((b, t, out)))
+            .transpose()?)
+    }
+
+    /// y = x W^T (+ b), plus the effect of any single-weight edits of W.
     pub(super) fn linear(&self, l: &Linear, x: &Tensor) -> Result<Tensor> {
         let (b, t, d) = x.dims3()?;
         let out = l.weight.dim(0)?;
         let fast = if b * t <= super::gemv::MAX_ROWS && !self.differentiable() {
             match gemv::gemv(&l.weight, x)? {
                 Some(y) => Some(y),
-                None => super::fused::gemv(&l.weight, x, None)?,
+                None => super::fused::gemv(&l.weight, x, None, None)?,
             }
         } else {
             None

@@ -384,6 +384,8 @@ pub(super) fn gated(gate_up: &Tensor, d_ff: usize, act: Activation) -> Result<Op
 struct Gemv {
     w: Tensor,
     add: Option<Tensor>,
+    /// RMSNorm's weight and eps, applied to x first.
+    norm: Option<(Tensor, f32)>,
 }
 
 impl CustomOp1 for Gemv {
@@ -411,22 +413,26 @@ impl CustomOp1 for Gemv {
         let Some((start, end)) = wl.contiguous_offsets() else {
             candle_core::bail!("gemv: the weight is not contiguous")
         };
-        let add_storage = self.add.as_ref().map(|a| a.storage_and_layout());
-        let add = match &add_storage {
-            Some((st, al)) => match &**st {
-                candle_core::Storage::Cuda(ac) => Some(contiguous_slice(ac, al)?),
-                _ => candle_core::bail!("gemv: the addend is on another device"),
-            },
-            None => None,
+        let add = self.add.as_ref().map(Held::new).transpose()?;
+        let add = add.as_ref().map(Held::view).transpose()?;
+        let norm = self.norm.as_ref().map(|(g, _)| Held::new(g)).transpose()?;
+        let g = norm.as_ref().map(Held::view).transpose()?;
+        let eps = self.norm.as_ref().map_or(0.0, |(_, eps)| *eps);
+        // x (and the norm's weight) as 16-byte loads where they start aligned.
+        let x_aligned = l.start_offset().is_multiple_of(4)
+            && norm
+                .as_ref()
+                .is_none_or(|h| h.layout.start_offset().is_multiple_of(4));
+        let inputs = GemvInputs {
+            x: &x,
+            add: add.as_ref(),
+            norm: g.as_ref().map(|g| (g, eps)),
         };
-        let add = add.as_ref();
         let out = if self.w.dtype() == DType::F32 {
             let wv = wc.as_cuda_slice::<f32>()?.slice(start..end);
             // 16-byte loads when every row of W and of x starts aligned.
-            let vec4 = (cols.is_multiple_of(4)
-                && start.is_multiple_of(4)
-                && l.start_offset().is_multiple_of(4)) as i32;
-            launch_gemv(dev, "mwtop_gemv32", &wv, &x, add, (rows, cols, n), &[vec4])?
+            let vec4 = (cols.is_multiple_of(4) && start.is_multiple_of(4) && x_aligned) as i32;
+            launch_gemv(dev, "mwtop_gemv32", &wv, &inputs, (rows, cols, n), &[vec4])?
         } else {
             let is_bf16 = self.w.dtype() == DType::BF16;
             // Both 16-bit dtypes as their bits: the kernel widens them itself.
@@ -443,11 +449,9 @@ impl CustomOp1 for Gemv {
             // 16-byte loads when every row of W and x itself start 16-byte
             // aligned (allocations are; a view's offset and the row length
             // must keep them so).
-            let vec8 = (cols.is_multiple_of(8)
-                && start.is_multiple_of(8)
-                && l.start_offset().is_multiple_of(4)) as i32;
+            let vec8 = (cols.is_multiple_of(8) && start.is_multiple_of(8) && x_aligned) as i32;
             let flags = [is_bf16 as i32, vec8];
-            launch_gemv(dev, "mwtop_gemv16", &wv, &x, add, (rows, cols, n), &flags)?
+            launch_gemv(dev, "mwtop_gemv16", &wv, &inputs, (rows, cols, n), &flags)?
         };
         Ok((
             CudaStorage::wrap_cuda_slice(out, dev.clone()),
@@ -456,29 +460,43 @@ impl CustomOp1 for Gemv {
     }
 }
 
-/// Launches GEMV kernel `name` over W's rows: (W, x, y, add, rows, cols,
-/// n, then `flags`), y (n, rows) = add + W x, or W x without `add`.
+/// A GEMV's activations: x, what the product is added to, and the
+/// RMSNorm (weight, eps) x goes through first.
+struct GemvInputs<'a> {
+    x: &'a CudaView<'a, f32>,
+    add: Option<&'a CudaView<'a, f32>>,
+    norm: Option<(&'a CudaView<'a, f32>, f32)>,
+}
+
+/// Launches GEMV kernel `name` over W's rows: (W, x, y, add, g, eps, rows,
+/// cols, n, then `flags`), y (n, rows) = add + W norm(x), without `add`
+/// and the norm where they are not given.
 fn launch_gemv<T: DeviceRepr>(
     dev: &candle_core::CudaDevice,
     name: &str,
     w: &CudaView<'_, T>,
-    x: &CudaView<'_, f32>,
-    add: Option<&CudaView<'_, f32>>,
+    inputs: &GemvInputs<'_>,
     (rows, cols, n): (usize, usize, usize),
     flags: &[i32],
 ) -> candle_core::Result<CudaSlice<f32>> {
     let (func, out) = kernel(dev, name, n * rows)?;
     let (rows_i, cols_i, n_i) = (rows as i32, cols as i32, n as i32);
-    let no_add = 0u64; // the kernel's null pointer
+    let null = 0u64; // the kernel's null pointer: no addend, no norm
+    let eps = inputs.norm.map_or(0.0, |(_, eps)| eps);
     let stream = dev.cuda_stream();
     let mut b = stream.launch_builder(&func);
     b.arg(w);
-    b.arg(x);
+    b.arg(inputs.x);
     b.arg(&out);
-    match add {
+    match inputs.add {
         Some(a) => b.arg(a),
-        None => b.arg(&no_add),
+        None => b.arg(&null),
     };
+    match inputs.norm {
+        Some((g, _)) => b.arg(g),
+        None => b.arg(&null),
+    };
+    b.arg(&eps);
     b.arg(&rows_i);
     b.arg(&cols_i);
     b.arg(&n_i);
@@ -492,8 +510,14 @@ fn launch_gemv<T: DeviceRepr>(
 }
 
 /// W x for up to `gemv::MAX_ROWS` rows of x, plus `add` (as many rows of
-/// W's row count) when given; (n, rows).
-pub(super) fn gemv(w: &Tensor, x: &Tensor, add: Option<&Tensor>) -> Result<Option<Tensor>> {
+/// W's row count) when given, x through RMSNorm (weight, eps) first when
+/// `norm` is given; (n, rows).
+pub(super) fn gemv(
+    w: &Tensor,
+    x: &Tensor,
+    add: Option<&Tensor>,
+    norm: Option<(&Tensor, f32)>,
+) -> Result<Option<Tensor>> {
     let float = matches!(w.dtype(), DType::F32 | DType::BF16 | DType::F16);
     if !eligible(x) || !float || !w.device().same_device(x.device()) || ptx().is_none() {
         return Ok(None);
@@ -514,7 +538,21 @@ pub(super) fn gemv(w: &Tensor, x: &Tensor, add: Option<&Tensor>) -> Result<Optio
         Some(_) => return Ok(None),
         None => None,
     };
-    let op = Gemv { w: w.clone(), add };
+    let norm = match norm {
+        Some((g, eps)) if eligible(g) && g.device().same_device(x.device()) => {
+            if g.elem_count() != cols {
+                return Ok(None);
+            }
+            Some((g.contiguous()?, eps))
+        }
+        Some(_) => return Ok(None),
+        None => None,
+    };
+    let op = Gemv {
+        w: w.clone(),
+        add,
+        norm,
+    };
     Ok(Some(
         x.reshape((n, cols))?.contiguous()?.apply_op1_no_bwd(&op)?,
     ))
@@ -745,6 +783,8 @@ pub(super) fn rope_store(
 struct DecodeAttention {
     k: Tensor,
     v: Tensor,
+    /// The step's position (one u32): keys after it are not even scored.
+    pos: Option<Tensor>,
     heads: usize,
     kv_heads: usize,
     softcap: f32,
@@ -752,6 +792,9 @@ struct DecodeAttention {
 
 /// Threads per block of the decode-attention kernel.
 const ATTENTION_THREADS: usize = 256;
+/// Dynamic shared memory the decode-attention kernel may take without
+/// opting in to more (48 KiB, less its static reduction buffer).
+const ATTENTION_SHARED_BYTES: usize = 48 * 1024 - 256;
 
 impl CustomOp2 for DecodeAttention {
     fn name(&self) -> &'static str {
@@ -783,9 +826,24 @@ impl CustomOp2 for DecodeAttention {
         let (kv, vv) = (k.view()?, v.view()?);
         let rows = b * self.heads;
         let (func, out) = kernel(dev, "mwtop_decode_attention", rows * hd)?;
-        // SAFETY: the kernel writes every score it reads (up to the last
-        // open key) before reading it.
-        let scratch = unsafe { dev.alloc::<f32>(rows * cap)? };
+        // float4 loads of keys and values: every row of the caches 16-byte
+        // aligned, and a float4 of dims per thread of one part.
+        let aligned = [k.layout, v.layout]
+            .iter()
+            .all(|l| l.start_offset().is_multiple_of(4));
+        let vec = aligned && hd.is_multiple_of(32) && hd / 4 <= ATTENTION_THREADS;
+        let per_thread = if vec { 4 } else { 1 };
+        let parts = (ATTENTION_THREADS / (hd / per_thread)).max(1);
+        // q and the parts' sums in shared memory, the scores too where they fit.
+        let fixed = (1 + parts) * hd * 4;
+        let scores_shared = fixed + cap * 4 <= ATTENTION_SHARED_BYTES;
+        let scratch = match scores_shared {
+            true => None,
+            // SAFETY: the kernel writes every score it reads (up to the
+            // last open key) before reading it.
+            false => Some(unsafe { dev.alloc::<f32>(rows * cap)? }),
+        };
+        let no_scratch = 0u64; // the kernel's null pointer: scores in shared memory
         let ints = [self.heads, self.kv_heads, cap, hd].map(|x| x as i32);
         let stream = dev.cuda_stream();
         let mut lb = stream.launch_builder(&func);
@@ -793,17 +851,38 @@ impl CustomOp2 for DecodeAttention {
         lb.arg(&kv);
         lb.arg(&vv);
         lb.arg(&mask);
-        lb.arg(&scratch);
+        match &scratch {
+            Some(s) => lb.arg(s),
+            None => lb.arg(&no_scratch),
+        };
         lb.arg(&out);
         for i in &ints {
             lb.arg(i);
         }
         lb.arg(&self.softcap);
-        let parts = (ATTENTION_THREADS / hd).max(1);
+        let flags = [vec as i32, scores_shared as i32];
+        for f in &flags {
+            lb.arg(f);
+        }
+        let pos_held = self.pos.as_ref().map(|p| p.storage_and_layout());
+        let pos = match &pos_held {
+            Some((st, pl)) => match (&**st, pl.contiguous_offsets()) {
+                (candle_core::Storage::Cuda(pc), Some((a, b))) => {
+                    Some(pc.as_cuda_slice::<u32>()?.slice(a..b))
+                }
+                _ => candle_core::bail!("decode attention: the position is not on the GPU"),
+            },
+            None => None,
+        };
+        let no_pos = 0u64; // the kernel's null pointer: every key of the buffer
+        match &pos {
+            Some(p) => lb.arg(p),
+            None => lb.arg(&no_pos),
+        };
         let cfg = LaunchConfig {
             grid_dim: (rows as u32, 1, 1),
             block_dim: (ATTENTION_THREADS as u32, 1, 1),
-            shared_mem_bytes: ((1 + parts) * hd * 4) as u32,
+            shared_mem_bytes: (fixed + if scores_shared { cap * 4 } else { 0 }) as u32,
         };
         // SAFETY: the arguments match the kernel's signature and sizes.
         unsafe { lb.launch(cfg) }.w()?;
@@ -819,8 +898,15 @@ pub(super) fn decode_attention(
     k: &Tensor,
     v: &Tensor,
     mask: &Tensor,
+    pos: Option<&Tensor>,
     softcap: Option<f64>,
 ) -> Result<Option<Tensor>> {
+    let pos_ok = pos.is_none_or(|p| {
+        p.dtype() == DType::U32 && p.elem_count() == 1 && p.device().same_device(q.device())
+    });
+    if !pos_ok {
+        return Ok(None);
+    }
     let (b, heads, t, hd) = q.dims4()?;
     let (kb, kv_heads, cap, khd) = k.dims4()?;
     let fits = t == 1
@@ -840,6 +926,7 @@ pub(super) fn decode_attention(
     let op = DecodeAttention {
         k: k.clone(),
         v: v.clone(),
+        pos: pos.map(Tensor::contiguous).transpose()?,
         heads,
         kv_heads,
         softcap: softcap.unwrap_or(0.0) as f32,

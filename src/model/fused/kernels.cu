@@ -86,6 +86,56 @@ __device__ __forceinline__ float mwtop_widen(unsigned short h, int is_bf16) {
 // each weight row is read once for all n. Every row's sum runs in the same
 // order whatever n is, so a row of a batch equals that row decoded alone.
 #define MWTOP_GEMV_ROWS 8
+// 16-byte loads of W a lane issues before using them.
+#define MWTOP_GEMV_BURST 8
+
+// With `g` (not null) both GEMVs multiply by RMSNorm(x) * g instead of x:
+// the norm before a projection without a kernel (and a round trip of the
+// normed rows) of its own. Each warp finds the rows' scales itself,
+// rsqrt(mean(x^2) + eps), and forms scale * x * g as mwtop_rmsnorm does.
+__device__ void mwtop_rms_scales(const float* x, int n, int cols, int lane, int vec, float eps,
+    float* sc) {
+#pragma unroll
+  for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) {
+    if (j >= n) break;
+    const float* xj = x + (unsigned long long)j * cols;
+    float ss = 0.f;
+    if (vec) {
+      const float4* x4 = (const float4*)xj;
+      int n4 = cols >> 2;
+      for (int i0 = lane; i0 < n4; i0 += 32 * MWTOP_GEMV_BURST) {
+        float4 v[MWTOP_GEMV_BURST];
+#pragma unroll
+        for (int u = 0; u < MWTOP_GEMV_BURST; ++u) {
+          int i = i0 + 32 * u;
+          v[u] = i < n4 ? x4[i] : make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+#pragma unroll
+        for (int u = 0; u < MWTOP_GEMV_BURST; ++u)
+          ss += v[u].x * v[u].x + v[u].y * v[u].y + v[u].z * v[u].z + v[u].w * v[u].w;
+      }
+    } else {
+      for (int c = lane; c < cols; c += 32) ss += xj[c] * xj[c];
+    }
+    for (int k = 16; k > 0; k >>= 1) ss += __shfl_xor_sync(0xffffffff, ss, k, 32);
+    sc[j] = rsqrtf(ss / cols + eps);
+  }
+}
+
+// Element c of the product's input row xj: x, or its norm times g.
+__device__ __forceinline__ float mwtop_act(const float* xj, const float* g, float sc, int c) {
+  return g ? sc * xj[c] * g[c] : xj[c];
+}
+
+// Elements 4i..4i+3 of the product's input row xj (16-byte aligned).
+__device__ __forceinline__ float4 mwtop_act4(const float* xj, const float* g, float sc, int i) {
+  float4 a = ((const float4*)xj)[i];
+  if (g) {
+    float4 w = ((const float4*)g)[i];
+    a = make_float4(sc * a.x * w.x, sc * a.y * w.y, sc * a.z * w.z, sc * a.w * w.w);
+  }
+  return a;
+}
 
 // The end of both GEMVs: each row's lane sums reduced over the warp, lane 0
 // storing y[j, row].
@@ -104,34 +154,48 @@ __device__ __forceinline__ void mwtop_gemv_store(const float* acc, int n, int la
   }
 }
 extern "C" __global__ void mwtop_gemv16(const unsigned short* w, const float* x, float* y,
-    const float* add, int rows, int cols, int n, int is_bf16, int vec8) {
+    const float* add, const float* g, float eps, int rows, int cols, int n, int is_bf16,
+    int vec8) {
   int row = blockIdx.x * blockDim.y + threadIdx.y;
   if (row >= rows) return;
   int lane = threadIdx.x;
   const unsigned short* wr = w + (unsigned long long)row * cols;
-  float acc[MWTOP_GEMV_ROWS];
+  float acc[MWTOP_GEMV_ROWS], sc[MWTOP_GEMV_ROWS];
 #pragma unroll
-  for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) acc[j] = 0.f;
+  for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) acc[j] = 0.f, sc[j] = 1.f;
+  if (g) mwtop_rms_scales(x, n, cols, lane, vec8, eps, sc);
   if (vec8) {
     const uint4* w8 = (const uint4*)wr;
     int n8 = cols >> 3;
-    for (int i = lane; i < n8; i += 32) {
-      uint4 q = w8[i];
-      unsigned int u[4] = {q.x, q.y, q.z, q.w};
-      float ws[8];
+    // Loads in bursts, as in mwtop_gemv32 (the same order of sums).
+    for (int i0 = lane; i0 < n8; i0 += 32 * MWTOP_GEMV_BURST) {
+      uint4 qs[MWTOP_GEMV_BURST];
 #pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        ws[2 * k] = mwtop_widen((unsigned short)(u[k] & 0xffffu), is_bf16);
-        ws[2 * k + 1] = mwtop_widen((unsigned short)(u[k] >> 16), is_bf16);
+      for (int b = 0; b < MWTOP_GEMV_BURST; ++b) {
+        int i = i0 + 32 * b;
+        qs[b] = i < n8 ? w8[i] : make_uint4(0u, 0u, 0u, 0u);
       }
 #pragma unroll
-      for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) {
-        if (j < n) {
-          const float4* x4 = (const float4*)(x + (unsigned long long)j * cols);
-          float4 a = x4[2 * i], b = x4[2 * i + 1];
-          float xs[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+      for (int b = 0; b < MWTOP_GEMV_BURST; ++b) {
+        int i = i0 + 32 * b;
+        if (i >= n8) break;
+        uint4 q = qs[b];
+        unsigned int u[4] = {q.x, q.y, q.z, q.w};
+        float ws[8];
 #pragma unroll
-          for (int k = 0; k < 8; ++k) acc[j] = fmaf(ws[k], xs[k], acc[j]);
+        for (int k = 0; k < 4; ++k) {
+          ws[2 * k] = mwtop_widen((unsigned short)(u[k] & 0xffffu), is_bf16);
+          ws[2 * k + 1] = mwtop_widen((unsigned short)(u[k] >> 16), is_bf16);
+        }
+#pragma unroll
+        for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) {
+          if (j < n) {
+            const float* xj = x + (unsigned long long)j * cols;
+            float4 a = mwtop_act4(xj, g, sc[j], 2 * i), c = mwtop_act4(xj, g, sc[j], 2 * i + 1);
+            float xs[8] = {a.x, a.y, a.z, a.w, c.x, c.y, c.z, c.w};
+#pragma unroll
+            for (int k = 0; k < 8; ++k) acc[j] = fmaf(ws[k], xs[k], acc[j]);
+          }
         }
       }
     }
@@ -140,7 +204,7 @@ extern "C" __global__ void mwtop_gemv16(const unsigned short* w, const float* x,
       float wc = mwtop_widen(wr[c], is_bf16);
 #pragma unroll
       for (int j = 0; j < MWTOP_GEMV_ROWS; ++j)
-        if (j < n) acc[j] = fmaf(wc, x[(unsigned long long)j * cols + c], acc[j]);
+        if (j < n) acc[j] = fmaf(wc, mwtop_act(x + (unsigned long long)j * cols, g, sc[j], c), acc[j]);
     }
   }
   mwtop_gemv_store(acc, n, lane, y, add, rows, row);
@@ -149,27 +213,42 @@ extern "C" __global__ void mwtop_gemv16(const unsigned short* w, const float* x,
 // The same product for f32 weights (the dense copy): 16-byte loads of W
 // and x when both are aligned.
 extern "C" __global__ void mwtop_gemv32(const float* w, const float* x, float* y,
-    const float* add, int rows, int cols, int n, int vec4) {
+    const float* add, const float* g, float eps, int rows, int cols, int n, int vec4) {
   int row = blockIdx.x * blockDim.y + threadIdx.y;
   if (row >= rows) return;
   int lane = threadIdx.x;
   const float* wr = w + (unsigned long long)row * cols;
-  float acc[MWTOP_GEMV_ROWS];
+  float acc[MWTOP_GEMV_ROWS], sc[MWTOP_GEMV_ROWS];
 #pragma unroll
-  for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) acc[j] = 0.f;
+  for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) acc[j] = 0.f, sc[j] = 1.f;
+  if (g) mwtop_rms_scales(x, n, cols, lane, vec4, eps, sc);
   if (vec4) {
     const float4* w4 = (const float4*)wr;
     int n4 = cols >> 2;
-    for (int i = lane; i < n4; i += 32) {
-      float4 q = w4[i];
+    // MWTOP_GEMV_BURST loads of W issued before their products, so a row
+    // costs a few memory round trips, not one per 512 bytes; each lane's
+    // sum still runs over i = lane, lane + 32, ... in order.
+    for (int i0 = lane; i0 < n4; i0 += 32 * MWTOP_GEMV_BURST) {
+      float4 qs[MWTOP_GEMV_BURST];
 #pragma unroll
-      for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) {
-        if (j < n) {
-          float4 a = ((const float4*)(x + (unsigned long long)j * cols))[i];
-          acc[j] = fmaf(q.x, a.x, acc[j]);
-          acc[j] = fmaf(q.y, a.y, acc[j]);
-          acc[j] = fmaf(q.z, a.z, acc[j]);
-          acc[j] = fmaf(q.w, a.w, acc[j]);
+      for (int u = 0; u < MWTOP_GEMV_BURST; ++u) {
+        int i = i0 + 32 * u;
+        qs[u] = i < n4 ? w4[i] : make_float4(0.f, 0.f, 0.f, 0.f);
+      }
+#pragma unroll
+      for (int u = 0; u < MWTOP_GEMV_BURST; ++u) {
+        int i = i0 + 32 * u;
+        if (i >= n4) break;
+        float4 q = qs[u];
+#pragma unroll
+        for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) {
+          if (j < n) {
+            float4 a = mwtop_act4(x + (unsigned long long)j * cols, g, sc[j], i);
+            acc[j] = fmaf(q.x, a.x, acc[j]);
+            acc[j] = fmaf(q.y, a.y, acc[j]);
+            acc[j] = fmaf(q.z, a.z, acc[j]);
+            acc[j] = fmaf(q.w, a.w, acc[j]);
+          }
         }
       }
     }
@@ -178,7 +257,7 @@ extern "C" __global__ void mwtop_gemv32(const float* w, const float* x, float* y
       float wc = wr[c];
 #pragma unroll
       for (int j = 0; j < MWTOP_GEMV_ROWS; ++j)
-        if (j < n) acc[j] = fmaf(wc, x[(unsigned long long)j * cols + c], acc[j]);
+        if (j < n) acc[j] = fmaf(wc, mwtop_act(x + (unsigned long long)j * cols, g, sc[j], c), acc[j]);
     }
   }
   mwtop_gemv_store(acc, n, lane, y, add, rows, row);
@@ -272,11 +351,15 @@ extern "C" __global__ void mwtop_rope_store(const float* q, const float* k, cons
 // One decode step's attention, a block per (row, query head):
 // softmax(q k^T, capped as cap * tanh where the family caps, + mask) v over
 // the cache buffer. Only keys the additive mask opens (the filled,
-// in-window positions) are read; a closed key's weight is exactly 0 either
-// way. Eight lanes share a key (a few independent loads each, so many keys
-// are in flight); scores and weights live in `scratch` (cap per block).
+// in-window positions) are scored, and only values up to the last open
+// key are read (a closed key's weight is exactly 0). Every phase issues its
+// loads together, since a decode step is a chain of such kernels, each
+// bound by its memory round trips: MWTOP_KEY_LANES lanes per key for the
+// scores, float4 loads of keys and values where head_dim allows, scores in
+// shared memory (`scratch`, cap per block, when they do not fit).
 // q (b, heads, hd) carries attention's scale (and 1 / cap); k and v
-// (b, kv_heads, cap, hd); mask (cap); out (b, heads * hd).
+// (b, kv_heads, cap, hd); mask (cap); pos (null, or the step's position
+// on the device: no later key is read); out (b, heads * hd).
 #define MWTOP_NEG_INF __int_as_float(0xff800000)
 #define MWTOP_KEY_LANES 8
 
@@ -304,51 +387,65 @@ __device__ float mwtop_block_sum(float x, float* red) {
 
 extern "C" __global__ void mwtop_decode_attention(const float* q, const float* k,
     const float* v, const float* mask, float* scratch, float* out, int heads, int kv_heads,
-    int cap, int hd, float softcap) {
-  extern __shared__ float shared[];
-  float* qs = shared;          // hd
-  float* partial = shared + hd; // parts * hd
+    int cap, int hd, float softcap, int vec, int scores_shared, const unsigned int* pos) {
+  extern __shared__ __align__(16) float shared[];
   __shared__ float red[32];
+  // Threads per part of the weighted sum: a float4 of dims each (`vec`: the
+  // host saw head_dim a multiple of 32, at most 4 per thread, and the
+  // caches 16-byte aligned), or one dim.
+  int width = vec ? 4 : 1;
+  int tp = hd / width;
+  int parts = (int)blockDim.x >= tp ? (int)blockDim.x / tp : 1;
+  float* qs = shared;                 // hd
+  float* partial = shared + hd;       // parts * hd
   int bh = blockIdx.x;
+  float* s = scores_shared ? shared + hd + parts * hd : scratch + (unsigned long long)bh * cap;
   int b = bh / heads, h = bh % heads;
   int kvh = h / (heads / kv_heads);
   unsigned long long base = ((unsigned long long)b * kv_heads + kvh) * cap * hd;
   const float* kb = k + base;
   const float* vb = v + base;
-  float* s = scratch + (unsigned long long)bh * cap;
   for (int d = threadIdx.x; d < hd; d += blockDim.x) qs[d] = q[(unsigned long long)bh * hd + d];
   __syncthreads();
-  // Scores: a group of MWTOP_KEY_LANES lanes per key.
+  // Scores: a group of MWTOP_KEY_LANES lanes per key, over the keys up to
+  // the step's position (the mask closes every later one).
+  int keys = pos ? min(cap, (int)pos[0] + 1) : cap;
   int groups = blockDim.x / MWTOP_KEY_LANES;
   int g = threadIdx.x / MWTOP_KEY_LANES, sub = threadIdx.x % MWTOP_KEY_LANES;
   float mx = MWTOP_NEG_INF;
   float last = -1.f;
-  for (int j0 = 0; j0 < cap; j0 += groups) {
+  for (int j0 = 0; j0 < keys; j0 += groups) {
     int j = j0 + g;
-    float sc = MWTOP_NEG_INF;
-    bool open = false;
-    if (j < cap) {
-      float m = mask[j];
-      open = !(isinf(m) && m < 0.f);
-      if (open) {
-        const float* kj = kb + (unsigned long long)j * hd;
-        float acc = 0.f;
+    float m = j < keys ? mask[j] : MWTOP_NEG_INF;
+    bool open = !(isinf(m) && m < 0.f);
+    float acc = 0.f;
+    if (open) {
+      const float* kj = kb + (unsigned long long)j * hd;
+      if (vec) {
+        const float4* k4 = (const float4*)kj;
+        const float4* q4 = (const float4*)qs;
+#pragma unroll 4
+        for (int i = sub; i < hd / 4; i += MWTOP_KEY_LANES) {
+          float4 a = k4[i], c = q4[i];
+          acc = fmaf(c.x, a.x, acc);
+          acc = fmaf(c.y, a.y, acc);
+          acc = fmaf(c.z, a.z, acc);
+          acc = fmaf(c.w, a.w, acc);
+        }
+      } else {
+#pragma unroll 4
         for (int d = sub; d < hd; d += MWTOP_KEY_LANES) acc = fmaf(qs[d], kj[d], acc);
-        sc = acc;  // completed below; every lane of the group takes part
       }
     }
     // The group's sum (whole warps run this loop; closed keys add zeros).
-    float part = open ? sc : 0.f;
     for (int o = MWTOP_KEY_LANES / 2; o > 0; o >>= 1)
-      part += __shfl_xor_sync(0xffffffff, part, o, 32);
+      acc += __shfl_xor_sync(0xffffffff, acc, o, 32);
+    float sc = MWTOP_NEG_INF;
     if (open) {
-      float score = softcap > 0.f ? softcap * tanhf(part) : part;
-      sc = score + mask[j];
+      sc = (softcap > 0.f ? softcap * tanhf(acc) : acc) + m;
       last = (float)j;
-    } else {
-      sc = MWTOP_NEG_INF;
     }
-    if (j < cap && sub == 0) s[j] = sc;
+    if (j < keys && sub == 0) s[j] = sc;
     mx = fmaxf(mx, sc);
   }
   mx = mwtop_block_max(mx, red);
@@ -361,19 +458,32 @@ extern "C" __global__ void mwtop_decode_attention(const float* q, const float* k
     sum += e;
   }
   sum = mwtop_block_sum(sum, red);
-  // Weights times values: `parts` threads per dim, each over every
-  // parts-th key, then summed in shared memory.
-  int parts = (int)blockDim.x >= hd ? (int)blockDim.x / hd : 1;
-  int p = threadIdx.x / hd;
-  int step = parts == 1 ? (int)blockDim.x : hd;
+  // Weights times values: `parts` threads per dim (or float4 of dims),
+  // each over every parts-th key below `end`, summed in shared memory.
+  // Keys below `end` are all written positions, so a weight of 0 adds 0.
+  int p = threadIdx.x / tp;
   if (p < parts) {
-    for (int d = threadIdx.x - p * hd; d < hd; d += step) {
-      float acc = 0.f;
+    if (vec) {
+      int d4 = threadIdx.x - p * tp;
+      float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 4
       for (int j = p; j < end; j += parts) {
         float w = s[j];
-        if (w != 0.f) acc = fmaf(w, vb[(unsigned long long)j * hd + d], acc);
+        float4 x = ((const float4*)(vb + (unsigned long long)j * hd))[d4];
+        acc.x = fmaf(w, x.x, acc.x);
+        acc.y = fmaf(w, x.y, acc.y);
+        acc.z = fmaf(w, x.z, acc.z);
+        acc.w = fmaf(w, x.w, acc.w);
       }
-      partial[p * hd + d] = acc;
+      ((float4*)(partial + p * hd))[d4] = acc;
+    } else {
+      int step = parts == 1 ? (int)blockDim.x : hd;
+      for (int d = threadIdx.x - p * hd; d < hd; d += step) {
+        float acc = 0.f;
+#pragma unroll 4
+        for (int j = p; j < end; j += parts) acc = fmaf(s[j], vb[(unsigned long long)j * hd + d], acc);
+        partial[p * hd + d] = acc;
+      }
     }
   }
   __syncthreads();

@@ -263,17 +263,23 @@ pub(super) fn gated(gate_up: &Tensor, d_ff: usize, act: Activation) -> Result<Op
 /// the matrix, each weight widened exactly to f32 and every dot product
 /// summed in f32, each row in the same order as alone. Shape (rows of x,
 /// out). With `add` (shaped like the product), add + x W^T in the same
-/// kernel: the residual stream's sum without a kernel of its own. None
+/// kernel: the residual stream's sum without a kernel of its own; with
+/// `norm` (weight, eps), RMSNorm(x) W^T, the norm formed as x is read. None
 /// where it does not apply (the CPU, more rows); the caller then
 /// multiplies with cuBLAS (converting a stored W first) and adds.
-pub(super) fn gemv(w: &Tensor, x: &Tensor, add: Option<&Tensor>) -> Result<Option<Tensor>> {
+pub(super) fn gemv(
+    w: &Tensor,
+    x: &Tensor,
+    add: Option<&Tensor>,
+    norm: Option<(&Tensor, f32)>,
+) -> Result<Option<Tensor>> {
     #[cfg(feature = "cuda")]
     {
-        cuda::gemv(w, x, add)
+        cuda::gemv(w, x, add, norm)
     }
     #[cfg(not(feature = "cuda"))]
     {
-        let _ = (w, x, add);
+        let _ = (w, x, add, norm);
         Ok(None)
     }
 }
@@ -310,7 +316,8 @@ pub(super) fn rope_store(
 /// One decode step's attention over a cache buffer: q (rows, heads, 1,
 /// head_dim) carrying the scale, k and v (rows, kv_heads, capacity,
 /// head_dim), `mask` (capacity) additive, 0 where a key is seen and -inf
-/// elsewhere; scores capped as `cap * tanh(s)` when the family caps (q
+/// elsewhere, and none after `pos` (the step's position on the device,
+/// when given); scores capped as `cap * tanh(s)` when the family caps (q
 /// carries 1 / cap). One kernel that reads only the open keys, instead of
 /// two GEMMs and a softmax over the whole buffer: (rows, 1, heads *
 /// head_dim), or None where it does not apply (the CPU; the caller
@@ -320,15 +327,16 @@ pub(super) fn decode_attention(
     k: &Tensor,
     v: &Tensor,
     mask: &Tensor,
+    pos: Option<&Tensor>,
     softcap: Option<f64>,
 ) -> Result<Option<Tensor>> {
     #[cfg(feature = "cuda")]
     {
-        cuda::decode_attention(q, k, v, mask, softcap)
+        cuda::decode_attention(q, k, v, mask, pos, softcap)
     }
     #[cfg(not(feature = "cuda"))]
     {
-        let _ = (q, k, v, mask, softcap);
+        let _ = (q, k, v, mask, pos, softcap);
         Ok(None)
     }
 }
