@@ -142,6 +142,22 @@ pub struct Captured {
 }
 
 impl Captured {
+    fn of(
+        hook: HookName,
+        reduction: Reduction,
+        shape: Vec<usize>,
+        values: Vec<f32>,
+        indices: Vec<u32>,
+    ) -> Self {
+        Self {
+            hook,
+            reduction,
+            shape,
+            values,
+            indices,
+        }
+    }
+
     /// Values of batch row `b`; None past the batch.
     pub fn row(&self, b: usize) -> Option<&[f32]> {
         let per: usize = self.shape.iter().skip(1).product();
@@ -247,13 +263,7 @@ pub(crate) fn reduce_host(
     all: &[f32],
     (b, t, d): (usize, usize, usize),
 ) -> Captured {
-    let captured = |shape: Vec<usize>, values: Vec<f32>, indices: Vec<u32>| Captured {
-        hook,
-        reduction,
-        shape,
-        values,
-        indices,
-    };
+    let captured = |shape, values, indices| Captured::of(hook, reduction, shape, values, indices);
     match reduction {
         Reduction::Position(p) => {
             let tok = p.min(t.saturating_sub(1));
@@ -275,13 +285,7 @@ pub(crate) fn reduce_host(
 pub(crate) fn reduce(hook: HookName, reduction: Reduction, x: &Tensor) -> Result<Captured> {
     let (b, t, d) = x.dims3()?;
     let x = x.to_dtype(DType::F32)?;
-    let captured = |shape: Vec<usize>, values: Vec<f32>, indices: Vec<u32>| Captured {
-        hook,
-        reduction,
-        shape,
-        values,
-        indices,
-    };
+    let captured = |shape, values, indices| Captured::of(hook, reduction, shape, values, indices);
     if x.device().is_cpu() {
         let x = x.contiguous()?;
         let (storage, layout) = x.storage_and_layout();

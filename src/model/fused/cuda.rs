@@ -638,12 +638,20 @@ impl<'a> Held<'a> {
         Ok(Self { guard, layout })
     }
 
-    /// The tensor's elements (it must be contiguous).
+    /// The tensor's f32 elements (it must be contiguous).
     fn view(&self) -> candle_core::Result<CudaView<'_, f32>> {
-        match &*self.guard {
-            candle_core::Storage::Cuda(c) => contiguous_slice(c, self.layout),
-            _ => candle_core::bail!("fused kernel: a tensor is on another device"),
-        }
+        self.view_of::<f32>()
+    }
+
+    /// The tensor's elements as `T` (it must be contiguous).
+    fn view_of<T: candle_core::cuda::CudaDType>(&self) -> candle_core::Result<CudaView<'_, T>> {
+        let candle_core::Storage::Cuda(c) = &*self.guard else {
+            candle_core::bail!("fused kernel: a tensor is on another device")
+        };
+        let Some((a, b)) = self.layout.contiguous_offsets() else {
+            candle_core::bail!("fused kernel: input not contiguous")
+        };
+        Ok(c.as_cuda_slice::<T>()?.slice(a..b))
     }
 }
 
@@ -685,14 +693,8 @@ impl CustomOp1 for RopeStore {
             .iter()
             .map(Held::view)
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let (pos_guard, pos_layout) = self.pos.storage_and_layout();
-        let candle_core::Storage::Cuda(pc) = &*pos_guard else {
-            candle_core::bail!("rope-store: the position is on another device")
-        };
-        let Some((p0, p1)) = pos_layout.contiguous_offsets() else {
-            candle_core::bail!("rope-store: the position is not contiguous")
-        };
-        let pos = pc.as_cuda_slice::<u32>()?.slice(p0..p1);
+        let pos = Held::new(&self.pos)?;
+        let pos = pos.view_of::<u32>()?;
         let (func, out) = kernel(dev, "mwtop_rope_store", b * nq * hd)?;
         let threads = b * (nq + 2 * nk) * (hd / 2);
         let ints = [b, nq, nk, hd, cap].map(|x| x as i32);
@@ -864,16 +866,8 @@ impl CustomOp2 for DecodeAttention {
         for f in &flags {
             lb.arg(f);
         }
-        let pos_held = self.pos.as_ref().map(|p| p.storage_and_layout());
-        let pos = match &pos_held {
-            Some((st, pl)) => match (&**st, pl.contiguous_offsets()) {
-                (candle_core::Storage::Cuda(pc), Some((a, b))) => {
-                    Some(pc.as_cuda_slice::<u32>()?.slice(a..b))
-                }
-                _ => candle_core::bail!("decode attention: the position is not on the GPU"),
-            },
-            None => None,
-        };
+        let pos_held = self.pos.as_ref().map(Held::new).transpose()?;
+        let pos = pos_held.as_ref().map(Held::view_of::<u32>).transpose()?;
         let no_pos = 0u64; // the kernel's null pointer: every key of the buffer
         match &pos {
             Some(p) => lb.arg(p),
