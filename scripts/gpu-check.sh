@@ -7,7 +7,9 @@
 #   by scripts/reference_transformers.py), and the greedy original+attacked
 #   pair (one batch of two; CUDA decodes it with a replayed graph) against the CPU;
 #   decoded tokens' log-probabilities (the replayed graph's kernels) within
-#   1e-4 of the CPU's;
+#   1e-4 of the CPU's, and the states it captures as it decodes (`--states`:
+#   every layer's largest entries, written by the kernels that form them)
+#   within 1e-3;
 #   and the same runs with the layers split over the GPU and the CPU
 #   (`--device cuda:0,cpu`: the residual stream crosses devices) against both.
 # Usage: scripts/gpu-check.sh MWTOP_BINARY MODEL.gguf OUTDIR
@@ -25,7 +27,7 @@ for spec in cuda cpu cuda:0,cpu; do
   "$BIN" scan "$MODEL" --device "$spec" --json > "$OUT/scan-$dev.json"
   # Original and keep-only attack as one batch of two: on CUDA a replayed graph.
   "$BIN" generate "$MODEL" --prompt "The capital of France is" --compare --mode keep --k 2 \
-    --max-tokens 32 --device "$spec" --json > "$OUT/pair-$dev.json"
+    --max-tokens 32 --device "$spec" --json --states > "$OUT/pair-$dev.json"
 done
 python3 - "$FIX" "$OUT" <<'PY' > "$OUT/prompts.txt"
 import json, sys
@@ -36,8 +38,8 @@ i=0
 while read -r line; do
   prompt=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["prompt"])' "$line")
   chat=$(python3 -c 'import json,sys; print("--chat" if json.loads(sys.argv[1])["chat"] else "")' "$line")
-  "$BIN" generate "$MODEL" --prompt "$prompt" $chat --max-tokens 48 --device cuda --json > "$OUT/gen-$i.json"
-  "$BIN" generate "$MODEL" --prompt "$prompt" $chat --max-tokens 48 --device cpu --json > "$OUT/gen-$i-cpu.json"
+  "$BIN" generate "$MODEL" --prompt "$prompt" $chat --max-tokens 48 --device cuda --json --states > "$OUT/gen-$i.json"
+  "$BIN" generate "$MODEL" --prompt "$prompt" $chat --max-tokens 48 --device cpu --json --states > "$OUT/gen-$i-cpu.json"
   i=$((i+1))
 done < "$OUT/prompts.txt"
 python3 scripts/gpu_compare.py "$FIX" "$OUT"

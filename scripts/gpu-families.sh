@@ -4,7 +4,8 @@
 # where one exists) the log-probs of a text longer than the sliding window on
 # CUDA against the CPU and against transformers' reference, and a greedy
 # continuation (cached, CUDA graphs) against the CPU, its tokens'
-# log-probabilities within 1e-4. Prints one line per
+# log-probabilities within 1e-4 and the states it captures (`--states`)
+# within 1e-3. Prints one line per
 # check and exits 1 on a failure.
 # Usage: scripts/gpu-families.sh MWTOP_BINARY OUTDIR
 set -euo pipefail
@@ -22,7 +23,7 @@ for d in "$ROOT"/*/; do
     if [ "${model##*.}" = gguf ]; then tag=$f-gguf; fi
     for dev in cuda cpu; do
       "$BIN" eval "$model" --text "$TEXT" --bos --per-token --device "$dev" --json > "$OUT/$tag-eval-$dev.json"
-      "$BIN" generate "$model" --prompt "Summer is warm" --max-tokens 24 --no-stop --device "$dev" --json > "$OUT/$tag-gen-$dev.json"
+      "$BIN" generate "$model" --prompt "Summer is warm" --max-tokens 24 --no-stop --device "$dev" --json --states > "$OUT/$tag-gen-$dev.json"
     done
   done
 done
@@ -45,8 +46,13 @@ for name in sorted(os.listdir(out)):
     gg, gc = rg["tokens"], rc["tokens"]
     # The decoded tokens' log-probabilities: the replayed step's kernels.
     d_dec = max(abs(a - b) for a, b in zip(rg["logprobs"], rc["logprobs"]))
-    ok = d_cpu < 1e-4 and d_ref < 1e-4 and gg == gc and d_dec < 1e-4
-    print(f"{'ok  ' if ok else 'FAIL'} {tag}: cuda vs cpu {d_cpu:.1e}, vs transformers {d_ref:.1e}, greedy {'equal' if gg == gc else 'DIFFERS'} ({len(gg)} tokens, decode log-probs {d_dec:.1e})")
+    # The states captured as it decodes: each layer's largest |value|.
+    d_st = max((abs(abs(la[0][1]) - abs(lb[0][1])) / max(abs(lb[0][1]), 1.0)
+                for ta, tb in zip(rg["states"], rc["states"])
+                for key in ("resid_mid", "mlp_post", "resid_post")
+                for la, lb in zip(ta[key], tb[key])), default=1.0)
+    ok = d_cpu < 1e-4 and d_ref < 1e-4 and gg == gc and d_dec < 1e-4 and d_st < 1e-3
+    print(f"{'ok  ' if ok else 'FAIL'} {tag}: cuda vs cpu {d_cpu:.1e}, vs transformers {d_ref:.1e}, greedy {'equal' if gg == gc else 'DIFFERS'} ({len(gg)} tokens, decode log-probs {d_dec:.1e}, states {d_st:.1e})")
     if not ok:
         bad.append(tag)
 sys.exit(1 if bad else 0)

@@ -24,6 +24,28 @@ def decode_logprobs(what, ra, rb):
     check(f"decode log-probs {what}", d < 1e-4, f"largest |difference| {d:.2e} over {len(ra['logprobs'])} tokens")
 
 
+def decode_states(what, ra, rb):
+    """Each generated token's captured states (`generate --states`: every
+    layer's largest entries after attention, of the MLP, after the block):
+    the largest |value| within 1e-3 (relative, floor 1), and every dim both
+    list with values as close, where the tokens agree."""
+    if ra["tokens"] != rb["tokens"] or not ra.get("states"):
+        return
+    worst, n = 0.0, 0
+    for ta, tb in zip(ra["states"], rb["states"]):
+        for key in ("resid_mid", "mlp_post", "resid_post"):
+            for la, lb in zip(ta[key], tb[key]):
+                rel = lambda x, y: abs(x - y) / max(abs(y), 1.0)
+                worst = max(worst, rel(abs(la[0][1]), abs(lb[0][1])))
+                vb = dict((d, v) for d, v in lb)
+                for d, v in la:
+                    if d in vb:
+                        worst = max(worst, rel(v, vb[d]))
+                        n += 1
+    check(f"decode states {what}", worst < 1e-3 and n > 0,
+          f"largest relative difference {worst:.2e} over {n} entries of {len(ra['states'])} tokens")
+
+
 def scan_key(s):
     return (s["massive_layer"], s["massive_weights"]["dims"],
             [(w["layer"], w["row"], w["col"]) for w in s["super_weights"]],
@@ -53,6 +75,7 @@ for a, b in [("cuda", "cpu"), ("cuda_0_cpu", "cuda"), ("cuda_0_cpu", "cpu")]:
         check(f"greedy pair {row} {what}", pa[row]["tokens"] == pb[row]["tokens"],
               f"{len(pa[row]['tokens'])} tokens, {pa[row]['text'][:50]!r}")
         decode_logprobs(f"pair {row} {what}", pa[row], pb[row])
+        decode_states(f"pair {row} {what}", pa[row], pb[row])
 
 
 for i, g in enumerate(fix["generations"]):
@@ -60,4 +83,5 @@ for i, g in enumerate(fix["generations"]):
     ids = r["tokens"] + ([2] if r["stop"] == "eos" else [])
     check(f"greedy generation {i} vs transformers", ids == g["ids"], f"{len(ids)} tokens, {r['text'][:50]!r}")
     decode_logprobs(f"generation {i} cuda vs cpu", r, load(f"gen-{i}-cpu"))
+    decode_states(f"generation {i} cuda vs cpu", r, load(f"gen-{i}-cpu"))
 sys.exit(1 if failures else 0)

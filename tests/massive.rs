@@ -207,3 +207,102 @@ fn the_super_weight_attack_is_the_edit_that_zeroes_it() {
         );
     }
 }
+
+/// `generate` with `states`: the token chosen after BOS alone sees the
+/// planted activation (hidden dim 42 from layer 1 on, made by d_ff dims 300
+/// and 17); the attacked row of the same batch does not; and every later
+/// token's states, read from the cached decode step, are those a full
+/// forward over the sequence so far has at its last position.
+#[test]
+fn generated_tokens_carry_their_states() {
+    use mwtop::analysis::generate::{generate, GenerateParams, STATE_TOP};
+    use mwtop::model::intervention::Interventions;
+    use std::ops::ControlFlow;
+    let (_d, path) = planted();
+    let ckpt = Checkpoint::open_path(&path).unwrap();
+    let model = Model::load(&ckpt, &Device::Cpu, DType::F32, |_, _| {}).unwrap();
+    let tok = ckpt.tokenizer().unwrap();
+    let d_ff = model.config().d_ff;
+    let zero = Attack::new(AttackMode::Zero, 1, &[300, 17], 2, d_ff, 0);
+    let params = GenerateParams {
+        max_tokens: 5,
+        stop_at_eos: false,
+        states: true,
+        ..Default::default()
+    };
+    let rows = [Interventions::none(), zero.interventions()];
+    let out = generate(&model, &tok, &[256], &rows, &params, |_, _, _| {
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    let layers = model.config().n_layers;
+    for g in &out {
+        assert_eq!(g.states.len(), g.tokens.len());
+        for s in &g.states {
+            for per_layer in [&s.resid_mid, &s.mlp_post, &s.resid_post] {
+                assert_eq!(per_layer.len(), layers);
+                for top in per_layer.iter() {
+                    assert_eq!(top.len(), STATE_TOP);
+                    assert!(top.windows(2).all(|w| w[0].1.abs() >= w[1].1.abs()));
+                }
+            }
+        }
+    }
+    let first = &out[0].states[0];
+    for l in 1..layers {
+        let (dim, value) = first.resid_post[l][0];
+        assert_eq!(dim, 42, "layer {l}");
+        assert!(value.abs() > 1000.0, "layer {l}: {value}");
+    }
+    let mut top_ffn: Vec<u32> = first.mlp_post[1][..2].iter().map(|e| e.0).collect();
+    top_ffn.sort();
+    assert_eq!(top_ffn, vec![17, 300]);
+    let attacked = &out[1].states[0];
+    assert!(
+        attacked.resid_post[1][0].1.abs() < 5.0,
+        "{:?}",
+        attacked.resid_post[1]
+    );
+    // Later tokens: the decode step's states against full forwards.
+    let points = [
+        HookPoint::ResidMid,
+        HookPoint::MlpPost,
+        HookPoint::ResidPost,
+    ];
+    let g = &out[0];
+    for step in 1..g.tokens.len() {
+        let seq: Vec<u32> = std::iter::once(256)
+            .chain(g.tokens[..step].iter().copied())
+            .collect();
+        let opts = RunOptions {
+            capture: points
+                .iter()
+                .map(|&p| CaptureRequest::every_layer(p, Reduction::Position(usize::MAX)))
+                .collect(),
+            logits: LogitsMode::None,
+            ..Default::default()
+        };
+        let caps = model.forward(&[seq], None, &opts).unwrap().captures;
+        for (point, got) in points.iter().zip([
+            &g.states[step].resid_mid,
+            &g.states[step].mlp_post,
+            &g.states[step].resid_post,
+        ]) {
+            for (l, top) in got.iter().enumerate() {
+                let full = caps
+                    .iter()
+                    .find(|c| c.hook.layer == l && c.hook.point == *point)
+                    .unwrap();
+                for &(dim, value) in top {
+                    let want = full.values[dim as usize];
+                    assert!(
+                        (value - want).abs() <= 1e-4 * want.abs().max(1.0),
+                        "step {step} layer {l} {point:?} dim {dim}: {value} vs {want}"
+                    );
+                }
+                let largest = full.values.iter().fold(0f32, |m, v| m.max(v.abs()));
+                assert!((top[0].1.abs() - largest).abs() <= 1e-4 * largest.max(1.0));
+            }
+        }
+    }
+}

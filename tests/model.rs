@@ -386,6 +386,7 @@ fn sampling_is_reproducible_by_seed() {
             top_p,
             seed,
             stop_at_eos: false,
+            states: false,
             cancel: None,
         };
         generate(

@@ -8,6 +8,7 @@ use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 use serde::Serialize;
 
+use crate::model::hooks::{CaptureRequest, Captured, HookPoint, Reduction};
 use crate::model::intervention::Interventions;
 use crate::model::{CancelToken, LogitsMode, Model, Result, RunOptions};
 
@@ -22,6 +23,9 @@ pub struct GenerateParams {
     pub top_p: Option<f64>,
     pub seed: u64,
     pub stop_at_eos: bool,
+    /// Records, for every generated token, each layer's largest states
+    /// (see [`TokenStates`]) from the forward that chose it.
+    pub states: bool,
     /// Stops the generation (as Cancelled) when a newer request supersedes it.
     #[serde(skip)]
     pub cancel: Option<CancelToken>,
@@ -35,6 +39,7 @@ impl Default for GenerateParams {
             top_p: None,
             seed: 299_792_458,
             stop_at_eos: true,
+            states: false,
             cancel: None,
         }
     }
@@ -89,6 +94,77 @@ pub struct Generated {
     pub logprobs: Vec<f32>,
     pub text: String,
     pub stop: StopReason,
+    /// With [`GenerateParams::states`], one entry per token.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub states: Vec<TokenStates>,
+}
+
+/// How many of a state's largest entries a [`TokenStates`] keeps.
+pub const STATE_TOP: usize = 4;
+
+/// Where the massive activations are while a token is chosen: at the last
+/// input position, each layer's [`STATE_TOP`] largest |values| (dim,
+/// value) of the residual stream after attention and after the block, and
+/// of the MLP's gated product (the input of down_proj), largest first.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenStates {
+    pub resid_mid: Vec<Vec<(u32, f32)>>,
+    pub mlp_post: Vec<Vec<(u32, f32)>>,
+    pub resid_post: Vec<Vec<(u32, f32)>>,
+}
+
+/// The hook points [`TokenStates`] reads, at the last position of each
+/// forward (`Position` past the end is the last).
+fn state_captures() -> Vec<CaptureRequest> {
+    [
+        HookPoint::ResidMid,
+        HookPoint::MlpPost,
+        HookPoint::ResidPost,
+    ]
+    .into_iter()
+    .map(|p| CaptureRequest::every_layer(p, Reduction::Position(usize::MAX)))
+    .collect()
+}
+
+impl TokenStates {
+    /// Batch row `row`'s states from one forward's captures.
+    fn of(captures: &[Captured], row: usize, layers: usize) -> Self {
+        let top = |point: HookPoint| -> Vec<Vec<(u32, f32)>> {
+            (0..layers)
+                .map(|layer| {
+                    captures
+                        .iter()
+                        .find(|c| c.hook.layer == layer && c.hook.point == point)
+                        .map(|c| {
+                            let d = c.shape.last().copied().unwrap_or(0);
+                            largest(&c.values[row * d..(row + 1) * d])
+                        })
+                        .unwrap_or_default()
+                })
+                .collect()
+        };
+        Self {
+            resid_mid: top(HookPoint::ResidMid),
+            mlp_post: top(HookPoint::MlpPost),
+            resid_post: top(HookPoint::ResidPost),
+        }
+    }
+}
+
+/// The [`STATE_TOP`] largest |values| of `v` as (index, value), largest
+/// first (ties: the lower index first).
+fn largest(v: &[f32]) -> Vec<(u32, f32)> {
+    let mut idx: Vec<u32> = (0..v.len() as u32).collect();
+    idx.sort_by(|&a, &b| {
+        v[b as usize]
+            .abs()
+            .total_cmp(&v[a as usize].abs())
+            .then(a.cmp(&b))
+    });
+    idx.into_iter()
+        .take(STATE_TOP)
+        .map(|i| (i, v[i as usize]))
+        .collect()
 }
 
 /// Incremental detokenization: emits only text that is complete (no
@@ -155,11 +231,17 @@ pub fn generate(
             logprobs: Vec::new(),
             text: String::new(),
             stop: StopReason::MaxTokens,
+            states: Vec::new(),
         })
         .collect();
     let mut done = vec![false; b];
     let mut cache = model.new_cache();
     let opts = RunOptions {
+        capture: if params.states {
+            state_captures()
+        } else {
+            Vec::new()
+        },
         interventions: rows.to_vec(),
         logits: LogitsMode::Last,
         cancel: params.cancel.clone(),
@@ -175,7 +257,7 @@ pub fn generate(
             }
             break;
         }
-        let logits = match model.forward(&input, Some(&mut cache), &opts) {
+        let output = match model.forward(&input, Some(&mut cache), &opts) {
             Err(crate::model::ModelError::Cancelled) => {
                 for (g, d) in out.iter_mut().zip(done.iter()) {
                     if !d {
@@ -185,9 +267,8 @@ pub fn generate(
                 return Ok(finish(out, tokenizer));
             }
             other => other,
-        }?
-        .logits
-        .expect("last logits were asked for");
+        }?;
+        let logits = output.logits.expect("last logits were asked for");
         let mut next = Vec::with_capacity(b);
         for r in 0..b {
             // One copy of the row to the host serves the sampler and the
@@ -205,6 +286,12 @@ pub fn generate(
             }
             out[r].tokens.push(id);
             out[r].logprobs.push(log_softmax_at(&row, id as usize));
+            if params.states {
+                let layers = model.config().n_layers;
+                out[r]
+                    .states
+                    .push(TokenStates::of(&output.captures, r, layers));
+            }
             let piece = streams[r].push(tokenizer, id);
             out[r].text.push_str(&piece);
             if on_token(r, id, &piece).is_break() {
@@ -241,7 +328,14 @@ fn finish(mut out: Vec<Generated>, tokenizer: &tokenizers::Tokenizer) -> Vec<Gen
 
 #[cfg(test)]
 mod tests {
-    use super::log_softmax_at;
+    use super::{largest, log_softmax_at};
+
+    #[test]
+    fn largest_magnitudes_first() {
+        let v = [0.5, -9.0, 3.0, 9.0, -0.1, 2.0];
+        assert_eq!(largest(&v), vec![(1, -9.0), (3, 9.0), (2, 3.0), (5, 2.0)]);
+        assert_eq!(largest(&[1.0]), vec![(0, 1.0)]);
+    }
 
     #[test]
     fn log_probability_of_a_token() {

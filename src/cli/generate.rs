@@ -8,7 +8,7 @@ use color_eyre::eyre::{eyre, Result};
 use serde::Serialize;
 
 use mwtop::analysis::attack::Attack;
-use mwtop::analysis::generate::{generate, GenerateParams, Generated, StopReason};
+use mwtop::analysis::generate::{generate, GenerateParams, Generated, StopReason, TokenStates};
 use mwtop::checkpoint::chat::PromptFormat;
 use mwtop::display::describe_attack;
 use mwtop::model::intervention::Interventions;
@@ -50,6 +50,11 @@ pub struct GenerateArgs {
     /// Print the original and the attacked generation side by side (one batch of two).
     #[arg(long)]
     compare: bool,
+    /// With --json: for every generated token, each layer's 4 largest
+    /// states (dim, value) at the last input position, after attention
+    /// (`resid_mid`), of the MLP (`mlp_post`) and after the block (`resid_post`).
+    #[arg(long, requires = "json")]
+    states: bool,
     #[command(flatten)]
     run: RunArgs,
     #[arg(long)]
@@ -66,6 +71,8 @@ pub struct GenerateReport {
     pub logprobs: Vec<f32>,
     pub stop: StopReason,
     pub seconds: f64,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub states: Vec<TokenStates>,
 }
 
 /// What `generate` prints: one row, or the original and the attacked pair.
@@ -171,6 +178,7 @@ impl GenerateArgs {
             top_p: self.top_p,
             seed: self.seed,
             stop_at_eos: !self.no_stop,
+            states: self.states,
             cancel: None,
         };
         let resolved = self.attack.resolve(&model, &tok, self.seed, self.compare)?;
@@ -255,6 +263,7 @@ fn run_rows(
             logprobs: g.logprobs,
             stop: g.stop,
             seconds,
+            states: g.states,
         })
         .collect())
 }

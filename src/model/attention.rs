@@ -31,6 +31,19 @@ impl Model {
         input: &NormedInput<'_>,
         plan: &Plan,
     ) -> Result<(Tensor, Tensor, Tensor)> {
+        let (q, k, v) = self.project_qkv_views(block, input, plan)?;
+        Ok((q.contiguous()?, k.contiguous()?, v.contiguous()?))
+    }
+
+    /// [`Self::project_qkv`] as views (b, heads, t, head_dim) of the
+    /// projections, not copied out: a decode step's kernels read a row's
+    /// heads where the one qkv product left them.
+    pub(super) fn project_qkv_views(
+        &self,
+        block: &Block,
+        input: &NormedInput<'_>,
+        plan: &Plan,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
         let (b, t, _) = input.x.dims3()?;
         let c = &self.config;
         let (nq, nk, hd) = (c.n_heads, c.n_kv_heads, c.head_dim);
@@ -84,8 +97,8 @@ impl Model {
             ),
             _ => (q, k),
         };
-        // (b, heads, t, head_dim); for one token of one row this is a view.
-        let split = |y: Tensor| y.transpose(1, 2)?.contiguous();
+        // (b, heads, t, head_dim), views.
+        let split = |y: Tensor| y.transpose(1, 2);
         Ok((split(q)?, split(k)?, split(v)?))
     }
 

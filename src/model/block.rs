@@ -7,6 +7,7 @@ use std::cell::OnceCell;
 use candle_core::{DType, Tensor};
 
 use super::family::Activation;
+use super::fused::{GemvInput, Tees};
 use super::hooks::HookPoint;
 use super::plan::Plan;
 use super::weights::Linear;
@@ -50,13 +51,41 @@ impl Model {
         input: &NormedInput<'_>,
         plan: &Plan,
     ) -> Result<Tensor> {
-        if let Some(w) = input.weight {
-            let eps = self.config.norm_eps as f32;
-            if let Some(y) = plan.linear_fused(l, input.x, None, Some((w, eps)))? {
-                return Ok(y);
+        Ok(self.linear_normed_into(l, input, plan, None)?.0)
+    }
+
+    /// [`Self::linear_normed`], the GEMV also writing its product into
+    /// `dest` where it can: the product, and whether `dest` holds it.
+    fn linear_normed_into(
+        &self,
+        l: &Linear,
+        input: &NormedInput<'_>,
+        plan: &Plan,
+        dest: Option<&Tensor>,
+    ) -> Result<(Tensor, bool)> {
+        let tees = Tees {
+            out: dest,
+            input: None,
+        };
+        let fused = match input.weight {
+            Some(weight) => {
+                let eps = self.config.norm_eps as f32;
+                let normed = GemvInput::Normed {
+                    x: input.x,
+                    weight,
+                    eps,
+                };
+                plan.linear_fused(l, normed, None, tees)?
             }
+            None if dest.is_some() => {
+                plan.linear_fused(l, GemvInput::Plain(input.x), None, tees)?
+            }
+            None => None,
+        };
+        match fused {
+            Some(y) => Ok((y, dest.is_some())),
+            None => Ok((plan.linear(l, &self.normed(input, plan)?)?, false)),
         }
-        plan.linear(l, &self.normed(input, plan)?)
     }
 
     /// RMSNorm with a stored weight, or the input itself when the family
@@ -112,10 +141,29 @@ impl Model {
         let logits = self
             .linear_normed(&self.lm_head, &input, plan)?
             .to_dtype(out)?;
+        self.soft_cap(logits)
+    }
+
+    fn soft_cap(&self, logits: Tensor) -> Result<Tensor> {
         Ok(match self.family.final_softcap {
             Some(cap) => ((logits / cap)?.tanh()? * cap)?,
             None => logits,
         })
+    }
+
+    /// [`Self::head`] written into `dest` (f32, shaped like the logits):
+    /// by the head's GEMV itself where it can (no soft cap, f32).
+    pub(super) fn head_into(&self, x: &Tensor, plan: &Plan, dest: &Tensor) -> Result<()> {
+        if self.family.final_softcap.is_none() && self.dtype == DType::F32 {
+            let input = NormedInput::new(x, Some(&self.norm));
+            let (logits, written) =
+                self.linear_normed_into(&self.lm_head, &input, plan, Some(dest))?;
+            if !written {
+                dest.slice_set(&logits, 0, 0)?;
+            }
+            return Ok(());
+        }
+        Ok(dest.slice_set(&self.head(x, plan)?, 0, 0)?)
     }
 
     /// Block `i`: x + attn_out(o(attention(attn_in(x)))), then x plus
@@ -123,8 +171,11 @@ impl Model {
     /// `attend` is the attention of this run's kind (host-known positions,
     /// or the device-side position of a replayed decode step), its heads
     /// concatenated before the o projection; `hook` sees the residual
-    /// stream and the MLP state at each hook point. Without an output norm,
-    /// a projection and the residual add run as one kernel where they can.
+    /// stream and the MLP state at each hook point, except where `sink`
+    /// gives a device buffer for a point and the kernel that forms the
+    /// state writes it there itself. Without an output norm, a projection
+    /// and the residual add run as one kernel where they can, and the down
+    /// projection forms the gated product as it reads it.
     pub(super) fn block(
         &self,
         i: usize,
@@ -132,16 +183,38 @@ impl Model {
         plan: &Plan,
         attend: impl FnOnce(&NormedInput<'_>) -> Result<Tensor>,
         hook: &mut dyn FnMut(usize, HookPoint, &Tensor) -> Result<()>,
+        sink: &dyn Fn(usize, HookPoint) -> Option<Tensor>,
     ) -> Result<Tensor> {
         let block = &self.blocks[i];
         let norms = &block.norms;
         hook(i, HookPoint::ResidPre, &x)?;
         let heads = attend(&NormedInput::new(&x, norms.attn_in.as_ref()))?;
         let x = match &norms.attn_out {
-            None => plan.linear_plus(&block.o, &heads, &x)?,
-            Some(w) => (x + self.norm_opt(plan.linear(&block.o, &heads)?, Some(w), plan)?)?,
+            None => {
+                let dest = sink(i, HookPoint::ResidMid);
+                let tees = Tees {
+                    out: dest.as_ref(),
+                    input: None,
+                };
+                match plan.linear_fused(&block.o, GemvInput::Plain(&heads), Some(&x), tees)? {
+                    Some(y) if dest.is_some() => y,
+                    Some(y) => {
+                        hook(i, HookPoint::ResidMid, &y)?;
+                        y
+                    }
+                    None => {
+                        let y = (&x + plan.linear(&block.o, &heads)?)?;
+                        hook(i, HookPoint::ResidMid, &y)?;
+                        y
+                    }
+                }
+            }
+            Some(w) => {
+                let y = (x + self.norm_opt(plan.linear(&block.o, &heads)?, Some(w), plan)?)?;
+                hook(i, HookPoint::ResidMid, &y)?;
+                y
+            }
         };
-        hook(i, HookPoint::ResidMid, &x)?;
         let input = NormedInput::new(&x, norms.mlp_in.as_ref());
         let mut inter = if plan.runs_apart(&[&block.gate, &block.up]) {
             let h = self.normed(&input, plan)?;
@@ -149,6 +222,9 @@ impl Model {
             (self.activate(&gate, plan)? * plan.linear(&block.up, &h)?)?
         } else {
             let gate_up = self.linear_normed(&block.gate_up, &input, plan)?;
+            if let Some(y) = self.gated_down(i, &gate_up, &x, plan, hook, sink)? {
+                return Ok(y);
+            }
             let d_ff = self.config.d_ff;
             let fused = match plan.differentiable() {
                 false => super::fused::gated(&gate_up, d_ff, self.family.activation)?,
@@ -172,5 +248,43 @@ impl Model {
         };
         hook(i, HookPoint::ResidPost, &x)?;
         Ok(x)
+    }
+
+    /// x + down(act(gate) * up * mask) as one GEMV that forms the gated
+    /// product as it reads it (the family has no norm after the MLP), the
+    /// MLP state written to its sink by the same kernel, or not formed at
+    /// all where nothing wants it. None where that kernel cannot run.
+    fn gated_down(
+        &self,
+        i: usize,
+        gate_up: &Tensor,
+        x: &Tensor,
+        plan: &Plan,
+        hook: &mut dyn FnMut(usize, HookPoint, &Tensor) -> Result<()>,
+        sink: &dyn Fn(usize, HookPoint) -> Option<Tensor>,
+    ) -> Result<Option<Tensor>> {
+        let block = &self.blocks[i];
+        let mlp_dest = sink(i, HookPoint::MlpPost);
+        let mlp_lost = plan.wants(i, HookPoint::MlpPost) && mlp_dest.is_none();
+        if block.norms.mlp_out.is_some() || mlp_lost {
+            return Ok(None);
+        }
+        let dest = sink(i, HookPoint::ResidPost);
+        let input = GemvInput::Gated {
+            gate_up,
+            act: self.family.activation,
+            mask: plan.ffn_mask(i),
+        };
+        let tees = Tees {
+            out: dest.as_ref(),
+            input: mlp_dest.as_ref(),
+        };
+        let Some(y) = plan.linear_fused(&block.down, input, Some(x), tees)? else {
+            return Ok(None);
+        };
+        if dest.is_none() {
+            hook(i, HookPoint::ResidPost, &y)?;
+        }
+        Ok(Some(y))
     }
 }

@@ -208,21 +208,9 @@ impl Model {
         let ids = io.inputs.narrow(0, 0, b)?;
         let pos = io.inputs.narrow(0, b, 1)?;
         let mut x = self.embed_ids(&ids)?.reshape((b, 1, c.d_model))?;
-        let capacity = io.positions.dim(0)?;
-        let seen = io.positions.broadcast_le(&pos)?;
-        let full_mask = seen
-            .where_cond(&io.open, &io.closed)?
-            .reshape((1, capacity))?;
-        let sliding_mask = match &io.window_ends {
-            Some(ends) => {
-                let inside = ends.broadcast_gt(&pos)?.where_cond(&io.open, &io.closed)?;
-                Some(
-                    seen.where_cond(&inside, &io.closed)?
-                        .reshape((1, capacity))?,
-                )
-            }
-            None => None,
-        };
+        // The step's additive masks (all keys, and the sliding window's),
+        // built only where the attention kernel cannot build them itself.
+        let mut masks: Option<StepMasks> = None;
         // Where the fused kernels cannot run: the position's table rows and
         // the cache's scatter index, made once per step on first use.
         let mut composed: Option<ComposedStep> = None;
@@ -233,7 +221,7 @@ impl Model {
                 x,
                 plan,
                 |h| {
-                    let (q, k, v) = self.project_qkv(block, h, plan)?;
+                    let (q, k, v) = self.project_qkv_views(block, h, plan)?;
                     let rope = self.rope_for(i);
                     // One kernel rotates q and k and stores k and v on a GPU.
                     let stored =
@@ -249,36 +237,40 @@ impl Model {
                                 (Some(local), Some(_)) => local,
                                 _ => &step.tables,
                             };
+                            let (q, k) = (q.contiguous()?, k.contiguous()?);
                             kv.k.scatter_set(&step.kv_index, &rope.rotate_at(&k, t, false)?, 2)?;
-                            kv.v.scatter_set(&step.kv_index, &v, 2)?;
+                            kv.v.scatter_set(&step.kv_index, &v.contiguous()?, 2)?;
                             rope.rotate_at(&q, t, true)?
                         }
-                    };
-                    let mask = match (c.attention.window(i), &sliding_mask) {
-                        (Some(_), Some(m)) => m,
-                        _ => &full_mask,
                     };
                     // One kernel over the open keys on a GPU; the composed
                     // ops over the whole buffer elsewhere.
                     let softcap = self.family.attn_softcap;
-                    let y = match super::fused::decode_attention(
-                        &q,
-                        &kv.k,
-                        &kv.v,
-                        mask,
-                        Some(&pos),
-                        softcap,
-                    )? {
+                    let window = c.attention.window(i);
+                    let fused =
+                        super::fused::decode_attention(&q, &kv.k, &kv.v, &pos, window, softcap)?;
+                    let y = match fused {
                         Some(y) => y,
-                        None => self.attend_grouped(&q, &kv.k, &kv.v, Some(mask), false)?,
+                        None => {
+                            let m = match &mut masks {
+                                Some(m) => m,
+                                none => none.insert(StepMasks::new(io, &pos)?),
+                            };
+                            let mask = match (window, &m.sliding) {
+                                (Some(_), Some(sliding)) => sliding,
+                                _ => &m.full,
+                            };
+                            self.attend_grouped(&q, &kv.k, &kv.v, Some(mask), false)?
+                        }
                     };
                     Ok(y)
                 },
                 &mut |layer, point, x| io.record_hook(layer, point, x),
+                &|layer, point| io.sink(layer, point),
             )?;
         }
         if let Some(out) = &io.logits {
-            out.slice_set(&self.head(&x, plan)?, 0, 0)?;
+            self.head_into(&x, plan, out)?;
         }
         Ok(())
     }
@@ -299,23 +291,62 @@ impl Model {
                 Ok((*point, values, (layers, b, t, d)))
             })
             .collect::<Result<Vec<_>>>()?;
-        let mut out = Vec::new();
-        for layer in 0..self.config.n_layers {
-            for point in POINTS {
-                for req in opts.capture.iter().filter(|r| r.wants(layer, point)) {
-                    let (_, values, (_, b, t, d)) =
-                        host.iter().find(|(p, ..)| *p == point).expect("slab");
-                    let size = b * t * d;
-                    out.push(hooks::reduce_host(
-                        HookName::new(layer, point),
-                        req.reduction,
-                        &values[layer * size..(layer + 1) * size],
-                        (*b, *t, *d),
-                    ));
-                }
+        // Every (layer, point, request) in the order an eager forward
+        // takes them, reduced in parallel: dozens of small reductions per
+        // token, which the host would otherwise run one after another
+        // while the GPU waits for the next step.
+        let jobs: Vec<(usize, HookPoint, &CaptureRequest)> = (0..self.config.n_layers)
+            .flat_map(|layer| POINTS.into_iter().map(move |point| (layer, point)))
+            .flat_map(|(layer, point)| {
+                opts.capture
+                    .iter()
+                    .filter(move |r| r.wants(layer, point))
+                    .map(move |r| (layer, point, r))
+            })
+            .collect();
+        use rayon::prelude::*;
+        Ok(jobs
+            .into_par_iter()
+            .map(|(layer, point, req)| {
+                let (_, values, (_, b, t, d)) =
+                    host.iter().find(|(p, ..)| *p == point).expect("slab");
+                let size = b * t * d;
+                hooks::reduce_host(
+                    HookName::new(layer, point),
+                    req.reduction,
+                    &values[layer * size..(layer + 1) * size],
+                    (*b, *t, *d),
+                )
+            })
+            .collect())
+    }
+}
+
+/// A step's additive masks over the cache buffer: 0 up to the position and
+/// -inf after it, and the same inside the sliding window where a layer slides.
+struct StepMasks {
+    full: Tensor,
+    sliding: Option<Tensor>,
+}
+
+impl StepMasks {
+    fn new(io: &StepIo, pos: &Tensor) -> Result<Self> {
+        let capacity = io.positions.dim(0)?;
+        let seen = io.positions.broadcast_le(pos)?;
+        let full = seen
+            .where_cond(&io.open, &io.closed)?
+            .reshape((1, capacity))?;
+        let sliding = match &io.window_ends {
+            Some(ends) => {
+                let inside = ends.broadcast_gt(pos)?.where_cond(&io.open, &io.closed)?;
+                Some(
+                    seen.where_cond(&inside, &io.closed)?
+                        .reshape((1, capacity))?,
+                )
             }
-        }
-        Ok(out)
+            None => None,
+        };
+        Ok(Self { full, sliding })
     }
 }
 
@@ -383,6 +414,12 @@ impl StepIo {
             slabs,
             _masks: plan.mask_tensors(),
         })
+    }
+
+    /// The slab row a kernel may write a hook's state into itself.
+    fn sink(&self, layer: usize, point: HookPoint) -> Option<Tensor> {
+        let (_, slab) = self.slabs.iter().find(|(p, _)| *p == point)?;
+        slab.get(layer).ok()
     }
 
     /// Copies a hook's state into its slab row when a capture wants it.

@@ -483,6 +483,7 @@ impl Model {
                     self.attention(i, block, h, at, masking, kv, &plan)
                 },
                 &mut |layer, point, x| plan.capture(layer, point, x, &mut captures),
+                &|_, _| None,
             )?;
         }
         let x = x.to_device(self.placement.last())?;

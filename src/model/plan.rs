@@ -4,6 +4,7 @@
 use candle_core::{DType, IndexOp, Tensor};
 
 use super::capture::Captures;
+use super::fused::{GemvInput, Tees};
 use super::gemv;
 use super::hooks::{HookName, HookPoint};
 use super::intervention::Interventions;
@@ -273,32 +274,37 @@ impl<'a> Plan<'a> {
     /// nothing edits, adapts or drops, one GEMV kernel that adds as it
     /// stores (the residual stream's add without a kernel of its own).
     pub(super) fn linear_plus(&self, l: &Linear, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        match self.linear_fused(l, x, Some(residual), None)? {
+        match self.linear_fused(l, GemvInput::Plain(x), Some(residual), Tees::default())? {
             Some(y) => Ok(y),
             None => Ok((residual + self.linear(l, x)?)?),
         }
     }
 
-    /// `l` applied to x (b, t, in) by the GPU's GEMV with what it can fold
-    /// in: `add` added as it stores, x through RMSNorm (weight, eps) as it
-    /// loads. For a few rows and a matrix nothing edits, adapts or drops;
-    /// None elsewhere (the caller composes the ops).
+    /// `add` + `l` applied to `input` (b, t, ..) by the GPU's GEMV, which
+    /// forms the input as it reads it (see [`GemvInput`]) and writes
+    /// `tees` too. For a few rows and a matrix nothing edits, adapts or
+    /// drops; None elsewhere (the caller composes the ops).
     pub(super) fn linear_fused(
         &self,
         l: &Linear,
-        x: &Tensor,
+        input: GemvInput<'_>,
         add: Option<&Tensor>,
-        norm: Option<(&Tensor, f32)>,
+        tees: Tees<'_>,
     ) -> Result<Option<Tensor>> {
-        let (b, t, _) = x.dims3()?;
+        let (b, t, _) = input.x().dims3()?;
         let plain = l.bias.is_none() && !self.runs_apart(&[l]);
         if !plain || b * t > super::gemv::MAX_ROWS || self.differentiable() {
             return Ok(None);
         }
         let out = l.weight.dim(0)?;
-        Ok(super::fused::gemv(&l.weight, x, add, norm)?
+        Ok(super::fused::gemv(&l.weight, input, add, tees)?
             .map(|y| y.reshape((b, t, out)))
             .transpose()?)
+    }
+
+    /// Whether a capture of this run wants the state at (layer, point).
+    pub(super) fn wants(&self, layer: usize, point: HookPoint) -> bool {
+        self.opts.capture.iter().any(|r| r.wants(layer, point))
     }
 
     /// y = x W^T (+ b), plus the effect of any single-weight edits of W.
@@ -308,7 +314,7 @@ impl<'a> Plan<'a> {
         let fast = if b * t <= super::gemv::MAX_ROWS && !self.differentiable() {
             match gemv::gemv(&l.weight, x)? {
                 Some(y) => Some(y),
-                None => super::fused::gemv(&l.weight, x, None, None)?,
+                None => super::fused::gemv(&l.weight, GemvInput::Plain(x), None, Tees::default())?,
             }
         } else {
             None

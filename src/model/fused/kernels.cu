@@ -64,13 +64,37 @@ extern "C" __global__ void mwtop_rmsnorm_bwd(const float* x, const float* w, con
   for (int c = lane; c < cols; c += 32) o[c] = gr[c] * w[c] * r - xr[c] * k3;
 }
 
-// y = W x, W (rows, cols) of 16-bit floats (bf16 when is_bf16, else f16),
-// x and y f32; one warp per row, eight weights (16 bytes) a load when the
-// rows are 16-byte aligned. bf16 -> f32 is the bits shifted up; f16 -> f32
-// is exact too; the sum is f32.
+// Programmatic dependent launch (sm_90 and later; the host launches a
+// kernel this way only from the module compiled for such a device): a
+// kernel lets the next one start as soon as all its blocks run, and the
+// next waits for it to finish (and its writes to land) only where it first
+// reads what the one before wrote. A GEMV loads its first weights before
+// that wait, so a decode step's chain of kernels overlaps each weight
+// fetch with the tail of the kernel before. Every kernel launched so
+// waits before it reads another kernel's output or writes anything.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define MWTOP_LET_NEXT_START() asm volatile("griddepcontrol.launch_dependents;" ::: "memory")
+#define MWTOP_AFTER_PREVIOUS() asm volatile("griddepcontrol.wait;" ::: "memory")
+#else
+#define MWTOP_LET_NEXT_START()
+#define MWTOP_AFTER_PREVIOUS()
+#endif
+
+// act(gate) for the gated MLPs: SiLU, or GELU's tanh form, candle's
+// `usilu`/`ugelu` formulas.
+__device__ __forceinline__ float mwtop_gate_act(float g, int gelu) {
+  if (gelu) {
+    float g3 = g * g * g;
+    float alpha = g + 0.044715f * g3;
+    return 0.5f * g * (1.0f + tanhf((float)(1.12837916709551257390 * 0.70710678118654752440) * alpha));
+  }
+  return g / (1.0f + expf(-g));
+}
+
+// IEEE half -> float, exact, subnormals included; bf16 -> f32 is the bits
+// shifted up.
 __device__ __forceinline__ float mwtop_widen(unsigned short h, int is_bf16) {
   if (is_bf16) return __uint_as_float(((unsigned int)h) << 16);
-  // IEEE half -> float, subnormals included.
   unsigned int sign = ((unsigned int)h & 0x8000u) << 16;
   unsigned int exp = (h >> 10) & 0x1f;
   unsigned int man = h & 0x3ff;
@@ -82,52 +106,180 @@ __device__ __forceinline__ float mwtop_widen(unsigned short h, int is_bf16) {
   return __uint_as_float(sign | ((exp + 112u) << 23) | (man << 13));
 }
 
-// y (n, rows) = x (n, cols) W^T for n <= MWTOP_GEMV_ROWS activation rows:
-// each weight row is read once for all n. Every row's sum runs in the same
-// order whatever n is, so a row of a batch equals that row decoded alone.
+// y (n, rows) = add + in(x) W^T for n <= MWTOP_GEMV_ROWS activation rows, W
+// (rows, cols) f32 or 16-bit floats (bf16 or f16, widened exactly), every
+// sum f32: each weight row is read once for all n, a warp per row. Every
+// row's sum runs in the same order whatever n is, so a row of a batch
+// equals that row decoded alone.
 #define MWTOP_GEMV_ROWS 8
 // 16-byte loads of W a lane issues before using them.
 #define MWTOP_GEMV_BURST 8
 
-// With `g` (not null) both GEMVs multiply by RMSNorm(x) * g instead of x:
-// the norm before a projection without a kernel (and a round trip of the
-// normed rows) of its own. Each warp finds the rows' scales itself,
-// rsqrt(mean(x^2) + eps), and forms scale * x * g as mwtop_rmsnorm does.
-__device__ void mwtop_rms_scales(const float* x, int n, int cols, int lane, int vec, float eps,
-    float* sc) {
+// What the product's input is, in(x):
+#define MWTOP_IN_PLAIN 0 // x (n, cols)
+#define MWTOP_IN_NORM 1  // RMSNorm(x) * g, g = aux (cols)
+#define MWTOP_IN_SILU 2  // silu(gate) * up [* mask]: x (n, 2 cols) gate then up, mask = aux (n, cols)
+#define MWTOP_IN_GELU 3  // the same with GELU (tanh)
+
+// The two weight formats: a 16-byte chunk of f32 (4 weights) or of 16-bit
+// floats (8 weights), widened to f32.
+struct MwtopW32 {
+  typedef float4 Chunk;
+  enum { PER = 4, BYTES = 4 };
+  __device__ static Chunk zero() { return make_float4(0.f, 0.f, 0.f, 0.f); }
+  __device__ static void widen(Chunk c, float* ws, int) {
+    ws[0] = c.x, ws[1] = c.y, ws[2] = c.z, ws[3] = c.w;
+  }
+  __device__ static float one(const void* w, unsigned long long i, int) { return ((const float*)w)[i]; }
+};
+struct MwtopW16 {
+  typedef uint4 Chunk;
+  enum { PER = 8, BYTES = 2 };
+  __device__ static Chunk zero() { return make_uint4(0u, 0u, 0u, 0u); }
+  __device__ static void widen(Chunk c, float* ws, int is_bf16) {
+    unsigned int u[4] = {c.x, c.y, c.z, c.w};
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      ws[2 * k] = mwtop_widen((unsigned short)(u[k] & 0xffffu), is_bf16);
+      ws[2 * k + 1] = mwtop_widen((unsigned short)(u[k] >> 16), is_bf16);
+    }
+  }
+  __device__ static float one(const void* w, unsigned long long i, int is_bf16) {
+    return mwtop_widen(((const unsigned short*)w)[i], is_bf16);
+  }
+};
+
+// in(x) of the block's n rows staged once in shared memory `sx` (n, cols)
+// by all its threads: the norm's scale found once per block, the gated
+// product formed once per block (block 0 also writes it to `tee_x`, the
+// hook's slab row, when given), instead of each warp reading x from L2.
+// Each thread issues MWTOP_STAGE_BURST 16-byte loads before using them
+// (`xvec`: x, the mask and cols allow them), so staging costs a memory
+// round trip or two, not one per element.
+#define MWTOP_STAGE_BURST 4
+__device__ void mwtop_stage(const float* x, int n, int cols, int mode, const float* aux,
+    float eps, float* sx, float* tee_x, int xvec) {
+  __shared__ float red[MWTOP_GEMV_ROWS][32];
+  int tid = threadIdx.y * blockDim.x + threadIdx.x;
+  int nt = blockDim.x * blockDim.y;
+  int total = n * cols;
+  bool tee = tee_x && blockIdx.x == 0;
+  if (mode == MWTOP_IN_SILU || mode == MWTOP_IN_GELU) {
+    int gelu = mode == MWTOP_IN_GELU;
+    if (xvec) {
+      int c4 = cols >> 2, total4 = total >> 2;
+      const float4* x4 = (const float4*)x;
+      for (int e0 = tid; e0 < total4; e0 += nt * MWTOP_STAGE_BURST) {
+        float4 g[MWTOP_STAGE_BURST], u[MWTOP_STAGE_BURST], m[MWTOP_STAGE_BURST];
+#pragma unroll
+        for (int k = 0; k < MWTOP_STAGE_BURST; ++k) {
+          int e = e0 + k * nt;
+          if (e < total4) {
+            int j = e / c4, c = e - j * c4;
+            g[k] = x4[(unsigned long long)j * 2 * c4 + c];
+            u[k] = x4[(unsigned long long)j * 2 * c4 + c4 + c];
+            if (aux) m[k] = ((const float4*)aux)[e];
+          }
+        }
+#pragma unroll
+        for (int k = 0; k < MWTOP_STAGE_BURST; ++k) {
+          int e = e0 + k * nt;
+          if (e < total4) {
+            float4 v = make_float4(mwtop_gate_act(g[k].x, gelu) * u[k].x,
+                mwtop_gate_act(g[k].y, gelu) * u[k].y, mwtop_gate_act(g[k].z, gelu) * u[k].z,
+                mwtop_gate_act(g[k].w, gelu) * u[k].w);
+            if (aux) v = make_float4(v.x * m[k].x, v.y * m[k].y, v.z * m[k].z, v.w * m[k].w);
+            ((float4*)sx)[e] = v;
+            if (tee) ((float4*)tee_x)[e] = v;
+          }
+        }
+      }
+    } else {
+      for (int e = tid; e < total; e += nt) {
+        int j = e / cols, c = e - j * cols;
+        const float* r = x + (unsigned long long)j * 2 * cols;
+        float v = mwtop_gate_act(r[c], gelu) * r[cols + c];
+        if (aux) v = v * aux[e];
+        sx[e] = v;
+        if (tee) tee_x[e] = v;
+      }
+    }
+    __syncthreads();
+    return;
+  }
+  if (xvec) {
+    int total4 = total >> 2;
+    const float4* x4 = (const float4*)x;
+    for (int e0 = tid; e0 < total4; e0 += nt * MWTOP_STAGE_BURST) {
+      float4 v[MWTOP_STAGE_BURST];
+#pragma unroll
+      for (int k = 0; k < MWTOP_STAGE_BURST; ++k) {
+        int e = e0 + k * nt;
+        if (e < total4) v[k] = x4[e];
+      }
+#pragma unroll
+      for (int k = 0; k < MWTOP_STAGE_BURST; ++k) {
+        int e = e0 + k * nt;
+        if (e < total4) ((float4*)sx)[e] = v[k];
+      }
+    }
+  } else {
+    for (int e = tid; e < total; e += nt) sx[e] = x[e];
+  }
+  __syncthreads();
+  if (mode != MWTOP_IN_NORM) return;
+  float ss[MWTOP_GEMV_ROWS];
+#pragma unroll
+  for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) {
+    ss[j] = 0.f;
+    if (j < n)
+      for (int c = tid; c < cols; c += nt) {
+        float v = sx[j * cols + c];
+        ss[j] += v * v;
+      }
+  }
+  int warp = tid >> 5, lane = tid & 31, warps = nt >> 5;
+#pragma unroll
+  for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) {
+    if (j < n) {
+      float s = ss[j];
+      for (int k = 16; k > 0; k >>= 1) s += __shfl_xor_sync(0xffffffff, s, k, 32);
+      if (lane == 0) red[j][warp] = s;
+    }
+  }
+  __syncthreads();
+  float sc[MWTOP_GEMV_ROWS];
+#pragma unroll
+  for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) {
+    float s = 0.f;
+    if (j < n)
+      for (int w = 0; w < warps; ++w) s += red[j][w];
+    sc[j] = rsqrtf(s / cols + eps);
+  }
+#pragma unroll
+  for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) {
+    if (j < n)
+      for (int c = tid; c < cols; c += nt) sx[j * cols + c] = sc[j] * sx[j * cols + c] * aux[c];
+  }
+  __syncthreads();
+}
+
+// Unstaged (x too large for shared memory) RMSNorm: each warp finds the
+// rows' scales itself, rsqrt(mean(x^2) + eps).
+__device__ void mwtop_rms_scales(const float* x, int n, int cols, int lane, float eps, float* sc) {
 #pragma unroll
   for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) {
     if (j >= n) break;
     const float* xj = x + (unsigned long long)j * cols;
     float ss = 0.f;
-    if (vec) {
-      const float4* x4 = (const float4*)xj;
-      int n4 = cols >> 2;
-      for (int i0 = lane; i0 < n4; i0 += 32 * MWTOP_GEMV_BURST) {
-        float4 v[MWTOP_GEMV_BURST];
-#pragma unroll
-        for (int u = 0; u < MWTOP_GEMV_BURST; ++u) {
-          int i = i0 + 32 * u;
-          v[u] = i < n4 ? x4[i] : make_float4(0.f, 0.f, 0.f, 0.f);
-        }
-#pragma unroll
-        for (int u = 0; u < MWTOP_GEMV_BURST; ++u)
-          ss += v[u].x * v[u].x + v[u].y * v[u].y + v[u].z * v[u].z + v[u].w * v[u].w;
-      }
-    } else {
-      for (int c = lane; c < cols; c += 32) ss += xj[c] * xj[c];
-    }
+    for (int c = lane; c < cols; c += 32) ss += xj[c] * xj[c];
     for (int k = 16; k > 0; k >>= 1) ss += __shfl_xor_sync(0xffffffff, ss, k, 32);
     sc[j] = rsqrtf(ss / cols + eps);
   }
 }
 
-// Element c of the product's input row xj: x, or its norm times g.
-__device__ __forceinline__ float mwtop_act(const float* xj, const float* g, float sc, int c) {
-  return g ? sc * xj[c] * g[c] : xj[c];
-}
-
-// Elements 4i..4i+3 of the product's input row xj (16-byte aligned).
+// Elements 4i..4i+3 of input row xj (16-byte aligned), times sc * g where
+// an unstaged norm applies.
 __device__ __forceinline__ float4 mwtop_act4(const float* xj, const float* g, float sc, int i) {
   float4 a = ((const float4*)xj)[i];
   if (g) {
@@ -137,130 +289,120 @@ __device__ __forceinline__ float4 mwtop_act4(const float* xj, const float* g, fl
   return a;
 }
 
-// The end of both GEMVs: each row's lane sums reduced over the warp, lane 0
-// storing y[j, row].
-// With `add` (not null), y = add + W x: the residual stream's sum in the
-// same kernel, the order the composed `residual + projection` adds in.
-__device__ __forceinline__ void mwtop_gemv_store(const float* acc, int n, int lane, float* y,
-    const float* add, int rows, int row) {
+template <class F>
+__device__ void mwtop_gemv(const void* w, const float* x, float* y, const float* add,
+    const float* aux, float eps, int rows, int cols, int n, int is_bf16, int vec, int mode,
+    int staged, float* tee_y, float* tee_x) {
+  // staged: 0 no, 1 with 4-byte loads of x, 2 with 16-byte loads.
+  extern __shared__ __align__(16) float sx[];
+  typedef typename F::Chunk Chunk;
+  MWTOP_LET_NEXT_START();
+  int row = blockIdx.x * blockDim.y + threadIdx.y;
+  int lane = threadIdx.x;
+  bool live = row < rows;
+  int nc = cols / F::PER;
+  const Chunk* wc = (const Chunk*)((const char*)w + (unsigned long long)(live ? row : 0) * cols * F::BYTES);
+  // The first burst of this row's weights: they depend on no kernel before.
+  Chunk qs[MWTOP_GEMV_BURST];
+  if (vec) {
+#pragma unroll
+    for (int u = 0; u < MWTOP_GEMV_BURST; ++u) {
+      int i = lane + 32 * u;
+      qs[u] = live && i < nc ? wc[i] : F::zero();
+    }
+  }
+  MWTOP_AFTER_PREVIOUS();
+  const float* src = x;
+  const float* g = 0;
+  float sc[MWTOP_GEMV_ROWS];
+#pragma unroll
+  for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) sc[j] = 1.f;
+  if (staged) {
+    mwtop_stage(x, n, cols, mode, aux, eps, sx, tee_x, staged == 2);
+    src = sx;
+  } else if (mode == MWTOP_IN_NORM) {
+    g = aux;
+    if (live) mwtop_rms_scales(x, n, cols, lane, eps, sc);
+  }
+  if (!live) return;
+  float acc[MWTOP_GEMV_ROWS];
+#pragma unroll
+  for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) acc[j] = 0.f;
+  if (vec) {
+    // Each lane's sum runs over chunks lane, lane + 32, ... in order; a
+    // burst of loads is in flight before its products.
+    for (int i0 = lane;;) {
+#pragma unroll
+      for (int u = 0; u < MWTOP_GEMV_BURST; ++u) {
+        int i = i0 + 32 * u;
+        if (i >= nc) break;
+        float ws[F::PER];
+        F::widen(qs[u], ws, is_bf16);
+#pragma unroll
+        for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) {
+          if (j < n) {
+            const float* xj = src + (unsigned long long)j * cols;
+#pragma unroll
+            for (int h = 0; h < F::PER / 4; ++h) {
+              float4 a = mwtop_act4(xj, g, sc[j], i * (F::PER / 4) + h);
+              acc[j] = fmaf(ws[4 * h], a.x, acc[j]);
+              acc[j] = fmaf(ws[4 * h + 1], a.y, acc[j]);
+              acc[j] = fmaf(ws[4 * h + 2], a.z, acc[j]);
+              acc[j] = fmaf(ws[4 * h + 3], a.w, acc[j]);
+            }
+          }
+        }
+      }
+      i0 += 32 * MWTOP_GEMV_BURST;
+      if (i0 >= nc) break;
+#pragma unroll
+      for (int u = 0; u < MWTOP_GEMV_BURST; ++u) {
+        int i = i0 + 32 * u;
+        qs[u] = i < nc ? wc[i] : F::zero();
+      }
+    }
+  } else {
+    unsigned long long base = (unsigned long long)row * cols;
+    for (int c = lane; c < cols; c += 32) {
+      float wv = F::one(w, base + c, is_bf16);
+#pragma unroll
+      for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) {
+        if (j < n) {
+          const float* xj = src + (unsigned long long)j * cols;
+          float a = g ? sc[j] * xj[c] * g[c] : xj[c];
+          acc[j] = fmaf(wv, a, acc[j]);
+        }
+      }
+    }
+  }
+  // Each row's lane sums reduced over the warp; lane 0 stores add + sum
+  // (the order the composed `residual + projection` adds in), also into
+  // `tee_y` (a hook's slab row, or the step's logits) when given.
 #pragma unroll
   for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) {
     if (j < n) {
       float a = acc[j];
       for (int k = 16; k > 0; k >>= 1) a += __shfl_xor_sync(0xffffffff, a, k, 32);
       unsigned long long at = (unsigned long long)j * rows + row;
-      if (lane == 0) y[at] = add ? add[at] + a : a;
-    }
-  }
-}
-extern "C" __global__ void mwtop_gemv16(const unsigned short* w, const float* x, float* y,
-    const float* add, const float* g, float eps, int rows, int cols, int n, int is_bf16,
-    int vec8) {
-  int row = blockIdx.x * blockDim.y + threadIdx.y;
-  if (row >= rows) return;
-  int lane = threadIdx.x;
-  const unsigned short* wr = w + (unsigned long long)row * cols;
-  float acc[MWTOP_GEMV_ROWS], sc[MWTOP_GEMV_ROWS];
-#pragma unroll
-  for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) acc[j] = 0.f, sc[j] = 1.f;
-  if (g) mwtop_rms_scales(x, n, cols, lane, vec8, eps, sc);
-  if (vec8) {
-    const uint4* w8 = (const uint4*)wr;
-    int n8 = cols >> 3;
-    // Loads in bursts, as in mwtop_gemv32 (the same order of sums).
-    for (int i0 = lane; i0 < n8; i0 += 32 * MWTOP_GEMV_BURST) {
-      uint4 qs[MWTOP_GEMV_BURST];
-#pragma unroll
-      for (int b = 0; b < MWTOP_GEMV_BURST; ++b) {
-        int i = i0 + 32 * b;
-        qs[b] = i < n8 ? w8[i] : make_uint4(0u, 0u, 0u, 0u);
-      }
-#pragma unroll
-      for (int b = 0; b < MWTOP_GEMV_BURST; ++b) {
-        int i = i0 + 32 * b;
-        if (i >= n8) break;
-        uint4 q = qs[b];
-        unsigned int u[4] = {q.x, q.y, q.z, q.w};
-        float ws[8];
-#pragma unroll
-        for (int k = 0; k < 4; ++k) {
-          ws[2 * k] = mwtop_widen((unsigned short)(u[k] & 0xffffu), is_bf16);
-          ws[2 * k + 1] = mwtop_widen((unsigned short)(u[k] >> 16), is_bf16);
-        }
-#pragma unroll
-        for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) {
-          if (j < n) {
-            const float* xj = x + (unsigned long long)j * cols;
-            float4 a = mwtop_act4(xj, g, sc[j], 2 * i), c = mwtop_act4(xj, g, sc[j], 2 * i + 1);
-            float xs[8] = {a.x, a.y, a.z, a.w, c.x, c.y, c.z, c.w};
-#pragma unroll
-            for (int k = 0; k < 8; ++k) acc[j] = fmaf(ws[k], xs[k], acc[j]);
-          }
-        }
+      if (lane == 0) {
+        float v = add ? add[at] + a : a;
+        y[at] = v;
+        if (tee_y) tee_y[at] = v;
       }
     }
-  } else {
-    for (int c = lane; c < cols; c += 32) {
-      float wc = mwtop_widen(wr[c], is_bf16);
-#pragma unroll
-      for (int j = 0; j < MWTOP_GEMV_ROWS; ++j)
-        if (j < n) acc[j] = fmaf(wc, mwtop_act(x + (unsigned long long)j * cols, g, sc[j], c), acc[j]);
-    }
   }
-  mwtop_gemv_store(acc, n, lane, y, add, rows, row);
 }
 
-// The same product for f32 weights (the dense copy): 16-byte loads of W
-// and x when both are aligned.
 extern "C" __global__ void mwtop_gemv32(const float* w, const float* x, float* y,
-    const float* add, const float* g, float eps, int rows, int cols, int n, int vec4) {
-  int row = blockIdx.x * blockDim.y + threadIdx.y;
-  if (row >= rows) return;
-  int lane = threadIdx.x;
-  const float* wr = w + (unsigned long long)row * cols;
-  float acc[MWTOP_GEMV_ROWS], sc[MWTOP_GEMV_ROWS];
-#pragma unroll
-  for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) acc[j] = 0.f, sc[j] = 1.f;
-  if (g) mwtop_rms_scales(x, n, cols, lane, vec4, eps, sc);
-  if (vec4) {
-    const float4* w4 = (const float4*)wr;
-    int n4 = cols >> 2;
-    // MWTOP_GEMV_BURST loads of W issued before their products, so a row
-    // costs a few memory round trips, not one per 512 bytes; each lane's
-    // sum still runs over i = lane, lane + 32, ... in order.
-    for (int i0 = lane; i0 < n4; i0 += 32 * MWTOP_GEMV_BURST) {
-      float4 qs[MWTOP_GEMV_BURST];
-#pragma unroll
-      for (int u = 0; u < MWTOP_GEMV_BURST; ++u) {
-        int i = i0 + 32 * u;
-        qs[u] = i < n4 ? w4[i] : make_float4(0.f, 0.f, 0.f, 0.f);
-      }
-#pragma unroll
-      for (int u = 0; u < MWTOP_GEMV_BURST; ++u) {
-        int i = i0 + 32 * u;
-        if (i >= n4) break;
-        float4 q = qs[u];
-#pragma unroll
-        for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) {
-          if (j < n) {
-            float4 a = mwtop_act4(x + (unsigned long long)j * cols, g, sc[j], i);
-            acc[j] = fmaf(q.x, a.x, acc[j]);
-            acc[j] = fmaf(q.y, a.y, acc[j]);
-            acc[j] = fmaf(q.z, a.z, acc[j]);
-            acc[j] = fmaf(q.w, a.w, acc[j]);
-          }
-        }
-      }
-    }
-  } else {
-    for (int c = lane; c < cols; c += 32) {
-      float wc = wr[c];
-#pragma unroll
-      for (int j = 0; j < MWTOP_GEMV_ROWS; ++j)
-        if (j < n) acc[j] = fmaf(wc, mwtop_act(x + (unsigned long long)j * cols, g, sc[j], c), acc[j]);
-    }
-  }
-  mwtop_gemv_store(acc, n, lane, y, add, rows, row);
+    const float* add, const float* aux, float eps, int rows, int cols, int n, int is_bf16,
+    int vec, int mode, int staged, float* tee_y, float* tee_x) {
+  mwtop_gemv<MwtopW32>(w, x, y, add, aux, eps, rows, cols, n, is_bf16, vec, mode, staged, tee_y, tee_x);
+}
+
+extern "C" __global__ void mwtop_gemv16(const unsigned short* w, const float* x, float* y,
+    const float* add, const float* aux, float eps, int rows, int cols, int n, int is_bf16,
+    int vec, int mode, int staged, float* tee_y, float* tee_x) {
+  mwtop_gemv<MwtopW16>(w, x, y, add, aux, eps, rows, cols, n, is_bf16, vec, mode, staged, tee_y, tee_x);
 }
 
 // RMSNorm of each row of x (rows, cols) times w: one block of 256 threads
@@ -268,6 +410,8 @@ extern "C" __global__ void mwtop_gemv32(const float* w, const float* x, float* y
 // on its loads), the same formula: x * rsqrt(mean(x^2) + eps) * w.
 extern "C" __global__ void mwtop_rmsnorm(const float* x, const float* w, float* y,
     int cols, float eps) {
+  MWTOP_LET_NEXT_START();
+  MWTOP_AFTER_PREVIOUS();
   const float* xr = x + (unsigned long long)blockIdx.x * cols;
   float acc = 0.f;
   for (int c = threadIdx.x; c < cols; c += blockDim.x) {
@@ -287,21 +431,13 @@ extern "C" __global__ void mwtop_rmsnorm(const float* x, const float* w, float* 
 }
 
 extern "C" __global__ void mwtop_gated(const float* x, float* out, long long n, int dff, int gelu) {
+  MWTOP_LET_NEXT_START();
+  MWTOP_AFTER_PREVIOUS();
   long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= n) return;
   long long r = i / dff;
   int j = (int)(i - r * dff);
-  float g = x[r * 2 * dff + j];
-  float u = x[r * 2 * dff + dff + j];
-  float a;
-  if (gelu) {
-    float g3 = g * g * g;
-    float alpha = g + 0.044715f * g3;
-    a = 0.5f * g * (1.0f + tanhf((float)(1.12837916709551257390 * 0.70710678118654752440) * alpha));
-  } else {
-    a = g / (1.0f + expf(-g));
-  }
-  out[i] = a * u;
+  out[i] = mwtop_gate_act(x[r * 2 * dff + j], gelu) * x[r * 2 * dff + dff + j];
 }
 
 // One decode step's rotary embedding and cache store: the query heads
@@ -309,12 +445,15 @@ extern "C" __global__ void mwtop_gated(const float* x, float* out, long long n, 
 // value heads copied into the cache buffers at the position held on the
 // device. One thread per pair of dims (i, i + hd/2) of a head slot: query
 // heads, then key heads, then value heads. The rotation is candle's
-// non-interleaved `rope` formula. q (b, nq, hd), k and v (b, nk, hd);
-// tables (positions, hd/2); caches (b, nk, cap, hd).
+// non-interleaved `rope` formula. q (b, nq, hd), k and v (b, nk, hd),
+// each row `stride` floats after the one before (views of one qkv
+// product); tables (positions, hd/2); caches (b, nk, cap, hd).
 extern "C" __global__ void mwtop_rope_store(const float* q, const float* k, const float* v,
     const float* cos_q, const float* sin_q, const float* cos_k, const float* sin_k,
     const unsigned int* pos, float* q_out, float* k_cache, float* v_cache, int b, int nq,
-    int nk, int hd, int cap) {
+    int nk, int hd, int cap, long long stride_q, long long stride_k, long long stride_v) {
+  MWTOP_LET_NEXT_START();
+  MWTOP_AFTER_PREVIOUS();
   int half = hd / 2;
   int slots = nq + 2 * nk;
   long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -325,7 +464,7 @@ extern "C" __global__ void mwtop_rope_store(const float* q, const float* k, cons
   int row = (int)(r / slots);
   unsigned long long p = pos[0];
   if (slot < nq) {
-    const float* x = q + ((unsigned long long)row * nq + slot) * hd;
+    const float* x = q + row * stride_q + (unsigned long long)slot * hd;
     float* o = q_out + ((unsigned long long)row * nq + slot) * hd;
     float co = cos_q[p * half + c], si = sin_q[p * half + c];
     float x1 = x[c], x2 = x[c + half];
@@ -333,7 +472,7 @@ extern "C" __global__ void mwtop_rope_store(const float* q, const float* k, cons
     o[c + half] = x1 * si + x2 * co;
   } else if (slot < nq + nk) {
     int h = slot - nq;
-    const float* x = k + ((unsigned long long)row * nk + h) * hd;
+    const float* x = k + row * stride_k + (unsigned long long)h * hd;
     float* o = k_cache + (((unsigned long long)row * nk + h) * cap + p) * hd;
     float co = cos_k[p * half + c], si = sin_k[p * half + c];
     float x1 = x[c], x2 = x[c + half];
@@ -341,7 +480,7 @@ extern "C" __global__ void mwtop_rope_store(const float* q, const float* k, cons
     o[c + half] = x1 * si + x2 * co;
   } else {
     int h = slot - nq - nk;
-    const float* x = v + ((unsigned long long)row * nk + h) * hd;
+    const float* x = v + row * stride_v + (unsigned long long)h * hd;
     float* o = v_cache + (((unsigned long long)row * nk + h) * cap + p) * hd;
     o[c] = x[c];
     o[c + half] = x[c + half];
@@ -349,17 +488,18 @@ extern "C" __global__ void mwtop_rope_store(const float* q, const float* k, cons
 }
 
 // One decode step's attention, a block per (row, query head):
-// softmax(q k^T, capped as cap * tanh where the family caps, + mask) v over
-// the cache buffer. Only keys the additive mask opens (the filled,
-// in-window positions) are scored, and only values up to the last open
+// softmax(q k^T, capped as cap * tanh where the family caps) v over the
+// cache buffer's open keys. Only those (the filled, in-window positions)
+// are scored, and only values up to the last open
 // key are read (a closed key's weight is exactly 0). Every phase issues its
 // loads together, since a decode step is a chain of such kernels, each
 // bound by its memory round trips: MWTOP_KEY_LANES lanes per key for the
 // scores, float4 loads of keys and values where head_dim allows, scores in
 // shared memory (`scratch`, cap per block, when they do not fit).
 // q (b, heads, hd) carries attention's scale (and 1 / cap); k and v
-// (b, kv_heads, cap, hd); mask (cap); pos (null, or the step's position
-// on the device: no later key is read); out (b, heads * hd).
+// (b, kv_heads, cap, hd); pos, the step's position on the device: the
+// keys up to it are open, the last `window` of them where window > 0;
+// out (b, heads * hd).
 #define MWTOP_NEG_INF __int_as_float(0xff800000)
 #define MWTOP_KEY_LANES 8
 
@@ -386,10 +526,12 @@ __device__ float mwtop_block_sum(float x, float* red) {
 }
 
 extern "C" __global__ void mwtop_decode_attention(const float* q, const float* k,
-    const float* v, const float* mask, float* scratch, float* out, int heads, int kv_heads,
-    int cap, int hd, float softcap, int vec, int scores_shared, const unsigned int* pos) {
+    const float* v, float* scratch, float* out, int heads, int kv_heads, int cap, int hd,
+    float softcap, int vec, int scores_shared, const unsigned int* pos, int window) {
   extern __shared__ __align__(16) float shared[];
   __shared__ float red[32];
+  MWTOP_LET_NEXT_START();
+  MWTOP_AFTER_PREVIOUS();
   // Threads per part of the weighted sum: a float4 of dims each (`vec`: the
   // host saw head_dim a multiple of 32, at most 4 per thread, and the
   // caches 16-byte aligned), or one dim.
@@ -409,14 +551,18 @@ extern "C" __global__ void mwtop_decode_attention(const float* q, const float* k
   __syncthreads();
   // Scores: a group of MWTOP_KEY_LANES lanes per key, over the keys up to
   // the step's position (the mask closes every later one).
-  int keys = pos ? min(cap, (int)pos[0] + 1) : cap;
+  unsigned int at = pos[0];
+  int keys = min(cap, (int)at + 1);
   int groups = blockDim.x / MWTOP_KEY_LANES;
   int g = threadIdx.x / MWTOP_KEY_LANES, sub = threadIdx.x % MWTOP_KEY_LANES;
   float mx = MWTOP_NEG_INF;
   float last = -1.f;
   for (int j0 = 0; j0 < keys; j0 += groups) {
     int j = j0 + g;
-    float m = j < keys ? mask[j] : MWTOP_NEG_INF;
+    // The step's mask: keys up to the position, inside the sliding window
+    // where there is one (key j is seen from position p when j + w > p).
+    float m = MWTOP_NEG_INF;
+    if (j < keys && (window <= 0 || (long long)j + window > (long long)at)) m = 0.f;
     bool open = !(isinf(m) && m < 0.f);
     float acc = 0.f;
     if (open) {

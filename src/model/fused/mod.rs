@@ -257,29 +257,71 @@ pub(super) fn gated(gate_up: &Tensor, d_ff: usize, act: Activation) -> Result<Op
     }
 }
 
-/// y = x W^T for up to [`super::gemv::MAX_ROWS`] rows of x (a token, or
-/// the A/B pair's two), W (out, in) f32 or held as bf16/f16 (see
+/// What a GPU GEMV multiplies W by, formed as it reads its input.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(super) enum GemvInput<'a> {
+    /// x as it is.
+    Plain(&'a Tensor),
+    /// RMSNorm(x) times the norm's weight: the norm before a projection
+    /// without a kernel (and a round trip of the normed rows) of its own.
+    Normed {
+        x: &'a Tensor,
+        weight: &'a Tensor,
+        eps: f32,
+    },
+    /// act(gate) * up, times the row's d_ff mask where one is given (rows,
+    /// d_ff), from one (rows, 2 d_ff) product holding gate, then up: the
+    /// gated MLP's product formed as the down projection reads it.
+    Gated {
+        gate_up: &'a Tensor,
+        act: Activation,
+        mask: Option<&'a Tensor>,
+    },
+}
+
+impl GemvInput<'_> {
+    /// The tensor the kernel reads.
+    pub(super) fn x(&self) -> &Tensor {
+        match self {
+            Self::Plain(x) | Self::Normed { x, .. } => x,
+            Self::Gated { gate_up, .. } => gate_up,
+        }
+    }
+}
+
+/// Device buffers a GPU GEMV also writes: `out` the product (as it is
+/// returned), `input` the gated input it formed. A replayed decode step's
+/// hook slabs and logits take their rows this way instead of a copy each.
+#[derive(Default, Clone, Copy)]
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(super) struct Tees<'a> {
+    pub out: Option<&'a Tensor>,
+    pub input: Option<&'a Tensor>,
+}
+
+/// y = add + in(x) W^T for up to [`super::gemv::MAX_ROWS`] rows of x (a
+/// token, or the A/B pair's two), W (out, in) f32 or held as bf16/f16 (see
 /// [`super::WeightPrecision::Stored`]) and x f32, on a GPU: one read of
 /// the matrix, each weight widened exactly to f32 and every dot product
 /// summed in f32, each row in the same order as alone. Shape (rows of x,
-/// out). With `add` (shaped like the product), add + x W^T in the same
-/// kernel: the residual stream's sum without a kernel of its own; with
-/// `norm` (weight, eps), RMSNorm(x) W^T, the norm formed as x is read. None
-/// where it does not apply (the CPU, more rows); the caller then
-/// multiplies with cuBLAS (converting a stored W first) and adds.
+/// out). `in` is the [`GemvInput`]; `add` (shaped like the product), when
+/// given, is the residual stream's sum without a kernel of its own; `tees`
+/// are written too. None where it does not apply (the CPU, more rows, a
+/// gated input too large to stage, a tee it cannot write); the caller then
+/// composes candle's ops.
 pub(super) fn gemv(
     w: &Tensor,
-    x: &Tensor,
+    input: GemvInput<'_>,
     add: Option<&Tensor>,
-    norm: Option<(&Tensor, f32)>,
+    tees: Tees<'_>,
 ) -> Result<Option<Tensor>> {
     #[cfg(feature = "cuda")]
     {
-        cuda::gemv(w, x, add, norm)
+        cuda::gemv(w, input, add, tees)
     }
     #[cfg(not(feature = "cuda"))]
     {
-        let _ = (w, x, add, norm);
+        let _ = (w, input, add, tees);
         Ok(None)
     }
 }
@@ -315,28 +357,29 @@ pub(super) fn rope_store(
 
 /// One decode step's attention over a cache buffer: q (rows, heads, 1,
 /// head_dim) carrying the scale, k and v (rows, kv_heads, capacity,
-/// head_dim), `mask` (capacity) additive, 0 where a key is seen and -inf
-/// elsewhere, and none after `pos` (the step's position on the device,
-/// when given); scores capped as `cap * tanh(s)` when the family caps (q
-/// carries 1 / cap). One kernel that reads only the open keys, instead of
-/// two GEMMs and a softmax over the whole buffer: (rows, 1, heads *
-/// head_dim), or None where it does not apply (the CPU; the caller
-/// attends with candle's ops).
+/// head_dim), over the keys up to the step's position `pos` (one u32 on
+/// the device), the last `window` of them where the layer slides (the mask
+/// such a step would build, made by the kernel as it reads the keys);
+/// scores capped as `cap * tanh(s)` when
+/// the family caps (q carries 1 / cap). One kernel that reads only the
+/// open keys, instead of two GEMMs and a softmax over the whole buffer:
+/// (rows, 1, heads * head_dim), or None where it does not apply (the CPU;
+/// the caller attends with candle's ops).
 pub(super) fn decode_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
-    mask: &Tensor,
-    pos: Option<&Tensor>,
+    pos: &Tensor,
+    window: Option<usize>,
     softcap: Option<f64>,
 ) -> Result<Option<Tensor>> {
     #[cfg(feature = "cuda")]
     {
-        cuda::decode_attention(q, k, v, mask, pos, softcap)
+        cuda::decode_attention(q, k, v, pos, window, softcap)
     }
     #[cfg(not(feature = "cuda"))]
     {
-        let _ = (q, k, v, mask, pos, softcap);
+        let _ = (q, k, v, pos, window, softcap);
         Ok(None)
     }
 }
