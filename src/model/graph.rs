@@ -17,6 +17,7 @@
 
 use candle_core::{DType, Tensor};
 
+use super::fused::StepRope;
 use super::hooks::{self, CaptureRequest, Captured, HookName, HookPoint};
 use super::intervention::Interventions;
 use super::kv::{Cache, LayerKv};
@@ -223,33 +224,39 @@ impl Model {
                 |h| {
                     let (q, k, v) = self.project_qkv_views(block, h, plan)?;
                     let rope = self.rope_for(i);
-                    // One kernel rotates q and k and stores k and v on a GPU.
-                    let stored =
-                        super::fused::rope_store(&q, &k, &v, rope.tables(), &pos, &kv.k, &kv.v)?;
-                    let q = match stored {
-                        Some(q) => q,
-                        None => {
-                            let step = match &mut composed {
-                                Some(s) => s,
-                                none => none.insert(ComposedStep::new(self, &pos, b)?),
-                            };
-                            let t = match (&step.local_tables, c.attention.window(i)) {
-                                (Some(local), Some(_)) => local,
-                                _ => &step.tables,
-                            };
-                            let (q, k) = (q.contiguous()?, k.contiguous()?);
-                            kv.k.scatter_set(&step.kv_index, &rope.rotate_at(&k, t, false)?, 2)?;
-                            kv.v.scatter_set(&step.kv_index, &v.contiguous()?, 2)?;
-                            rope.rotate_at(&q, t, true)?
-                        }
-                    };
-                    // One kernel over the open keys on a GPU; the composed
-                    // ops over the whole buffer elsewhere.
                     let softcap = self.family.attn_softcap;
                     let window = c.attention.window(i);
-                    let fused =
-                        super::fused::decode_attention(&q, &kv.k, &kv.v, &pos, window, softcap)?;
-                    let y = match fused {
+                    // On a GPU one kernel rotates q and k, stores k and v
+                    // at the position and attends over the open keys.
+                    let fresh = StepRope {
+                        k: &k,
+                        v: &v,
+                        tables: rope.tables(),
+                    };
+                    let attend = |q: &Tensor, fresh| {
+                        super::fused::decode_attention(
+                            q, fresh, &kv.k, &kv.v, &pos, window, softcap,
+                        )
+                    };
+                    if let Some(y) = attend(&q, Some(fresh))? {
+                        return Ok(y);
+                    }
+                    // Elsewhere: candle's RoPE and scatter into the cache,
+                    // then the kernel over the stored keys, or candle's
+                    // attention with the step's masks.
+                    let step = match &mut composed {
+                        Some(s) => s,
+                        none => none.insert(ComposedStep::new(self, &pos, b)?),
+                    };
+                    let t = match (&step.local_tables, window) {
+                        (Some(local), Some(_)) => local,
+                        _ => &step.tables,
+                    };
+                    let (q, k) = (q.contiguous()?, k.contiguous()?);
+                    kv.k.scatter_set(&step.kv_index, &rope.rotate_at(&k, t, false)?, 2)?;
+                    kv.v.scatter_set(&step.kv_index, &v.contiguous()?, 2)?;
+                    let q = rope.rotate_at(&q, t, true)?;
+                    let y = match attend(&q, None)? {
                         Some(y) => y,
                         None => {
                             let m = match &mut masks {

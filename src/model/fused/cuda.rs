@@ -19,7 +19,7 @@ mod decode;
 mod gemv;
 mod launch;
 
-pub(super) use decode::{decode_attention, rope_store};
+pub(super) use decode::decode_attention;
 pub(super) use gemv::gemv;
 
 /// The kernels (see kernels.cu), compiled by NVRTC once per process.
@@ -54,7 +54,6 @@ pub(super) fn prepare(dev: &candle_core::CudaDevice) -> Result<()> {
             "mwtop_gemv16",
             "mwtop_gemv32",
             "mwtop_rmsnorm",
-            "mwtop_rope_store",
             "mwtop_decode_attention",
         ] {
             dev.get_or_load_custom_func(name, "mwtop_fused", ptx)?;
@@ -496,7 +495,6 @@ mod tests {
             "mwtop_gemv32",
             "mwtop_rmsnorm",
             "mwtop_gated",
-            "mwtop_rope_store",
             "mwtop_decode_attention",
         ] {
             assert!(ptx.to_src().contains(name), "{name}");

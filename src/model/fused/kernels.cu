@@ -112,8 +112,11 @@ __device__ __forceinline__ float mwtop_widen(unsigned short h, int is_bf16) {
 // row's sum runs in the same order whatever n is, so a row of a batch
 // equals that row decoded alone.
 #define MWTOP_GEMV_ROWS 8
-// 16-byte loads of W a lane issues before using them.
+// 16-byte loads of W a lane issues before using them (the host may set
+// another number when it compiles the kernels, to measure it).
+#ifndef MWTOP_GEMV_BURST
 #define MWTOP_GEMV_BURST 8
+#endif
 
 // What the product's input is, in(x):
 #define MWTOP_IN_PLAIN 0 // x (n, cols)
@@ -440,53 +443,6 @@ extern "C" __global__ void mwtop_gated(const float* x, float* out, long long n, 
   out[i] = mwtop_gate_act(x[r * 2 * dff + j], gelu) * x[r * 2 * dff + dff + j];
 }
 
-// One decode step's rotary embedding and cache store: the query heads
-// rotated with the scaled tables into q_out, the key heads rotated and the
-// value heads copied into the cache buffers at the position held on the
-// device. One thread per pair of dims (i, i + hd/2) of a head slot: query
-// heads, then key heads, then value heads. The rotation is candle's
-// non-interleaved `rope` formula. q (b, nq, hd), k and v (b, nk, hd),
-// each row `stride` floats after the one before (views of one qkv
-// product); tables (positions, hd/2); caches (b, nk, cap, hd).
-extern "C" __global__ void mwtop_rope_store(const float* q, const float* k, const float* v,
-    const float* cos_q, const float* sin_q, const float* cos_k, const float* sin_k,
-    const unsigned int* pos, float* q_out, float* k_cache, float* v_cache, int b, int nq,
-    int nk, int hd, int cap, long long stride_q, long long stride_k, long long stride_v) {
-  MWTOP_LET_NEXT_START();
-  MWTOP_AFTER_PREVIOUS();
-  int half = hd / 2;
-  int slots = nq + 2 * nk;
-  long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-  if (i >= (long long)b * slots * half) return;
-  int c = (int)(i % half);
-  long long r = i / half;
-  int slot = (int)(r % slots);
-  int row = (int)(r / slots);
-  unsigned long long p = pos[0];
-  if (slot < nq) {
-    const float* x = q + row * stride_q + (unsigned long long)slot * hd;
-    float* o = q_out + ((unsigned long long)row * nq + slot) * hd;
-    float co = cos_q[p * half + c], si = sin_q[p * half + c];
-    float x1 = x[c], x2 = x[c + half];
-    o[c] = x1 * co - x2 * si;
-    o[c + half] = x1 * si + x2 * co;
-  } else if (slot < nq + nk) {
-    int h = slot - nq;
-    const float* x = k + row * stride_k + (unsigned long long)h * hd;
-    float* o = k_cache + (((unsigned long long)row * nk + h) * cap + p) * hd;
-    float co = cos_k[p * half + c], si = sin_k[p * half + c];
-    float x1 = x[c], x2 = x[c + half];
-    o[c] = x1 * co - x2 * si;
-    o[c + half] = x1 * si + x2 * co;
-  } else {
-    int h = slot - nq - nk;
-    const float* x = v + row * stride_v + (unsigned long long)h * hd;
-    float* o = v_cache + (((unsigned long long)row * nk + h) * cap + p) * hd;
-    o[c] = x[c];
-    o[c + half] = x[c + half];
-  }
-}
-
 // One decode step's attention, a block per (row, query head):
 // softmax(q k^T, capped as cap * tanh where the family caps) v over the
 // cache buffer's open keys. Only those (the filled, in-window positions)
@@ -496,10 +452,13 @@ extern "C" __global__ void mwtop_rope_store(const float* q, const float* k, cons
 // bound by its memory round trips: MWTOP_KEY_LANES lanes per key for the
 // scores, float4 loads of keys and values where head_dim allows, scores in
 // shared memory (`scratch`, cap per block, when they do not fit).
-// q (b, heads, hd) carries attention's scale (and 1 / cap); k and v
-// (b, kv_heads, cap, hd); pos, the step's position on the device: the
-// keys up to it are open, the last `window` of them where window > 0;
-// out (b, heads * hd).
+// q (b, heads, hd), rows q_stride apart, carries attention's scale (and
+// 1 / cap) once rotated; k_new and v_new (b, kv_heads, hd), rows k_stride
+// and v_stride apart, this token's key and value (views of one qkv product
+// all three); the tables (positions, hd/2): scaled cos and sin for q, cos
+// and sin for k, or null; k and v the caches (b, kv_heads, cap, hd); pos,
+// the step's position on the device: the keys up to it are open, the last
+// `window` of them where window > 0; out (b, heads * hd).
 #define MWTOP_NEG_INF __int_as_float(0xff800000)
 #define MWTOP_KEY_LANES 8
 
@@ -525,8 +484,10 @@ __device__ float mwtop_block_sum(float x, float* red) {
   return x;
 }
 
-extern "C" __global__ void mwtop_decode_attention(const float* q, const float* k,
-    const float* v, float* scratch, float* out, int heads, int kv_heads, int cap, int hd,
+extern "C" __global__ void mwtop_decode_attention(const float* q, long long q_stride,
+    const float* k_new, const float* v_new, long long k_stride, long long v_stride,
+    const float* cos_q, const float* sin_q, const float* cos_k, const float* sin_k, float* k,
+    float* v, float* scratch, float* out, int heads, int kv_heads, int cap, int hd,
     float softcap, int vec, int scores_shared, const unsigned int* pos, int window) {
   extern __shared__ __align__(16) float shared[];
   __shared__ float red[32];
@@ -539,19 +500,56 @@ extern "C" __global__ void mwtop_decode_attention(const float* q, const float* k
   int tp = hd / width;
   int parts = (int)blockDim.x >= tp ? (int)blockDim.x / tp : 1;
   float* qs = shared;                 // hd
-  float* partial = shared + hd;       // parts * hd
+  float* kn = shared + hd;            // hd: this token's key
+  float* vn = shared + 2 * hd;        // hd: this token's value
+  float* partial = shared + 3 * hd;   // parts * hd
   int bh = blockIdx.x;
-  float* s = scores_shared ? shared + hd + parts * hd : scratch + (unsigned long long)bh * cap;
+  float* s = scores_shared ? shared + 3 * hd + parts * hd : scratch + (unsigned long long)bh * cap;
   int b = bh / heads, h = bh % heads;
-  int kvh = h / (heads / kv_heads);
+  int rep = heads / kv_heads;
+  int kvh = h / rep;
   unsigned long long base = ((unsigned long long)b * kv_heads + kvh) * cap * hd;
-  const float* kb = k + base;
-  const float* vb = v + base;
-  for (int d = threadIdx.x; d < hd; d += blockDim.x) qs[d] = q[(unsigned long long)bh * hd + d];
-  __syncthreads();
+  float* kb = k + base;
+  float* vb = v + base;
+  unsigned int at = pos[0];
+  const float* qr = q + b * q_stride + (unsigned long long)h * hd;
+  // With the tables, this token's q and k rotated here (candle's
+  // non-interleaved `rope`: pairs (i, i + hd/2), q with the scaled pair),
+  // and its k and v kept in shared memory for its own key; the block of
+  // each kv head's first query head also stores them into the cache at the
+  // position, which no other block of this step reads. Without, q comes
+  // rotated and the cache holds the token's key and value already.
+  bool fresh = cos_q != 0;
+  if (fresh) {
+    int half = hd / 2;
+    const float* kr = k_new + b * k_stride + (unsigned long long)kvh * hd;
+    const float* vr = v_new + b * v_stride + (unsigned long long)kvh * hd;
+    unsigned long long t = (unsigned long long)at * half;
+    for (int c = threadIdx.x; c < half; c += blockDim.x) {
+      float co = cos_q[t + c], si = sin_q[t + c];
+      float x1 = qr[c], x2 = qr[c + half];
+      qs[c] = x1 * co - x2 * si;
+      qs[c + half] = x1 * si + x2 * co;
+      co = cos_k[t + c], si = sin_k[t + c];
+      x1 = kr[c], x2 = kr[c + half];
+      kn[c] = x1 * co - x2 * si;
+      kn[c + half] = x1 * si + x2 * co;
+      vn[c] = vr[c];
+      vn[c + half] = vr[c + half];
+    }
+    __syncthreads();
+    if (h % rep == 0 && (int)at < cap) {
+      for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        kb[(unsigned long long)at * hd + d] = kn[d];
+        vb[(unsigned long long)at * hd + d] = vn[d];
+      }
+    }
+  } else {
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) qs[d] = qr[d];
+    __syncthreads();
+  }
   // Scores: a group of MWTOP_KEY_LANES lanes per key, over the keys up to
   // the step's position (the mask closes every later one).
-  unsigned int at = pos[0];
   int keys = min(cap, (int)at + 1);
   int groups = blockDim.x / MWTOP_KEY_LANES;
   int g = threadIdx.x / MWTOP_KEY_LANES, sub = threadIdx.x % MWTOP_KEY_LANES;
@@ -566,7 +564,7 @@ extern "C" __global__ void mwtop_decode_attention(const float* q, const float* k
     bool open = !(isinf(m) && m < 0.f);
     float acc = 0.f;
     if (open) {
-      const float* kj = kb + (unsigned long long)j * hd;
+      const float* kj = fresh && j == (int)at ? kn : kb + (unsigned long long)j * hd;
       if (vec) {
         const float4* k4 = (const float4*)kj;
         const float4* q4 = (const float4*)qs;
@@ -615,7 +613,8 @@ extern "C" __global__ void mwtop_decode_attention(const float* q, const float* k
 #pragma unroll 4
       for (int j = p; j < end; j += parts) {
         float w = s[j];
-        float4 x = ((const float4*)(vb + (unsigned long long)j * hd))[d4];
+        const float* vj = fresh && j == (int)at ? vn : vb + (unsigned long long)j * hd;
+        float4 x = ((const float4*)vj)[d4];
         acc.x = fmaf(w, x.x, acc.x);
         acc.y = fmaf(w, x.y, acc.y);
         acc.z = fmaf(w, x.z, acc.z);
@@ -627,7 +626,10 @@ extern "C" __global__ void mwtop_decode_attention(const float* q, const float* k
       for (int d = threadIdx.x - p * hd; d < hd; d += step) {
         float acc = 0.f;
 #pragma unroll 4
-        for (int j = p; j < end; j += parts) acc = fmaf(s[j], vb[(unsigned long long)j * hd + d], acc);
+        for (int j = p; j < end; j += parts) {
+          const float* vj = fresh && j == (int)at ? vn : vb + (unsigned long long)j * hd;
+          acc = fmaf(s[j], vj[d], acc);
+        }
         partial[p * hd + d] = acc;
       }
     }

@@ -326,60 +326,44 @@ pub(super) fn gemv(
     }
 }
 
-/// One decode step's RoPE and cache store in one kernel: q (rows, heads,
-/// 1, head_dim) rotated with `tables`' scaled pair, k rotated with the
-/// plain pair and written with v into the cache buffers `k_cache` and
-/// `v_cache` (rows, kv_heads, capacity, head_dim) at the position held in
-/// `pos` (one u32 on the device). `tables` are the whole (positions,
-/// head_dim / 2) scaled cos, scaled sin, cos, sin. The rotated q, or None
-/// where it does not apply (the CPU; the caller rotates and scatters with
-/// candle's ops).
-#[allow(clippy::too_many_arguments)]
-pub(super) fn rope_store(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    tables: [&Tensor; 4],
-    pos: &Tensor,
-    k_cache: &Tensor,
-    v_cache: &Tensor,
-) -> Result<Option<Tensor>> {
-    #[cfg(feature = "cuda")]
-    {
-        cuda::rope_store(q, k, v, tables, pos, k_cache, v_cache)
-    }
-    #[cfg(not(feature = "cuda"))]
-    {
-        let _ = (q, k, v, tables, pos, k_cache, v_cache);
-        Ok(None)
-    }
+/// This token's key and value (rows, kv_heads, 1, head_dim), and the RoPE
+/// tables (positions, head_dim / 2: scaled cos and sin for q, cos and sin
+/// for k) a decode step's attention rotates q and k with.
+#[derive(Clone, Copy)]
+pub(super) struct StepRope<'a> {
+    pub k: &'a Tensor,
+    pub v: &'a Tensor,
+    pub tables: [&'a Tensor; 4],
 }
 
-/// One decode step's attention over a cache buffer: q (rows, heads, 1,
-/// head_dim) carrying the scale, k and v (rows, kv_heads, capacity,
-/// head_dim), over the keys up to the step's position `pos` (one u32 on
-/// the device), the last `window` of them where the layer slides (the mask
-/// such a step would build, made by the kernel as it reads the keys);
-/// scores capped as `cap * tanh(s)` when
-/// the family caps (q carries 1 / cap). One kernel that reads only the
-/// open keys, instead of two GEMMs and a softmax over the whole buffer:
-/// (rows, 1, heads * head_dim), or None where it does not apply (the CPU;
-/// the caller attends with candle's ops).
+/// One decode step's attention in one kernel, over the cache buffers
+/// `k_cache` and `v_cache` (rows, kv_heads, capacity, head_dim) up to the
+/// step's position `pos` (one u32 on the device), the last `window` keys of
+/// them where the layer slides (the mask such a step would build, made by
+/// the kernel as it reads the keys); scores capped as `cap * tanh(s)` when
+/// the family caps (q carries 1 / cap). q is (rows, heads, 1, head_dim):
+/// with `fresh`, as projected (q, k and v may be views of one product), the
+/// kernel rotates q and k and stores k and v into the caches at `pos`
+/// itself; without, q is rotated and the caches hold the token already.
+/// Instead of two GEMMs and a softmax over the whole buffer (and RoPE and
+/// the stores as kernels of their own): (rows, 1, heads * head_dim), or
+/// None where it does not apply (the CPU; the caller composes candle's ops).
 pub(super) fn decode_attention(
     q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
+    fresh: Option<StepRope<'_>>,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
     pos: &Tensor,
     window: Option<usize>,
     softcap: Option<f64>,
 ) -> Result<Option<Tensor>> {
     #[cfg(feature = "cuda")]
     {
-        cuda::decode_attention(q, k, v, pos, window, softcap)
+        cuda::decode_attention(q, fresh, k_cache, v_cache, pos, window, softcap)
     }
     #[cfg(not(feature = "cuda"))]
     {
-        let _ = (q, k, v, pos, window, softcap);
+        let _ = (q, fresh, k_cache, v_cache, pos, window, softcap);
         Ok(None)
     }
 }

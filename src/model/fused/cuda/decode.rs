@@ -1,5 +1,6 @@
-//! A replayed decode step's own kernels: RoPE with the cache store, and
-//! attention over the filled cache (see kernels.cu).
+//! A replayed decode step's attention (see `mwtop_decode_attention` in
+//! kernels.cu): RoPE of the token's q and k, its k and v stored into the
+//! cache, and attention over the cache's open keys, in one kernel.
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda::cudarc::driver::{CudaView, LaunchConfig};
@@ -7,24 +8,36 @@ use candle_core::cuda::CudaStorage;
 use candle_core::{CustomOp1, DType, Layout, Shape, Tensor};
 
 use super::super::super::Result;
-use super::super::eligible;
+use super::super::{eligible, StepRope};
 use super::launch::{function, Args};
-use super::{contiguous_slice, ptx, Held};
+use super::{ptx, Held};
 
-/// The inputs of [`rope_store`] beside q (see the kernel).
-struct RopeStore {
+/// Everything the kernel reads and writes beside the position (the op's
+/// input).
+struct DecodeAttention {
+    /// (rows, heads, 1, head_dim), each row's heads together.
     q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    /// Scaled cos, scaled sin (for q), cos, sin (for k).
-    tables: [Tensor; 4],
+    /// The token's k and v like q, and the tables (scaled cos and sin for
+    /// q, cos and sin for k), when the kernel rotates and stores them.
+    fresh: Option<(Tensor, Tensor, [Tensor; 4])>,
     k_cache: Tensor,
     v_cache: Tensor,
+    /// The sliding window (0: none).
+    window: i32,
+    heads: usize,
+    kv_heads: usize,
+    softcap: f32,
 }
 
-impl CustomOp1 for RopeStore {
+/// Threads per block of the decode-attention kernel.
+const ATTENTION_THREADS: usize = 256;
+/// Dynamic shared memory the decode-attention kernel may take without
+/// opting in to more (48 KiB, less its static reduction buffer).
+const ATTENTION_SHARED_BYTES: usize = 48 * 1024 - 256;
+
+impl CustomOp1 for DecodeAttention {
     fn name(&self) -> &'static str {
-        "mwtop-rope-store"
+        "mwtop-decode-attention"
     }
 
     fn cpu_fwd(
@@ -32,68 +45,102 @@ impl CustomOp1 for RopeStore {
         _: &candle_core::CpuStorage,
         _: &Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
-        candle_core::bail!("mwtop-rope-store runs on CUDA only")
+        candle_core::bail!("mwtop-decode-attention runs on CUDA only")
     }
 
     fn cuda_fwd(&self, ps: &CudaStorage, pl: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
         let dev = ps.device();
-        let pos = contiguous_slice_u32(ps, pl)?;
-        let (b, nq, _, hd) = self.q.dims4()?;
-        let (_, nk, cap, _) = self.k_cache.dims4()?;
-        let (q, k, v) = (
-            Held::new(&self.q)?,
-            Held::new(&self.k)?,
-            Held::new(&self.v)?,
-        );
-        let ((qv, sq), (kv, sk), (vv, sv)) = (rows_of(&q)?, rows_of(&k)?, rows_of(&v)?);
-        let held = [&self.k_cache, &self.v_cache]
-            .into_iter()
-            .chain(&self.tables)
-            .map(Held::new)
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        let views = held
+        let Some((p0, p1)) = pl.contiguous_offsets() else {
+            candle_core::bail!("decode attention: the position is not contiguous")
+        };
+        let pos = ps.as_cuda_slice::<u32>()?.slice(p0..p1);
+        let (b, _, cap, hd) = self.k_cache.dims4()?;
+        let (k, v) = (Held::new(&self.k_cache)?, Held::new(&self.v_cache)?);
+        let (kv, vv) = (k.view()?, v.view()?);
+        let q = Held::new(&self.q)?;
+        let (qv, q_stride) = rows_of(&q)?;
+        let fresh = match &self.fresh {
+            Some((k_new, v_new, tables)) => {
+                let held = [k_new, v_new]
+                    .into_iter()
+                    .chain(tables)
+                    .map(Held::new)
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                Some(held)
+            }
+            None => None,
+        };
+        let rows = b * self.heads;
+        // SAFETY: the kernel writes every element of out.
+        let out = unsafe { dev.alloc::<f32>(rows * hd)? };
+        let (func, overlapped) = function(dev, "mwtop_decode_attention")?;
+        // float4 loads of keys and values: every row of the caches 16-byte
+        // aligned, and a float4 of dims per thread of one part.
+        let aligned = [k.layout, v.layout]
             .iter()
-            .map(Held::view)
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        // SAFETY: the kernel writes every element of q_out.
-        let out = unsafe { dev.alloc::<f32>(b * nq * hd)? };
-        let (func, overlapped) = function(dev, "mwtop_rope_store")?;
-        let threads = b * (nq + 2 * nk) * (hd / 2);
+            .all(|l| l.start_offset().is_multiple_of(4));
+        let vec = aligned && hd.is_multiple_of(32) && hd / 4 <= ATTENTION_THREADS;
+        let per_thread = if vec { 4 } else { 1 };
+        let parts = (ATTENTION_THREADS / (hd / per_thread)).max(1);
+        // q, the token's k and v, and the parts' sums in shared memory, the
+        // scores too where they fit.
+        let fixed = (3 + parts) * hd * 4;
+        let scores_shared = fixed + cap * 4 <= ATTENTION_SHARED_BYTES;
+        let scratch = match scores_shared {
+            true => None,
+            // SAFETY: the kernel writes every score it reads (up to the
+            // last open key) before reading it.
+            false => Some(unsafe { dev.alloc::<f32>(rows * cap)? }),
+        };
         let mut args = Args::new(dev);
-        args.view(&qv).view(&kv).view(&vv);
-        for t in &views[2..6] {
-            args.view(t);
+        args.view(&qv).i64(q_stride);
+        match &fresh {
+            Some(held) => {
+                let (kn, k_stride) = rows_of(&held[0])?;
+                let (vn, v_stride) = rows_of(&held[1])?;
+                args.view(&kn).view(&vn).i64(k_stride).i64(v_stride);
+                for t in &held[2..6] {
+                    args.view(&t.view()?);
+                }
+            }
+            // Null tables: q comes rotated, the cache holds the token.
+            None => {
+                args.maybe::<f32>(None).maybe::<f32>(None).i64(0).i64(0);
+                for _ in 0..4 {
+                    args.maybe::<f32>(None);
+                }
+            }
         }
-        args.view(&pos).slice(&out).view(&views[0]).view(&views[1]);
-        for i in [b, nq, nk, hd, cap] {
+        args.view(&kv).view(&vv);
+        // Without scratch (null), the scores stay in shared memory.
+        match &scratch {
+            Some(s) => args.slice(s),
+            None => args.maybe::<f32>(None),
+        };
+        args.slice(&out);
+        for i in [self.heads, self.kv_heads, cap, hd] {
             args.i32(i as i32);
         }
-        args.i64(sq).i64(sk).i64(sv);
+        args.f32(self.softcap)
+            .i32(vec as i32)
+            .i32(scores_shared as i32)
+            .view(&pos)
+            .i32(self.window);
         let cfg = LaunchConfig {
-            grid_dim: (threads.div_ceil(128) as u32, 1, 1),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (ATTENTION_THREADS as u32, 1, 1),
+            shared_mem_bytes: (fixed + if scores_shared { cap * 4 } else { 0 }) as u32,
         };
         // SAFETY: the arguments match the kernel's signature and sizes. The
-        // kernel writes the caches in place: they are device buffers of this
-        // step, written only by kernels on this stream, never viewed from the
-        // host while it runs (the same contract as candle's scatter_set).
+        // kernel writes the caches in place at the position: they are device
+        // buffers of this step, written only by kernels on this stream,
+        // never viewed from the host while it runs (the same contract as
+        // candle's scatter_set).
         unsafe { args.launch(&func, overlapped, cfg) }?;
         Ok((
-            candle_core::cuda::CudaStorage::wrap_cuda_slice(out, dev.clone()),
-            Shape::from((b, nq, 1, hd)),
+            CudaStorage::wrap_cuda_slice(out, dev.clone()),
+            Shape::from((b, 1, self.heads * hd)),
         ))
-    }
-}
-
-/// The u32 elements of a contiguous storage.
-fn contiguous_slice_u32<'a>(
-    s: &'a CudaStorage,
-    l: &Layout,
-) -> candle_core::Result<CudaView<'a, u32>> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(s.as_cuda_slice::<u32>()?.slice(a..b)),
-        None => candle_core::bail!("fused kernel: input not contiguous"),
     }
 }
 
@@ -119,160 +166,20 @@ fn rows_of<'a>(h: &'a Held<'a>) -> candle_core::Result<(CudaView<'a, f32>, i64)>
     Ok((c.as_cuda_slice::<f32>()?.slice(start..end), stride as i64))
 }
 
-pub(in super::super) fn rope_store(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    tables: [&Tensor; 4],
-    pos: &Tensor,
-    k_cache: &Tensor,
-    v_cache: &Tensor,
-) -> Result<Option<Tensor>> {
-    let (Ok((b, _, t, hd)), Ok((kb, nk, kt, khd))) = (q.dims4(), k.dims4()) else {
-        return Ok(None);
-    };
-    let Ok((cb, cnk, _, chd)) = k_cache.dims4() else {
-        return Ok(None);
-    };
-    let half = hd / 2;
-    let shapes = t == 1
-        && kt == 1
-        && hd.is_multiple_of(2)
-        && (kb, khd) == (b, hd)
-        && v.dims() == k.dims()
-        && (cb, cnk, chd) == (b, nk, hd)
-        && v_cache.dims() == k_cache.dims()
-        && tables.iter().all(|t| t.dim(1).ok() == Some(half))
-        && pos.dtype() == DType::U32
-        && pos.elem_count() == 1;
-    let f32s = [q, k, v, k_cache, v_cache]
-        .into_iter()
-        .chain(tables)
-        .all(|x| eligible(x) && x.device().same_device(q.device()));
-    let in_place = k_cache.is_contiguous() && v_cache.is_contiguous();
-    if !shapes || !f32s || !in_place || !pos.device().same_device(q.device()) || ptx().is_none() {
-        return Ok(None);
-    }
-    let together = |t: &Tensor| -> Result<Tensor> {
-        Ok(if heads_together(t) {
-            t.clone()
-        } else {
-            t.contiguous()?
-        })
-    };
-    let op = RopeStore {
-        q: together(q)?,
-        k: together(k)?,
-        v: together(v)?,
-        tables: [
-            tables[0].contiguous()?,
-            tables[1].contiguous()?,
-            tables[2].contiguous()?,
-            tables[3].contiguous()?,
-        ],
-        k_cache: k_cache.clone(),
-        v_cache: v_cache.clone(),
-    };
-    Ok(Some(pos.contiguous()?.apply_op1_no_bwd(&op)?))
-}
-
-/// One decode step's attention (see the kernel): k and v are the cache
-/// buffers, the op's inputs q and the step's additive mask.
-struct DecodeAttention {
-    k: Tensor,
-    v: Tensor,
-    /// The sliding window (0: none).
-    window: i32,
-    /// The step's position (one u32): keys after it are not even scored.
-    pos: Tensor,
-    heads: usize,
-    kv_heads: usize,
-    softcap: f32,
-}
-
-/// Threads per block of the decode-attention kernel.
-const ATTENTION_THREADS: usize = 256;
-/// Dynamic shared memory the decode-attention kernel may take without
-/// opting in to more (48 KiB, less its static reduction buffer).
-const ATTENTION_SHARED_BYTES: usize = 48 * 1024 - 256;
-
-impl CustomOp1 for DecodeAttention {
-    fn name(&self) -> &'static str {
-        "mwtop-decode-attention"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
-        candle_core::bail!("mwtop-decode-attention runs on CUDA only")
-    }
-
-    fn cuda_fwd(&self, qs: &CudaStorage, ql: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
-        let dev = qs.device();
-        let q = contiguous_slice(qs, ql)?;
-        let (b, _, cap, hd) = self.k.dims4()?;
-        let (k, v) = (Held::new(&self.k)?, Held::new(&self.v)?);
-        let (kv, vv) = (k.view()?, v.view()?);
-        let rows = b * self.heads;
-        // SAFETY: the kernel writes every element of out.
-        let out = unsafe { dev.alloc::<f32>(rows * hd)? };
-        let (func, overlapped) = function(dev, "mwtop_decode_attention")?;
-        // float4 loads of keys and values: every row of the caches 16-byte
-        // aligned, and a float4 of dims per thread of one part.
-        let aligned = [k.layout, v.layout]
-            .iter()
-            .all(|l| l.start_offset().is_multiple_of(4));
-        let vec = aligned && hd.is_multiple_of(32) && hd / 4 <= ATTENTION_THREADS;
-        let per_thread = if vec { 4 } else { 1 };
-        let parts = (ATTENTION_THREADS / (hd / per_thread)).max(1);
-        // q and the parts' sums in shared memory, the scores too where they fit.
-        let fixed = (1 + parts) * hd * 4;
-        let scores_shared = fixed + cap * 4 <= ATTENTION_SHARED_BYTES;
-        let scratch = match scores_shared {
-            true => None,
-            // SAFETY: the kernel writes every score it reads (up to the
-            // last open key) before reading it.
-            false => Some(unsafe { dev.alloc::<f32>(rows * cap)? }),
-        };
-        let pos = Held::new(&self.pos)?;
-        let pos = pos.view_of::<u32>()?;
-        let mut args = Args::new(dev);
-        args.view(&q).view(&kv).view(&vv);
-        // Without scratch (null), the scores stay in shared memory.
-        match &scratch {
-            Some(s) => args.slice(s),
-            None => args.maybe::<f32>(None),
-        };
-        args.slice(&out);
-        for i in [self.heads, self.kv_heads, cap, hd] {
-            args.i32(i as i32);
-        }
-        // Without a position (null), every key of the buffer is scored.
-        args.f32(self.softcap)
-            .i32(vec as i32)
-            .i32(scores_shared as i32)
-            .view(&pos)
-            .i32(self.window);
-        let cfg = LaunchConfig {
-            grid_dim: (rows as u32, 1, 1),
-            block_dim: (ATTENTION_THREADS as u32, 1, 1),
-            shared_mem_bytes: (fixed + if scores_shared { cap * 4 } else { 0 }) as u32,
-        };
-        // SAFETY: the arguments match the kernel's signature and sizes.
-        unsafe { args.launch(&func, overlapped, cfg) }?;
-        Ok((
-            CudaStorage::wrap_cuda_slice(out, dev.clone()),
-            Shape::from((b, 1, self.heads * hd)),
-        ))
-    }
+/// `t` itself where its heads lie together, else a copy.
+fn together(t: &Tensor) -> Result<Tensor> {
+    Ok(if heads_together(t) {
+        t.clone()
+    } else {
+        t.contiguous()?
+    })
 }
 
 pub(in super::super) fn decode_attention(
     q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
+    fresh: Option<StepRope<'_>>,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
     pos: &Tensor,
     window: Option<usize>,
     softcap: Option<f64>,
@@ -280,32 +187,46 @@ pub(in super::super) fn decode_attention(
     let window = window.map_or(0, |w| i32::try_from(w).unwrap_or(i32::MAX));
     let pos_ok =
         pos.dtype() == DType::U32 && pos.elem_count() == 1 && pos.device().same_device(q.device());
-    if !pos_ok {
+    let (Ok((b, heads, t, hd)), Ok((kb, kv_heads, _, khd))) = (q.dims4(), k_cache.dims4()) else {
         return Ok(None);
-    }
-    let (b, heads, t, hd) = q.dims4()?;
-    let (kb, kv_heads, _, khd) = k.dims4()?;
+    };
     let fits = t == 1
         && kb == b
         && khd == hd
-        && v.dims() == k.dims()
+        && v_cache.dims() == k_cache.dims()
         && kv_heads > 0
         && heads.is_multiple_of(kv_heads)
         && (1..=4096).contains(&hd);
-    let on = [k, v]
-        .iter()
-        .all(|x| eligible(x) && x.device().same_device(q.device()));
-    if !fits || !eligible(q) || !on || !k.is_contiguous() || !v.is_contiguous() || ptx().is_none() {
+    let on = |x: &Tensor| eligible(x) && x.device().same_device(q.device());
+    let caches = on(k_cache) && on(v_cache) && k_cache.is_contiguous() && v_cache.is_contiguous();
+    if !pos_ok || !fits || !on(q) || !caches || ptx().is_none() {
         return Ok(None);
     }
+    let fresh = match fresh {
+        Some(r) => {
+            let half = hd / 2;
+            let token = |x: &Tensor| x.dims() == [b, kv_heads, 1, hd] && on(x);
+            let tables = r
+                .tables
+                .iter()
+                .all(|t| t.dim(1).ok() == Some(half) && on(t));
+            if !hd.is_multiple_of(2) || !token(r.k) || !token(r.v) || !tables {
+                return Ok(None);
+            }
+            let [c0, s0, c1, s1] = r.tables.map(Tensor::contiguous);
+            Some((together(r.k)?, together(r.v)?, [c0?, s0?, c1?, s1?]))
+        }
+        None => None,
+    };
     let op = DecodeAttention {
-        k: k.clone(),
-        v: v.clone(),
+        q: together(q)?,
+        fresh,
+        k_cache: k_cache.clone(),
+        v_cache: v_cache.clone(),
         window,
-        pos: pos.contiguous()?,
         heads,
         kv_heads,
         softcap: softcap.unwrap_or(0.0) as f32,
     };
-    Ok(Some(q.contiguous()?.apply_op1_no_bwd(&op)?))
+    Ok(Some(pos.contiguous()?.apply_op1_no_bwd(&op)?))
 }

@@ -21,8 +21,18 @@ use super::SOURCE;
 fn ptx_sm90() -> Option<&'static str> {
     static PTX: OnceLock<Option<String>> = OnceLock::new();
     PTX.get_or_init(|| {
+        // `MWTOP_GEMV_BURST=N` (1 to 32): the GEMV's loads in flight per
+        // lane, to measure it (8 by default; the sums run in the same order
+        // whatever it is).
+        let burst = std::env::var("MWTOP_GEMV_BURST")
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok())
+            .filter(|b| (1..=32).contains(b));
         let opts = nvrtc::CompileOptions {
             arch: Some("compute_90"),
+            options: burst
+                .map(|b| vec![format!("-DMWTOP_GEMV_BURST={b}")])
+                .unwrap_or_default(),
             ..Default::default()
         };
         match nvrtc::compile_ptx_with_opts(SOURCE, opts) {
