@@ -330,6 +330,7 @@ pub(super) fn gemv(
 /// tables (positions, head_dim / 2: scaled cos and sin for q, cos and sin
 /// for k) a decode step's attention rotates q and k with.
 #[derive(Clone, Copy)]
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 pub(super) struct StepRope<'a> {
     pub k: &'a Tensor,
     pub v: &'a Tensor,
