@@ -1,19 +1,21 @@
 //! One-token decode steps recorded once and replayed as a CUDA graph.
 //!
-//! A small model decodes one token in about 500 kernels of a few
+//! A small model decodes one token in hundreds of kernels of a few
 //! microseconds each; launched one by one from candle, the host took ~6 ms
 //! per token while the GPU mostly waited. A step whose kernels read
 //! everything that changes per token (token ids, position) from device
 //! memory can be recorded once and replayed with one launch. So this step
-//! differs from the eager one in two ways, both exact:
-//! - the position lives in a device buffer: rotary tables are gathered at
-//!   it, keys and values are scattered to it, and a mask built from it hides
-//!   the cache positions after it;
-//! - attention runs over the whole cache buffer with that mask (masked
-//!   scores are -inf, so their weights are exactly 0).
+//! differs from the eager one, exactly, in that the position lives in a
+//! device buffer: on a GPU the attention kernel rotates q and k at it,
+//! stores k and v there and reads the keys up to it (see
+//! [`super::fused::decode_attention`]); elsewhere rotary tables are
+//! gathered at it, keys and values scattered to it, and attention runs
+//! over the whole cache buffer with a mask built from it (masked scores are
+//! -inf, so their weights are exactly 0).
 //!
-//! Captures land in device slabs, copied to the host once per step and
-//! reduced there by the same code as CPU captures.
+//! Captures land in device slabs, written there by the kernels that form
+//! the states where they can (else copied), copied to the host once per
+//! step and reduced there by the same code as CPU captures.
 
 use candle_core::{DType, Tensor};
 

@@ -3,12 +3,15 @@
 //!
 //! Inference (CUDA kernels): the attention mask's add and the softmax (one
 //! read of the scores instead of three passes), the gated MLP's activation
-//! and product (one read of gate and up). Training (custom ops with a
-//! written-out backward, on every device): the softmax with its mask,
-//! RMSNorm; RoPE's is in [`super::rope`]. Each computes in f32 what the
-//! composed candle ops compute, with the same formulas, so the numbers
-//! agree to the last bits; where a kernel cannot run (the CPU, other
-//! dtypes, NVRTC missing) candle's ops run instead.
+//! and product (one read of gate and up), and a decode step's own kernels:
+//! the GEMV that norms, gates, adds and tees as it multiplies
+//! ([`gemv`]), and one attention kernel with RoPE and the cache store
+//! ([`decode_attention`]). Training (custom ops with a written-out
+//! backward, on every device): the softmax with its mask, RMSNorm; RoPE's
+//! is in [`super::rope`]. Each computes in f32 what the composed candle ops
+//! compute, with the same formulas, so the numbers agree to the last bits
+//! or within f32 rounding of a sum's order; where a kernel cannot run (the
+//! CPU, other dtypes, NVRTC missing) candle's ops run instead.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{DType, Tensor};
