@@ -15,11 +15,12 @@ const ROWS_PER_TASK: usize = 64;
 /// A/B pair's two, a short batch); more go to the general matmul.
 pub(crate) const MAX_ROWS: usize = 8;
 
-/// y = x W^T for contiguous W (out, in) and x f32 on the CPU, shape
-/// (rows of x, out). W f32 with one row of x, or W held as stored in
-/// bf16/f16 with up to [`MAX_ROWS`] (each weight row widened exactly to f32
-/// once, then the same sums in the same order as for f32, so each row
-/// equals itself decoded alone). None when the fast path does not apply
+/// y = x W^T for contiguous W (out, in) and up to [`MAX_ROWS`] rows of x
+/// f32 on the CPU, shape (rows of x, out): W f32, or held as stored in
+/// bf16/f16 (each weight row widened exactly to f32 once). Each row's sums
+/// run in the same order whatever the batch, so each row equals itself
+/// decoded alone, and the A/B pair reads W once per step (gemm's kernels
+/// for two rows ran at a third of one row's speed per row). None when the fast path does not apply
 /// (other dtypes or device, strided weights, more rows).
 pub fn gemv(w: &Tensor, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
     if !matches!(w.device(), Device::Cpu) || x.dtype() != DType::F32 || !w.is_contiguous() {
@@ -27,9 +28,7 @@ pub fn gemv(w: &Tensor, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
     }
     let (out, inp) = w.dims2()?;
     let n = x.elem_count() / inp.max(1);
-    let widened = matches!(w.dtype(), DType::BF16 | DType::F16);
-    let max_rows = if widened { MAX_ROWS } else { 1 };
-    if !(1..=max_rows).contains(&n) || n * inp != x.elem_count() || x.dim(x.rank() - 1)? != inp {
+    if !(1..=MAX_ROWS).contains(&n) || n * inp != x.elem_count() || x.dim(x.rank() - 1)? != inp {
         return Ok(None);
     }
     let xv: Vec<f32> = x.flatten_all()?.to_vec1()?;
@@ -216,12 +215,31 @@ mod tests {
     }
 
     #[test]
-    fn more_rows_or_an_f32_batch_go_to_the_general_matmul() {
+    fn f32_rows_of_a_batch_equal_each_row_alone() {
+        let w = bf16_matrix(131, 45).to_dtype(DType::F32).unwrap();
+        let x = activations(2, 45);
+        let y: Vec<Vec<f32>> = gemv(&w, &x).unwrap().unwrap().to_vec2().unwrap();
+        for (j, row) in y.iter().enumerate() {
+            let alone: Vec<f32> = gemv(&w, &x.narrow(0, j, 1).unwrap())
+                .unwrap()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            assert_eq!(row, &alone, "row {j}");
+        }
+    }
+
+    #[test]
+    fn more_rows_go_to_the_general_matmul() {
         let w = bf16_matrix(16, 8);
         assert!(gemv(&w, &activations(MAX_ROWS + 1, 8)).unwrap().is_none());
         let wide = w.to_dtype(DType::F32).unwrap();
-        assert!(gemv(&wide, &activations(2, 8)).unwrap().is_none());
-        assert!(gemv(&wide, &activations(1, 8)).unwrap().is_some());
+        assert!(gemv(&wide, &activations(MAX_ROWS + 1, 8))
+            .unwrap()
+            .is_none());
+        assert!(gemv(&wide, &activations(MAX_ROWS, 8)).unwrap().is_some());
         // x's rows must be W's columns long.
         assert!(gemv(&w, &activations(1, 16)).unwrap().is_none());
     }
