@@ -181,6 +181,17 @@ mod tests {
         Tensor::from_vec(v, (n, cols), &Device::Cpu).unwrap()
     }
 
+    /// W times row `j` of x, alone.
+    fn row_alone(w: &Tensor, x: &Tensor, j: usize) -> Vec<f32> {
+        gemv(w, &x.narrow(0, j, 1).unwrap())
+            .unwrap()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
     #[test]
     fn rows_of_a_batch_equal_each_row_alone_and_the_f32_copy() {
         let w = bf16_matrix(131, 45);
@@ -189,23 +200,8 @@ mod tests {
         let y: Vec<Vec<f32>> = gemv(&w, &x).unwrap().unwrap().to_vec2().unwrap();
         assert_eq!(y.len(), MAX_ROWS);
         for (j, row) in y.iter().enumerate() {
-            let xj = x.narrow(0, j, 1).unwrap();
-            let alone: Vec<f32> = gemv(&w, &xj)
-                .unwrap()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-            let f32_copy: Vec<f32> = gemv(&wide, &xj)
-                .unwrap()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-            assert_eq!(row, &alone, "row {j}");
-            assert_eq!(row, &f32_copy, "row {j}");
+            assert_eq!(row, &row_alone(&w, &x, j), "row {j}");
+            assert_eq!(row, &row_alone(&wide, &x, j), "row {j}");
         }
         // And the general matmul agrees to rounding.
         let mm: Vec<Vec<f32>> = x.matmul(&wide.t().unwrap()).unwrap().to_vec2().unwrap();
@@ -220,14 +216,7 @@ mod tests {
         let x = activations(2, 45);
         let y: Vec<Vec<f32>> = gemv(&w, &x).unwrap().unwrap().to_vec2().unwrap();
         for (j, row) in y.iter().enumerate() {
-            let alone: Vec<f32> = gemv(&w, &x.narrow(0, j, 1).unwrap())
-                .unwrap()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-            assert_eq!(row, &alone, "row {j}");
+            assert_eq!(row, &row_alone(&w, &x, j), "row {j}");
         }
     }
 
