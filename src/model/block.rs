@@ -77,9 +77,6 @@ impl Model {
                 };
                 plan.linear_fused(l, normed, None, tees)?
             }
-            None if dest.is_some() => {
-                plan.linear_fused(l, GemvInput::Plain(input.x), None, tees)?
-            }
             None => None,
         };
         match fused {
@@ -141,10 +138,6 @@ impl Model {
         let logits = self
             .linear_normed(&self.lm_head, &input, plan)?
             .to_dtype(out)?;
-        self.soft_cap(logits)
-    }
-
-    fn soft_cap(&self, logits: Tensor) -> Result<Tensor> {
         Ok(match self.family.final_softcap {
             Some(cap) => ((logits / cap)?.tanh()? * cap)?,
             None => logits,
@@ -192,22 +185,11 @@ impl Model {
         let x = match &norms.attn_out {
             None => {
                 let dest = sink(i, HookPoint::ResidMid);
-                let tees = Tees {
-                    out: dest.as_ref(),
-                    input: None,
-                };
-                match plan.linear_fused(&block.o, GemvInput::Plain(&heads), Some(&x), tees)? {
-                    Some(y) if dest.is_some() => y,
-                    Some(y) => {
-                        hook(i, HookPoint::ResidMid, &y)?;
-                        y
-                    }
-                    None => {
-                        let y = (&x + plan.linear(&block.o, &heads)?)?;
-                        hook(i, HookPoint::ResidMid, &y)?;
-                        y
-                    }
+                let (y, written) = plan.linear_plus_into(&block.o, &heads, &x, dest.as_ref())?;
+                if !written {
+                    hook(i, HookPoint::ResidMid, &y)?;
                 }
+                y
             }
             Some(w) => {
                 let y = (x + self.norm_opt(plan.linear(&block.o, &heads)?, Some(w), plan)?)?;

@@ -274,9 +274,25 @@ impl<'a> Plan<'a> {
     /// nothing edits, adapts or drops, one GEMV kernel that adds as it
     /// stores (the residual stream's add without a kernel of its own).
     pub(super) fn linear_plus(&self, l: &Linear, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        match self.linear_fused(l, GemvInput::Plain(x), Some(residual), Tees::default())? {
-            Some(y) => Ok(y),
-            None => Ok((residual + self.linear(l, x)?)?),
+        Ok(self.linear_plus_into(l, x, residual, None)?.0)
+    }
+
+    /// [`Self::linear_plus`], the GEMV also writing the sum into `dest`
+    /// where it can: the sum, and whether `dest` holds it.
+    pub(super) fn linear_plus_into(
+        &self,
+        l: &Linear,
+        x: &Tensor,
+        residual: &Tensor,
+        dest: Option<&Tensor>,
+    ) -> Result<(Tensor, bool)> {
+        let tees = Tees {
+            out: dest,
+            input: None,
+        };
+        match self.linear_fused(l, GemvInput::Plain(x), Some(residual), tees)? {
+            Some(y) => Ok((y, dest.is_some())),
+            None => Ok(((residual + self.linear(l, x)?)?, false)),
         }
     }
 
