@@ -374,6 +374,36 @@ fn sliding_window_scores_every_token_once_in_its_first_window() {
     );
 }
 
+/// A weight edit of NaN makes the logits NaN: generation refuses with one
+/// line instead of sampling a token from them.
+#[test]
+fn generation_refuses_nan_logits() {
+    let (_d, ckpt) = tiny();
+    let model = load(&ckpt);
+    let tok = ckpt.tokenizer().unwrap();
+    let nan = Interventions {
+        weight_edits: vec![WeightEdit {
+            tensor: WeightId::layer(0, Proj::Up),
+            row: 3,
+            col: 0,
+            value: f32::NAN,
+        }],
+        ..Default::default()
+    };
+    let err = generate(
+        &model,
+        &tok,
+        &TOKENS,
+        &[nan],
+        &GenerateParams::default(),
+        |_, _, _| ControlFlow::Continue(()),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("not numbers (NaN)"), "{err}");
+    assert!(!err.contains('\n'), "{err}");
+}
+
 #[test]
 fn sampling_is_reproducible_by_seed() {
     let (_d, ckpt) = tiny();

@@ -274,6 +274,15 @@ pub fn generate(
             // One copy of the row to the host serves the sampler and the
             // log-probability.
             let row = logits.i((r, 0))?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+            // A NaN would be sampled as some token and reported as a
+            // log-probability of NaN: refuse it (an overflow in f16, a
+            // weight or an edit that is not finite).
+            if row.iter().any(|v| v.is_nan()) {
+                return Err(crate::model::ModelError::Invalid(format!(
+                    "generation stopped at token {}: the model's logits are not numbers (NaN); a weight, an edit or the dtype's range is at fault",
+                    out[r].tokens.len() + 1
+                )));
+            }
             let id = samplers[r].sample(&Tensor::new(row.as_slice(), &Device::Cpu)?)?;
             next.push(vec![id]);
             if done[r] {
