@@ -5,6 +5,7 @@
 
 mod common;
 
+use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
 use mwtop::checkpoint::{Checkpoint, WeightId};
 use mwtop::model::intervention::{Interventions, MaskMode, WeightEdit};
@@ -237,4 +238,113 @@ fn a_bf16_checkpoint_run_in_f16_is_converted_at_load_where_overflow_is_refused()
         |_, _| {}
     )
     .is_ok());
+}
+
+/// Every block format mwtop keeps as blocks, with its bytes per weight.
+const BLOCK_FORMATS: [(GgmlDType, f64); 8] = [
+    (GgmlDType::Q4_0, 18.0 / 32.0),
+    (GgmlDType::Q4_1, 20.0 / 32.0),
+    (GgmlDType::Q5_0, 22.0 / 32.0),
+    (GgmlDType::Q5_1, 24.0 / 32.0),
+    (GgmlDType::Q8_0, 34.0 / 32.0),
+    (GgmlDType::Q4K, 144.0 / 256.0),
+    (GgmlDType::Q5K, 176.0 / 256.0),
+    (GgmlDType::Q6K, 210.0 / 256.0),
+];
+
+fn gguf(format: GgmlDType) -> (tempfile::TempDir, Checkpoint) {
+    let dir = common::tempdir();
+    let path = dir.path().join("tiny.gguf");
+    Spec::default().write_gguf(&path, format).unwrap();
+    let ckpt = Checkpoint::open_path(&path).unwrap();
+    (dir, ckpt)
+}
+
+#[test]
+fn gguf_blocks_stay_blocks_and_compute_what_the_converted_weights_compute() {
+    for (format, per_weight) in BLOCK_FORMATS {
+        let (_d, ckpt) = gguf(format);
+        let dense = load(&ckpt, WeightPrecision::Compute);
+        let stored = load(&ckpt, WeightPrecision::Stored);
+        // The matrices at the file's bytes per weight (the norms stay f32,
+        // a few KB): a quarter to a third of the f32 copy's.
+        let (d, s) = (dense.weight_bytes() as f64, stored.weight_bytes() as f64);
+        let norms = d - ckpt.parameter_count() as f64 * 4.0;
+        assert!(
+            norms.abs() < 1.0,
+            "{format:?}: the f32 copy is 4 bytes a weight"
+        );
+        let matrices = (s / d) * 4.0;
+        assert!(
+            (matrices - per_weight).abs() < 0.02,
+            "{format:?}: {matrices} bytes a weight held, the file has {per_weight}"
+        );
+        // A prompt's products dequantize each matrix exactly as the load's
+        // conversion does, then multiply as the f32 copy does: the same bits.
+        let plain = RunOptions::default();
+        let (a, b) = (logits(&dense, &plain), logits(&stored, &plain));
+        assert_eq!(max_diff(&a, &b), 0.0, "{format:?}: prompt logits");
+        // q rows come back in Hugging Face order, GGUF's RoPE permutation
+        // undone on the blocks' rows.
+        for proj in [mwtop::checkpoint::Proj::Q, mwtop::checkpoint::Proj::Up] {
+            let id = WeightId::layer(1, proj);
+            let (a, b) = (dense.weight(id).unwrap(), stored.weight(id).unwrap());
+            assert_eq!(max_diff(&a, &b), 0.0, "{format:?}: {id}");
+        }
+        // One-token steps (the CPU multiplies a converted copy of each
+        // block matrix; the f32 copy takes the GEMV): rounding apart.
+        let (mut c1, mut c2) = (dense.new_cache(), stored.new_cache());
+        for &t in &TOKENS[..4] {
+            let step = |m: &Model, c: &mut mwtop::model::Cache| {
+                m.forward(&[vec![t]], Some(c), &plain)
+                    .unwrap()
+                    .logits
+                    .unwrap()
+            };
+            let diff = max_diff(&step(&dense, &mut c1), &step(&stored, &mut c2));
+            assert!(diff < 1e-4, "{format:?}: decoded logits differ by {diff}");
+        }
+    }
+}
+
+#[test]
+fn attacks_and_edits_on_gguf_blocks_equal_those_on_the_converted_weights() {
+    let (_d, ckpt) = gguf(GgmlDType::Q4_1);
+    let mut dense = load(&ckpt, WeightPrecision::Compute);
+    let mut stored = load(&ckpt, WeightPrecision::Stored);
+    let attack = RunOptions {
+        interventions: vec![Interventions {
+            weight_edits: vec![WeightEdit {
+                tensor: WeightId::layer(0, mwtop::checkpoint::Proj::Down),
+                row: 5,
+                col: 100,
+                value: 7.5,
+            }],
+            ..Interventions::ffn_mask(1, MaskMode::Keep, vec![0, 17, 300])
+        }],
+        ..Default::default()
+    };
+    let diff = max_diff(&logits(&dense, &attack), &logits(&stored, &attack));
+    assert_eq!(diff, 0.0, "attacked logits differ by {diff}");
+    // Edits for good turn the edited stacks dense (no block holds 1 + 1e-6).
+    let before = stored.weight_bytes();
+    for m in [&mut dense, &mut stored] {
+        m.physically_zero_ffn_rows(1, &[3, 4]).unwrap();
+        m.set_weight_entry(
+            WeightId::layer(0, mwtop::checkpoint::Proj::K),
+            2,
+            3,
+            1.0 + 1e-6,
+        )
+        .unwrap();
+    }
+    let plain = RunOptions::default();
+    let diff = max_diff(&logits(&dense, &plain), &logits(&stored, &plain));
+    assert_eq!(diff, 0.0, "edited logits differ by {diff}");
+    let k = stored
+        .weight(WeightId::layer(0, mwtop::checkpoint::Proj::K))
+        .unwrap();
+    let v: f32 = k.get(2).unwrap().get(3).unwrap().to_scalar().unwrap();
+    assert_eq!(v, 1.0 + 1e-6);
+    assert!(stored.weight_bytes() > before);
 }

@@ -441,6 +441,72 @@ impl Checkpoint {
         }
     }
 
+    /// A 2-D quantized GGUF tensor's blocks as the file holds them, rows in
+    /// Hugging Face order (GGUF's RoPE permutation of q/k rows undone, row
+    /// by row: a row is whole blocks); None for any other tensor. Refuses
+    /// blocks whose scales are not finite, as [`Self::tensor`] refuses
+    /// such values.
+    pub fn quantized_rows(&self, name: &str) -> Result<Option<QuantizedRows>> {
+        let Some(info) = self.info(name) else {
+            return Ok(None);
+        };
+        let StoredDType::Ggml(format) = info.dtype else {
+            return Ok(None);
+        };
+        let Some(scales) = block_scale_offsets(format) else {
+            return Ok(None);
+        };
+        if info.shape.len() != 2 || info.transform == Transform::SubtractOne {
+            return Ok(None);
+        }
+        let file = &self.files[info.file_index];
+        let start = info.offset as usize;
+        let data = &file.map[start..start + info.bytes as usize];
+        let (rows, cols) = (info.shape[0], info.shape[1]);
+        let row_bytes = cols / format.block_size() * format.type_size();
+        if rows * row_bytes != data.len() {
+            return Err(CheckpointError::malformed(
+                &file.path,
+                format!(
+                    "tensor {name}: {} bytes for {rows} rows of {row_bytes}",
+                    data.len()
+                ),
+            ));
+        }
+        if !block_scales_finite(scales, format, data) {
+            return Err(CheckpointError::malformed(
+                &file.path,
+                format!(
+                    "tensor {} holds NaN or infinite values",
+                    self.shown_name(name)
+                ),
+            ));
+        }
+        let bytes = match info.transform {
+            Transform::UnpermuteRope { heads } => {
+                // GGUF rows per head are (half, 2) interleaved; HF has (2, half).
+                let half = rows / heads / 2;
+                let mut out = Vec::with_capacity(data.len());
+                for h in 0..heads {
+                    for two in 0..2 {
+                        for i in 0..half {
+                            let r = (h * half + i) * 2 + two;
+                            out.extend_from_slice(&data[r * row_bytes..(r + 1) * row_bytes]);
+                        }
+                    }
+                }
+                out
+            }
+            _ => data.to_vec(),
+        };
+        Ok(Some(QuantizedRows {
+            format,
+            rows,
+            cols,
+            bytes,
+        }))
+    }
+
     /// Reads one tensor (canonical name) as a dense tensor of `dtype` on `device`.
     /// Quantized GGUF data is dequantized from the mapped bytes; GGUF's RoPE
     /// row permutation of q/k is undone, so the result is in Hugging Face layout.
@@ -551,8 +617,44 @@ fn all_finite(t: &Tensor) -> candle_core::Result<bool> {
     Ok(s.is_finite())
 }
 
+/// A quantized GGUF matrix's bytes (see [`Checkpoint::quantized_rows`]).
+pub struct QuantizedRows {
+    pub format: GgmlDType,
+    pub rows: usize,
+    pub cols: usize,
+    /// `rows` rows of cols / block-size blocks each.
+    pub bytes: Vec<u8>,
+}
+
+/// Byte offsets of each block's f16 scales (and minimums) by format: the
+/// values are finite exactly when these are (the quantized integers and
+/// the 6-bit sub-scales are small).
+/// None for formats not kept as blocks.
+fn block_scale_offsets(format: GgmlDType) -> Option<&'static [usize]> {
+    Some(match format {
+        GgmlDType::Q4_0 | GgmlDType::Q5_0 | GgmlDType::Q8_0 => &[0],
+        GgmlDType::Q4_1 | GgmlDType::Q5_1 | GgmlDType::Q4K | GgmlDType::Q5K => &[0, 2],
+        GgmlDType::Q6K => &[208],
+        GgmlDType::Q2K => &[80, 82],
+        GgmlDType::Q3K => &[108],
+        _ => return None,
+    })
+}
+
+fn block_scales_finite(offsets: &[usize], format: GgmlDType, data: &[u8]) -> bool {
+    data.chunks_exact(format.type_size()).all(|block| {
+        offsets
+            .iter()
+            .all(|&o| half::f16::from_le_bytes([block[o], block[o + 1]]).is_finite())
+    })
+}
+
 /// Dequantizes (or just reinterprets) GGML bytes into an f32 CPU tensor.
-fn dequantize_ggml(dtype: GgmlDType, data: &[u8], shape: &[usize]) -> candle_core::Result<Tensor> {
+pub fn dequantize_ggml(
+    dtype: GgmlDType,
+    data: &[u8],
+    shape: &[usize],
+) -> candle_core::Result<Tensor> {
     // candle reinterprets the bytes as blocks in place: give it 4-byte aligned
     // memory (a mapping is page aligned and GGUF offsets are aligned, but
     // general.alignment may legally be 1 or 2).

@@ -9,6 +9,7 @@ use candle_core::{DType, Tensor};
 use super::family::Activation;
 use super::fused::{GemvInput, Tees};
 use super::hooks::HookPoint;
+use super::matrix::Matrix;
 use super::plan::Plan;
 use super::weights::Linear;
 use super::{Model, Result};
@@ -119,7 +120,10 @@ impl Model {
     /// Token embeddings (ids flat), scaled where the family scales them.
     pub(super) fn embed_ids(&self, ids: &Tensor) -> Result<Tensor> {
         // A stored-precision embedding converts the looked-up rows only.
-        let x = self.embed.embedding(ids)?.to_dtype(self.dtype)?;
+        let x = match &self.embed {
+            Matrix::Dense(t) => t.embedding(ids)?.to_dtype(self.dtype)?,
+            blocks => blocks.select_rows(ids)?.dense(self.dtype)?,
+        };
         Ok(match self.embed_scale {
             Some(s) => x.affine(s, 0.0)?,
             None => x,

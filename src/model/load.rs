@@ -4,6 +4,7 @@
 use candle_core::{DType, Device, Tensor};
 
 use super::family::Family;
+use super::matrix::{keeps_blocks, Blocks, Matrix};
 use super::weights::{Block, Linear, Norms};
 use super::{
     rope, Model, ModelError, PartBytes, Placement, Result, WeightPrecision, ROPE_POSITIONS_MAX,
@@ -74,17 +75,43 @@ impl Model {
                 _ => dtype,
             }
         };
-        let mut get = |name: &str, as_dtype: DType| -> Result<Tensor> {
-            let t = ckpt.tensor(name, as_dtype, device())?;
+        let mut get = |name: &str, as_dtype: Option<DType>| -> Result<Tensor> {
+            // None: the bytes were taken as blocks; only counted here.
+            let t = match as_dtype {
+                Some(dtype) => ckpt.tensor(name, dtype, device())?,
+                None => Tensor::zeros(0, DType::U8, &Device::Cpu)?,
+            };
             done += 1;
             progress(done.min(total), total);
             Ok(t)
         };
-        let linear = |get: &mut dyn FnMut(&str, DType) -> Result<Tensor>,
+        // Quantized GGUF matrices as their blocks, when asked and in a
+        // format the products read (the rest are converted).
+        let matrix = |get: &mut dyn FnMut(&str, Option<DType>) -> Result<Tensor>,
+                      name: &str|
+         -> Result<Matrix> {
+            if precision == WeightPrecision::Stored {
+                if let Some(q) = ckpt.quantized_rows(name)? {
+                    if keeps_blocks(q.format) {
+                        let row_bytes = q.bytes.len() / q.rows.max(1);
+                        let bytes = Tensor::from_vec(q.bytes, (q.rows, row_bytes), device())?;
+                        get(name, None)?;
+                        return Ok(Matrix::Blocks(Blocks {
+                            bytes,
+                            format: q.format,
+                            cols: q.cols,
+                        }));
+                    }
+                    tracing::debug!("{name}: {:?} blocks are converted", q.format);
+                }
+            }
+            Ok(Matrix::Dense(get(name, Some(held(name)))?))
+        };
+        let linear = |get: &mut dyn FnMut(&str, Option<DType>) -> Result<Tensor>,
                       name: String,
                       id: Option<WeightId>|
          -> Result<Linear> {
-            let weight = get(&name, held(&name))?;
+            let weight = matrix(get, &name)?;
             let bias_name = format!("{}.bias", name.trim_end_matches(".weight"));
             let bias = match ckpt.info(&bias_name) {
                 Some(_) => Some(ckpt.tensor(&bias_name, dtype, device())?),
@@ -94,13 +121,14 @@ impl Model {
         };
         // Gemma multiplies by (1 + w): stored once as that sum.
         let offset = family.offset_norms;
-        let norm =
-            |get: &mut dyn FnMut(&str, DType) -> Result<Tensor>, id: NormId| -> Result<Tensor> {
-                let w = get(&id.hf_name(), dtype)?;
-                Ok(if offset { w.affine(1.0, 1.0)? } else { w })
-            };
+        let norm = |get: &mut dyn FnMut(&str, Option<DType>) -> Result<Tensor>,
+                    id: NormId|
+         -> Result<Tensor> {
+            let w = get(&id.hf_name(), Some(dtype))?;
+            Ok(if offset { w.affine(1.0, 1.0)? } else { w })
+        };
         let embed_name = WeightId::Embed.hf_name();
-        let embed = get(&embed_name, held(&embed_name))?;
+        let embed = matrix(&mut get, &embed_name)?;
         let (hd, nq, nk) = (config.head_dim, config.n_heads, config.n_kv_heads);
         // Phi-3 rotates the first dims of each head, the rest pass through:
         // its q/k rows are held in rotary order (see rope::RotaryOrder).
@@ -127,9 +155,17 @@ impl Model {
             }
         };
         let linear_to_stored = |l: Linear| -> Result<Linear> {
+            let weight = match &rotary_order {
+                Some(o) => {
+                    let rows = l.weight.rows()?;
+                    let index = Tensor::from_vec(o.to_stored(rows), rows, l.weight.device())?;
+                    l.weight.select_rows(&index)?
+                }
+                None => l.weight,
+            };
             Ok(Linear {
                 id: l.id,
-                weight: to_stored(l.weight)?,
+                weight,
                 bias: l.bias.map(to_stored).transpose()?,
             })
         };
@@ -171,9 +207,11 @@ impl Model {
                             .chain(k_rows.iter().map(|&r| r + (nq * hd) as u32))
                             .chain(((nq + nk) * hd..(nq + 2 * nk) * hd).map(|r| r as u32))
                             .collect();
+                        let rows = index.len();
+                        let at = Tensor::from_vec(index.clone(), rows, qkv.weight.device())?;
                         Linear {
                             id: None,
-                            weight: reorder(qkv.weight, index.clone())?,
+                            weight: qkv.weight.select_rows(&at)?,
                             bias: qkv.bias.map(|b| reorder(b, index)).transpose()?,
                         }
                     }
@@ -189,7 +227,7 @@ impl Model {
                     proj(Proj::O)?,
                 ];
                 let mlp = [proj(Proj::Gate)?, proj(Proj::Up)?, proj(Proj::Down)?];
-                Block::new(norms, attn, mlp)?
+                Block::new(norms, attn, mlp, dtype)?
             };
             blocks.push(block);
         }

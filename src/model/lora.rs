@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor, Var};
 
+use super::matrix::Matrix;
 use super::{Model, ModelError, Result};
 use crate::checkpoint::{Architecture, Proj, WeightId};
 use crate::rng::SplitMix64;
@@ -240,7 +241,7 @@ impl Model {
         let w = self
             .stored(id)
             .ok_or_else(|| ModelError::Invalid(format!("the model has no {id}")))?;
-        Ok(w.dims2()?)
+        Ok((w.rows()?, w.cols()?))
     }
 
     /// Adds `delta` (Hugging Face row order, the matrix's shape) to a loaded
@@ -262,10 +263,11 @@ impl Model {
         let delta = self.hf_rows_to_stored(id, delta.to_device(on)?)?;
         let block = &mut self.blocks[layer];
         let part = block.part_mut(proj);
-        part.weight = (part.weight.to_dtype(DType::F32)? + delta.to_dtype(DType::F32)?)?
-            .to_dtype(self.dtype)?;
+        part.weight = Matrix::Dense(
+            (part.weight.dense(DType::F32)? + delta.to_dtype(DType::F32)?)?.to_dtype(self.dtype)?,
+        );
         self.weights_version += 1;
-        block.fuse()
+        block.fuse(self.dtype)
     }
 
     /// Picks rows given in Hugging Face order into the order `id` is held in.

@@ -6,9 +6,10 @@
 //!
 //! Every run can capture reduced hook states ([`hooks`]) and apply
 //! per-sequence interventions ([`intervention`]) without reloading weights.
-//! Quantized checkpoints are dequantized to dense weights: candle's quantized
-//! matmul rounds activations to 8 bits, which is wrong for a tool about
-//! activations in the tens of thousands.
+//! Quantized checkpoints are computed as their dequantized weights in f32
+//! (converted at load, or held as blocks that mwtop's own kernels read; see
+//! [`WeightPrecision`]): candle's quantized matmul rounds activations to 8
+//! bits, which is wrong for a tool about activations in the tens of thousands.
 
 mod attention;
 mod block;
@@ -24,6 +25,7 @@ pub mod intervention;
 mod kv;
 mod load;
 pub mod lora;
+mod matrix;
 mod placement;
 mod plan;
 pub mod rope;
@@ -38,6 +40,7 @@ use capture::Captures;
 use hooks::{CaptureRequest, Captured};
 use intervention::Interventions;
 pub use kv::Cache;
+use matrix::Matrix;
 pub use placement::{PartBytes, Placement};
 use plan::Plan;
 use weights::{Block, Linear};
@@ -162,10 +165,11 @@ pub enum WeightPrecision {
     /// copy of a bf16 checkpoint: twice its size).
     Compute,
     /// Matrices (the projections, the embedding, the head) stay in the
-    /// float dtype the checkpoint stores them in (bf16, f16); each product
-    /// reads them as they are and computes in the compute dtype, so results
-    /// are those of the converted weights, at the stored size in memory.
-    /// Quantized GGUF blocks are still converted.
+    /// float dtype the checkpoint stores them in (bf16, f16), or as the
+    /// GGUF file's quantized blocks (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K,
+    /// Q5_K, Q6_K; other formats are converted); each product reads them
+    /// as they are and computes in the compute dtype, so results are those
+    /// of the converted weights, at the stored size in memory.
     Stored,
 }
 
@@ -184,7 +188,7 @@ pub struct Model {
     placement: Placement,
     dtype: DType,
     precision: WeightPrecision,
-    embed: Tensor,
+    embed: Matrix,
     blocks: Vec<Block>,
     norm: Tensor,
     lm_head: Linear,
@@ -268,10 +272,10 @@ impl Model {
     /// its order (one entry unless the layers are split).
     pub fn weight_bytes_per_device(&self) -> Vec<usize> {
         let size = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
-        let linear = |l: &Linear| size(&l.weight) + l.bias.as_ref().map_or(0, size);
+        let linear = |l: &Linear| l.weight.bytes() + l.bias.as_ref().map_or(0, size);
         let devices = self.placement.devices().len();
         let mut bytes = vec![0; devices];
-        bytes[0] += size(&self.embed);
+        bytes[0] += self.embed.bytes();
         bytes[devices - 1] += size(&self.norm);
         // A tied head is the embedding itself, unless a split put a copy
         // of it on another device.

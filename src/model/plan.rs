@@ -312,7 +312,7 @@ impl<'a> Plan<'a> {
         if !plain || b * t > super::gemv::MAX_ROWS || self.differentiable() {
             return Ok(None);
         }
-        let out = l.weight.dim(0)?;
+        let out = l.weight.rows()?;
         Ok(super::fused::gemv(&l.weight, input, add, tees)?
             .map(|y| y.reshape((b, t, out)))
             .transpose()?)
@@ -326,9 +326,13 @@ impl<'a> Plan<'a> {
     /// y = x W^T (+ b), plus the effect of any single-weight edits of W.
     pub(super) fn linear(&self, l: &Linear, x: &Tensor) -> Result<Tensor> {
         let (b, t, d) = x.dims3()?;
-        let out = l.weight.dim(0)?;
+        let out = l.weight.rows()?;
         let fast = if b * t <= super::gemv::MAX_ROWS && !self.differentiable() {
-            match gemv::gemv(&l.weight, x)? {
+            let cpu = match l.weight.as_dense() {
+                Some(w) => gemv::gemv(w, x)?,
+                None => None,
+            };
+            match cpu {
                 Some(y) => Some(y),
                 None => super::fused::gemv(&l.weight, GemvInput::Plain(x), None, Tees::default())?,
             }
@@ -338,12 +342,12 @@ impl<'a> Plan<'a> {
         let mut y = match fast {
             Some(y) => y.reshape((b, t, out))?,
             None if self.differentiable() => {
-                super::frozen::frozen_matmul(&x.reshape((b * t, d))?, &computed(&l.weight, x)?)?
+                super::frozen::frozen_matmul(&x.reshape((b * t, d))?, &l.weight.dense(x.dtype())?)?
                     .reshape((b, t, out))?
             }
             None => x
                 .reshape((b * t, d))?
-                .matmul(&computed(&l.weight, x)?.t()?)?
+                .matmul(&l.weight.dense(x.dtype())?.t()?)?
                 .reshape((b, t, out))?,
         };
         if let Some(bias) = &l.bias {
@@ -362,7 +366,11 @@ impl<'a> Plan<'a> {
         let Some(id) = l.id else { return Ok(y) };
         if let (Some(drop), true) = (&self.drop, self.drops(id)) {
             // The dropped elements' share of each massive row's dot product.
-            let lost = computed(&l.weight.index_select(&drop.rows, 0)?, x)?.mul(&drop.dropped)?;
+            let lost = l
+                .weight
+                .select_rows(&drop.rows)?
+                .dense(x.dtype())?
+                .mul(&drop.dropped)?;
             let share = x.reshape((b * t, d))?.matmul(&lost.t()?)?;
             y = (y - share.matmul(&drop.onehot)?.reshape((b, t, out))?)?;
         }
@@ -458,16 +466,4 @@ impl<'a> Plan<'a> {
         }
         Ok(())
     }
-}
-
-/// A matrix held as stored (see [`super::WeightPrecision::Stored`]) in the
-/// dtype of `x`, for one product: the conversion from bf16/f16 is exact,
-/// so the product is that of the converted weights. The copy lives for
-/// that product only.
-fn computed(w: &Tensor, x: &Tensor) -> Result<Tensor> {
-    Ok(if w.dtype() == x.dtype() {
-        w.clone()
-    } else {
-        w.to_dtype(x.dtype())?
-    })
 }

@@ -4,13 +4,14 @@
 
 use candle_core::{DType, Tensor};
 
+use super::matrix::Matrix;
 use super::{Model, ModelError, Result};
 use crate::checkpoint::{Proj, WeightId};
 
 pub(super) struct Linear {
     /// Which matrix this is; None for a stack of several.
     pub(super) id: Option<WeightId>,
-    pub(super) weight: Tensor,
+    pub(super) weight: Matrix,
     pub(super) bias: Option<Tensor>,
 }
 
@@ -43,13 +44,16 @@ pub(super) struct Block {
 }
 
 impl Block {
+    /// `compute`: the dtype of the biases, and of a stack that cannot
+    /// stay as stored.
     pub(super) fn new(
         norms: Norms,
         [mut q, mut k, mut v, o]: [Linear; 4],
         [mut gate, mut up, down]: [Linear; 3],
+        compute: DType,
     ) -> Result<Self> {
-        let qkv = stack_rows(&mut [&mut q, &mut k, &mut v])?;
-        let gate_up = stack_rows(&mut [&mut gate, &mut up])?;
+        let qkv = stack_rows(&mut [&mut q, &mut k, &mut v], compute)?;
+        let gate_up = stack_rows(&mut [&mut gate, &mut up], compute)?;
         Ok(Self {
             norms,
             q,
@@ -78,7 +82,7 @@ impl Block {
         let part = |whole: &Linear, start: usize, rows: usize, proj: Proj| -> Result<Linear> {
             Ok(Linear {
                 id: Some(WeightId::layer(layer, proj)),
-                weight: whole.weight.narrow(0, start, rows)?,
+                weight: whole.weight.narrow_rows(start, rows)?,
                 bias: whole
                     .bias
                     .as_ref()
@@ -87,14 +91,14 @@ impl Block {
             })
         };
         let [nq, nk, nv] = qkv_rows;
-        if qkv.weight.dim(0)? != nq + nk + nv {
+        if qkv.weight.rows()? != nq + nk + nv {
             return Err(ModelError::Invalid(format!(
                 "layer {layer}: qkv_proj has {} rows, the config implies {}",
-                qkv.weight.dim(0)?,
+                qkv.weight.rows()?,
                 nq + nk + nv
             )));
         }
-        let d_ff = gate_up.weight.dim(0)? / 2;
+        let d_ff = gate_up.weight.rows()? / 2;
         Ok(Self {
             norms,
             q: part(&qkv, 0, nq, Proj::Q)?,
@@ -111,44 +115,39 @@ impl Block {
 
     /// Rebuilds the stacked matrices from the parts (after a part changed)
     /// and points the parts back into them.
-    pub(super) fn fuse(&mut self) -> Result<()> {
-        self.qkv = stack_rows(&mut [&mut self.q, &mut self.k, &mut self.v])?;
-        self.gate_up = stack_rows(&mut [&mut self.gate, &mut self.up])?;
+    pub(super) fn fuse(&mut self, compute: DType) -> Result<()> {
+        self.qkv = stack_rows(&mut [&mut self.q, &mut self.k, &mut self.v], compute)?;
+        self.gate_up = stack_rows(&mut [&mut self.gate, &mut self.up], compute)?;
         Ok(())
     }
 }
 
 /// One linear map whose rows are `parts`' rows in order; each part becomes a
 /// view of its rows (no second copy of the weights).
-fn stack_rows(parts: &mut [&mut Linear]) -> Result<Linear> {
-    // Parts held in different dtypes (one edited or merged in the compute
-    // dtype, the rest as stored) stack in the widest of them.
-    let widest = parts
-        .iter()
-        .map(|l| l.weight.dtype())
-        .max_by_key(|d| d.size_in_bytes())
-        .unwrap_or(DType::F32);
-    let weights = parts
-        .iter()
-        .map(|l| l.weight.to_dtype(widest))
-        .collect::<candle_core::Result<Vec<_>>>()?;
-    let weight = Tensor::cat(&weights, 0)?;
+fn stack_rows(parts: &mut [&mut Linear], compute: DType) -> Result<Linear> {
+    // Blocks of one format stack as blocks; parts held in different dtypes
+    // (one edited or merged in the compute dtype, the rest as stored)
+    // stack dense in the widest of them.
+    let weight = Matrix::stack(
+        &parts.iter().map(|l| &l.weight).collect::<Vec<_>>(),
+        compute,
+    )?;
     let bias = if parts.iter().any(|l| l.bias.is_some()) {
         let biases = parts
             .iter()
             .map(|l| match &l.bias {
                 Some(b) => Ok(b.clone()),
-                None => Tensor::zeros(l.weight.dim(0)?, l.weight.dtype(), l.weight.device()),
+                None => Ok(Tensor::zeros(l.weight.rows()?, compute, l.weight.device())?),
             })
-            .collect::<candle_core::Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>>>()?;
         Some(Tensor::cat(&biases, 0)?)
     } else {
         None
     };
     let mut row = 0;
     for part in parts.iter_mut() {
-        let rows = part.weight.dim(0)?;
-        part.weight = weight.narrow(0, row, rows)?;
+        let rows = part.weight.rows()?;
+        part.weight = weight.narrow_rows(row, rows)?;
         if let (Some(b), Some(_)) = (&bias, &part.bias) {
             part.bias = Some(b.narrow(0, row, rows)?);
         }
@@ -210,12 +209,17 @@ impl Model {
         }
         let mask = Tensor::from_vec(keep, (d_ff, 1), self.placement.of_layer(layer))?;
         let block = &mut self.blocks[layer];
-        // Zero is exact in every dtype: the matrices keep theirs.
+        // Zero is exact in every dtype: dense matrices keep theirs, blocks
+        // become dense in the compute dtype.
         for w in [&mut block.up.weight, &mut block.gate.weight] {
-            *w = w.broadcast_mul(&mask.to_dtype(w.dtype())?)?;
+            let dense = match &*w {
+                Matrix::Dense(t) => t.clone(),
+                Matrix::Blocks(_) => w.dense(self.dtype)?,
+            };
+            *w = Matrix::Dense(dense.broadcast_mul(&mask.to_dtype(dense.dtype())?)?);
         }
         self.weights_version += 1;
-        block.fuse()
+        block.fuse(self.dtype)
     }
 
     /// Sets W[row, col] of a loaded matrix for good (unlike a [`super::intervention::WeightEdit`],
@@ -230,17 +234,18 @@ impl Model {
         let w = self
             .stored(id)
             .ok_or_else(|| ModelError::Invalid(format!("the model has no {id}")))?;
-        let (rows, cols) = w.dims2()?;
+        let (rows, cols) = (w.rows()?, w.cols()?);
         if row >= rows || col >= cols {
             return Err(ModelError::Invalid(format!(
                 "{id}[{row}, {col}] is outside [{rows}, {cols}]"
             )));
         }
-        let mut v = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let mut v = w.dense(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         v[self.stored_row(id, row) * cols + col] = value;
         // In the compute dtype (a stored bf16 matrix may not hold
-        // `value`), on the matrix's device.
-        let new = Tensor::from_vec(v, (rows, cols), w.device())?.to_dtype(self.dtype)?;
+        // `value`, blocks hold no single value), on the matrix's device.
+        let new =
+            Matrix::Dense(Tensor::from_vec(v, (rows, cols), w.device())?.to_dtype(self.dtype)?);
         self.weights_version += 1;
         match self.canonical_weight(id) {
             WeightId::Embed => {
@@ -257,7 +262,7 @@ impl Model {
             WeightId::Layer { layer, proj } => {
                 let block = &mut self.blocks[layer];
                 block.part_mut(proj).weight = new;
-                block.fuse()
+                block.fuse(self.dtype)
             }
         }
     }
@@ -272,7 +277,7 @@ impl Model {
     }
 
     /// A matrix as held (q/k rows possibly in rotary order).
-    pub(super) fn stored(&self, id: WeightId) -> Option<&Tensor> {
+    pub(super) fn stored(&self, id: WeightId) -> Option<&Matrix> {
         match self.canonical_weight(id) {
             WeightId::Embed => Some(&self.embed),
             WeightId::Head => Some(&self.lm_head.weight),
@@ -286,14 +291,14 @@ impl Model {
         let stored = self.stored(id)?;
         let hf_order = match self.reordered(id) {
             Some(order) => {
-                let rows = stored.dim(0).ok()?;
+                let rows = stored.rows().ok()?;
                 let index = Tensor::from_vec(order.to_hf(rows), rows, stored.device()).ok()?;
-                stored.index_select(&index, 0).ok()?
+                stored.select_rows(&index).ok()?
             }
             None => stored.clone(),
         };
         // In the compute dtype, whatever the matrix is held in.
-        hf_order.to_dtype(self.dtype).ok()
+        hf_order.dense(self.dtype).ok()
     }
 
     /// The row at which Hugging Face row `row` of `id` is held (q and k

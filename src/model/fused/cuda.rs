@@ -12,6 +12,7 @@ use candle_core::cuda::{CudaStorage, WrapErr};
 use candle_core::{CustomOp1, CustomOp2, Layout, Shape, Tensor};
 
 use super::super::family::Activation;
+use super::super::matrix::Blocks;
 use super::super::Result;
 use super::eligible;
 
@@ -53,6 +54,8 @@ pub(super) fn prepare(dev: &candle_core::CudaDevice) -> Result<()> {
             "mwtop_gated",
             "mwtop_gemv16",
             "mwtop_gemv32",
+            "mwtop_gemvq",
+            "mwtop_dequant",
             "mwtop_rmsnorm",
             "mwtop_decode_attention",
         ] {
@@ -454,6 +457,70 @@ pub(super) fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Option<Tensor
     ))
 }
 
+/// GGUF blocks (rows, row bytes) u8 dequantized to f32 (rows, cols).
+struct Dequantize {
+    format: i32,
+    cols: usize,
+}
+
+impl CustomOp1 for Dequantize {
+    fn name(&self) -> &'static str {
+        "mwtop-dequantize"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
+        candle_core::bail!("mwtop-dequantize runs on CUDA only")
+    }
+
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        let dev = s.device();
+        let Some((a, b)) = l.contiguous_offsets() else {
+            candle_core::bail!("dequantize: blocks not contiguous")
+        };
+        let w = s.as_cuda_slice::<u8>()?.slice(a..b);
+        let rows = l.shape().dims()[0];
+        let total = rows * self.cols;
+        // SAFETY: the kernel writes every element of out.
+        let out = unsafe { dev.alloc::<f32>(total)? };
+        let (func, overlapped) = launch::function(dev, "mwtop_dequant")?;
+        let mut args = launch::Args::new(dev);
+        args.view(&w)
+            .slice(&out)
+            .i32(self.format)
+            .i64(rows as i64)
+            .i32(self.cols as i32);
+        let units = total / 32;
+        let cfg = LaunchConfig {
+            grid_dim: (units.div_ceil(256).clamp(1, 1 << 16) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the arguments match the kernel's signature; out holds
+        // rows * cols, the blocks rows whole rows of cols weights.
+        unsafe { args.launch(&func, overlapped, cfg) }?;
+        Ok((
+            CudaStorage::wrap_cuda_slice(out, dev.clone()),
+            Shape::from((rows, self.cols)),
+        ))
+    }
+}
+
+pub(super) fn dequantize(blocks: &Blocks) -> Result<Option<Tensor>> {
+    let b = &blocks.bytes;
+    if !b.device().is_cuda() || ptx().is_none() || !blocks.cols.is_multiple_of(32) {
+        return Ok(None);
+    }
+    let op = Dequantize {
+        format: crate::checkpoint::gguf::ggml_dtype_id(blocks.format) as i32,
+        cols: blocks.cols,
+    };
+    Ok(Some(b.contiguous()?.apply_op1_no_bwd(&op)?))
+}
+
 /// A tensor's f32 CUDA storage, held for a launch.
 struct Held<'a> {
     guard: candle_core::StorageRef<'a>,
@@ -493,6 +560,8 @@ mod tests {
         for name in [
             "mwtop_gemv16",
             "mwtop_gemv32",
+            "mwtop_gemvq",
+            "mwtop_dequant",
             "mwtop_rmsnorm",
             "mwtop_gated",
             "mwtop_decode_attention",

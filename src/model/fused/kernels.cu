@@ -292,6 +292,45 @@ __device__ __forceinline__ float4 mwtop_act4(const float* xj, const float* g, fl
   return a;
 }
 
+// The input the products read, in(x): staged in shared memory `sx` (see
+// mwtop_stage), or x itself, with the unstaged norm's weight (`*g`) and
+// each row's scale (`sc`) where a norm applies.
+__device__ __forceinline__ const float* mwtop_gemv_input(const float* x, int n, int cols,
+    int mode, const float* aux, float eps, int staged, float* sx, float* tee_x, bool live,
+    int lane, const float** g, float* sc) {
+#pragma unroll
+  for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) sc[j] = 1.f;
+  if (staged) {
+    mwtop_stage(x, n, cols, mode, aux, eps, sx, tee_x, staged == 2);
+    return sx;
+  }
+  if (mode == MWTOP_IN_NORM) {
+    *g = aux;
+    if (live) mwtop_rms_scales(x, n, cols, lane, eps, sc);
+  }
+  return x;
+}
+
+// Each row's lane sums reduced over the warp; lane 0 stores add + sum (the
+// order the composed `residual + projection` adds in), also into `tee_y` (a
+// hook's slab row, or the step's logits) when given.
+__device__ __forceinline__ void mwtop_gemv_store(float* acc, int n, int rows, int row, int lane,
+    const float* add, float* y, float* tee_y) {
+#pragma unroll
+  for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) {
+    if (j < n) {
+      float a = acc[j];
+      for (int k = 16; k > 0; k >>= 1) a += __shfl_xor_sync(0xffffffff, a, k, 32);
+      unsigned long long at = (unsigned long long)j * rows + row;
+      if (lane == 0) {
+        float v = add ? add[at] + a : a;
+        y[at] = v;
+        if (tee_y) tee_y[at] = v;
+      }
+    }
+  }
+}
+
 template <class F>
 __device__ void mwtop_gemv(const void* w, const float* x, float* y, const float* add,
     const float* aux, float eps, int rows, int cols, int n, int is_bf16, int vec, int mode,
@@ -315,18 +354,9 @@ __device__ void mwtop_gemv(const void* w, const float* x, float* y, const float*
     }
   }
   MWTOP_AFTER_PREVIOUS();
-  const float* src = x;
   const float* g = 0;
   float sc[MWTOP_GEMV_ROWS];
-#pragma unroll
-  for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) sc[j] = 1.f;
-  if (staged) {
-    mwtop_stage(x, n, cols, mode, aux, eps, sx, tee_x, staged == 2);
-    src = sx;
-  } else if (mode == MWTOP_IN_NORM) {
-    g = aux;
-    if (live) mwtop_rms_scales(x, n, cols, lane, eps, sc);
-  }
+  const float* src = mwtop_gemv_input(x, n, cols, mode, aux, eps, staged, sx, tee_x, live, lane, &g, sc);
   if (!live) return;
   float acc[MWTOP_GEMV_ROWS];
 #pragma unroll
@@ -378,22 +408,7 @@ __device__ void mwtop_gemv(const void* w, const float* x, float* y, const float*
       }
     }
   }
-  // Each row's lane sums reduced over the warp; lane 0 stores add + sum
-  // (the order the composed `residual + projection` adds in), also into
-  // `tee_y` (a hook's slab row, or the step's logits) when given.
-#pragma unroll
-  for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) {
-    if (j < n) {
-      float a = acc[j];
-      for (int k = 16; k > 0; k >>= 1) a += __shfl_xor_sync(0xffffffff, a, k, 32);
-      unsigned long long at = (unsigned long long)j * rows + row;
-      if (lane == 0) {
-        float v = add ? add[at] + a : a;
-        y[at] = v;
-        if (tee_y) tee_y[at] = v;
-      }
-    }
-  }
+  mwtop_gemv_store(acc, n, rows, row, lane, add, y, tee_y);
 }
 
 extern "C" __global__ void mwtop_gemv32(const float* w, const float* x, float* y,
@@ -406,6 +421,232 @@ extern "C" __global__ void mwtop_gemv16(const unsigned short* w, const float* x,
     const float* add, const float* aux, float eps, int rows, int cols, int n, int is_bf16,
     int vec, int mode, int staged, float* tee_y, float* tee_x) {
   mwtop_gemv<MwtopW16>(w, x, y, add, aux, eps, rows, cols, n, is_bf16, vec, mode, staged, tee_y, tee_x);
+}
+
+// GGUF's quantized blocks (ggml's formats, by their GGUF type ids), read
+// as candle's CPU dequantization reads them: each weight is formed by the
+// same f32 operations in the same order, each rounded alike (__fmul_rn and
+// friends are never contracted into an fma), so it equals the CPU's weight
+// to the bit. Blocks are read byte by byte: their sizes (18, 22, 34, 210
+// bytes) leave their fields unaligned. A "unit" is 32 consecutive weights
+// of a row: a whole block of the 32-weight formats, a sub-block of the
+// 256-weight ones.
+#define MWTOP_Q4_0 2
+#define MWTOP_Q4_1 3
+#define MWTOP_Q5_0 6
+#define MWTOP_Q5_1 7
+#define MWTOP_Q8_0 8
+#define MWTOP_Q4_K 12
+#define MWTOP_Q5_K 13
+#define MWTOP_Q6_K 14
+
+__device__ __forceinline__ int mwtop_block_weights(int fmt) {
+  return fmt == MWTOP_Q4_K || fmt == MWTOP_Q5_K || fmt == MWTOP_Q6_K ? 256 : 32;
+}
+__device__ __forceinline__ int mwtop_block_bytes(int fmt) {
+  switch (fmt) {
+    case MWTOP_Q4_0: return 18;
+    case MWTOP_Q4_1: return 20;
+    case MWTOP_Q5_0: return 22;
+    case MWTOP_Q5_1: return 24;
+    case MWTOP_Q8_0: return 34;
+    case MWTOP_Q4_K: return 144;
+    case MWTOP_Q5_K: return 176;
+    default: return 210; // MWTOP_Q6_K
+  }
+}
+__device__ __forceinline__ float mwtop_f16_at(const unsigned char* p) {
+  return mwtop_widen((unsigned short)(p[0] | (p[1] << 8)), 0);
+}
+__device__ __forceinline__ unsigned int mwtop_u32_at(const unsigned char* p) {
+  return (unsigned int)p[0] | ((unsigned int)p[1] << 8) | ((unsigned int)p[2] << 16) |
+         ((unsigned int)p[3] << 24);
+}
+// candle's get_scale_min_k4: the 6-bit scale and minimum of sub-block j.
+__device__ __forceinline__ void mwtop_scale_min_k4(int j, const unsigned char* q, int* sc, int* m) {
+  if (j < 4) {
+    *sc = q[j] & 63;
+    *m = q[j + 4] & 63;
+  } else {
+    *sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+    *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+  }
+}
+
+// The 32 weights of unit u of a row starting at `row`, into w.
+template <int F>
+__device__ __forceinline__ void mwtop_unit(const unsigned char* row, int u, float* w) {
+  if (F == MWTOP_Q4_0 || F == MWTOP_Q4_1) {
+    const unsigned char* b = row + (unsigned long long)u * (F == MWTOP_Q4_0 ? 18 : 20);
+    float d = mwtop_f16_at(b);
+    const unsigned char* qs = b + (F == MWTOP_Q4_0 ? 2 : 4);
+    float m = F == MWTOP_Q4_1 ? mwtop_f16_at(b + 2) : 0.f;
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+      int q = qs[j];
+      if (F == MWTOP_Q4_0) {
+        w[j] = __fmul_rn((float)((q & 15) - 8), d);
+        w[j + 16] = __fmul_rn((float)((q >> 4) - 8), d);
+      } else {
+        w[j] = __fadd_rn(__fmul_rn((float)(q & 15), d), m);
+        w[j + 16] = __fadd_rn(__fmul_rn((float)(q >> 4), d), m);
+      }
+    }
+  } else if (F == MWTOP_Q5_0 || F == MWTOP_Q5_1) {
+    const unsigned char* b = row + (unsigned long long)u * (F == MWTOP_Q5_0 ? 22 : 24);
+    float d = mwtop_f16_at(b);
+    float m = F == MWTOP_Q5_1 ? mwtop_f16_at(b + 2) : 0.f;
+    const unsigned char* h = b + (F == MWTOP_Q5_0 ? 2 : 4);
+    unsigned int qh = mwtop_u32_at(h);
+    const unsigned char* qs = h + 4;
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+      int q = qs[j];
+      int h0 = ((qh >> j) << 4) & 0x10;
+      int h1 = (qh >> (j + 12)) & 0x10;
+      if (F == MWTOP_Q5_0) {
+        w[j] = __fmul_rn((float)(((q & 15) | h0) - 16), d);
+        w[j + 16] = __fmul_rn((float)(((q >> 4) | h1) - 16), d);
+      } else {
+        w[j] = __fadd_rn(__fmul_rn((float)((q & 15) | h0), d), m);
+        w[j + 16] = __fadd_rn(__fmul_rn((float)((q >> 4) | h1), d), m);
+      }
+    }
+  } else if (F == MWTOP_Q8_0) {
+    const unsigned char* b = row + (unsigned long long)u * 34;
+    float d = mwtop_f16_at(b);
+#pragma unroll
+    for (int j = 0; j < 32; ++j) w[j] = __fmul_rn((float)(signed char)b[2 + j], d);
+  } else if (F == MWTOP_Q4_K || F == MWTOP_Q5_K) {
+    // Sub-block `sub` of 8: chunk sub / 2 of 64 weights, the low nibbles
+    // for an even sub-block, the high for an odd one; Q5_K's fifth bit is
+    // bit `sub` of qh.
+    int sub = u & 7;
+    const unsigned char* b = row + (unsigned long long)(u >> 3) * (F == MWTOP_Q4_K ? 144 : 176);
+    float d = mwtop_f16_at(b), dmin = mwtop_f16_at(b + 2);
+    int sc, mn;
+    mwtop_scale_min_k4(sub, b + 4, &sc, &mn);
+    float d1 = __fmul_rn(d, (float)sc), m1 = __fmul_rn(dmin, (float)mn);
+    const unsigned char* qh = b + 16;
+    const unsigned char* ql = b + (F == MWTOP_Q4_K ? 16 : 48) + 32 * (sub >> 1);
+    int shift = (sub & 1) * 4;
+#pragma unroll
+    for (int l = 0; l < 32; ++l) {
+      float q = (float)((ql[l] >> shift) & 0xF);
+      if (F == MWTOP_Q5_K && ((qh[l] >> sub) & 1)) q = __fadd_rn(q, 16.f);
+      w[l] = __fsub_rn(__fmul_rn(d1, q), m1);
+    }
+  } else { // MWTOP_Q6_K
+    // Unit `sub` of 8: half idx = sub / 4 of 128 weights, quarter
+    // which = sub % 4 of it.
+    int sub = u & 7, idx = sub >> 2, which = sub & 3;
+    const unsigned char* b = row + (unsigned long long)(u >> 3) * 210;
+    float d = mwtop_f16_at(b + 208);
+    const unsigned char* ql = b + 64 * idx + 32 * (which & 1);
+    const unsigned char* qh = b + 128 + 32 * idx;
+    const signed char* sc = (const signed char*)(b + 192 + 8 * idx + 2 * which);
+    int shift = which >= 2 ? 4 : 0;
+    float ds0 = __fmul_rn(d, (float)sc[0]), ds1 = __fmul_rn(d, (float)sc[1]);
+#pragma unroll
+    for (int l = 0; l < 32; ++l) {
+      int q = (((ql[l] >> shift) & 0xF) | (((qh[l] >> (2 * which)) & 3) << 4)) - 32;
+      w[l] = __fmul_rn(l < 16 ? ds0 : ds1, (float)q);
+    }
+  }
+}
+
+__device__ __forceinline__ void mwtop_unit_any(int fmt, const unsigned char* row, int u, float* w) {
+  switch (fmt) {
+    case MWTOP_Q4_0: mwtop_unit<MWTOP_Q4_0>(row, u, w); break;
+    case MWTOP_Q4_1: mwtop_unit<MWTOP_Q4_1>(row, u, w); break;
+    case MWTOP_Q5_0: mwtop_unit<MWTOP_Q5_0>(row, u, w); break;
+    case MWTOP_Q5_1: mwtop_unit<MWTOP_Q5_1>(row, u, w); break;
+    case MWTOP_Q8_0: mwtop_unit<MWTOP_Q8_0>(row, u, w); break;
+    case MWTOP_Q4_K: mwtop_unit<MWTOP_Q4_K>(row, u, w); break;
+    case MWTOP_Q5_K: mwtop_unit<MWTOP_Q5_K>(row, u, w); break;
+    default: mwtop_unit<MWTOP_Q6_K>(row, u, w); break;
+  }
+}
+
+// Blocks (rows, cols / block weights) of format fmt into f32 out (rows,
+// cols): a thread per unit of 32 weights.
+extern "C" __global__ void mwtop_dequant(const unsigned char* w, float* out, int fmt,
+    long long rows, int cols) {
+  int units = cols / 32;
+  unsigned long long row_bytes = (unsigned long long)(cols / mwtop_block_weights(fmt)) * mwtop_block_bytes(fmt);
+  long long total = rows * units;
+  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+       i += (long long)gridDim.x * blockDim.x) {
+    long long r = i / units;
+    int u = (int)(i - r * units);
+    float ws[32];
+    mwtop_unit_any(fmt, w + r * row_bytes, u, ws);
+    float4* o = (float4*)(out + r * cols + u * 32);
+#pragma unroll
+    for (int h = 0; h < 8; ++h) o[h] = make_float4(ws[4 * h], ws[4 * h + 1], ws[4 * h + 2], ws[4 * h + 3]);
+  }
+}
+
+// mwtop_gemv over blocks of format F: a warp per weight row, each lane
+// over units lane, lane + 32, ... in order (so a row of a batch equals
+// that row alone, as in mwtop_gemv); x rows 16-byte aligned (or staged).
+template <int F>
+__device__ void mwtop_gemvq_t(const unsigned char* w, const float* x, float* y, const float* add,
+    const float* aux, float eps, int rows, int cols, int n, int mode, int staged, float* tee_y,
+    float* tee_x) {
+  extern __shared__ __align__(16) float sx[];
+  MWTOP_LET_NEXT_START();
+  int row = blockIdx.x * blockDim.y + threadIdx.y;
+  int lane = threadIdx.x;
+  bool live = row < rows;
+  MWTOP_AFTER_PREVIOUS();
+  const float* g = 0;
+  float sc[MWTOP_GEMV_ROWS];
+  const float* src = mwtop_gemv_input(x, n, cols, mode, aux, eps, staged, sx, tee_x, live, lane, &g, sc);
+  if (!live) return;
+  unsigned long long row_bytes = (unsigned long long)(cols / mwtop_block_weights(F)) * mwtop_block_bytes(F);
+  const unsigned char* wr = w + (unsigned long long)row * row_bytes;
+  float acc[MWTOP_GEMV_ROWS];
+#pragma unroll
+  for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) acc[j] = 0.f;
+  int units = cols / 32;
+  for (int u = lane; u < units; u += 32) {
+    float ws[32];
+    mwtop_unit<F>(wr, u, ws);
+#pragma unroll
+    for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) {
+      if (j < n) {
+        const float* xj = src + (unsigned long long)j * cols;
+#pragma unroll
+        for (int h = 0; h < 8; ++h) {
+          float4 a = mwtop_act4(xj, g, sc[j], u * 8 + h);
+          acc[j] = fmaf(ws[4 * h], a.x, acc[j]);
+          acc[j] = fmaf(ws[4 * h + 1], a.y, acc[j]);
+          acc[j] = fmaf(ws[4 * h + 2], a.z, acc[j]);
+          acc[j] = fmaf(ws[4 * h + 3], a.w, acc[j]);
+        }
+      }
+    }
+  }
+  mwtop_gemv_store(acc, n, rows, row, lane, add, y, tee_y);
+}
+
+extern "C" __global__ void mwtop_gemvq(const unsigned char* w, const float* x, float* y,
+    const float* add, const float* aux, float eps, int rows, int cols, int n, int fmt, int mode,
+    int staged, float* tee_y, float* tee_x) {
+#define MWTOP_GEMVQ_CASE(F) \
+  case F: mwtop_gemvq_t<F>(w, x, y, add, aux, eps, rows, cols, n, mode, staged, tee_y, tee_x); break;
+  switch (fmt) {
+    MWTOP_GEMVQ_CASE(MWTOP_Q4_0)
+    MWTOP_GEMVQ_CASE(MWTOP_Q4_1)
+    MWTOP_GEMVQ_CASE(MWTOP_Q5_0)
+    MWTOP_GEMVQ_CASE(MWTOP_Q5_1)
+    MWTOP_GEMVQ_CASE(MWTOP_Q8_0)
+    MWTOP_GEMVQ_CASE(MWTOP_Q4_K)
+    MWTOP_GEMVQ_CASE(MWTOP_Q5_K)
+    MWTOP_GEMVQ_CASE(MWTOP_Q6_K)
+  }
+#undef MWTOP_GEMVQ_CASE
 }
 
 // RMSNorm of each row of x (rows, cols) times w: one block of 256 threads

@@ -5,8 +5,9 @@
 //! read of the scores instead of three passes), the gated MLP's activation
 //! and product (one read of gate and up), and a decode step's own kernels:
 //! the GEMV that norms, gates, adds and tees as it multiplies
-//! ([`gemv`]), and one attention kernel with RoPE and the cache store
-//! ([`decode_attention`]). Training (custom ops with a written-out
+//! ([`gemv`], also over GGUF blocks), and one attention kernel with RoPE and
+//! the cache store ([`decode_attention`]); GGUF blocks dequantized for a
+//! prompt's product ([`dequantize`]). Training (custom ops with a written-out
 //! backward, on every device): the softmax with its mask, RMSNorm; RoPE's
 //! is in [`super::rope`]. Each computes in f32 what the composed candle ops
 //! compute, with the same formulas, so the numbers agree to the last bits
@@ -17,6 +18,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{DType, Tensor};
 
 use super::family::Activation;
+use super::matrix::{Blocks, Matrix};
 use super::Result;
 
 /// softmax(scores + mask) over the last dim. `scores` is (b, heads, t,
@@ -303,9 +305,10 @@ pub(super) struct Tees<'a> {
 }
 
 /// y = add + in(x) W^T for up to [`super::gemv::MAX_ROWS`] rows of x (a
-/// token, or the A/B pair's two), W (out, in) f32 or held as bf16/f16 (see
-/// [`super::WeightPrecision::Stored`]) and x f32, on a GPU: one read of
-/// the matrix, each weight widened exactly to f32 and every dot product
+/// token, or the A/B pair's two), W (out, in) f32, or held as bf16/f16 or
+/// GGUF blocks (see [`super::WeightPrecision::Stored`]), and x f32, on a
+/// GPU: one read of the matrix, each weight widened exactly to f32 (blocks
+/// dequantized as [`dequantize`] does) and every dot product
 /// summed in f32, each row in the same order as alone. Shape (rows of x,
 /// out). `in` is the [`GemvInput`]; `add` (shaped like the product), when
 /// given, is the residual stream's sum without a kernel of its own; `tees`
@@ -313,7 +316,7 @@ pub(super) struct Tees<'a> {
 /// gated input too large to stage, a tee it cannot write); the caller then
 /// composes candle's ops.
 pub(super) fn gemv(
-    w: &Tensor,
+    w: &Matrix,
     input: GemvInput<'_>,
     add: Option<&Tensor>,
     tees: Tees<'_>,
@@ -325,6 +328,22 @@ pub(super) fn gemv(
     #[cfg(not(feature = "cuda"))]
     {
         let _ = (w, input, add, tees);
+        Ok(None)
+    }
+}
+
+/// GGUF blocks dequantized into an f32 (rows, cols) tensor on their GPU,
+/// each value as candle's CPU dequantization computes it (the same
+/// operations, rounded the same); None elsewhere (the caller converts on
+/// the host).
+pub(super) fn dequantize(blocks: &Blocks) -> Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    {
+        cuda::dequantize(blocks)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = blocks;
         Ok(None)
     }
 }

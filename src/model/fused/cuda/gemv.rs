@@ -11,10 +11,12 @@ use candle_core::cuda::{CudaStorage, WrapErr};
 use candle_core::{CustomOp1, DType, Layout, Shape, Tensor};
 
 use super::super::super::family::Activation;
+use super::super::super::matrix::Matrix;
 use super::super::super::Result;
 use super::super::{eligible, GemvInput, Tees};
 use super::launch::{function, Args};
 use super::{contiguous_slice, ptx, Held};
+use crate::checkpoint::gguf::ggml_dtype_id;
 
 /// The kernel's input modes (MWTOP_IN_* in kernels.cu).
 const IN_PLAIN: i32 = 0;
@@ -53,7 +55,11 @@ fn stage_plain() -> bool {
 
 /// The matrix and everything the kernel reads or writes beside x.
 struct Gemv {
+    /// Dense (rows, cols), or GGUF blocks' bytes (rows, row bytes).
     w: Tensor,
+    /// The blocks' GGUF type id, for blocks.
+    format: Option<i32>,
+    cols: usize,
     add: Option<Tensor>,
     mode: i32,
     /// The norm's weight (cols), or the d_ff mask (n, cols).
@@ -80,7 +86,7 @@ impl CustomOp1 for Gemv {
     fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
         let dev = s.device();
         let x = contiguous_slice(s, l)?;
-        let (rows, cols) = self.w.dims2()?;
+        let (rows, cols) = (self.w.dim(0)?, self.cols);
         let x_cols = if self.mode >= IN_SILU { 2 * cols } else { cols };
         let n = l.shape().elem_count() / x_cols;
         let (w_storage, wl) = self.w.storage_and_layout();
@@ -108,22 +114,21 @@ impl CustomOp1 for Gemv {
             && l.start_offset().is_multiple_of(4)
             && aligned(&self.aux)
             && aligned(&self.tee_input);
-        let is_16 = self.w.dtype() != DType::F32;
-        let per = if is_16 { 8 } else { 4 };
-        // Staged, the products read x from shared memory (aligned).
-        let vec =
-            cols.is_multiple_of(per) && start.is_multiple_of(per) && (self.staged || x_aligned);
         let staged = match (self.staged, x_aligned) {
             (false, _) => 0,
             (true, false) => 1,
             (true, true) => 2,
         };
+        if self.format.is_some() && staged == 0 && !x_aligned {
+            candle_core::bail!("gemv: blocks need x aligned or staged")
+        }
         // SAFETY: every element of y is written by the kernel.
         let out = unsafe { dev.alloc::<f32>(n * rows)? };
-        let name = if is_16 {
-            "mwtop_gemv16"
-        } else {
-            "mwtop_gemv32"
+        let is_16 = matches!(self.w.dtype(), DType::BF16 | DType::F16);
+        let name = match (self.format, is_16) {
+            (Some(_), _) => "mwtop_gemvq",
+            (None, true) => "mwtop_gemv16",
+            (None, false) => "mwtop_gemv32",
         };
         let (func, overlapped) = function(dev, name)?;
         let shared = if self.staged { n * cols * 4 } else { 0 };
@@ -133,6 +138,9 @@ impl CustomOp1 for Gemv {
             DType::F32 => args.view(&wc.as_cuda_slice::<f32>()?.slice(start..end)),
             DType::BF16 => args.view(&wc.as_cuda_slice::<half::bf16>()?.slice(start..end)),
             DType::F16 => args.view(&wc.as_cuda_slice::<half::f16>()?.slice(start..end)),
+            DType::U8 if self.format.is_some() => {
+                args.view(&wc.as_cuda_slice::<u8>()?.slice(start..end))
+            }
             other => candle_core::bail!("gemv: weights of {other:?}"),
         };
         args.view(&x)
@@ -142,10 +150,20 @@ impl CustomOp1 for Gemv {
             .f32(self.eps)
             .i32(rows as i32)
             .i32(cols as i32)
-            .i32(n as i32)
-            .i32((self.w.dtype() == DType::BF16) as i32)
-            .i32(vec as i32)
-            .i32(self.mode)
+            .i32(n as i32);
+        match self.format {
+            Some(format) => args.i32(format),
+            None => {
+                let per = if is_16 { 8 } else { 4 };
+                // Staged, the products read x from shared memory (aligned).
+                let vec = cols.is_multiple_of(per)
+                    && start.is_multiple_of(per)
+                    && (self.staged || x_aligned);
+                args.i32((self.w.dtype() == DType::BF16) as i32)
+                    .i32(vec as i32)
+            }
+        };
+        args.i32(self.mode)
             .i32(staged)
             .maybe(tee_out.as_ref())
             .maybe(tee_input.as_ref());
@@ -201,17 +219,21 @@ fn writable(t: &Tensor, x: &Tensor, count: usize) -> bool {
 
 /// See [`super::super::gemv`].
 pub(in super::super) fn gemv(
-    w: &Tensor,
+    matrix: &Matrix,
     input: GemvInput<'_>,
     add: Option<&Tensor>,
     tees: Tees<'_>,
 ) -> Result<Option<Tensor>> {
     let x = input.x();
-    let float = matches!(w.dtype(), DType::F32 | DType::BF16 | DType::F16);
-    if !eligible(x) || !float || !w.device().same_device(x.device()) || ptx().is_none() {
+    let (w, format) = match matrix {
+        Matrix::Dense(w) if matches!(w.dtype(), DType::F32 | DType::BF16 | DType::F16) => (w, None),
+        Matrix::Blocks(b) => (&b.bytes, Some(ggml_dtype_id(b.format) as i32)),
+        Matrix::Dense(_) => return Ok(None),
+    };
+    if !eligible(x) || !w.device().same_device(x.device()) || ptx().is_none() {
         return Ok(None);
     }
-    let (rows, cols) = w.dims2()?;
+    let (rows, cols) = (matrix.rows()?, matrix.cols()?);
     let (mode, x_cols) = match &input {
         GemvInput::Plain(_) => (IN_PLAIN, cols),
         GemvInput::Normed { .. } => (IN_NORM, cols),
@@ -278,8 +300,18 @@ pub(in super::super) fn gemv(
     {
         return Ok(None);
     }
+    let x = x.reshape((n, x_cols))?.contiguous()?;
+    // Blocks are read a unit of 32 weights at a time, with 16-byte loads
+    // of x's rows unless x is staged.
+    let unaligned =
+        |t: Option<&Tensor>| t.is_some_and(|t| !t.layout().start_offset().is_multiple_of(4));
+    if format.is_some() && !staged && (unaligned(Some(&x)) || unaligned(aux.as_ref())) {
+        return Ok(None);
+    }
     let op = Gemv {
         w: w.clone(),
+        format,
+        cols,
         add,
         mode,
         aux,
@@ -288,9 +320,5 @@ pub(in super::super) fn gemv(
         tee_out: tees.out.cloned(),
         tee_input: tees.input.cloned(),
     };
-    Ok(Some(
-        x.reshape((n, x_cols))?
-            .contiguous()?
-            .apply_op1_no_bwd(&op)?,
-    ))
+    Ok(Some(x.apply_op1_no_bwd(&op)?))
 }
