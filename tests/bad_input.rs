@@ -568,3 +568,36 @@ fn a_scan_that_overflows_its_dtype_is_an_error() {
     let out = common::mwtop(&["scan", m, "--device", "cpu", "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
 }
+
+/// A reader that goes away (`mwtop ... | head`) ends the output quietly:
+/// exit status 0 and nothing on stderr, for a report and for streamed
+/// generation, never a panic about a broken pipe.
+#[test]
+fn a_closed_stdout_ends_the_output_quietly() {
+    let dir = common::tempdir();
+    Spec::planted()
+        .write_hf_dir(dir.path(), safetensors::Dtype::F32)
+        .unwrap();
+    let bin = env!("CARGO_BIN_EXE_mwtop");
+    let model = dir.path().display().to_string();
+    for args in [
+        format!("inspect '{model}' --json"),
+        format!("generate '{model}' --prompt Hi --max-tokens 8 --no-stop --device cpu"),
+    ] {
+        // `true` exits at once; mwtop writes after it is gone.
+        let script = format!(
+            "set -o pipefail; (sleep 0.5; '{bin}' {args} 2> err.txt) | true; echo $? > status.txt"
+        );
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(&script)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let status = std::fs::read_to_string(dir.path().join("status.txt")).unwrap();
+        let err = std::fs::read_to_string(dir.path().join("err.txt")).unwrap();
+        assert_eq!(status.trim(), "0", "{args}: {err}");
+        assert!(!err.contains("panicked"), "{args}: {err}");
+    }
+}

@@ -267,11 +267,12 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
     pub dtype: DTypeArg,
     /// How the matrices are held: `stored` keeps a bf16/f16 checkpoint's
-    /// matrices in that dtype and reads them converted, exactly, in each
-    /// product (half the memory of f32); `f32` makes a dense copy in the
-    /// compute dtype. Default: stored on a GPU, f32 on the CPU (where
-    /// each prompt product would convert its matrix). Quantized GGUF
-    /// blocks are always converted.
+    /// matrices in that dtype, and a GGUF file's quantized blocks (Q4_0,
+    /// Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K) as they are, and reads them
+    /// converted, exactly, in each product (half the memory of f32 for
+    /// bf16, a quarter to a sixth for blocks); `f32` makes a dense copy in
+    /// the compute dtype. Default: stored on a GPU, f32 on the CPU (where
+    /// each prompt product would convert its matrix).
     #[arg(long, value_enum)]
     pub weights: Option<WeightsArg>,
     /// A LoRA adapter (PEFT's format: adapter_config.json and

@@ -241,8 +241,13 @@ fn run_rows(
     let mut count = 0usize;
     let out: Vec<Generated> = generate(model, tok, prompt, rows, params, |row, _, piece| {
         if stream {
-            let _ = write!(stdout, "{piece}");
-            let _ = stdout.flush();
+            // Stops generating when the reader went away.
+            if write!(stdout, "{piece}")
+                .and_then(|()| stdout.flush())
+                .is_err()
+            {
+                return ControlFlow::Break(());
+            }
         } else if row == 0 {
             count += 1;
             counter.show(&format!("{count} tokens"));
@@ -250,7 +255,7 @@ fn run_rows(
         ControlFlow::Continue(())
     })?;
     if stream {
-        println!();
+        let _ = writeln!(stdout);
     }
     counter.finish(None);
     let seconds = start.elapsed().as_secs_f64();

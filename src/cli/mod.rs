@@ -87,8 +87,7 @@ impl Cli {
             Some(Command::Bench(a)) => a.run(model),
             Some(Command::Demo(a)) => {
                 let path = mwtop::demo::ensure_model(a.name.model()).wrap_err("demo model")?;
-                println!("{}", path.display());
-                Ok(())
+                write_out(&format!("{}\n", path.display()))
             }
             None => self.ui.run(),
         }
@@ -132,11 +131,24 @@ trait Report: Serialize {
 
     fn print(&self, json: bool) -> Result<()> {
         if json {
-            println!("{}", self.json()?);
+            write_out(&format!("{}\n", self.json()?))
         } else {
-            print!("{}", self.text());
+            write_out(&self.text())
         }
-        Ok(())
+    }
+}
+
+/// Writes to stdout. A reader that went away (`mwtop ... | head`) ends the
+/// output quietly, as other command-line tools do, never with a panic.
+fn write_out(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        written => Ok(written?),
     }
 }
 
