@@ -11,7 +11,10 @@
 #   every layer's largest entries, written by the kernels that form them)
 #   within 1e-3;
 #   and the same runs with the layers split over the GPU and the CPU
-#   (`--device cuda:0,cpu`: the residual stream crosses devices) against both.
+#   (`--device cuda:0,cpu`: the residual stream crosses devices) against both;
+#   the GPU's default holds a GGUF's blocks as they are (the super weights'
+#   values, dequantized on each device, identical), and its dense f32 copy
+#   (`--weights f32`) is checked against the CPU too.
 # Usage: scripts/gpu-check.sh MWTOP_BINARY MODEL.gguf OUTDIR
 set -euo pipefail
 BIN=$1; MODEL=$2; OUT=$3
@@ -29,6 +32,11 @@ for spec in cuda cpu cuda:0,cpu; do
   "$BIN" generate "$MODEL" --prompt "The capital of France is" --compare --mode keep --k 2 \
     --max-tokens 32 --device "$spec" --json --states > "$OUT/pair-$dev.json"
 done
+# The GPU's dense f32 copy (`--weights f32`), beside its default (a GGUF's
+# blocks held as they are).
+"$BIN" eval "$MODEL" --text "$TEXT" --device cuda --weights f32 --per-token --json > "$OUT/eval-cuda_f32.json"
+"$BIN" generate "$MODEL" --prompt "The capital of France is" --compare --mode keep --k 2 \
+  --max-tokens 32 --device cuda --weights f32 --json --states > "$OUT/pair-cuda_f32.json"
 python3 - "$FIX" "$OUT" <<'PY' > "$OUT/prompts.txt"
 import json, sys
 for g in json.load(open(sys.argv[1]))["generations"]:

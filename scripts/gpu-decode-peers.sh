@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The speed issue's decode peers, in one call on the GPU machine: mwtop's
-# `bench` (f32, dense weights; decode with CUDA graphs, eager, captures on,
-# the A/B pair) next to llama.cpp's own `llama-bench` (a CUDA build from
-# source, CUDA graphs on, every layer on the GPU) on the F32 GGUF of the
-# same weights and on the Q4_1 file itself, and transformers fp32.
+# `bench` (decode with CUDA graphs, eager, captures on, the A/B pair) with
+# dense f32 weights (`--weights f32`) and with the file's blocks held as
+# they are (`--weights stored`, the GPU default), next to llama.cpp's own
+# `llama-bench` (a CUDA build from source, CUDA graphs on, every layer on
+# the GPU) on the F32 GGUF of the same weights and on the Q4_1 file
+# itself, and transformers fp32.
 # llama-bench's tg128 is 128 generated tokens after an empty prompt; mwtop's
 # decode is 128 tokens after a 20-token start. Each run writes its own file.
 # Usage: scripts/gpu-decode-peers.sh MWTOP LLAMA_BENCH MODEL_Q4_1.gguf OUTDIR
@@ -16,7 +18,8 @@ F32=${F32_GGUF:-/tmp/model-f32.gguf}
 # Warm the driver's kernel cache first, so no figure pays for it.
 "$BIN" generate "$Q" --prompt "warm up" --max-tokens 4 --device cuda --json > /dev/null
 for round in 1 2; do
-  "$BIN" bench "$Q" --device cuda --dtype f32 --decode 128 --json > "$OUT/mwtop-$round.json"
+  "$BIN" bench "$Q" --device cuda --dtype f32 --weights f32 --decode 128 --json > "$OUT/mwtop-$round.json"
+  "$BIN" bench "$Q" --device cuda --dtype f32 --weights stored --decode 128 --json > "$OUT/mwtop-blocks-$round.json"
   for m in f32:"$F32" q4_1:"$Q"; do
     name=${m%%:*}; file=${m#*:}
     "$LB" -m "$file" -ngl 99 -p 0 -n 128 -r 5 -o json > "$OUT/llamacpp-$name-$round.json" 2> "$OUT/llamacpp-$name-$round.log"
@@ -41,6 +44,12 @@ for r in (1, 2):
           f"captures on {m['decode_tok_s_capture'] / f32:.2f}x; captures on / off "
           f"{m['decode_tok_s_capture'] / m['decode_tok_s']:.2f}; pair per row / single "
           f"{m['decode_tok_s_pair'] / m['decode_tok_s']:.2f}")
+    q = json.load(open(f"{out}/mwtop-blocks-{r}.json"))
+    print(f"  mwtop blocks (--weights stored, {q['weight_bytes'] / 1e6:.0f} MB of weights against "
+          f"{m['weight_bytes'] / 1e6:.0f}): decode {q['decode_tok_s']:.1f} tok/s (captures on "
+          f"{q['decode_tok_s_capture']:.1f}, pair {q['decode_tok_s_pair']:.1f} per row), prompt "
+          f"{q['prompt_tok_s']:.0f} tok/s (f32 {m['prompt_tok_s']:.0f}); / llama.cpp Q4_1 "
+          f"{q['decode_tok_s'] / q4:.2f}x")
 try:
     for line in open(f"{out}/transformers.json"):
         t = json.loads(line)

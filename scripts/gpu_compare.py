@@ -52,6 +52,17 @@ def scan_key(s):
             [(a["layer"], a["position"], a["dim"]) for a in s["massive_activations"]])
 
 
+# The GPU's dense f32 copy against the CPU.
+ga, gb = load("eval-cuda_f32"), load("eval-cpu")
+diff = max(abs(x - y) for x, y in zip(ga["logprobs"], gb["logprobs"]))
+check("log-probs cuda --weights f32 vs cpu", diff < 1e-3, f"largest |difference| {diff:.2e}")
+pa, pb = load("pair-cuda_f32"), load("pair-cpu")
+for row in ["original", "attacked"]:
+    check(f"greedy pair {row} cuda --weights f32 vs cpu", pa[row]["tokens"] == pb[row]["tokens"],
+          f"{len(pa[row]['tokens'])} tokens")
+    decode_logprobs(f"pair {row} cuda --weights f32 vs cpu", pa[row], pb[row])
+    decode_states(f"pair {row} cuda --weights f32 vs cpu", pa[row], pb[row])
+
 # Each pair of devices: the GPU against the CPU, and the layers split over
 # the GPU and the CPU (cuda:0,cpu) against each of them.
 for a, b in [("cuda", "cpu"), ("cuda_0_cpu", "cuda"), ("cuda_0_cpu", "cpu")]:
@@ -70,6 +81,11 @@ for a, b in [("cuda", "cpu"), ("cuda_0_cpu", "cuda"), ("cuda_0_cpu", "cpu")]:
     sa, sb = load(f"scan-{a}"), load(f"scan-{b}")
     check(f"scan {what}", scan_key(sa) == scan_key(sb),
           f"massive layer {sa['massive_layer']}, dims {sa['massive_weights']['dims'][:4]}, super weight {sa['super_weights'][0]}")
+    # The super weights' values: down_proj as each device dequantizes it
+    # (on the GPU the file's blocks by mwtop_dequant), to the bit.
+    va = [w["value"] for w in sa["super_weights"]]
+    vb = [w["value"] for w in sb["super_weights"]]
+    check(f"super weight values {what}", va == vb and len(va) > 0, f"{len(va)} values, first {va[:2]}")
     pa, pb = load(f"pair-{a}"), load(f"pair-{b}")
     for row in ["original", "attacked"]:
         check(f"greedy pair {row} {what}", pa[row]["tokens"] == pb[row]["tokens"],

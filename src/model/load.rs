@@ -1,5 +1,6 @@
-//! Loading a checkpoint into a [`Model`]: every tensor dequantized to the
-//! compute dtype on the device, laid out as the family describes.
+//! Loading a checkpoint into a [`Model`]: every tensor in the compute dtype
+//! on the device, or its matrices as stored (see [`WeightPrecision`]), laid
+//! out as the family describes.
 
 use candle_core::{DType, Device, Tensor};
 

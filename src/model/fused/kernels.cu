@@ -572,6 +572,8 @@ __device__ __forceinline__ void mwtop_unit_any(int fmt, const unsigned char* row
 // cols): a thread per unit of 32 weights.
 extern "C" __global__ void mwtop_dequant(const unsigned char* w, float* out, int fmt,
     long long rows, int cols) {
+  MWTOP_LET_NEXT_START();
+  MWTOP_AFTER_PREVIOUS();
   int units = cols / 32;
   unsigned long long row_bytes = (unsigned long long)(cols / mwtop_block_weights(fmt)) * mwtop_block_bytes(fmt);
   long long total = rows * units;
@@ -587,25 +589,54 @@ extern "C" __global__ void mwtop_dequant(const unsigned char* w, float* out, int
   }
 }
 
+// A warp's copy of `bytes` from global src to shared dst (16-byte
+// aligned), with the widest loads both ends' alignment allows, all lanes
+// together: a block row's fields are read one byte at a time afterwards,
+// from shared memory instead of as scattered global loads.
+__device__ __forceinline__ void mwtop_warp_copy(const unsigned char* src, unsigned char* dst,
+    int bytes, int lane) {
+  unsigned long long a = (unsigned long long)src | (unsigned long long)bytes;
+  if ((a & 15) == 0) {
+    for (int i = lane; i < bytes / 16; i += 32) ((uint4*)dst)[i] = ((const uint4*)src)[i];
+  } else if ((a & 7) == 0) {
+    for (int i = lane; i < bytes / 8; i += 32) ((uint2*)dst)[i] = ((const uint2*)src)[i];
+  } else if ((a & 3) == 0) {
+    for (int i = lane; i < bytes / 4; i += 32) ((unsigned int*)dst)[i] = ((const unsigned int*)src)[i];
+  } else if ((a & 1) == 0) {
+    for (int i = lane; i < bytes / 2; i += 32) ((unsigned short*)dst)[i] = ((const unsigned short*)src)[i];
+  } else {
+    for (int i = lane; i < bytes; i += 32) dst[i] = src[i];
+  }
+}
+
 // mwtop_gemv over blocks of format F: a warp per weight row, each lane
 // over units lane, lane + 32, ... in order (so a row of a batch equals
 // that row alone, as in mwtop_gemv); x rows 16-byte aligned (or staged).
+// With row_stage > 0 each warp first copies its row's blocks into shared
+// memory (row_stage bytes a warp, after the staged input), before waiting
+// on the kernel before: the weights depend on no kernel.
 template <int F>
 __device__ void mwtop_gemvq_t(const unsigned char* w, const float* x, float* y, const float* add,
     const float* aux, float eps, int rows, int cols, int n, int mode, int staged, float* tee_y,
-    float* tee_x) {
+    float* tee_x, int row_stage) {
   extern __shared__ __align__(16) float sx[];
   MWTOP_LET_NEXT_START();
   int row = blockIdx.x * blockDim.y + threadIdx.y;
   int lane = threadIdx.x;
   bool live = row < rows;
+  int row_bytes = (cols / mwtop_block_weights(F)) * mwtop_block_bytes(F);
+  const unsigned char* wr = w + (unsigned long long)(live ? row : 0) * row_bytes;
+  if (row_stage) {
+    unsigned char* own = (unsigned char*)(sx + (staged ? n * cols : 0)) + threadIdx.y * row_stage;
+    if (live) mwtop_warp_copy(wr, own, row_bytes, lane);
+    __syncwarp();
+    wr = own;
+  }
   MWTOP_AFTER_PREVIOUS();
   const float* g = 0;
   float sc[MWTOP_GEMV_ROWS];
   const float* src = mwtop_gemv_input(x, n, cols, mode, aux, eps, staged, sx, tee_x, live, lane, &g, sc);
   if (!live) return;
-  unsigned long long row_bytes = (unsigned long long)(cols / mwtop_block_weights(F)) * mwtop_block_bytes(F);
-  const unsigned char* wr = w + (unsigned long long)row * row_bytes;
   float acc[MWTOP_GEMV_ROWS];
 #pragma unroll
   for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) acc[j] = 0.f;
@@ -633,9 +664,9 @@ __device__ void mwtop_gemvq_t(const unsigned char* w, const float* x, float* y, 
 
 extern "C" __global__ void mwtop_gemvq(const unsigned char* w, const float* x, float* y,
     const float* add, const float* aux, float eps, int rows, int cols, int n, int fmt, int mode,
-    int staged, float* tee_y, float* tee_x) {
+    int staged, float* tee_y, float* tee_x, int row_stage) {
 #define MWTOP_GEMVQ_CASE(F) \
-  case F: mwtop_gemvq_t<F>(w, x, y, add, aux, eps, rows, cols, n, mode, staged, tee_y, tee_x); break;
+  case F: mwtop_gemvq_t<F>(w, x, y, add, aux, eps, rows, cols, n, mode, staged, tee_y, tee_x, row_stage); break;
   switch (fmt) {
     MWTOP_GEMVQ_CASE(MWTOP_Q4_0)
     MWTOP_GEMVQ_CASE(MWTOP_Q4_1)
