@@ -7,6 +7,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod blocks;
 mod checkpoint;
 mod cli;
 mod convert;
