@@ -589,73 +589,139 @@ extern "C" __global__ void mwtop_dequant(const unsigned char* w, float* out, int
   }
 }
 
-// A warp's copy of `bytes` from global src to shared dst (16-byte
-// aligned), with the widest loads both ends' alignment allows, all lanes
-// together: a block row's fields are read one byte at a time afterwards,
-// from shared memory instead of as scattered global loads.
-__device__ __forceinline__ void mwtop_warp_copy(const unsigned char* src, unsigned char* dst,
-    int bytes, int lane) {
-  unsigned long long a = (unsigned long long)src | (unsigned long long)bytes;
-  if ((a & 15) == 0) {
-    for (int i = lane; i < bytes / 16; i += 32) ((uint4*)dst)[i] = ((const uint4*)src)[i];
-  } else if ((a & 7) == 0) {
-    for (int i = lane; i < bytes / 8; i += 32) ((uint2*)dst)[i] = ((const uint2*)src)[i];
-  } else if ((a & 3) == 0) {
-    for (int i = lane; i < bytes / 4; i += 32) ((unsigned int*)dst)[i] = ((const unsigned int*)src)[i];
-  } else if ((a & 1) == 0) {
-    for (int i = lane; i < bytes / 2; i += 32) ((unsigned short*)dst)[i] = ((const unsigned short*)src)[i];
+// Part p (0..3) of unit u of a row: 8 of its 32 weights into w, formed as
+// mwtop_unit forms them, and the float4 indices (within the row) of the x
+// elements they multiply, i0 for w[0..3] and i1 for w[4..7]. In the 4-bit
+// and 5-bit 32-weight formats byte j holds weights j and j + 16, so part p
+// is weights 4p..4p+3 and 16+4p..16+4p+3; elsewhere it is 8p..8p+7.
+template <int F>
+__device__ __forceinline__ void mwtop_part(const unsigned char* row, int u, int p, float* w,
+    int* i0, int* i1) {
+  if (F == MWTOP_Q4_0 || F == MWTOP_Q4_1 || F == MWTOP_Q5_0 || F == MWTOP_Q5_1) {
+    *i0 = 8 * u + p;
+    *i1 = 8 * u + 4 + p;
   } else {
-    for (int i = lane; i < bytes; i += 32) dst[i] = src[i];
+    *i0 = 8 * u + 2 * p;
+    *i1 = 8 * u + 2 * p + 1;
+  }
+  if (F == MWTOP_Q4_0 || F == MWTOP_Q4_1) {
+    const unsigned char* b = row + (unsigned long long)u * (F == MWTOP_Q4_0 ? 18 : 20);
+    float d = mwtop_f16_at(b);
+    float m = F == MWTOP_Q4_1 ? mwtop_f16_at(b + 2) : 0.f;
+    const unsigned char* qs = b + (F == MWTOP_Q4_0 ? 2 : 4) + 4 * p;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      int q = qs[k];
+      if (F == MWTOP_Q4_0) {
+        w[k] = __fmul_rn((float)((q & 15) - 8), d);
+        w[k + 4] = __fmul_rn((float)((q >> 4) - 8), d);
+      } else {
+        w[k] = __fadd_rn(__fmul_rn((float)(q & 15), d), m);
+        w[k + 4] = __fadd_rn(__fmul_rn((float)(q >> 4), d), m);
+      }
+    }
+  } else if (F == MWTOP_Q5_0 || F == MWTOP_Q5_1) {
+    const unsigned char* b = row + (unsigned long long)u * (F == MWTOP_Q5_0 ? 22 : 24);
+    float d = mwtop_f16_at(b);
+    float m = F == MWTOP_Q5_1 ? mwtop_f16_at(b + 2) : 0.f;
+    const unsigned char* h = b + (F == MWTOP_Q5_0 ? 2 : 4);
+    unsigned int qh = mwtop_u32_at(h);
+    const unsigned char* qs = h + 4 + 4 * p;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      int j = 4 * p + k;
+      int q = qs[k];
+      int h0 = ((qh >> j) << 4) & 0x10;
+      int h1 = (qh >> (j + 12)) & 0x10;
+      if (F == MWTOP_Q5_0) {
+        w[k] = __fmul_rn((float)(((q & 15) | h0) - 16), d);
+        w[k + 4] = __fmul_rn((float)(((q >> 4) | h1) - 16), d);
+      } else {
+        w[k] = __fadd_rn(__fmul_rn((float)((q & 15) | h0), d), m);
+        w[k + 4] = __fadd_rn(__fmul_rn((float)((q >> 4) | h1), d), m);
+      }
+    }
+  } else if (F == MWTOP_Q8_0) {
+    const unsigned char* b = row + (unsigned long long)u * 34;
+    float d = mwtop_f16_at(b);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) w[k] = __fmul_rn((float)(signed char)b[2 + 8 * p + k], d);
+  } else if (F == MWTOP_Q4_K || F == MWTOP_Q5_K) {
+    int sub = u & 7;
+    const unsigned char* b = row + (unsigned long long)(u >> 3) * (F == MWTOP_Q4_K ? 144 : 176);
+    float d = mwtop_f16_at(b), dmin = mwtop_f16_at(b + 2);
+    int sc, mn;
+    mwtop_scale_min_k4(sub, b + 4, &sc, &mn);
+    float d1 = __fmul_rn(d, (float)sc), m1 = __fmul_rn(dmin, (float)mn);
+    const unsigned char* qh = b + 16 + 8 * p;
+    const unsigned char* ql = b + (F == MWTOP_Q4_K ? 16 : 48) + 32 * (sub >> 1) + 8 * p;
+    int shift = (sub & 1) * 4;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      float q = (float)((ql[k] >> shift) & 0xF);
+      if (F == MWTOP_Q5_K && ((qh[k] >> sub) & 1)) q = __fadd_rn(q, 16.f);
+      w[k] = __fsub_rn(__fmul_rn(d1, q), m1);
+    }
+  } else { // MWTOP_Q6_K
+    int sub = u & 7, idx = sub >> 2, which = sub & 3;
+    const unsigned char* b = row + (unsigned long long)(u >> 3) * 210;
+    float d = mwtop_f16_at(b + 208);
+    const unsigned char* ql = b + 64 * idx + 32 * (which & 1) + 8 * p;
+    const unsigned char* qh = b + 128 + 32 * idx + 8 * p;
+    float ds = __fmul_rn(d, (float)((const signed char*)b)[192 + 8 * idx + 2 * which + (p >> 1)]);
+    int shift = which >= 2 ? 4 : 0;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      int q = (((ql[k] >> shift) & 0xF) | (((qh[k] >> (2 * which)) & 3) << 4)) - 32;
+      w[k] = __fmul_rn(ds, (float)q);
+    }
   }
 }
 
-// mwtop_gemv over blocks of format F: a warp per weight row, each lane
-// over units lane, lane + 32, ... in order (so a row of a batch equals
-// that row alone, as in mwtop_gemv); x rows 16-byte aligned (or staged).
-// With row_stage > 0 each warp first copies its row's blocks into shared
-// memory (row_stage bytes a warp, after the staged input), before waiting
-// on the kernel before: the weights depend on no kernel.
+// mwtop_gemv over blocks of format F: a warp per weight row, four lanes
+// per unit (8 weights each, see mwtop_part), the warp's eight unit slots
+// over units slot, slot + 8, ... in order, each lane's sum in one order
+// whatever n is (so a row of a batch equals that row alone, as in
+// mwtop_gemv); x rows 16-byte aligned (or staged).
 template <int F>
 __device__ void mwtop_gemvq_t(const unsigned char* w, const float* x, float* y, const float* add,
     const float* aux, float eps, int rows, int cols, int n, int mode, int staged, float* tee_y,
-    float* tee_x, int row_stage) {
+    float* tee_x) {
   extern __shared__ __align__(16) float sx[];
   MWTOP_LET_NEXT_START();
   int row = blockIdx.x * blockDim.y + threadIdx.y;
   int lane = threadIdx.x;
   bool live = row < rows;
-  int row_bytes = (cols / mwtop_block_weights(F)) * mwtop_block_bytes(F);
-  const unsigned char* wr = w + (unsigned long long)(live ? row : 0) * row_bytes;
-  if (row_stage) {
-    unsigned char* own = (unsigned char*)(sx + (staged ? n * cols : 0)) + threadIdx.y * row_stage;
-    if (live) mwtop_warp_copy(wr, own, row_bytes, lane);
-    __syncwarp();
-    wr = own;
-  }
   MWTOP_AFTER_PREVIOUS();
   const float* g = 0;
   float sc[MWTOP_GEMV_ROWS];
   const float* src = mwtop_gemv_input(x, n, cols, mode, aux, eps, staged, sx, tee_x, live, lane, &g, sc);
   if (!live) return;
+  int row_bytes = (cols / mwtop_block_weights(F)) * mwtop_block_bytes(F);
+  const unsigned char* wr = w + (unsigned long long)row * row_bytes;
   float acc[MWTOP_GEMV_ROWS];
 #pragma unroll
   for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) acc[j] = 0.f;
-  int units = cols / 32;
-  for (int u = lane; u < units; u += 32) {
-    float ws[32];
-    mwtop_unit<F>(wr, u, ws);
+  int units = cols / 32, slot = lane >> 2, p = lane & 3;
+#pragma unroll 2
+  for (int u = slot; u < units; u += 8) {
+    float ws[8];
+    int i0, i1;
+    mwtop_part<F>(wr, u, p, ws, &i0, &i1);
 #pragma unroll
     for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) {
       if (j < n) {
         const float* xj = src + (unsigned long long)j * cols;
-#pragma unroll
-        for (int h = 0; h < 8; ++h) {
-          float4 a = mwtop_act4(xj, g, sc[j], u * 8 + h);
-          acc[j] = fmaf(ws[4 * h], a.x, acc[j]);
-          acc[j] = fmaf(ws[4 * h + 1], a.y, acc[j]);
-          acc[j] = fmaf(ws[4 * h + 2], a.z, acc[j]);
-          acc[j] = fmaf(ws[4 * h + 3], a.w, acc[j]);
-        }
+        float4 a = mwtop_act4(xj, g, sc[j], i0);
+        float4 c = mwtop_act4(xj, g, sc[j], i1);
+        acc[j] = fmaf(ws[0], a.x, acc[j]);
+        acc[j] = fmaf(ws[1], a.y, acc[j]);
+        acc[j] = fmaf(ws[2], a.z, acc[j]);
+        acc[j] = fmaf(ws[3], a.w, acc[j]);
+        acc[j] = fmaf(ws[4], c.x, acc[j]);
+        acc[j] = fmaf(ws[5], c.y, acc[j]);
+        acc[j] = fmaf(ws[6], c.z, acc[j]);
+        acc[j] = fmaf(ws[7], c.w, acc[j]);
       }
     }
   }
@@ -664,9 +730,9 @@ __device__ void mwtop_gemvq_t(const unsigned char* w, const float* x, float* y, 
 
 extern "C" __global__ void mwtop_gemvq(const unsigned char* w, const float* x, float* y,
     const float* add, const float* aux, float eps, int rows, int cols, int n, int fmt, int mode,
-    int staged, float* tee_y, float* tee_x, int row_stage) {
+    int staged, float* tee_y, float* tee_x) {
 #define MWTOP_GEMVQ_CASE(F) \
-  case F: mwtop_gemvq_t<F>(w, x, y, add, aux, eps, rows, cols, n, mode, staged, tee_y, tee_x, row_stage); break;
+  case F: mwtop_gemvq_t<F>(w, x, y, add, aux, eps, rows, cols, n, mode, staged, tee_y, tee_x); break;
   switch (fmt) {
     MWTOP_GEMVQ_CASE(MWTOP_Q4_0)
     MWTOP_GEMVQ_CASE(MWTOP_Q4_1)

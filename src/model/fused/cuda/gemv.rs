@@ -53,14 +53,6 @@ fn stage_plain() -> bool {
     *ON.get_or_init(|| std::env::var("MWTOP_GEMV_STAGE").is_ok_and(|v| v == "1"))
 }
 
-/// Whether a blocks GEMV copies each warp's row into shared memory before
-/// reading its fields (`MWTOP_GEMVQ_ROW_STAGE=0` reads them from global
-/// memory, to measure it; the result is the same bits either way).
-fn stage_block_rows() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("MWTOP_GEMVQ_ROW_STAGE").as_deref() != Ok("0"))
-}
-
 /// The matrix and everything the kernel reads or writes beside x.
 struct Gemv {
     /// Dense (rows, cols), or GGUF blocks' bytes (rows, row bytes).
@@ -140,21 +132,7 @@ impl CustomOp1 for Gemv {
         };
         let (func, overlapped) = function(dev, name)?;
         let block_rows = rows_per_block();
-        let staged_bytes = if self.staged { n * cols * 4 } else { 0 };
-        // Blocks: each warp's row copied into shared memory too, where it fits.
-        let row_stage = match self.format {
-            Some(_) if stage_block_rows() => {
-                let row_bytes = self.w.dim(1)?.next_multiple_of(16);
-                let total = staged_bytes + block_rows * row_bytes;
-                if total <= STAGE_MAX_BYTES + 32 * 1024 {
-                    row_bytes
-                } else {
-                    0
-                }
-            }
-            _ => 0,
-        };
-        let shared = staged_bytes + block_rows * row_stage;
+        let shared = if self.staged { n * cols * 4 } else { 0 };
         allow_shared(&func, shared)?;
         let mut args = Args::new(dev);
         match self.w.dtype() {
@@ -190,9 +168,6 @@ impl CustomOp1 for Gemv {
             .i32(staged)
             .maybe(tee_out.as_ref())
             .maybe(tee_input.as_ref());
-        if self.format.is_some() {
-            args.i32(row_stage as i32);
-        }
         let cfg = LaunchConfig {
             grid_dim: (rows.div_ceil(block_rows) as u32, 1, 1),
             block_dim: (32, block_rows as u32, 1),
