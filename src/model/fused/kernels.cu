@@ -589,92 +589,168 @@ extern "C" __global__ void mwtop_dequant(const unsigned char* w, float* out, int
   }
 }
 
-// Part p (0..3) of unit u of a row: 8 of its 32 weights into w, formed as
-// mwtop_unit forms them, and the float4 indices (within the row) of the x
-// elements they multiply, i0 for w[0..3] and i1 for w[4..7]. In the 4-bit
+// Part p (0..3) of unit u of a row is 8 of its 32 weights. In the 4-bit
 // and 5-bit 32-weight formats byte j holds weights j and j + 16, so part p
-// is weights 4p..4p+3 and 16+4p..16+4p+3; elsewhere it is 8p..8p+7.
+// is weights 4p..4p+3 and 16+4p..16+4p+3; elsewhere it is 8p..8p+7. A part
+// is read in two steps, so that a lane's next loads are in flight while it
+// multiplies: mwtop_part_load reads the bytes it needs into registers with
+// the widest loads the format's alignment allows (a row starts at a
+// multiple of its block size from a base aligned to 16 bytes; the host
+// checks), and mwtop_part_form forms the weights as mwtop_unit does.
+struct MwtopRaw {
+  unsigned int r[8];
+};
+__device__ __forceinline__ unsigned int mwtop_ld16(const unsigned char* p) {
+  return *(const unsigned short*)p;
+}
+__device__ __forceinline__ unsigned int mwtop_ld16x2(const unsigned char* p) {
+  return mwtop_ld16(p) | (mwtop_ld16(p + 2) << 16);
+}
+__device__ __forceinline__ unsigned int mwtop_ld32(const unsigned char* p) {
+  return *(const unsigned int*)p;
+}
+__device__ __forceinline__ void mwtop_ld64(const unsigned char* p, unsigned int* r) {
+  uint2 v = *(const uint2*)p;
+  r[0] = v.x, r[1] = v.y;
+}
+// f16 -> f32 in hardware (exact for every f16 value).
+__device__ __forceinline__ float mwtop_h2f(unsigned int h) {
+  float f;
+  unsigned short x = (unsigned short)h;
+  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x));
+  return f;
+}
+// Byte k of the bytes held in r from word w on.
+__device__ __forceinline__ int mwtop_byte(const unsigned int* r, int w, int k) {
+  return (r[w + (k >> 2)] >> (8 * (k & 3))) & 0xff;
+}
+
 template <int F>
-__device__ __forceinline__ void mwtop_part(const unsigned char* row, int u, int p, float* w,
-    int* i0, int* i1) {
+__device__ __forceinline__ void mwtop_part_load(const unsigned char* row, int u, int p, MwtopRaw* q) {
+  unsigned int* r = q->r;
+  if (F == MWTOP_Q4_0) {
+    const unsigned char* b = row + (unsigned long long)u * 18;
+    r[0] = mwtop_ld16(b);
+    r[1] = mwtop_ld16x2(b + 2 + 4 * p);
+  } else if (F == MWTOP_Q4_1) {
+    const unsigned char* b = row + (unsigned long long)u * 20;
+    r[0] = mwtop_ld32(b);
+    r[1] = mwtop_ld32(b + 4 + 4 * p);
+  } else if (F == MWTOP_Q5_0) {
+    const unsigned char* b = row + (unsigned long long)u * 22;
+    r[0] = mwtop_ld16(b);
+    r[1] = mwtop_ld16x2(b + 2);
+    r[2] = mwtop_ld16x2(b + 6 + 4 * p);
+  } else if (F == MWTOP_Q5_1) {
+    const unsigned char* b = row + (unsigned long long)u * 24;
+    r[0] = mwtop_ld32(b);
+    r[1] = mwtop_ld32(b + 4);
+    r[2] = mwtop_ld32(b + 8 + 4 * p);
+  } else if (F == MWTOP_Q8_0) {
+    const unsigned char* b = row + (unsigned long long)u * 34;
+    r[0] = mwtop_ld16(b);
+    r[1] = mwtop_ld16x2(b + 2 + 8 * p);
+    r[2] = mwtop_ld16x2(b + 6 + 8 * p);
+  } else if (F == MWTOP_Q4_K || F == MWTOP_Q5_K) {
+    int sub = u & 7;
+    const unsigned char* b = row + (unsigned long long)(u >> 3) * (F == MWTOP_Q4_K ? 144 : 176);
+    r[0] = mwtop_ld32(b);
+    r[1] = mwtop_ld32(b + 4);
+    r[2] = mwtop_ld32(b + 8);
+    r[3] = mwtop_ld32(b + 12);
+    mwtop_ld64(b + (F == MWTOP_Q4_K ? 16 : 48) + 32 * (sub >> 1) + 8 * p, r + 4);
+    if (F == MWTOP_Q5_K) mwtop_ld64(b + 16 + 8 * p, r + 6);
+  } else { // MWTOP_Q6_K
+    int sub = u & 7, idx = sub >> 2, which = sub & 3;
+    const unsigned char* b = row + (unsigned long long)(u >> 3) * 210;
+    r[0] = mwtop_ld16(b + 208);
+    r[1] = b[192 + 8 * idx + 2 * which + (p >> 1)];
+    const unsigned char* ql = b + 64 * idx + 32 * (which & 1) + 8 * p;
+    const unsigned char* qh = b + 128 + 32 * idx + 8 * p;
+    r[2] = mwtop_ld16x2(ql);
+    r[3] = mwtop_ld16x2(ql + 4);
+    r[4] = mwtop_ld16x2(qh);
+    r[5] = mwtop_ld16x2(qh + 4);
+  }
+}
+
+template <int F>
+__device__ __forceinline__ void mwtop_part_form(const MwtopRaw* q, int u, int p, float* w) {
+  const unsigned int* r = q->r;
+  if (F == MWTOP_Q4_0 || F == MWTOP_Q4_1) {
+    float d = mwtop_h2f(r[0]);
+    float m = F == MWTOP_Q4_1 ? mwtop_h2f(r[0] >> 16) : 0.f;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      int v = mwtop_byte(r, 1, k);
+      if (F == MWTOP_Q4_0) {
+        w[k] = __fmul_rn((float)((v & 15) - 8), d);
+        w[k + 4] = __fmul_rn((float)((v >> 4) - 8), d);
+      } else {
+        w[k] = __fadd_rn(__fmul_rn((float)(v & 15), d), m);
+        w[k + 4] = __fadd_rn(__fmul_rn((float)(v >> 4), d), m);
+      }
+    }
+  } else if (F == MWTOP_Q5_0 || F == MWTOP_Q5_1) {
+    float d = mwtop_h2f(r[0]);
+    float m = F == MWTOP_Q5_1 ? mwtop_h2f(r[0] >> 16) : 0.f;
+    unsigned int qh = r[1];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      int j = 4 * p + k;
+      int v = mwtop_byte(r, 2, k);
+      int h0 = ((qh >> j) << 4) & 0x10;
+      int h1 = (qh >> (j + 12)) & 0x10;
+      if (F == MWTOP_Q5_0) {
+        w[k] = __fmul_rn((float)(((v & 15) | h0) - 16), d);
+        w[k + 4] = __fmul_rn((float)(((v >> 4) | h1) - 16), d);
+      } else {
+        w[k] = __fadd_rn(__fmul_rn((float)((v & 15) | h0), d), m);
+        w[k + 4] = __fadd_rn(__fmul_rn((float)((v >> 4) | h1), d), m);
+      }
+    }
+  } else if (F == MWTOP_Q8_0) {
+    float d = mwtop_h2f(r[0]);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) w[k] = __fmul_rn((float)(signed char)mwtop_byte(r, 1, k), d);
+  } else if (F == MWTOP_Q4_K || F == MWTOP_Q5_K) {
+    int sub = u & 7;
+    float d = mwtop_h2f(r[0]), dmin = mwtop_h2f(r[0] >> 16);
+    unsigned char scales[12];
+#pragma unroll
+    for (int k = 0; k < 12; ++k) scales[k] = (unsigned char)mwtop_byte(r, 1, k);
+    int sc, mn;
+    mwtop_scale_min_k4(sub, scales, &sc, &mn);
+    float d1 = __fmul_rn(d, (float)sc), m1 = __fmul_rn(dmin, (float)mn);
+    int shift = (sub & 1) * 4;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      float v = (float)((mwtop_byte(r, 4, k) >> shift) & 0xF);
+      if (F == MWTOP_Q5_K && ((mwtop_byte(r, 6, k) >> sub) & 1)) v = __fadd_rn(v, 16.f);
+      w[k] = __fsub_rn(__fmul_rn(d1, v), m1);
+    }
+  } else { // MWTOP_Q6_K
+    int which = u & 3;
+    float ds = __fmul_rn(mwtop_h2f(r[0]), (float)(signed char)r[1]);
+    int shift = which >= 2 ? 4 : 0;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      int v = (((mwtop_byte(r, 2, k) >> shift) & 0xF) | (((mwtop_byte(r, 4, k) >> (2 * which)) & 3) << 4)) - 32;
+      w[k] = __fmul_rn(ds, (float)v);
+    }
+  }
+}
+
+// The float4 indices (within the row) of the x elements part p of unit u
+// multiplies: i0 for its weights 0..3, i1 for 4..7.
+template <int F>
+__device__ __forceinline__ void mwtop_part_x(int u, int p, int* i0, int* i1) {
   if (F == MWTOP_Q4_0 || F == MWTOP_Q4_1 || F == MWTOP_Q5_0 || F == MWTOP_Q5_1) {
     *i0 = 8 * u + p;
     *i1 = 8 * u + 4 + p;
   } else {
     *i0 = 8 * u + 2 * p;
     *i1 = 8 * u + 2 * p + 1;
-  }
-  if (F == MWTOP_Q4_0 || F == MWTOP_Q4_1) {
-    const unsigned char* b = row + (unsigned long long)u * (F == MWTOP_Q4_0 ? 18 : 20);
-    float d = mwtop_f16_at(b);
-    float m = F == MWTOP_Q4_1 ? mwtop_f16_at(b + 2) : 0.f;
-    const unsigned char* qs = b + (F == MWTOP_Q4_0 ? 2 : 4) + 4 * p;
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      int q = qs[k];
-      if (F == MWTOP_Q4_0) {
-        w[k] = __fmul_rn((float)((q & 15) - 8), d);
-        w[k + 4] = __fmul_rn((float)((q >> 4) - 8), d);
-      } else {
-        w[k] = __fadd_rn(__fmul_rn((float)(q & 15), d), m);
-        w[k + 4] = __fadd_rn(__fmul_rn((float)(q >> 4), d), m);
-      }
-    }
-  } else if (F == MWTOP_Q5_0 || F == MWTOP_Q5_1) {
-    const unsigned char* b = row + (unsigned long long)u * (F == MWTOP_Q5_0 ? 22 : 24);
-    float d = mwtop_f16_at(b);
-    float m = F == MWTOP_Q5_1 ? mwtop_f16_at(b + 2) : 0.f;
-    const unsigned char* h = b + (F == MWTOP_Q5_0 ? 2 : 4);
-    unsigned int qh = mwtop_u32_at(h);
-    const unsigned char* qs = h + 4 + 4 * p;
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      int j = 4 * p + k;
-      int q = qs[k];
-      int h0 = ((qh >> j) << 4) & 0x10;
-      int h1 = (qh >> (j + 12)) & 0x10;
-      if (F == MWTOP_Q5_0) {
-        w[k] = __fmul_rn((float)(((q & 15) | h0) - 16), d);
-        w[k + 4] = __fmul_rn((float)(((q >> 4) | h1) - 16), d);
-      } else {
-        w[k] = __fadd_rn(__fmul_rn((float)((q & 15) | h0), d), m);
-        w[k + 4] = __fadd_rn(__fmul_rn((float)((q >> 4) | h1), d), m);
-      }
-    }
-  } else if (F == MWTOP_Q8_0) {
-    const unsigned char* b = row + (unsigned long long)u * 34;
-    float d = mwtop_f16_at(b);
-#pragma unroll
-    for (int k = 0; k < 8; ++k) w[k] = __fmul_rn((float)(signed char)b[2 + 8 * p + k], d);
-  } else if (F == MWTOP_Q4_K || F == MWTOP_Q5_K) {
-    int sub = u & 7;
-    const unsigned char* b = row + (unsigned long long)(u >> 3) * (F == MWTOP_Q4_K ? 144 : 176);
-    float d = mwtop_f16_at(b), dmin = mwtop_f16_at(b + 2);
-    int sc, mn;
-    mwtop_scale_min_k4(sub, b + 4, &sc, &mn);
-    float d1 = __fmul_rn(d, (float)sc), m1 = __fmul_rn(dmin, (float)mn);
-    const unsigned char* qh = b + 16 + 8 * p;
-    const unsigned char* ql = b + (F == MWTOP_Q4_K ? 16 : 48) + 32 * (sub >> 1) + 8 * p;
-    int shift = (sub & 1) * 4;
-#pragma unroll
-    for (int k = 0; k < 8; ++k) {
-      float q = (float)((ql[k] >> shift) & 0xF);
-      if (F == MWTOP_Q5_K && ((qh[k] >> sub) & 1)) q = __fadd_rn(q, 16.f);
-      w[k] = __fsub_rn(__fmul_rn(d1, q), m1);
-    }
-  } else { // MWTOP_Q6_K
-    int sub = u & 7, idx = sub >> 2, which = sub & 3;
-    const unsigned char* b = row + (unsigned long long)(u >> 3) * 210;
-    float d = mwtop_f16_at(b + 208);
-    const unsigned char* ql = b + 64 * idx + 32 * (which & 1) + 8 * p;
-    const unsigned char* qh = b + 128 + 32 * idx + 8 * p;
-    float ds = __fmul_rn(d, (float)((const signed char*)b)[192 + 8 * idx + 2 * which + (p >> 1)]);
-    int shift = which >= 2 ? 4 : 0;
-#pragma unroll
-    for (int k = 0; k < 8; ++k) {
-      int q = (((ql[k] >> shift) & 0xF) | (((qh[k] >> (2 * which)) & 3) << 4)) - 32;
-      w[k] = __fmul_rn(ds, (float)q);
-    }
   }
 }
 
@@ -692,22 +768,27 @@ __device__ void mwtop_gemvq_t(const unsigned char* w, const float* x, float* y, 
   int row = blockIdx.x * blockDim.y + threadIdx.y;
   int lane = threadIdx.x;
   bool live = row < rows;
+  int row_bytes = (cols / mwtop_block_weights(F)) * mwtop_block_bytes(F);
+  const unsigned char* wr = w + (unsigned long long)(live ? row : 0) * row_bytes;
+  int units = cols / 32, slot = lane >> 2, p = lane & 3;
+  // This lane's first part: the weights depend on no kernel before.
+  MwtopRaw next;
+  if (live && slot < units) mwtop_part_load<F>(wr, slot, p, &next);
   MWTOP_AFTER_PREVIOUS();
   const float* g = 0;
   float sc[MWTOP_GEMV_ROWS];
   const float* src = mwtop_gemv_input(x, n, cols, mode, aux, eps, staged, sx, tee_x, live, lane, &g, sc);
   if (!live) return;
-  int row_bytes = (cols / mwtop_block_weights(F)) * mwtop_block_bytes(F);
-  const unsigned char* wr = w + (unsigned long long)row * row_bytes;
   float acc[MWTOP_GEMV_ROWS];
 #pragma unroll
   for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) acc[j] = 0.f;
-  int units = cols / 32, slot = lane >> 2, p = lane & 3;
-#pragma unroll 2
   for (int u = slot; u < units; u += 8) {
+    MwtopRaw raw = next;
+    if (u + 8 < units) mwtop_part_load<F>(wr, u + 8, p, &next);
     float ws[8];
     int i0, i1;
-    mwtop_part<F>(wr, u, p, ws, &i0, &i1);
+    mwtop_part_form<F>(&raw, u, p, ws);
+    mwtop_part_x<F>(u, p, &i0, &i1);
 #pragma unroll
     for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) {
       if (j < n) {

@@ -227,7 +227,12 @@ pub(in super::super) fn gemv(
     let x = input.x();
     let (w, format) = match matrix {
         Matrix::Dense(w) if matches!(w.dtype(), DType::F32 | DType::BF16 | DType::F16) => (w, None),
-        Matrix::Blocks(b) => (&b.bytes, Some(ggml_dtype_id(b.format) as i32)),
+        // The kernel reads a block's fields with loads of up to 8 bytes,
+        // aligned for rows that start at a multiple of 16 bytes.
+        Matrix::Blocks(b) if b.bytes.layout().start_offset().is_multiple_of(16) => {
+            (&b.bytes, Some(ggml_dtype_id(b.format) as i32))
+        }
+        Matrix::Blocks(_) => return Ok(None),
         Matrix::Dense(_) => return Ok(None),
     };
     if !eligible(x) || !w.device().same_device(x.device()) || ptx().is_none() {
