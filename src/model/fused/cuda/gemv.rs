@@ -1,6 +1,6 @@
-//! The GEMV of a decode step (see `mwtop_gemv` in kernels.cu): W times a
-//! few rows of x, with what the block around it would otherwise run as
-//! kernels of their own folded in.
+//! The GEMV of a decode step (see `mwtop_gemv` and, for GGUF blocks,
+//! `mwtop_gemvq` in kernels.cu): W times a few rows of x, with what the
+//! block around it would otherwise run as kernels of their own folded in.
 
 use std::sync::OnceLock;
 
