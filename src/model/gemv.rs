@@ -5,6 +5,7 @@
 //! one core does not saturate memory bandwidth; splitting the rows of W over
 //! the rayon pool does (SmolLM2 f32 decode on 2 cores: 35 -> 42 tokens/s).
 
+use candle_core::quantized::GgmlDType;
 use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
 use rayon::prelude::*;
 
@@ -49,6 +50,89 @@ pub fn gemv(w: &Tensor, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
     Tensor::from_vec(y, (n, out), &Device::Cpu).map(Some)
 }
 
+/// [`gemv`] for W held as GGUF blocks (see [`super::matrix::Blocks`]):
+/// each row dequantized by candle's own code into a per-thread buffer, then
+/// dotted as the f32 copy's row is, so the product equals the f32 copy's to
+/// the bit while only the blocks are read. None where [`gemv`] would not
+/// apply, or for a format not kept as blocks.
+pub(super) fn gemv_blocks(
+    blocks: &super::matrix::Blocks,
+    x: &Tensor,
+) -> candle_core::Result<Option<Tensor>> {
+    let w = &blocks.bytes;
+    if !matches!(w.device(), Device::Cpu) || x.dtype() != DType::F32 || !w.is_contiguous() {
+        return Ok(None);
+    }
+    let Some(dequantize) = row_dequantizer(blocks.format) else {
+        return Ok(None);
+    };
+    let (out, row_bytes) = w.dims2()?;
+    let inp = blocks.cols;
+    let n = x.elem_count() / inp.max(1);
+    if !(1..=MAX_ROWS).contains(&n) || n * inp != x.elem_count() || x.dim(x.rank() - 1)? != inp {
+        return Ok(None);
+    }
+    let xv: Vec<f32> = x.flatten_all()?.to_vec1()?;
+    let (storage, layout) = w.storage_and_layout();
+    let Storage::Cpu(CpuStorage::U8(data)) = &*storage else {
+        return Ok(None);
+    };
+    let bytes = &data[layout.start_offset()..layout.start_offset() + out * row_bytes];
+    let y = times_rows_of(
+        bytes,
+        row_bytes,
+        &xv,
+        n,
+        |row: &[u8], f: &mut dyn FnMut(&[f32])| {
+            with_row_f32(inp, |values| {
+                dequantize(row, values);
+                f(values)
+            })
+        },
+    );
+    drop(storage);
+    Tensor::from_vec(y, (n, out), &Device::Cpu).map(Some)
+}
+
+/// Dequantizes one row of blocks (bytes as the file holds them) into f32.
+type RowDequantizer = fn(&[u8], &mut [f32]);
+
+fn row_dequantizer(format: GgmlDType) -> Option<RowDequantizer> {
+    use candle_core::quantized::k_quants::*;
+    Some(match format {
+        GgmlDType::Q4_0 => dequantize_row::<BlockQ4_0>,
+        GgmlDType::Q4_1 => dequantize_row::<BlockQ4_1>,
+        GgmlDType::Q5_0 => dequantize_row::<BlockQ5_0>,
+        GgmlDType::Q5_1 => dequantize_row::<BlockQ5_1>,
+        GgmlDType::Q8_0 => dequantize_row::<BlockQ8_0>,
+        GgmlDType::Q4K => dequantize_row::<BlockQ4K>,
+        GgmlDType::Q5K => dequantize_row::<BlockQ5K>,
+        GgmlDType::Q6K => dequantize_row::<BlockQ6K>,
+        _ => return None,
+    })
+}
+
+/// candle's `to_float` over a row's blocks, copied first into a per-thread
+/// buffer aligned for them (a row of a u8 tensor may start anywhere).
+fn dequantize_row<B: candle_core::quantized::k_quants::GgmlType>(row: &[u8], out: &mut [f32]) {
+    thread_local! {
+        static ALIGNED: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let count = row.len() / std::mem::size_of::<B>();
+    ALIGNED.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        buf.resize(row.len().div_ceil(8), 0);
+        // SAFETY: the buffer holds at least row.len() bytes, 8-aligned (at
+        // least B's alignment, which has f16 and u8 fields); B is a
+        // #[repr(C)] block of plain integers and f16s, valid for any bytes.
+        let blocks = unsafe {
+            std::ptr::copy_nonoverlapping(row.as_ptr(), buf.as_mut_ptr() as *mut u8, row.len());
+            std::slice::from_raw_parts(buf.as_ptr() as *const B, count)
+        };
+        B::to_float(blocks, out);
+    });
+}
+
 /// Each row of `w` dotted with each of the `n` rows of x (row-major,
 /// n x in), the rows of w split over the rayon pool; `as_f32` hands a row
 /// of w to its callback as f32. Returns y (n, rows of w), row-major.
@@ -58,8 +142,20 @@ fn times_rows<T: Sync>(
     n: usize,
     as_f32: impl Fn(&[T], &mut dyn FnMut(&[f32])) + Sync,
 ) -> Vec<f32> {
+    times_rows_of(w, x.len() / n, x, n, as_f32)
+}
+
+/// [`times_rows`] with rows of `row_len` elements of T (a row of blocks
+/// holds fewer bytes than its row of x has values).
+fn times_rows_of<T: Sync>(
+    w: &[T],
+    row_len: usize,
+    x: &[f32],
+    n: usize,
+    as_f32: impl Fn(&[T], &mut dyn FnMut(&[f32])) + Sync,
+) -> Vec<f32> {
     let inp = x.len() / n;
-    let out = w.len() / inp;
+    let out = w.len() / row_len;
     // y transposed (out, n): each task writes a contiguous block.
     let mut yt = vec![0f32; out * n];
     yt.par_chunks_mut(ROWS_PER_TASK * n)
@@ -67,7 +163,7 @@ fn times_rows<T: Sync>(
         .for_each(|(block, ys)| {
             for (i, yr) in ys.chunks_mut(n).enumerate() {
                 let r = block * ROWS_PER_TASK + i;
-                as_f32(&w[r * inp..(r + 1) * inp], &mut |row| {
+                as_f32(&w[r * row_len..(r + 1) * row_len], &mut |row| {
                     for (j, y) in yr.iter_mut().enumerate() {
                         *y = dot(row, &x[j * inp..(j + 1) * inp]);
                     }

@@ -9,6 +9,7 @@ use super::gemv;
 use super::hooks::{HookName, HookPoint};
 use super::intervention::Interventions;
 use super::lora::Lora;
+use super::matrix::Matrix;
 use super::rope::RotaryOrder;
 use super::{Linear, Model, ModelError, Result, RunOptions};
 use crate::checkpoint::{Proj, WeightId};
@@ -328,9 +329,9 @@ impl<'a> Plan<'a> {
         let (b, t, d) = x.dims3()?;
         let out = l.weight.rows()?;
         let fast = if b * t <= super::gemv::MAX_ROWS && !self.differentiable() {
-            let cpu = match l.weight.as_dense() {
-                Some(w) => gemv::gemv(w, x)?,
-                None => None,
+            let cpu = match &l.weight {
+                Matrix::Dense(w) => gemv::gemv(w, x)?,
+                Matrix::Blocks(b) => gemv::gemv_blocks(b, x)?,
             };
             match cpu {
                 Some(y) => Some(y),
