@@ -10,7 +10,9 @@ use super::weights::{Block, Linear, Norms};
 use super::{
     rope, Model, ModelError, PartBytes, Placement, Result, WeightPrecision, ROPE_POSITIONS_MAX,
 };
-use crate::checkpoint::{Checkpoint, Fused, NormId, NormKind, Proj, RopeScaling, WeightId};
+use crate::checkpoint::{
+    Checkpoint, Fused, NormId, NormKind, Proj, RopeScaling, StoredDType, WeightId,
+};
 
 impl Model {
     /// Loads every tensor of the checkpoint, dequantized, as `dtype` on `device`.
@@ -77,7 +79,8 @@ impl Model {
             }
         };
         let mut get = |name: &str, as_dtype: Option<DType>| -> Result<Tensor> {
-            // None: the bytes were taken as blocks; only counted here.
+            // None: the caller took the tensor's blocks as they are; the
+            // tensor is only counted here (the empty tensor is not used).
             let t = match as_dtype {
                 Some(dtype) => ckpt.tensor(name, dtype, device())?,
                 None => Tensor::zeros(0, DType::U8, &Device::Cpu)?,
@@ -91,19 +94,22 @@ impl Model {
         let matrix = |get: &mut dyn FnMut(&str, Option<DType>) -> Result<Tensor>,
                       name: &str|
          -> Result<Matrix> {
-            if precision == WeightPrecision::Stored {
+            let kept = match ckpt.info(name).map(|i| &i.dtype) {
+                Some(StoredDType::Ggml(format)) if precision == WeightPrecision::Stored => {
+                    keeps_blocks(*format)
+                }
+                _ => false,
+            };
+            if kept {
                 if let Some(q) = ckpt.quantized_rows(name)? {
-                    if keeps_blocks(q.format) {
-                        let row_bytes = q.bytes.len() / q.rows.max(1);
-                        let bytes = Tensor::from_vec(q.bytes, (q.rows, row_bytes), device())?;
-                        get(name, None)?;
-                        return Ok(Matrix::Blocks(Blocks {
-                            bytes,
-                            format: q.format,
-                            cols: q.cols,
-                        }));
-                    }
-                    tracing::debug!("{name}: {:?} blocks are converted", q.format);
+                    let row_bytes = q.bytes.len() / q.rows.max(1);
+                    let bytes = Tensor::from_vec(q.bytes, (q.rows, row_bytes), device())?;
+                    get(name, None)?;
+                    return Ok(Matrix::Blocks(Blocks {
+                        bytes,
+                        format: q.format,
+                        cols: q.cols,
+                    }));
                 }
             }
             Ok(Matrix::Dense(get(name, Some(held(name)))?))
