@@ -100,16 +100,57 @@ type RowDequantizer = fn(&[u8], &mut [f32]);
 fn row_dequantizer(format: GgmlDType) -> Option<RowDequantizer> {
     use candle_core::quantized::k_quants::*;
     Some(match format {
-        GgmlDType::Q4_0 => dequantize_row::<BlockQ4_0>,
-        GgmlDType::Q4_1 => dequantize_row::<BlockQ4_1>,
+        GgmlDType::Q4_0 => dequantize_q4::<false>,
+        GgmlDType::Q4_1 => dequantize_q4::<true>,
         GgmlDType::Q5_0 => dequantize_row::<BlockQ5_0>,
         GgmlDType::Q5_1 => dequantize_row::<BlockQ5_1>,
-        GgmlDType::Q8_0 => dequantize_row::<BlockQ8_0>,
+        GgmlDType::Q8_0 => dequantize_q8_0,
         GgmlDType::Q4K => dequantize_row::<BlockQ4K>,
         GgmlDType::Q5K => dequantize_row::<BlockQ5K>,
         GgmlDType::Q6K => dequantize_row::<BlockQ6K>,
         _ => return None,
     })
+}
+
+/// The f16 at the start of `b`, widened.
+fn f16_at(b: &[u8]) -> f32 {
+    half::f16::from_le_bytes([b[0], b[1]]).to_f32()
+}
+
+/// Q8_0 rows (34-byte blocks: an f16 scale, 32 i8) as candle's `to_float`
+/// computes them (`q as f32 * d`), read in place: the most common formats
+/// of a decode step skip the aligned copy and the generic code.
+fn dequantize_q8_0(row: &[u8], out: &mut [f32]) {
+    for (b, o) in row.chunks_exact(34).zip(out.chunks_exact_mut(32)) {
+        let d = f16_at(b);
+        for (o, &q) in o.iter_mut().zip(&b[2..34]) {
+            *o = q as i8 as f32 * d;
+        }
+    }
+}
+
+/// Q4_0 (18-byte blocks: f16 d, 16 bytes of nibbles) and Q4_1 (20 bytes:
+/// f16 d and m first) as candle's `to_float` computes them: byte j holds
+/// weights j (low nibble) and j + 16; `(q - 8) * d`, or `q * d + m`.
+fn dequantize_q4<const MIN: bool>(row: &[u8], out: &mut [f32]) {
+    let (size, start) = if MIN { (20, 4) } else { (18, 2) };
+    for (b, o) in row.chunks_exact(size).zip(out.chunks_exact_mut(32)) {
+        let d = f16_at(b);
+        let (lo, hi) = o.split_at_mut(16);
+        let qs = &b[start..start + 16];
+        if MIN {
+            let m = f16_at(&b[2..]);
+            for ((l, h), &q) in lo.iter_mut().zip(hi.iter_mut()).zip(qs) {
+                *l = (q & 0x0F) as f32 * d + m;
+                *h = (q >> 4) as f32 * d + m;
+            }
+        } else {
+            for ((l, h), &q) in lo.iter_mut().zip(hi.iter_mut()).zip(qs) {
+                *l = ((q & 0x0F) as i16 - 8) as f32 * d;
+                *h = ((q >> 4) as i16 - 8) as f32 * d;
+            }
+        }
+    }
 }
 
 /// candle's `to_float` over a row's blocks, copied first into a per-thread
