@@ -35,6 +35,23 @@ fn logits(model: &Model, options: &RunOptions) -> Tensor {
         .unwrap()
 }
 
+/// A d_ff mask at layer 1 (dims 0, 17, 300) and a one-run edit of
+/// down_proj[5, 100] of layer 0.
+fn attack_with_edit(mode: MaskMode) -> RunOptions {
+    RunOptions {
+        interventions: vec![Interventions {
+            weight_edits: vec![WeightEdit {
+                tensor: WeightId::layer(0, mwtop::checkpoint::Proj::Down),
+                row: 5,
+                col: 100,
+                value: 7.5,
+            }],
+            ..Interventions::ffn_mask(1, mode, vec![0, 17, 300])
+        }],
+        ..Default::default()
+    }
+}
+
 #[test]
 fn stored_bf16_and_f16_take_half_the_bytes_and_compute_the_same_logits() {
     for dtype in [safetensors::Dtype::BF16, safetensors::Dtype::F16] {
@@ -112,18 +129,7 @@ fn attacks_and_edits_on_stored_matrices_equal_those_on_the_f32_copy() {
     let mut dense = load(&ckpt, WeightPrecision::Compute);
     let mut stored = load(&ckpt, WeightPrecision::Stored);
     // The d_ff mask (the UI's attack) and a one-run weight edit.
-    let attack = RunOptions {
-        interventions: vec![Interventions {
-            weight_edits: vec![WeightEdit {
-                tensor: WeightId::layer(0, mwtop::checkpoint::Proj::Down),
-                row: 5,
-                col: 100,
-                value: 7.5,
-            }],
-            ..Interventions::ffn_mask(1, MaskMode::Zero, vec![0, 17, 300])
-        }],
-        ..Default::default()
-    };
+    let attack = attack_with_edit(MaskMode::Zero);
     let diff = max_diff(&logits(&dense, &attack), &logits(&stored, &attack));
     assert!(diff < 1e-5, "attacked logits differ by {diff}");
     // Edits for good: zeroed rows keep the stored dtype; an entry that bf16
@@ -284,6 +290,14 @@ fn gguf_blocks_stay_blocks_and_compute_what_the_converted_weights_compute() {
         let plain = RunOptions::default();
         let (a, b) = (logits(&dense, &plain), logits(&stored, &plain));
         assert_eq!(max_diff(&a, &b), 0.0, "{format:?}: prompt logits");
+        // Computed in f16, blocks are converted at load (where an overflow
+        // is refused), never dequantized to f16 per product.
+        let f16 = |p| Model::load_as(&ckpt, &Device::Cpu, DType::F16, p, |_, _| {}).unwrap();
+        assert_eq!(
+            f16(WeightPrecision::Stored).weight_bytes(),
+            f16(WeightPrecision::Compute).weight_bytes(),
+            "{format:?}: f16"
+        );
         // q rows come back in Hugging Face order, GGUF's RoPE permutation
         // undone on the blocks' rows.
         for proj in [mwtop::checkpoint::Proj::Q, mwtop::checkpoint::Proj::Up] {
@@ -313,18 +327,7 @@ fn attacks_and_edits_on_gguf_blocks_equal_those_on_the_converted_weights() {
     let (_d, ckpt) = gguf(GgmlDType::Q4_1);
     let mut dense = load(&ckpt, WeightPrecision::Compute);
     let mut stored = load(&ckpt, WeightPrecision::Stored);
-    let attack = RunOptions {
-        interventions: vec![Interventions {
-            weight_edits: vec![WeightEdit {
-                tensor: WeightId::layer(0, mwtop::checkpoint::Proj::Down),
-                row: 5,
-                col: 100,
-                value: 7.5,
-            }],
-            ..Interventions::ffn_mask(1, MaskMode::Keep, vec![0, 17, 300])
-        }],
-        ..Default::default()
-    };
+    let attack = attack_with_edit(MaskMode::Keep);
     let diff = max_diff(&logits(&dense, &attack), &logits(&stored, &attack));
     assert_eq!(diff, 0.0, "attacked logits differ by {diff}");
     // Edits for good turn the edited stacks dense (no block holds 1 + 1e-6).

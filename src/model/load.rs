@@ -94,9 +94,12 @@ impl Model {
         let matrix = |get: &mut dyn FnMut(&str, Option<DType>) -> Result<Tensor>,
                       name: &str|
          -> Result<Matrix> {
+            // Blocks dequantize to f32: kept only where the compute dtype
+            // holds every f32 (a product in f16 could overflow per product;
+            // converted here, an overflow is refused with one line).
             let kept = match ckpt.info(name).map(|i| &i.dtype) {
                 Some(StoredDType::Ggml(format)) if precision == WeightPrecision::Stored => {
-                    keeps_blocks(*format)
+                    keeps_blocks(*format) && widens_exactly(DType::F32, dtype)
                 }
                 _ => false,
             };
