@@ -17,6 +17,7 @@ pub mod gguf_writer;
 pub mod hub;
 pub mod layout;
 pub mod names;
+mod quantized;
 mod safetensors_dir;
 pub mod weight_id;
 
@@ -33,6 +34,8 @@ pub use config::{Architecture, ModelConfig, RopeScaling};
 pub use error::{CheckpointError, Result};
 use gguf::GgufValue;
 use names::Transform;
+pub use quantized::QuantizedRows;
+use quantized::{block_scale_offsets, block_scales_finite, unpermute_rope_rows};
 pub use weight_id::{Fused, NormId, NormKind, Proj, WeightId};
 
 /// Where a checkpoint came from.
@@ -483,20 +486,7 @@ impl Checkpoint {
             ));
         }
         let bytes = match info.transform {
-            Transform::UnpermuteRope { heads } => {
-                // GGUF rows per head are (half, 2) interleaved; HF has (2, half).
-                let half = rows / heads / 2;
-                let mut out = Vec::with_capacity(data.len());
-                for h in 0..heads {
-                    for two in 0..2 {
-                        for i in 0..half {
-                            let r = (h * half + i) * 2 + two;
-                            out.extend_from_slice(&data[r * row_bytes..(r + 1) * row_bytes]);
-                        }
-                    }
-                }
-                out
-            }
+            Transform::UnpermuteRope { heads } => unpermute_rope_rows(data, rows, heads),
             _ => data.to_vec(),
         };
         Ok(Some(QuantizedRows {
@@ -615,38 +605,6 @@ fn all_finite(t: &Tensor) -> candle_core::Result<bool> {
         .to_dtype(DType::F32)?
         .to_scalar::<f32>()?;
     Ok(s.is_finite())
-}
-
-/// A quantized GGUF matrix's bytes (see [`Checkpoint::quantized_rows`]).
-pub struct QuantizedRows {
-    pub format: GgmlDType,
-    pub rows: usize,
-    pub cols: usize,
-    /// `rows` rows of cols / block-size blocks each.
-    pub bytes: Vec<u8>,
-}
-
-/// Byte offsets of each block's f16 scales (and minimums) by format: the
-/// values are finite exactly when these are (the quantized integers and
-/// the 6-bit sub-scales are small).
-/// None for formats not kept as blocks.
-fn block_scale_offsets(format: GgmlDType) -> Option<&'static [usize]> {
-    Some(match format {
-        GgmlDType::Q4_0 | GgmlDType::Q5_0 | GgmlDType::Q8_0 => &[0],
-        GgmlDType::Q4_1 | GgmlDType::Q5_1 | GgmlDType::Q4K | GgmlDType::Q5K => &[0, 2],
-        GgmlDType::Q6K => &[208],
-        GgmlDType::Q2K => &[80, 82],
-        GgmlDType::Q3K => &[108],
-        _ => return None,
-    })
-}
-
-fn block_scales_finite(offsets: &[usize], format: GgmlDType, data: &[u8]) -> bool {
-    data.chunks_exact(format.type_size()).all(|block| {
-        offsets
-            .iter()
-            .all(|&o| half::f16::from_le_bytes([block[o], block[o + 1]]).is_finite())
-    })
 }
 
 /// Dequantizes (or just reinterprets) GGML bytes into an f32 CPU tensor.

@@ -38,12 +38,13 @@ pub fn gemv(w: &Tensor, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
     let y = match &*storage {
         Storage::Cpu(CpuStorage::F32(data)) => times_rows(
             &data[rows],
+            inp,
             &xv,
             n,
             |r: &[f32], f: &mut dyn FnMut(&[f32])| f(r),
         ),
-        Storage::Cpu(CpuStorage::BF16(data)) => times_rows(&data[rows], &xv, n, widen_bf16),
-        Storage::Cpu(CpuStorage::F16(data)) => times_rows(&data[rows], &xv, n, widen_f16),
+        Storage::Cpu(CpuStorage::BF16(data)) => times_rows(&data[rows], inp, &xv, n, widen_bf16),
+        Storage::Cpu(CpuStorage::F16(data)) => times_rows(&data[rows], inp, &xv, n, widen_f16),
         _ => return Ok(None),
     };
     drop(storage);
@@ -78,7 +79,7 @@ pub(super) fn gemv_blocks(
         return Ok(None);
     };
     let bytes = &data[layout.start_offset()..layout.start_offset() + out * row_bytes];
-    let y = times_rows_of(
+    let y = times_rows(
         bytes,
         row_bytes,
         &xv,
@@ -174,21 +175,12 @@ fn dequantize_row<B: candle_core::quantized::k_quants::GgmlType>(row: &[u8], out
     });
 }
 
-/// Each row of `w` dotted with each of the `n` rows of x (row-major,
-/// n x in), the rows of w split over the rayon pool; `as_f32` hands a row
-/// of w to its callback as f32. Returns y (n, rows of w), row-major.
+/// Each row of `w` (`row_len` elements of T: a row of blocks holds fewer
+/// bytes than its row of x has values) dotted with each of the `n` rows of
+/// x (row-major, n x in), the rows of w split over the rayon pool; `as_f32`
+/// hands a row of w to its callback as f32. Returns y (n, rows of w),
+/// row-major.
 fn times_rows<T: Sync>(
-    w: &[T],
-    x: &[f32],
-    n: usize,
-    as_f32: impl Fn(&[T], &mut dyn FnMut(&[f32])) + Sync,
-) -> Vec<f32> {
-    times_rows_of(w, x.len() / n, x, n, as_f32)
-}
-
-/// [`times_rows`] with rows of `row_len` elements of T (a row of blocks
-/// holds fewer bytes than its row of x has values).
-fn times_rows_of<T: Sync>(
     w: &[T],
     row_len: usize,
     x: &[f32],

@@ -232,8 +232,7 @@ pub(in super::super) fn gemv(
         Matrix::Blocks(b) if b.bytes.layout().start_offset().is_multiple_of(16) => {
             (&b.bytes, Some(ggml_dtype_id(b.format) as i32))
         }
-        Matrix::Blocks(_) => return Ok(None),
-        Matrix::Dense(_) => return Ok(None),
+        _ => return Ok(None),
     };
     if !eligible(x) || !w.device().same_device(x.device()) || ptx().is_none() {
         return Ok(None);
