@@ -109,6 +109,89 @@ fn a_batch_equals_its_rows_run_alone_with_per_row_interventions() {
     assert!(max_diff(&a, &b) > 1e-3);
 }
 
+/// Rows of one text whose interventions start at a later layer share the
+/// layers before it (run once, for one row): each row still equals its run
+/// alone, captures above the shared layers keep every row, and rows with
+/// nothing done to them agree to the bit.
+#[test]
+fn rows_of_one_text_share_the_layers_before_their_interventions() {
+    let dir = common::tempdir();
+    let path = dir.path().join("deep.gguf");
+    let spec = Spec {
+        n_layers: 4,
+        ..Default::default()
+    };
+    spec.write_gguf(&path, GgmlDType::F32).unwrap();
+    let model = load(&Checkpoint::open_path(&path).unwrap());
+    let edit = Interventions {
+        weight_edits: vec![WeightEdit {
+            tensor: WeightId::layer(3, Proj::Down),
+            row: 5,
+            col: 7,
+            value: 40.0,
+        }],
+        ..Default::default()
+    };
+    let rows = vec![
+        Interventions::none(),
+        Interventions::ffn_mask(2, MaskMode::Keep, vec![3, 100, 511]),
+        edit,
+        Interventions::ffn_mask(2, MaskMode::Zero, vec![3, 100, 511]),
+    ];
+    let capture = vec![CaptureRequest {
+        layers: Some(vec![2, 3]),
+        point: HookPoint::ResidPost,
+        reduction: Reduction::MaxAbsPerDim,
+    }];
+    let run = |tokens: Vec<Vec<u32>>, interventions: Vec<Interventions>| {
+        model
+            .forward(
+                &tokens,
+                None,
+                &RunOptions {
+                    interventions,
+                    capture: capture.clone(),
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+    };
+    let batch = run(vec![TOKENS.to_vec(); rows.len()], rows.clone());
+    let logits = batch.logits.unwrap();
+    let mut alone_logits = Vec::new();
+    for (r, iv) in rows.iter().enumerate() {
+        let alone = run(vec![TOKENS.to_vec()], vec![iv.clone()]);
+        let one = alone.logits.unwrap();
+        assert!(
+            max_diff(&logits.i(r..r + 1).unwrap(), &one) < 1e-5,
+            "row {r}"
+        );
+        for (got, want) in batch.captures.iter().zip(&alone.captures) {
+            assert_eq!(got.shape, vec![rows.len(), 256]);
+            let d = want.values.len();
+            let row = &got.values[r * d..(r + 1) * d];
+            let worst = row
+                .iter()
+                .zip(&want.values)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(worst < 1e-4, "row {r}, {}: {worst}", got.hook);
+        }
+        alone_logits.push(one);
+    }
+    // Every intervention changed its row.
+    for (r, one) in alone_logits.iter().enumerate().skip(1) {
+        assert!(
+            max_diff(one, &alone_logits[0]) > 1e-3,
+            "row {r} changed nothing"
+        );
+    }
+    // Two untouched rows: the whole stack runs once and both are that run.
+    let twins = run(vec![TOKENS.to_vec(); 2], vec![]).logits.unwrap();
+    let (a, b) = (twins.i(0).unwrap(), twins.i(1).unwrap());
+    assert_eq!(a.to_vec2::<f32>().unwrap(), b.to_vec2::<f32>().unwrap());
+}
+
 #[test]
 fn ffn_mask_equals_zeroed_rows_of_up_and_gate() {
     let (_d, ckpt) = tiny();

@@ -43,8 +43,20 @@ pub fn sweep_attacks(target: &Target, d_ff: usize, seed: u64) -> Vec<Attack> {
     out
 }
 
-/// Attacks to a forward: enough to fill the batch, few enough for memory.
-const BATCH: usize = 4;
+/// Tokens one batch of attacks may hold: on a GPU enough for the paper's
+/// 26 runs of a short text in one forward (larger matrices, and the layers
+/// before the attacked one run once for all of them); on the CPU, where a
+/// batch gains nothing but the shared layers, a few 2048-token windows.
+const BATCH_TOKENS_GPU: usize = 16_384;
+const BATCH_TOKENS_CPU: usize = 8_192;
+
+/// Rows of each batch for `attacks` attacks on windows of `window_tokens`:
+/// as few batches as the budget allows, of even size.
+fn batch_rows(attacks: usize, window_tokens: usize, budget: usize) -> usize {
+    let most = (budget / window_tokens.max(1)).clamp(1, attacks.max(1));
+    let batches = attacks.div_ceil(most).max(1);
+    attacks.div_ceil(batches).max(1)
+}
 
 /// Perplexity of `tokens` under each attack; `progress(done, total)` after
 /// each batch.
@@ -55,8 +67,14 @@ pub fn run_attacks(
     window: Window,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Vec<Perplexity>> {
+    let budget = if model.device().is_cpu() {
+        BATCH_TOKENS_CPU
+    } else {
+        BATCH_TOKENS_GPU
+    };
+    let rows = batch_rows(attacks.len(), tokens.len().min(window.size), budget);
     let mut out = Vec::with_capacity(attacks.len());
-    for chunk in attacks.chunks(BATCH) {
+    for chunk in attacks.chunks(rows) {
         let rows: Vec<Interventions> = chunk.iter().map(Attack::interventions).collect();
         out.extend(perplexity(model, tokens, &rows, window)?);
         progress(out.len(), attacks.len());
@@ -76,4 +94,22 @@ pub fn sweep_runs(attacks: &[Attack], ppl: &[Perplexity]) -> Vec<SweepRun> {
             perplexity: p.perplexity,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::batch_rows;
+
+    #[test]
+    fn batches_are_few_and_even() {
+        // The paper's 26 runs of a 413-token text: one batch on a GPU.
+        assert_eq!(batch_rows(26, 413, 16_384), 26);
+        // On the CPU's budget, 19 fit: two batches of 13.
+        assert_eq!(batch_rows(26, 413, 8_192), 13);
+        // 2048-token windows: 8 fit, so four batches of 7 (not 8+8+8+2).
+        assert_eq!(batch_rows(26, 2048, 16_384), 7);
+        // A window over the budget still runs, a row at a time.
+        assert_eq!(batch_rows(26, 40_000, 16_384), 1);
+        assert_eq!(batch_rows(1, 10, 16_384), 1);
+    }
 }

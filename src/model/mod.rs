@@ -402,12 +402,19 @@ impl Model {
             }
             c.reserve(self, b, start + t)?;
         }
-        let flat: Vec<u32> = tokens.iter().flatten().copied().collect();
-        let ids = Tensor::from_vec(flat.clone(), (b, t), self.device())?;
+        // Layers every row computes alike run for the first row only; its
+        // state is copied to all rows where they part.
+        let shared = plan.shared_layers(tokens, n_layers, cache.is_some());
+        let rows = if shared > 0 { 1 } else { b };
+        let flat: Vec<u32> = tokens[..rows].iter().flatten().copied().collect();
+        let ids = Tensor::from_vec(flat.clone(), (rows, t), self.device())?;
         let mut x = self
             .embed_ids(&ids.flatten_all()?)?
-            .reshape((b, t, self.config.d_model))?;
-        x = plan.edit_embedding(self, x, &flat, b, t)?;
+            .reshape((rows, t, self.config.d_model))?;
+        x = plan.edit_embedding(self, x, &flat, rows, t)?;
+        let every_row = |x: Tensor| -> Result<Tensor> {
+            Ok(x.broadcast_as((b, t, self.config.d_model))?.contiguous()?)
+        };
         let layout = &self.config.attention;
         let pads = opts.key_padding.as_deref();
         // Long runs attend in tiles of queries, each with its own mask; short
@@ -465,6 +472,9 @@ impl Model {
                 sliding_mask = sliding_mask.map(|m| m.to_device(dev)).transpose()?;
                 branch_tables = branch_tables.map(|b| b.to_device(dev)).transpose()?;
             }
+            if i == shared && rows < b {
+                x = every_row(x)?;
+            }
             let at = match &branch_tables {
                 Some(tables) => Positions::Given(tables),
                 None => Positions::From(start),
@@ -490,7 +500,10 @@ impl Model {
                 &|_, _| None,
             )?;
         }
-        let x = x.to_device(self.placement.last())?;
+        let mut x = x.to_device(self.placement.last())?;
+        if shared == n_layers && rows < b {
+            x = every_row(x)?;
+        }
         if let Some(c) = cache {
             c.len = start + t;
         }

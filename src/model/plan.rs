@@ -210,6 +210,51 @@ impl<'a> Plan<'a> {
         })
     }
 
+    /// How many leading layers compute the same states in every row of
+    /// `tokens`: rows of one token sequence whose interventions and
+    /// captures all lie at or above a layer agree below it, so those
+    /// layers run once, for one row (a sweep's attacks on one layer share
+    /// everything before it). 0 where rows may differ from the embedding.
+    pub(super) fn shared_layers(
+        &self,
+        tokens: &[Vec<u32>],
+        n_layers: usize,
+        cached: bool,
+    ) -> usize {
+        let o = self.opts;
+        let alike = tokens.iter().all(|row| row == &tokens[0]);
+        if tokens.len() < 2
+            || !alike
+            || cached
+            || o.branches.is_some()
+            || o.key_padding.is_some()
+            || self.adapts()
+            || !self.embed_edits.is_empty()
+        {
+            return 0;
+        }
+        let mut upto = n_layers;
+        for iv in &o.interventions {
+            if let Some(&first) = iv.ffn_masks.keys().next() {
+                upto = upto.min(first);
+            }
+            for e in &iv.weight_edits {
+                match e.tensor {
+                    WeightId::Embed => return 0,
+                    WeightId::Head => {}
+                    WeightId::Layer { layer, .. } => upto = upto.min(layer),
+                }
+            }
+        }
+        for req in &o.capture {
+            match req.layers.as_ref().and_then(|l| l.iter().min()) {
+                Some(&first) => upto = upto.min(first),
+                None => return 0,
+            }
+        }
+        upto
+    }
+
     /// Whether this run computes with only differentiable ops.
     pub(super) fn differentiable(&self) -> bool {
         self.opts.differentiable
