@@ -267,15 +267,46 @@ __device__ void mwtop_stage(const float* x, int n, int cols, int mode, const flo
   __syncthreads();
 }
 
+// Whether a lane issues all its loads of x (and of the norm's weight) for
+// a burst of weights before the burst's products, and reads a row's
+// squares for the norm with 16-byte loads in bursts: a few round trips to
+// L2 per product instead of one per chunk. The products' sums run in the
+// same order either way. (The host may set 0 when it compiles the
+// kernels, to measure it.)
+#ifndef MWTOP_GEMV_HOIST
+#define MWTOP_GEMV_HOIST 1
+#endif
+
 // Unstaged (x too large for shared memory) RMSNorm: each warp finds the
-// rows' scales itself, rsqrt(mean(x^2) + eps).
-__device__ void mwtop_rms_scales(const float* x, int n, int cols, int lane, float eps, float* sc) {
+// rows' scales itself, rsqrt(mean(x^2) + eps). `xvec`: x's rows are
+// 16-byte aligned and cols a multiple of 4.
+__device__ void mwtop_rms_scales(const float* x, int n, int cols, int lane, float eps, float* sc,
+    int xvec) {
 #pragma unroll
   for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) {
     if (j >= n) break;
     const float* xj = x + (unsigned long long)j * cols;
     float ss = 0.f;
-    for (int c = lane; c < cols; c += 32) ss += xj[c] * xj[c];
+#if MWTOP_GEMV_HOIST
+    if (xvec) {
+      const float4* x4 = (const float4*)xj;
+      int c4 = cols >> 2;
+      for (int b0 = lane; b0 < c4; b0 += 32 * MWTOP_GEMV_BURST) {
+        float4 v[MWTOP_GEMV_BURST];
+#pragma unroll
+        for (int k = 0; k < MWTOP_GEMV_BURST; ++k)
+          v[k] = b0 + 32 * k < c4 ? x4[b0 + 32 * k] : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+        for (int k = 0; k < MWTOP_GEMV_BURST; ++k) {
+          ss += v[k].x * v[k].x;
+          ss += v[k].y * v[k].y;
+          ss += v[k].z * v[k].z;
+          ss += v[k].w * v[k].w;
+        }
+      }
+    } else
+#endif
+      for (int c = lane; c < cols; c += 32) ss += xj[c] * xj[c];
     for (int k = 16; k > 0; k >>= 1) ss += __shfl_xor_sync(0xffffffff, ss, k, 32);
     sc[j] = rsqrtf(ss / cols + eps);
   }
@@ -297,7 +328,7 @@ __device__ __forceinline__ float4 mwtop_act4(const float* xj, const float* g, fl
 // each row's scale (`sc`) where a norm applies.
 __device__ __forceinline__ const float* mwtop_gemv_input(const float* x, int n, int cols,
     int mode, const float* aux, float eps, int staged, float* sx, float* tee_x, bool live,
-    int lane, const float** g, float* sc) {
+    int lane, const float** g, float* sc, int xvec) {
 #pragma unroll
   for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) sc[j] = 1.f;
   if (staged) {
@@ -306,7 +337,7 @@ __device__ __forceinline__ const float* mwtop_gemv_input(const float* x, int n, 
   }
   if (mode == MWTOP_IN_NORM) {
     *g = aux;
-    if (live) mwtop_rms_scales(x, n, cols, lane, eps, sc);
+    if (live) mwtop_rms_scales(x, n, cols, lane, eps, sc, xvec);
   }
   return x;
 }
@@ -326,6 +357,85 @@ __device__ __forceinline__ void mwtop_gemv_store(float* acc, int n, int rows, in
         float v = add ? add[at] + a : a;
         y[at] = v;
         if (tee_y) tee_y[at] = v;
+      }
+    }
+  }
+}
+
+// One burst of a lane's weight chunks (i0, i0 + 32, ...) times in(x), into
+// each row's sum: x read chunk by chunk as the products go.
+template <class F>
+__device__ __forceinline__ void mwtop_burst(const typename F::Chunk* qs, const float* src,
+    const float* g, const float* sc, float* acc, int n, int cols, int nc, int i0, int is_bf16) {
+#pragma unroll
+  for (int u = 0; u < MWTOP_GEMV_BURST; ++u) {
+    int i = i0 + 32 * u;
+    if (i >= nc) break;
+    float ws[F::PER];
+    F::widen(qs[u], ws, is_bf16);
+#pragma unroll
+    for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) {
+      if (j < n) {
+        const float* xj = src + (unsigned long long)j * cols;
+#pragma unroll
+        for (int h = 0; h < F::PER / 4; ++h) {
+          float4 a = mwtop_act4(xj, g, sc[j], i * (F::PER / 4) + h);
+          acc[j] = fmaf(ws[4 * h], a.x, acc[j]);
+          acc[j] = fmaf(ws[4 * h + 1], a.y, acc[j]);
+          acc[j] = fmaf(ws[4 * h + 2], a.z, acc[j]);
+          acc[j] = fmaf(ws[4 * h + 3], a.w, acc[j]);
+        }
+      }
+    }
+  }
+}
+
+// The same products in the same order, the burst's inputs loaded first:
+// the norm's weight once, then each row's x, every load of a row issued
+// before its products (one round trip to L2 per row, not one per chunk).
+template <class F>
+__device__ __forceinline__ void mwtop_burst_held(const typename F::Chunk* qs, const float* src,
+    const float* g, const float* sc, float* acc, int n, int cols, int nc, int i0, int is_bf16) {
+  const int P = F::PER / 4;
+  int valid = (nc - i0 + 31) >> 5;
+  if (valid > MWTOP_GEMV_BURST) valid = MWTOP_GEMV_BURST;
+  const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
+  float4 ga[MWTOP_GEMV_BURST * P];
+  if (g) {
+#pragma unroll
+    for (int u = 0; u < MWTOP_GEMV_BURST; ++u)
+#pragma unroll
+      for (int h = 0; h < P; ++h)
+        ga[u * P + h] = u < valid ? ((const float4*)g)[(i0 + 32 * u) * P + h] : zero;
+  }
+#pragma unroll
+  for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) {
+    if (j < n) {
+      const float4* xj = (const float4*)(src + (unsigned long long)j * cols);
+      float4 xa[MWTOP_GEMV_BURST * P];
+#pragma unroll
+      for (int u = 0; u < MWTOP_GEMV_BURST; ++u)
+#pragma unroll
+        for (int h = 0; h < P; ++h) xa[u * P + h] = u < valid ? xj[(i0 + 32 * u) * P + h] : zero;
+#pragma unroll
+      for (int u = 0; u < MWTOP_GEMV_BURST; ++u) {
+        if (u < valid) {
+          float ws[F::PER];
+          F::widen(qs[u], ws, is_bf16);
+#pragma unroll
+          for (int h = 0; h < P; ++h) {
+            float4 a = xa[u * P + h];
+            if (g) {
+              float4 w = ga[u * P + h];
+              a = make_float4(sc[j] * a.x * w.x, sc[j] * a.y * w.y, sc[j] * a.z * w.z,
+                  sc[j] * a.w * w.w);
+            }
+            acc[j] = fmaf(ws[4 * h], a.x, acc[j]);
+            acc[j] = fmaf(ws[4 * h + 1], a.y, acc[j]);
+            acc[j] = fmaf(ws[4 * h + 2], a.z, acc[j]);
+            acc[j] = fmaf(ws[4 * h + 3], a.w, acc[j]);
+          }
+        }
       }
     }
   }
@@ -356,7 +466,9 @@ __device__ void mwtop_gemv(const void* w, const float* x, float* y, const float*
   MWTOP_AFTER_PREVIOUS();
   const float* g = 0;
   float sc[MWTOP_GEMV_ROWS];
-  const float* src = mwtop_gemv_input(x, n, cols, mode, aux, eps, staged, sx, tee_x, live, lane, &g, sc);
+  // Unstaged, vec means x's rows are 16-byte aligned.
+  const float* src = mwtop_gemv_input(x, n, cols, mode, aux, eps, staged, sx, tee_x, live, lane,
+      &g, sc, vec && !staged);
   if (!live) return;
   float acc[MWTOP_GEMV_ROWS];
 #pragma unroll
@@ -365,27 +477,13 @@ __device__ void mwtop_gemv(const void* w, const float* x, float* y, const float*
     // Each lane's sum runs over chunks lane, lane + 32, ... in order; a
     // burst of loads is in flight before its products.
     for (int i0 = lane;;) {
-#pragma unroll
-      for (int u = 0; u < MWTOP_GEMV_BURST; ++u) {
-        int i = i0 + 32 * u;
-        if (i >= nc) break;
-        float ws[F::PER];
-        F::widen(qs[u], ws, is_bf16);
-#pragma unroll
-        for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) {
-          if (j < n) {
-            const float* xj = src + (unsigned long long)j * cols;
-#pragma unroll
-            for (int h = 0; h < F::PER / 4; ++h) {
-              float4 a = mwtop_act4(xj, g, sc[j], i * (F::PER / 4) + h);
-              acc[j] = fmaf(ws[4 * h], a.x, acc[j]);
-              acc[j] = fmaf(ws[4 * h + 1], a.y, acc[j]);
-              acc[j] = fmaf(ws[4 * h + 2], a.z, acc[j]);
-              acc[j] = fmaf(ws[4 * h + 3], a.w, acc[j]);
-            }
-          }
-        }
-      }
+      // f32 weights only: for 16-bit ones the held inputs would take twice
+      // the registers (205 against 122), halving the warps that stream a
+      // large model's weights.
+      if (MWTOP_GEMV_HOIST && F::PER == 4)
+        mwtop_burst_held<F>(qs, src, g, sc, acc, n, cols, nc, i0, is_bf16);
+      else
+        mwtop_burst<F>(qs, src, g, sc, acc, n, cols, nc, i0, is_bf16);
       i0 += 32 * MWTOP_GEMV_BURST;
       if (i0 >= nc) break;
 #pragma unroll
@@ -777,7 +875,9 @@ __device__ void mwtop_gemvq_t(const unsigned char* w, const float* x, float* y, 
   MWTOP_AFTER_PREVIOUS();
   const float* g = 0;
   float sc[MWTOP_GEMV_ROWS];
-  const float* src = mwtop_gemv_input(x, n, cols, mode, aux, eps, staged, sx, tee_x, live, lane, &g, sc);
+  // Unstaged, x's rows are 16-byte aligned (the host checks).
+  const float* src = mwtop_gemv_input(x, n, cols, mode, aux, eps, staged, sx, tee_x, live, lane,
+      &g, sc, 1);
   if (!live) return;
   float acc[MWTOP_GEMV_ROWS];
 #pragma unroll

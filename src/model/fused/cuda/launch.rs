@@ -28,11 +28,19 @@ fn ptx_sm90() -> Option<&'static str> {
             .ok()
             .and_then(|v| v.parse::<u32>().ok())
             .filter(|b| (1..=32).contains(b));
+        // `MWTOP_GEMV_HOIST=0`: the GEMV loads x per chunk as it multiplies
+        // (to measure the hoisted loads; the sums run in the same order).
+        let unhoisted = std::env::var("MWTOP_GEMV_HOIST").as_deref() == Ok("0");
+        let mut options: Vec<String> = burst
+            .map(|b| format!("-DMWTOP_GEMV_BURST={b}"))
+            .into_iter()
+            .collect();
+        if unhoisted {
+            options.push("-DMWTOP_GEMV_HOIST=0".into());
+        }
         let opts = nvrtc::CompileOptions {
             arch: Some("compute_90"),
-            options: burst
-                .map(|b| vec![format!("-DMWTOP_GEMV_BURST={b}")])
-                .unwrap_or_default(),
+            options,
             ..Default::default()
         };
         match nvrtc::compile_ptx_with_opts(SOURCE, opts) {
