@@ -139,13 +139,20 @@ impl Model {
             });
         }
         let graph = cache.graph.as_mut().expect("set above");
+        let entered = std::time::Instant::now();
         let mut inputs: Vec<u32> = tokens.iter().map(|row| row[0]).collect();
         inputs.push(start as u32);
         graph
             .io
             .inputs
             .slice_set(&Tensor::from_vec(inputs, b + 1, self.device())?, 0, 0)?;
+        let uploaded = entered.elapsed();
         self.run_step(graph, &cache.layers, plan)?;
+        tracing::debug!(
+            upload_us = uploaded.as_micros() as u64,
+            launch_us = (entered.elapsed() - uploaded).as_micros() as u64,
+            "decode step launched"
+        );
         cache.len = start + 1;
         let graph = cache.graph.as_ref().expect("set above");
         Ok(ForwardOutput {
@@ -290,6 +297,9 @@ impl Model {
         if opts.capture.is_empty() {
             return Ok(Vec::new());
         }
+        let waited = std::time::Instant::now();
+        self.device().synchronize()?;
+        let began = std::time::Instant::now();
         // One copy per hook point; each layer's state is a slice of it.
         let host = io
             .slabs
@@ -313,8 +323,9 @@ impl Model {
                     .map(move |r| (layer, point, r))
             })
             .collect();
+        let copied = began.elapsed();
         use rayon::prelude::*;
-        Ok(jobs
+        let reduced: Vec<Captured> = jobs
             .into_par_iter()
             .map(|(layer, point, req)| {
                 let (_, values, (_, b, t, d)) =
@@ -327,7 +338,14 @@ impl Model {
                     (*b, *t, *d),
                 )
             })
-            .collect())
+            .collect();
+        tracing::debug!(
+            wait_us = (began - waited).as_micros() as u64,
+            copy_us = copied.as_micros() as u64,
+            reduce_us = (began.elapsed() - copied).as_micros() as u64,
+            "decode step's captures read"
+        );
+        Ok(reduced)
     }
 }
 
