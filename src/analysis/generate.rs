@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::model::hooks::{CaptureRequest, Captured, HookPoint, Reduction};
 use crate::model::intervention::Interventions;
-use crate::model::{CancelToken, LogitsMode, Model, Result, RunOptions};
+use crate::model::{CancelToken, LogitsMode, Model, Result, RunOptions, StepCaptures};
 
 /// The prompt the UI starts with (and `bench` times as a chat prompt).
 pub const DEFAULT_PROMPT: &str = "What is the capital of France?";
@@ -245,8 +245,25 @@ pub fn generate(
         interventions: rows.to_vec(),
         logits: LogitsMode::Last,
         cancel: params.cancel.clone(),
+        defer_captures: true,
         ..Default::default()
     };
+    let layers = model.config().n_layers;
+    // A step's states, read while the next step computes: its captures and
+    // the rows that took a token at it.
+    let mut pending: Option<(StepCaptures, Vec<usize>)> = None;
+    let attach =
+        |out: &mut Vec<Generated>, step: Option<(StepCaptures, Vec<usize>)>| -> Result<()> {
+            if let Some((captures, rows)) = step {
+                let captures = captures.wait()?;
+                if params.states {
+                    for r in rows {
+                        out[r].states.push(TokenStates::of(&captures, r, layers));
+                    }
+                }
+            }
+            Ok(())
+        };
     let mut input: Vec<Vec<u32>> = vec![prompt.to_vec(); b];
     for _ in 0..params.max_tokens {
         if cache.len() + input[0].len() > model.max_positions() {
@@ -257,8 +274,9 @@ pub fn generate(
             }
             break;
         }
-        let output = match model.forward(&input, Some(&mut cache), &opts) {
+        let mut output = match model.forward(&input, Some(&mut cache), &opts) {
             Err(crate::model::ModelError::Cancelled) => {
+                attach(&mut out, pending.take())?;
                 for (g, d) in out.iter_mut().zip(done.iter()) {
                     if !d {
                         g.stop = StopReason::Cancelled;
@@ -268,6 +286,9 @@ pub fn generate(
             }
             other => other,
         }?;
+        attach(&mut out, pending.take())?;
+        let step_captures = output.take_captures();
+        let mut took = Vec::with_capacity(b);
         let logits = output.logits.expect("last logits were asked for");
         let mut next = Vec::with_capacity(b);
         for r in 0..b {
@@ -295,15 +316,11 @@ pub fn generate(
             }
             out[r].tokens.push(id);
             out[r].logprobs.push(log_softmax_at(&row, id as usize));
-            if params.states {
-                let layers = model.config().n_layers;
-                out[r]
-                    .states
-                    .push(TokenStates::of(&output.captures, r, layers));
-            }
+            took.push(r);
             let piece = streams[r].push(tokenizer, id);
             out[r].text.push_str(&piece);
             if on_token(r, id, &piece).is_break() {
+                attach(&mut out, Some((step_captures, took)))?;
                 for (g, d) in out.iter_mut().zip(done.iter()) {
                     if !d {
                         g.stop = StopReason::Cancelled;
@@ -312,11 +329,13 @@ pub fn generate(
                 return Ok(finish(out, tokenizer));
             }
         }
+        pending = Some((step_captures, took));
         if done.iter().all(|&d| d) {
             break;
         }
         input = next;
     }
+    attach(&mut out, pending.take())?;
     Ok(finish(out, tokenizer))
 }
 

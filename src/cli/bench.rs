@@ -18,7 +18,7 @@ use mwtop::analysis::target::{self, DEFAULT_PROBE};
 use mwtop::checkpoint::chat::PromptFormat;
 use mwtop::model::hooks::{CaptureRequest, HookPoint, Reduction};
 use mwtop::model::intervention::Interventions;
-use mwtop::model::{ForwardOutput, LogitsMode, Model, ModelError, RunOptions};
+use mwtop::model::{ForwardOutput, LogitsMode, Model, ModelError, RunOptions, StepCaptures};
 
 use super::args::RunArgs;
 use super::Report;
@@ -149,6 +149,7 @@ fn decode(
         capture,
         interventions: rows.to_vec(),
         logits: LogitsMode::Last,
+        defer_captures: true,
         ..Default::default()
     };
     let mut cache = model.new_cache();
@@ -161,17 +162,28 @@ fn decode(
         .collect::<candle_core::Result<_>>()?;
     let t = Instant::now();
     let mut in_forward = 0.0;
+    // Each step's captures are read and reduced (as a UI would) while the
+    // next step computes; every step's are read before the clock stops.
+    let mut previous: Option<StepCaptures> = None;
+    let mut captured = 0;
     for _ in 0..n {
         let step = Instant::now();
-        let logits = model
-            .forward(&next, Some(&mut cache), &opts)?
-            .logits
-            .expect("logits");
+        let mut out = model.forward(&next, Some(&mut cache), &opts)?;
         in_forward += step.elapsed().as_secs_f64();
+        if let Some(p) = previous.take() {
+            captured += p.wait()?.len();
+        }
+        previous = Some(out.take_captures());
+        let logits = out.logits.expect("logits");
         let ids = logits.squeeze(1)?.argmax(1)?.to_vec1::<u32>()?;
         next = ids.into_iter().map(|id| vec![id]).collect();
     }
-    Ok((n as f64 / t.elapsed().as_secs_f64(), in_forward / n as f64))
+    if let Some(p) = previous {
+        captured += p.wait()?.len();
+    }
+    let seconds = t.elapsed().as_secs_f64();
+    tracing::debug!(captured, "decode timed");
+    Ok((n as f64 / seconds, in_forward / n as f64))
 }
 
 fn run(

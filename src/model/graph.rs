@@ -20,21 +20,14 @@
 use candle_core::{DType, Tensor};
 
 use super::fused::StepRope;
-use super::hooks::{self, CaptureRequest, Captured, HookName, HookPoint};
+use super::hooks::{CaptureRequest, Captured, HookPoint};
 use super::intervention::Interventions;
 use super::kv::{Cache, LayerKv};
+use super::pending::{reduce_slabs, PendingCaptures, POINTS};
 use super::plan::Plan;
 #[cfg(feature = "cuda")]
 use super::ModelError;
 use super::{ForwardOutput, LogitsMode, Model, Result, RunOptions};
-
-/// The hook points of a block, in the order a forward visits them.
-const POINTS: [HookPoint; 4] = [
-    HookPoint::ResidPre,
-    HookPoint::ResidMid,
-    HookPoint::MlpPost,
-    HookPoint::ResidPost,
-];
 
 /// What a recorded step was recorded for; any change records a new one.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,6 +58,10 @@ struct StepIo {
     slabs: Vec<(HookPoint, Tensor)>,
     /// The plan's d_ff masks (the recorded kernels read them).
     _masks: Vec<Tensor>,
+    /// On a GPU, where the step captures: the stream that copies deferred
+    /// captures to the host while the next step computes.
+    #[cfg(feature = "cuda")]
+    reader: Option<std::sync::Arc<candle_core::cuda::cudarc::driver::CudaStream>>,
 }
 
 /// A static decode step for one cache: its buffers and, on a GPU, its graph.
@@ -155,9 +152,25 @@ impl Model {
         );
         cache.len = start + 1;
         let graph = cache.graph.as_ref().expect("set above");
+        let logits = graph.io.logits.as_ref().map(Tensor::copy).transpose()?;
+        if opts.defer_captures && !opts.capture.is_empty() {
+            let pending = PendingCaptures::take(
+                &graph.io.slabs,
+                &opts.capture,
+                self.config.n_layers,
+                #[cfg(feature = "cuda")]
+                graph.io.reader.as_ref(),
+            )?;
+            return Ok(ForwardOutput {
+                logits,
+                captures: Vec::new(),
+                pending: Some(pending),
+            });
+        }
         Ok(ForwardOutput {
-            logits: graph.io.logits.as_ref().map(Tensor::copy).transpose()?,
+            logits,
             captures: self.read_captures(&graph.io, opts)?,
+            pending: None,
         })
     }
 
@@ -305,40 +318,13 @@ impl Model {
             .slabs
             .iter()
             .map(|(point, slab)| {
-                let (layers, b, t, d) = slab.dims4()?;
+                let dims = slab.dims4()?;
                 let values = slab.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-                Ok((*point, values, (layers, b, t, d)))
+                Ok((*point, values, dims))
             })
             .collect::<Result<Vec<_>>>()?;
-        // Every (layer, point, request) in the order an eager forward
-        // takes them, reduced in parallel: dozens of small reductions per
-        // token, which the host would otherwise run one after another
-        // while the GPU waits for the next step.
-        let jobs: Vec<(usize, HookPoint, &CaptureRequest)> = (0..self.config.n_layers)
-            .flat_map(|layer| POINTS.into_iter().map(move |point| (layer, point)))
-            .flat_map(|(layer, point)| {
-                opts.capture
-                    .iter()
-                    .filter(move |r| r.wants(layer, point))
-                    .map(move |r| (layer, point, r))
-            })
-            .collect();
         let copied = began.elapsed();
-        use rayon::prelude::*;
-        let reduced: Vec<Captured> = jobs
-            .into_par_iter()
-            .map(|(layer, point, req)| {
-                let (_, values, (_, b, t, d)) =
-                    host.iter().find(|(p, ..)| *p == point).expect("slab");
-                let size = b * t * d;
-                hooks::reduce_host(
-                    HookName::new(layer, point),
-                    req.reduction,
-                    &values[layer * size..(layer + 1) * size],
-                    (*b, *t, *d),
-                )
-            })
-            .collect();
+        let reduced = reduce_slabs(&host, &opts.capture, self.config.n_layers);
         tracing::debug!(
             wait_us = (began - waited).as_micros() as u64,
             copy_us = copied.as_micros() as u64,
@@ -438,6 +424,14 @@ impl StepIo {
                 .logits
                 .then(|| Tensor::zeros((b, 1, c.vocab_size), DType::F32, dev))
                 .transpose()?,
+            #[cfg(feature = "cuda")]
+            reader: match dev {
+                candle_core::Device::Cuda(d) if !slabs.is_empty() => {
+                    use candle_core::cuda::WrapErr;
+                    Some(d.cuda_stream().context().new_stream().w()?)
+                }
+                _ => None,
+            },
             slabs,
             _masks: plan.mask_tensors(),
         })
@@ -462,6 +456,7 @@ impl StepIo {
 mod tests {
     use super::*;
     use crate::checkpoint::Checkpoint;
+    use crate::model::hooks;
     use crate::model::intervention::{FfnMask, MaskMode};
     use crate::synthetic::Spec;
     use candle_core::Device;

@@ -26,6 +26,7 @@ mod kv;
 mod load;
 pub mod lora;
 mod matrix;
+mod pending;
 mod placement;
 mod plan;
 pub mod rope;
@@ -41,6 +42,7 @@ use hooks::{CaptureRequest, Captured};
 use intervention::Interventions;
 pub use kv::Cache;
 use matrix::Matrix;
+pub use pending::PendingCaptures;
 pub use placement::{PartBytes, Placement};
 use plan::Plan;
 use weights::{Block, Linear};
@@ -110,6 +112,10 @@ pub struct RunOptions {
     /// Rows holding a shared prefix and branches (see [`branches`]); a run
     /// without a cache, padding or gradients.
     pub branches: Option<Branches>,
+    /// A replayed decode step returns its captures as
+    /// [`ForwardOutput::pending`], to be read while the next step runs
+    /// (other runs return them as usual).
+    pub defer_captures: bool,
 }
 
 /// Cancels runs that a newer request made obsolete: the token is live while
@@ -143,6 +149,7 @@ impl Default for RunOptions {
             differentiable: false,
             selected: Vec::new(),
             branches: None,
+            defer_captures: false,
         }
     }
 }
@@ -151,6 +158,34 @@ pub struct ForwardOutput {
     /// f32 logits on the model's device, shaped as [`LogitsMode`] says.
     pub logits: Option<Tensor>,
     pub captures: Vec<Captured>,
+    /// A replayed decode step's captures, when [`RunOptions::defer_captures`]
+    /// asked for them later (then `captures` is empty).
+    pub pending: Option<PendingCaptures>,
+}
+
+impl ForwardOutput {
+    /// This run's captures: read at once, or deferred to be read later.
+    pub fn take_captures(&mut self) -> StepCaptures {
+        match self.pending.take() {
+            Some(p) => StepCaptures::Pending(p),
+            None => StepCaptures::Ready(std::mem::take(&mut self.captures)),
+        }
+    }
+}
+
+/// A run's captures, ready or still to be read (see [`PendingCaptures`]).
+pub enum StepCaptures {
+    Ready(Vec<Captured>),
+    Pending(PendingCaptures),
+}
+
+impl StepCaptures {
+    pub fn wait(self) -> Result<Vec<Captured>> {
+        match self {
+            Self::Ready(c) => Ok(c),
+            Self::Pending(p) => p.wait(),
+        }
+    }
 }
 
 /// The most positions the rotary tables hold (64 MB at head_dim 128): a
@@ -537,6 +572,7 @@ impl Model {
         Ok(ForwardOutput {
             logits,
             captures: captures.finish()?,
+            pending: None,
         })
     }
 }
