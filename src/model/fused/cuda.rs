@@ -481,8 +481,12 @@ impl CustomOp1 for Dequantize {
         let Some((a, b)) = l.contiguous_offsets() else {
             candle_core::bail!("dequantize: blocks not contiguous")
         };
+        let (rows, row_bytes) = l.shape().dims2()?;
+        // The kernel's aligned loads hold for whole rows from a buffer's start.
+        if a % row_bytes.max(1) != 0 {
+            candle_core::bail!("dequantize: the blocks do not start at a whole row")
+        }
         let w = s.as_cuda_slice::<u8>()?.slice(a..b);
-        let rows = l.shape().dims()[0];
         let total = rows * self.cols;
         // SAFETY: the kernel writes every element of out.
         let out = unsafe { dev.alloc::<f32>(total)? };
@@ -493,9 +497,10 @@ impl CustomOp1 for Dequantize {
             .i32(self.format)
             .i64(rows as i64)
             .i32(self.cols as i32);
-        let units = total / 32;
+        // A thread per part of 8 weights.
+        let parts = total / 8;
         let cfg = LaunchConfig {
-            grid_dim: (units.div_ceil(256).clamp(1, 1 << 16) as u32, 1, 1),
+            grid_dim: (parts.div_ceil(256).clamp(1, 1 << 16) as u32, 1, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };

@@ -542,10 +542,8 @@ extern "C" __global__ void mwtop_gemv16(const unsigned short* w, const float* x,
 // as candle's CPU dequantization reads them: each weight is formed by the
 // same f32 operations in the same order, each rounded alike (__fmul_rn and
 // friends are never contracted into an fma), so it equals the CPU's weight
-// to the bit. Blocks are read byte by byte: their sizes (18, 22, 34, 210
-// bytes) leave their fields unaligned. A "unit" is 32 consecutive weights
-// of a row: a whole block of the 32-weight formats, a sub-block of the
-// 256-weight ones.
+// to the bit. A "unit" is 32 consecutive weights of a row: a whole block
+// of the 32-weight formats, a sub-block of the 256-weight ones.
 #define MWTOP_Q4_0 2
 #define MWTOP_Q4_1 3
 #define MWTOP_Q5_0 6
@@ -570,13 +568,6 @@ __device__ __forceinline__ int mwtop_block_bytes(int fmt) {
     default: return 210; // MWTOP_Q6_K
   }
 }
-__device__ __forceinline__ float mwtop_f16_at(const unsigned char* p) {
-  return mwtop_widen((unsigned short)(p[0] | (p[1] << 8)), 0);
-}
-__device__ __forceinline__ unsigned int mwtop_u32_at(const unsigned char* p) {
-  return (unsigned int)p[0] | ((unsigned int)p[1] << 8) | ((unsigned int)p[2] << 16) |
-         ((unsigned int)p[3] << 24);
-}
 // candle's get_scale_min_k4: the 6-bit scale and minimum of sub-block j.
 __device__ __forceinline__ void mwtop_scale_min_k4(int j, const unsigned char* q, int* sc, int* m) {
   if (j < 4) {
@@ -588,122 +579,6 @@ __device__ __forceinline__ void mwtop_scale_min_k4(int j, const unsigned char* q
   }
 }
 
-// The 32 weights of unit u of a row starting at `row`, into w.
-template <int F>
-__device__ __forceinline__ void mwtop_unit(const unsigned char* row, int u, float* w) {
-  if (F == MWTOP_Q4_0 || F == MWTOP_Q4_1) {
-    const unsigned char* b = row + (unsigned long long)u * (F == MWTOP_Q4_0 ? 18 : 20);
-    float d = mwtop_f16_at(b);
-    const unsigned char* qs = b + (F == MWTOP_Q4_0 ? 2 : 4);
-    float m = F == MWTOP_Q4_1 ? mwtop_f16_at(b + 2) : 0.f;
-#pragma unroll
-    for (int j = 0; j < 16; ++j) {
-      int q = qs[j];
-      if (F == MWTOP_Q4_0) {
-        w[j] = __fmul_rn((float)((q & 15) - 8), d);
-        w[j + 16] = __fmul_rn((float)((q >> 4) - 8), d);
-      } else {
-        w[j] = __fadd_rn(__fmul_rn((float)(q & 15), d), m);
-        w[j + 16] = __fadd_rn(__fmul_rn((float)(q >> 4), d), m);
-      }
-    }
-  } else if (F == MWTOP_Q5_0 || F == MWTOP_Q5_1) {
-    const unsigned char* b = row + (unsigned long long)u * (F == MWTOP_Q5_0 ? 22 : 24);
-    float d = mwtop_f16_at(b);
-    float m = F == MWTOP_Q5_1 ? mwtop_f16_at(b + 2) : 0.f;
-    const unsigned char* h = b + (F == MWTOP_Q5_0 ? 2 : 4);
-    unsigned int qh = mwtop_u32_at(h);
-    const unsigned char* qs = h + 4;
-#pragma unroll
-    for (int j = 0; j < 16; ++j) {
-      int q = qs[j];
-      int h0 = ((qh >> j) << 4) & 0x10;
-      int h1 = (qh >> (j + 12)) & 0x10;
-      if (F == MWTOP_Q5_0) {
-        w[j] = __fmul_rn((float)(((q & 15) | h0) - 16), d);
-        w[j + 16] = __fmul_rn((float)(((q >> 4) | h1) - 16), d);
-      } else {
-        w[j] = __fadd_rn(__fmul_rn((float)((q & 15) | h0), d), m);
-        w[j + 16] = __fadd_rn(__fmul_rn((float)((q >> 4) | h1), d), m);
-      }
-    }
-  } else if (F == MWTOP_Q8_0) {
-    const unsigned char* b = row + (unsigned long long)u * 34;
-    float d = mwtop_f16_at(b);
-#pragma unroll
-    for (int j = 0; j < 32; ++j) w[j] = __fmul_rn((float)(signed char)b[2 + j], d);
-  } else if (F == MWTOP_Q4_K || F == MWTOP_Q5_K) {
-    // Sub-block `sub` of 8: chunk sub / 2 of 64 weights, the low nibbles
-    // for an even sub-block, the high for an odd one; Q5_K's fifth bit is
-    // bit `sub` of qh.
-    int sub = u & 7;
-    const unsigned char* b = row + (unsigned long long)(u >> 3) * (F == MWTOP_Q4_K ? 144 : 176);
-    float d = mwtop_f16_at(b), dmin = mwtop_f16_at(b + 2);
-    int sc, mn;
-    mwtop_scale_min_k4(sub, b + 4, &sc, &mn);
-    float d1 = __fmul_rn(d, (float)sc), m1 = __fmul_rn(dmin, (float)mn);
-    const unsigned char* qh = b + 16;
-    const unsigned char* ql = b + (F == MWTOP_Q4_K ? 16 : 48) + 32 * (sub >> 1);
-    int shift = (sub & 1) * 4;
-#pragma unroll
-    for (int l = 0; l < 32; ++l) {
-      float q = (float)((ql[l] >> shift) & 0xF);
-      if (F == MWTOP_Q5_K && ((qh[l] >> sub) & 1)) q = __fadd_rn(q, 16.f);
-      w[l] = __fsub_rn(__fmul_rn(d1, q), m1);
-    }
-  } else { // MWTOP_Q6_K
-    // Unit `sub` of 8: half idx = sub / 4 of 128 weights, quarter
-    // which = sub % 4 of it.
-    int sub = u & 7, idx = sub >> 2, which = sub & 3;
-    const unsigned char* b = row + (unsigned long long)(u >> 3) * 210;
-    float d = mwtop_f16_at(b + 208);
-    const unsigned char* ql = b + 64 * idx + 32 * (which & 1);
-    const unsigned char* qh = b + 128 + 32 * idx;
-    const signed char* sc = (const signed char*)(b + 192 + 8 * idx + 2 * which);
-    int shift = which >= 2 ? 4 : 0;
-    float ds0 = __fmul_rn(d, (float)sc[0]), ds1 = __fmul_rn(d, (float)sc[1]);
-#pragma unroll
-    for (int l = 0; l < 32; ++l) {
-      int q = (((ql[l] >> shift) & 0xF) | (((qh[l] >> (2 * which)) & 3) << 4)) - 32;
-      w[l] = __fmul_rn(l < 16 ? ds0 : ds1, (float)q);
-    }
-  }
-}
-
-__device__ __forceinline__ void mwtop_unit_any(int fmt, const unsigned char* row, int u, float* w) {
-  switch (fmt) {
-    case MWTOP_Q4_0: mwtop_unit<MWTOP_Q4_0>(row, u, w); break;
-    case MWTOP_Q4_1: mwtop_unit<MWTOP_Q4_1>(row, u, w); break;
-    case MWTOP_Q5_0: mwtop_unit<MWTOP_Q5_0>(row, u, w); break;
-    case MWTOP_Q5_1: mwtop_unit<MWTOP_Q5_1>(row, u, w); break;
-    case MWTOP_Q8_0: mwtop_unit<MWTOP_Q8_0>(row, u, w); break;
-    case MWTOP_Q4_K: mwtop_unit<MWTOP_Q4_K>(row, u, w); break;
-    case MWTOP_Q5_K: mwtop_unit<MWTOP_Q5_K>(row, u, w); break;
-    default: mwtop_unit<MWTOP_Q6_K>(row, u, w); break;
-  }
-}
-
-// Blocks (rows, cols / block weights) of format fmt into f32 out (rows,
-// cols): a thread per unit of 32 weights.
-extern "C" __global__ void mwtop_dequant(const unsigned char* w, float* out, int fmt,
-    long long rows, int cols) {
-  MWTOP_LET_NEXT_START();
-  MWTOP_AFTER_PREVIOUS();
-  int units = cols / 32;
-  unsigned long long row_bytes = (unsigned long long)(cols / mwtop_block_weights(fmt)) * mwtop_block_bytes(fmt);
-  long long total = rows * units;
-  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
-       i += (long long)gridDim.x * blockDim.x) {
-    long long r = i / units;
-    int u = (int)(i - r * units);
-    float ws[32];
-    mwtop_unit_any(fmt, w + r * row_bytes, u, ws);
-    float4* o = (float4*)(out + r * cols + u * 32);
-#pragma unroll
-    for (int h = 0; h < 8; ++h) o[h] = make_float4(ws[4 * h], ws[4 * h + 1], ws[4 * h + 2], ws[4 * h + 3]);
-  }
-}
-
 // Part p (0..3) of unit u of a row is 8 of its 32 weights. In the 4-bit
 // and 5-bit 32-weight formats byte j holds weights j and j + 16, so part p
 // is weights 4p..4p+3 and 16+4p..16+4p+3; elsewhere it is 8p..8p+7. A part
@@ -711,7 +586,8 @@ extern "C" __global__ void mwtop_dequant(const unsigned char* w, float* out, int
 // multiplies: mwtop_part_load reads the bytes it needs into registers with
 // the widest loads the format's alignment allows (a row starts at a
 // multiple of its block size from a base aligned to 16 bytes; the host
-// checks), and mwtop_part_form forms the weights as mwtop_unit does.
+// checks; a row's offset is whole rows), and mwtop_part_form forms the
+// weights as candle's CPU code does.
 struct MwtopRaw {
   unsigned int r[8];
 };
@@ -867,6 +743,48 @@ __device__ __forceinline__ void mwtop_part_x(int u, int p, int* i0, int* i1) {
     *i0 = 8 * u + 2 * p;
     *i1 = 8 * u + 2 * p + 1;
   }
+}
+
+// Blocks (rows, cols / block weights) of format F into f32 out (rows,
+// cols): a thread per part, its 8 weights formed as the GEMV forms them.
+template <int F>
+__device__ void mwtop_dequant_t(const unsigned char* w, float* out, long long rows, int cols) {
+  int parts = cols / 8;
+  unsigned long long row_bytes = (unsigned long long)(cols / mwtop_block_weights(F)) * mwtop_block_bytes(F);
+  long long total = rows * parts;
+  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+       i += (long long)gridDim.x * blockDim.x) {
+    long long r = i / parts;
+    int k = (int)(i - r * parts), u = k >> 2, p = k & 3;
+    MwtopRaw raw;
+    mwtop_part_load<F>(w + r * row_bytes, u, p, &raw);
+    float ws[8];
+    mwtop_part_form<F>(&raw, u, p, ws);
+    int i0, i1;
+    mwtop_part_x<F>(u, p, &i0, &i1);
+    float4* o = (float4*)(out + r * cols);
+    o[i0] = make_float4(ws[0], ws[1], ws[2], ws[3]);
+    o[i1] = make_float4(ws[4], ws[5], ws[6], ws[7]);
+  }
+}
+
+extern "C" __global__ void mwtop_dequant(const unsigned char* w, float* out, int fmt,
+    long long rows, int cols) {
+  MWTOP_LET_NEXT_START();
+  MWTOP_AFTER_PREVIOUS();
+#define MWTOP_DEQUANT_CASE(F) \
+  case F: mwtop_dequant_t<F>(w, out, rows, cols); break;
+  switch (fmt) {
+    MWTOP_DEQUANT_CASE(MWTOP_Q4_0)
+    MWTOP_DEQUANT_CASE(MWTOP_Q4_1)
+    MWTOP_DEQUANT_CASE(MWTOP_Q5_0)
+    MWTOP_DEQUANT_CASE(MWTOP_Q5_1)
+    MWTOP_DEQUANT_CASE(MWTOP_Q8_0)
+    MWTOP_DEQUANT_CASE(MWTOP_Q4_K)
+    MWTOP_DEQUANT_CASE(MWTOP_Q5_K)
+    MWTOP_DEQUANT_CASE(MWTOP_Q6_K)
+  }
+#undef MWTOP_DEQUANT_CASE
 }
 
 // mwtop_gemv over blocks of format F: a warp per weight row, four lanes
