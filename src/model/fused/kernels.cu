@@ -276,9 +276,6 @@ __device__ void mwtop_stage(const float* x, int n, int cols, int mode, const flo
 #ifndef MWTOP_GEMV_HOIST
 #define MWTOP_GEMV_HOIST 1
 #endif
-#ifndef MWTOP_GEMV_PAIR
-#define MWTOP_GEMV_PAIR 1
-#endif
 
 // Unstaged (x too large for shared memory) RMSNorm: each warp finds the
 // rows' scales itself, rsqrt(mean(x^2) + eps). `xvec`: x's rows are
@@ -411,46 +408,32 @@ __device__ __forceinline__ void mwtop_burst_held(const typename F::Chunk* qs, co
       for (int h = 0; h < P; ++h)
         ga[u * P + h] = u < valid ? ((const float4*)g)[(i0 + 32 * u) * P + h] : zero;
   }
-  // Rows two at a time: both rows' loads in one batch (an A/B pair's
-  // second row costs no second round trip). With MWTOP_GEMV_PAIR=0 one
-  // row at a time (fewer registers: 150 against 180).
 #pragma unroll
-  for (int j0 = 0; j0 < MWTOP_GEMV_ROWS; j0 += 1 + MWTOP_GEMV_PAIR) {
-    if (j0 < n) {
-      bool two = MWTOP_GEMV_PAIR && j0 + 1 < n;
-      const float4* x0 = (const float4*)(src + (unsigned long long)j0 * cols);
-      const float4* x1 = (const float4*)(src + (unsigned long long)(two ? j0 + 1 : j0) * cols);
-      float4 xa[1 + MWTOP_GEMV_PAIR][MWTOP_GEMV_BURST * P];
+  for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) {
+    if (j < n) {
+      const float4* xj = (const float4*)(src + (unsigned long long)j * cols);
+      float4 xa[MWTOP_GEMV_BURST * P];
 #pragma unroll
       for (int u = 0; u < MWTOP_GEMV_BURST; ++u)
 #pragma unroll
-        for (int h = 0; h < P; ++h) {
-          int at = (i0 + 32 * u) * P + h;
-          xa[0][u * P + h] = u < valid ? x0[at] : zero;
-          if (MWTOP_GEMV_PAIR) xa[MWTOP_GEMV_PAIR][u * P + h] = u < valid && two ? x1[at] : zero;
-        }
+        for (int h = 0; h < P; ++h) xa[u * P + h] = u < valid ? xj[(i0 + 32 * u) * P + h] : zero;
 #pragma unroll
-      for (int r = 0; r < 1 + MWTOP_GEMV_PAIR; ++r) {
-        int j = j0 + r;
-        if (r == 1 && !two) break;
+      for (int u = 0; u < MWTOP_GEMV_BURST; ++u) {
+        if (u < valid) {
+          float ws[F::PER];
+          F::widen(qs[u], ws, is_bf16);
 #pragma unroll
-        for (int u = 0; u < MWTOP_GEMV_BURST; ++u) {
-          if (u < valid) {
-            float ws[F::PER];
-            F::widen(qs[u], ws, is_bf16);
-#pragma unroll
-            for (int h = 0; h < P; ++h) {
-              float4 a = xa[r][u * P + h];
-              if (g) {
-                float4 w = ga[u * P + h];
-                a = make_float4(sc[j] * a.x * w.x, sc[j] * a.y * w.y, sc[j] * a.z * w.z,
-                    sc[j] * a.w * w.w);
-              }
-              acc[j] = fmaf(ws[4 * h], a.x, acc[j]);
-              acc[j] = fmaf(ws[4 * h + 1], a.y, acc[j]);
-              acc[j] = fmaf(ws[4 * h + 2], a.z, acc[j]);
-              acc[j] = fmaf(ws[4 * h + 3], a.w, acc[j]);
+          for (int h = 0; h < P; ++h) {
+            float4 a = xa[u * P + h];
+            if (g) {
+              float4 w = ga[u * P + h];
+              a = make_float4(sc[j] * a.x * w.x, sc[j] * a.y * w.y, sc[j] * a.z * w.z,
+                  sc[j] * a.w * w.w);
             }
+            acc[j] = fmaf(ws[4 * h], a.x, acc[j]);
+            acc[j] = fmaf(ws[4 * h + 1], a.y, acc[j]);
+            acc[j] = fmaf(ws[4 * h + 2], a.z, acc[j]);
+            acc[j] = fmaf(ws[4 * h + 3], a.w, acc[j]);
           }
         }
       }

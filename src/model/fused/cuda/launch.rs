@@ -38,11 +38,6 @@ fn ptx_sm90() -> Option<&'static str> {
         if unhoisted {
             options.push("-DMWTOP_GEMV_HOIST=0".into());
         }
-        // `MWTOP_GEMV_PAIR=0`: held loads one row at a time (to measure
-        // loading a pair's two rows together).
-        if std::env::var("MWTOP_GEMV_PAIR").as_deref() == Ok("0") {
-            options.push("-DMWTOP_GEMV_PAIR=0".into());
-        }
         let opts = nvrtc::CompileOptions {
             arch: Some("compute_90"),
             options,
