@@ -23,7 +23,7 @@ use super::fused::StepRope;
 use super::hooks::{CaptureRequest, Captured, HookPoint};
 use super::intervention::Interventions;
 use super::kv::{Cache, LayerKv};
-use super::pending::{reduce_slabs, PendingCaptures, POINTS};
+use super::pending::{host_slabs, reduce_slabs, PendingCaptures, POINTS};
 use super::plan::Plan;
 #[cfg(feature = "cuda")]
 use super::ModelError;
@@ -58,10 +58,6 @@ struct StepIo {
     slabs: Vec<(HookPoint, Tensor)>,
     /// The plan's d_ff masks (the recorded kernels read them).
     _masks: Vec<Tensor>,
-    /// On a GPU, where the step captures: the stream that copies deferred
-    /// captures to the host while the next step computes.
-    #[cfg(feature = "cuda")]
-    reader: Option<std::sync::Arc<candle_core::cuda::cudarc::driver::CudaStream>>,
 }
 
 /// A static decode step for one cache: its buffers and, on a GPU, its graph.
@@ -154,13 +150,8 @@ impl Model {
         let graph = cache.graph.as_ref().expect("set above");
         let logits = graph.io.logits.as_ref().map(Tensor::copy).transpose()?;
         if opts.defer_captures && !opts.capture.is_empty() {
-            let pending = PendingCaptures::take(
-                &graph.io.slabs,
-                &opts.capture,
-                self.config.n_layers,
-                #[cfg(feature = "cuda")]
-                graph.io.reader.as_ref(),
-            )?;
+            let pending =
+                PendingCaptures::take(&graph.io.slabs, &opts.capture, self.config.n_layers)?;
             return Ok(ForwardOutput {
                 logits,
                 captures: Vec::new(),
@@ -313,16 +304,7 @@ impl Model {
         let waited = std::time::Instant::now();
         self.device().synchronize()?;
         let began = std::time::Instant::now();
-        // One copy per hook point; each layer's state is a slice of it.
-        let host = io
-            .slabs
-            .iter()
-            .map(|(point, slab)| {
-                let dims = slab.dims4()?;
-                let values = slab.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-                Ok((*point, values, dims))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let host = host_slabs(&io.slabs)?;
         let copied = began.elapsed();
         let reduced = reduce_slabs(&host, &opts.capture, self.config.n_layers);
         tracing::debug!(
@@ -424,14 +406,6 @@ impl StepIo {
                 .logits
                 .then(|| Tensor::zeros((b, 1, c.vocab_size), DType::F32, dev))
                 .transpose()?,
-            #[cfg(feature = "cuda")]
-            reader: match dev {
-                candle_core::Device::Cuda(d) if !slabs.is_empty() => {
-                    use candle_core::cuda::WrapErr;
-                    Some(d.cuda_stream().context().new_stream().w()?)
-                }
-                _ => None,
-            },
             slabs,
             _masks: plan.mask_tensors(),
         })

@@ -113,7 +113,8 @@ pub struct RunOptions {
     /// without a cache, padding or gradients.
     pub branches: Option<Branches>,
     /// A replayed decode step returns its captures as
-    /// [`ForwardOutput::pending`], to be read while the next step runs
+    /// [`ForwardOutput::pending`], copied to the host but reduced only when
+    /// read, so the caller can reduce them while the next step runs
     /// (other runs return them as usual).
     pub defer_captures: bool,
 }

@@ -1,12 +1,9 @@
-//! A replayed decode step's captures, read later: a copy of the step's
-//! slabs taken on the device right after it, which the host copies and
-//! reduces while the GPU runs the next step (read at once, the host's copy
-//! and dozens of reductions per token stall the GPU between steps).
+//! A replayed decode step's captures, reduced later: the step's slabs are
+//! copied to the host as the step ends (as before), and their dozens of
+//! small reductions run while the GPU computes the next step instead of
+//! before it is launched.
 
 use candle_core::{DType, Tensor};
-
-#[cfg(feature = "cuda")]
-use candle_core::cuda::WrapErr;
 
 use super::hooks::{self, CaptureRequest, Captured, HookName, HookPoint};
 use super::Result;
@@ -20,96 +17,46 @@ pub(super) const POINTS: [HookPoint; 4] = [
 ];
 
 /// One hook point's states on the host: (point, values, (layers, batch, tokens, width)).
-type HostSlab = (HookPoint, Vec<f32>, (usize, usize, usize, usize));
+pub(super) type HostSlab = (HookPoint, Vec<f32>, (usize, usize, usize, usize));
 
-/// A step's captures still on the device (see the module docs).
+/// A step's captures on the host, not yet reduced (see the module docs).
 pub struct PendingCaptures {
-    /// Per hook point: an f32 copy of its (layers, batch, 1, width) slab.
-    slabs: Vec<(HookPoint, Tensor)>,
+    slabs: Vec<HostSlab>,
     requests: Vec<CaptureRequest>,
     n_layers: usize,
-    /// On a GPU: the event after the copies, and the stream that reads
-    /// them (not the compute stream, which is busy with the next step).
-    #[cfg(feature = "cuda")]
-    reader: Option<(
-        candle_core::cuda::cudarc::driver::CudaEvent,
-        std::sync::Arc<candle_core::cuda::cudarc::driver::CudaStream>,
-    )>,
 }
 
 impl PendingCaptures {
-    /// Copies `slabs` on their device (queued after the step that wrote
-    /// them); `reader` is the stream that will copy them to the host.
+    /// Copies `slabs` to the host (waiting for the step that wrote them).
     pub(super) fn take(
         slabs: &[(HookPoint, Tensor)],
         requests: &[CaptureRequest],
         n_layers: usize,
-        #[cfg(feature = "cuda")] reader: Option<
-            &std::sync::Arc<candle_core::cuda::cudarc::driver::CudaStream>,
-        >,
     ) -> Result<Self> {
-        let slabs = slabs
-            .iter()
-            .map(|(point, slab)| {
-                // A fresh buffer: the next step writes the slab itself.
-                let copy = if slab.dtype() == DType::F32 {
-                    slab.copy()?
-                } else {
-                    slab.to_dtype(DType::F32)?
-                };
-                Ok((*point, copy))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        #[cfg(feature = "cuda")]
-        let reader = match (slabs.first().map(|(_, s)| s.device()), reader) {
-            (Some(candle_core::Device::Cuda(dev)), Some(stream)) => {
-                let event = dev.cuda_stream().record_event(None).w()?;
-                Some((event, stream.clone()))
-            }
-            _ => None,
-        };
         Ok(Self {
-            slabs,
+            slabs: host_slabs(slabs)?,
             requests: requests.to_vec(),
             n_layers,
-            #[cfg(feature = "cuda")]
-            reader,
         })
     }
 
-    /// The step's captures, reduced on the host in the order an eager
-    /// forward takes them; waits only for the copies of this step.
+    /// The step's captures, reduced in the order an eager forward takes them.
     pub fn wait(self) -> Result<Vec<Captured>> {
-        let host = self
-            .slabs
-            .iter()
-            .map(|(point, slab)| Ok((*point, self.read(slab)?, slab.dims4()?)))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(reduce_slabs(&host, &self.requests, self.n_layers))
+        Ok(reduce_slabs(&self.slabs, &self.requests, self.n_layers))
     }
+}
 
-    /// One f32 slab copied to the host.
-    fn read(&self, slab: &Tensor) -> Result<Vec<f32>> {
-        #[cfg(feature = "cuda")]
-        if let Some((event, stream)) = &self.reader {
-            stream.wait(event).w()?;
-            let (storage, layout) = slab.storage_and_layout();
-            let candle_core::Storage::Cuda(s) = &*storage else {
-                return Err(
-                    candle_core::Error::Msg("a pending capture left the GPU".into()).into(),
-                );
-            };
-            let start = layout.start_offset();
-            let view = s
-                .as_cuda_slice::<f32>()?
-                .slice(start..start + slab.elem_count());
-            let mut host = vec![0f32; slab.elem_count()];
-            stream.memcpy_dtoh(&view, &mut host).w()?;
-            stream.synchronize().w()?;
-            return Ok(host);
-        }
-        Ok(slab.flatten_all()?.to_vec1::<f32>()?)
-    }
+/// Each slab copied to the host as f32: one copy per hook point, each
+/// layer's state a slice of it.
+pub(super) fn host_slabs(slabs: &[(HookPoint, Tensor)]) -> Result<Vec<HostSlab>> {
+    slabs
+        .iter()
+        .map(|(point, slab)| {
+            let dims = slab.dims4()?;
+            let values = slab.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            Ok((*point, values, dims))
+        })
+        .collect()
 }
 
 /// Every (layer, point, request) of `requests` over the host copies of a
@@ -153,8 +100,9 @@ mod tests {
     use crate::model::{LogitsMode, Model, RunOptions, StepCaptures};
     use crate::synthetic::Spec;
 
-    /// Deferred captures of replayed steps, each read only after the next
-    /// step ran (and overwrote the slabs), equal the captures read at once.
+    /// Deferred captures of replayed steps, each reduced only after the
+    /// next step ran (and overwrote the slabs), equal the captures read at
+    /// once.
     #[test]
     fn deferred_step_captures_equal_those_read_at_once() {
         let dir = tempfile::tempdir().unwrap();
