@@ -186,8 +186,17 @@ fn rows_of_one_text_share_the_layers_before_their_interventions() {
             "row {r} changed nothing"
         );
     }
-    // Two untouched rows: the whole stack runs once and both are that run.
-    let twins = run(vec![TOKENS.to_vec(); 2], vec![]).logits.unwrap();
+    // Two untouched rows and no captures: the whole stack runs once and
+    // both rows are that run.
+    let twins = model
+        .forward(
+            &[TOKENS.to_vec(), TOKENS.to_vec()],
+            None,
+            &RunOptions::default(),
+        )
+        .unwrap()
+        .logits
+        .unwrap();
     let (a, b) = (twins.i(0).unwrap(), twins.i(1).unwrap());
     assert_eq!(a.to_vec2::<f32>().unwrap(), b.to_vec2::<f32>().unwrap());
 }

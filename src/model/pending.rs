@@ -1,7 +1,7 @@
-//! A replayed decode step's captures, reduced later: the step's slabs are
-//! copied to the host as the step ends (as before), and their dozens of
-//! small reductions run while the GPU computes the next step instead of
-//! before it is launched.
+//! A replayed decode step's captures, reduced off the caller's path: the
+//! step's slabs are copied to the host as the step ends (as before), and
+//! their dozens of small reductions run on a pool thread, so the caller
+//! samples and launches the next step meanwhile instead of after them.
 
 use candle_core::{DType, Tensor};
 
@@ -19,30 +19,34 @@ pub(super) const POINTS: [HookPoint; 4] = [
 /// One hook point's states on the host: (point, values, (layers, batch, tokens, width)).
 pub(super) type HostSlab = (HookPoint, Vec<f32>, (usize, usize, usize, usize));
 
-/// A step's captures on the host, not yet reduced (see the module docs).
+/// A step's captures being reduced (see the module docs).
 pub struct PendingCaptures {
-    slabs: Vec<HostSlab>,
-    requests: Vec<CaptureRequest>,
-    n_layers: usize,
+    reduced: std::sync::mpsc::Receiver<Vec<Captured>>,
 }
 
 impl PendingCaptures {
-    /// Copies `slabs` to the host (waiting for the step that wrote them).
+    /// Copies `slabs` to the host (waiting for the step that wrote them)
+    /// and starts reducing them on the pool.
     pub(super) fn take(
         slabs: &[(HookPoint, Tensor)],
         requests: &[CaptureRequest],
         n_layers: usize,
     ) -> Result<Self> {
-        Ok(Self {
-            slabs: host_slabs(slabs)?,
-            requests: requests.to_vec(),
-            n_layers,
-        })
+        let host = host_slabs(slabs)?;
+        let requests = requests.to_vec();
+        let (send, reduced) = std::sync::mpsc::sync_channel(1);
+        rayon::spawn(move || {
+            // The receiver may be gone (a caller that dropped the step).
+            let _ = send.send(reduce_slabs(&host, &requests, n_layers));
+        });
+        Ok(Self { reduced })
     }
 
     /// The step's captures, reduced in the order an eager forward takes them.
     pub fn wait(self) -> Result<Vec<Captured>> {
-        Ok(reduce_slabs(&self.slabs, &self.requests, self.n_layers))
+        self.reduced.recv().map_err(|_| {
+            super::ModelError::Invalid("a decode step's capture reduction stopped".into())
+        })
     }
 }
 

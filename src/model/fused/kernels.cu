@@ -271,7 +271,8 @@ __device__ void mwtop_stage(const float* x, int n, int cols, int mode, const flo
 // a burst of weights before the burst's products, and reads a row's
 // squares for the norm with 16-byte loads in bursts: a few round trips to
 // L2 per product instead of one per chunk. The products' sums run in the
-// same order either way. (The host may set 0 when it compiles the
+// same order either way; the norm's sum of squares takes the float4 order,
+// so its scale may round differently from the unheld one. (The host may set 0 when it compiles the
 // kernels, to measure it.)
 #ifndef MWTOP_GEMV_HOIST
 #define MWTOP_GEMV_HOIST 1

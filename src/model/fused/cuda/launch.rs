@@ -29,7 +29,8 @@ fn ptx_sm90() -> Option<&'static str> {
             .and_then(|v| v.parse::<u32>().ok())
             .filter(|b| (1..=32).contains(b));
         // `MWTOP_GEMV_HOIST=0`: the GEMV loads x per chunk as it multiplies
-        // (to measure the hoisted loads; the sums run in the same order).
+        // (to measure the hoisted loads; the products' sums run in the same
+        // order, the norm's sum of squares in another).
         let unhoisted = std::env::var("MWTOP_GEMV_HOIST").as_deref() == Ok("0");
         let mut options: Vec<String> = burst
             .map(|b| format!("-DMWTOP_GEMV_BURST={b}"))
