@@ -10,9 +10,13 @@ mod cli;
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MWTOP_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // Colours only on a terminal: a log sent to a file or a pipe stays
+    // plain text that scripts can read.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .try_init();
 }
 
