@@ -72,9 +72,9 @@ pub fn run_attacks(
     } else {
         BATCH_TOKENS_GPU
     };
-    let rows = batch_rows(attacks.len(), tokens.len().min(window.size), budget);
+    let per_batch = batch_rows(attacks.len(), tokens.len().min(window.size), budget);
     let mut out = Vec::with_capacity(attacks.len());
-    for chunk in attacks.chunks(rows) {
+    for chunk in attacks.chunks(per_batch) {
         let rows: Vec<Interventions> = chunk.iter().map(Attack::interventions).collect();
         out.extend(perplexity(model, tokens, &rows, window)?);
         progress(out.len(), attacks.len());
