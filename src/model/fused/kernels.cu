@@ -281,10 +281,11 @@ __device__ void mwtop_stage(const float* x, int n, int cols, int mode, const flo
 // Unstaged (x too large for shared memory) RMSNorm: each warp finds the
 // rows' scales itself, rsqrt(mean(x^2) + eps). `xvec`: x's rows are
 // 16-byte aligned and cols a multiple of 4.
+template <int NR>
 __device__ void mwtop_rms_scales(const float* x, int n, int cols, int lane, float eps, float* sc,
     int xvec) {
 #pragma unroll
-  for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) {
+  for (int j = 0; j < NR; ++j) {
     if (j >= n) break;
     const float* xj = x + (unsigned long long)j * cols;
     float ss = 0.f;
@@ -327,18 +328,19 @@ __device__ __forceinline__ float4 mwtop_act4(const float* xj, const float* g, fl
 // The input the products read, in(x): staged in shared memory `sx` (see
 // mwtop_stage), or x itself, with the unstaged norm's weight (`*g`) and
 // each row's scale (`sc`) where a norm applies.
+template <int NR>
 __device__ __forceinline__ const float* mwtop_gemv_input(const float* x, int n, int cols,
     int mode, const float* aux, float eps, int staged, float* sx, float* tee_x, bool live,
     int lane, const float** g, float* sc, int xvec) {
 #pragma unroll
-  for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) sc[j] = 1.f;
+  for (int j = 0; j < NR; ++j) sc[j] = 1.f;
   if (staged) {
     mwtop_stage(x, n, cols, mode, aux, eps, sx, tee_x, staged == 2);
     return sx;
   }
   if (mode == MWTOP_IN_NORM) {
     *g = aux;
-    if (live) mwtop_rms_scales(x, n, cols, lane, eps, sc, xvec);
+    if (live) mwtop_rms_scales<NR>(x, n, cols, lane, eps, sc, xvec);
   }
   return x;
 }
@@ -346,10 +348,11 @@ __device__ __forceinline__ const float* mwtop_gemv_input(const float* x, int n, 
 // Each row's lane sums reduced over the warp; lane 0 stores add + sum (the
 // order the composed `residual + projection` adds in), also into `tee_y` (a
 // hook's slab row, or the step's logits) when given.
+template <int NR>
 __device__ __forceinline__ void mwtop_gemv_store(float* acc, int n, int rows, int row, int lane,
     const float* add, float* y, float* tee_y) {
 #pragma unroll
-  for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) {
+  for (int j = 0; j < NR; ++j) {
     if (j < n) {
       float a = acc[j];
       for (int k = 16; k > 0; k >>= 1) a += __shfl_xor_sync(0xffffffff, a, k, 32);
@@ -365,7 +368,7 @@ __device__ __forceinline__ void mwtop_gemv_store(float* acc, int n, int rows, in
 
 // One burst of a lane's weight chunks (i0, i0 + 32, ...) times in(x), into
 // each row's sum: x read chunk by chunk as the products go.
-template <class F>
+template <class F, int NR>
 __device__ __forceinline__ void mwtop_burst(const typename F::Chunk* qs, const float* src,
     const float* g, const float* sc, float* acc, int n, int cols, int nc, int i0, int is_bf16) {
 #pragma unroll
@@ -375,7 +378,7 @@ __device__ __forceinline__ void mwtop_burst(const typename F::Chunk* qs, const f
     float ws[F::PER];
     F::widen(qs[u], ws, is_bf16);
 #pragma unroll
-    for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) {
+    for (int j = 0; j < NR; ++j) {
       if (j < n) {
         const float* xj = src + (unsigned long long)j * cols;
 #pragma unroll
@@ -394,7 +397,7 @@ __device__ __forceinline__ void mwtop_burst(const typename F::Chunk* qs, const f
 // The same products in the same order, the burst's inputs loaded first:
 // the norm's weight once, then each row's x, every load of a row issued
 // before its products (one round trip to L2 per row, not one per chunk).
-template <class F>
+template <class F, int NR>
 __device__ __forceinline__ void mwtop_burst_held(const typename F::Chunk* qs, const float* src,
     const float* g, const float* sc, float* acc, int n, int cols, int nc, int i0, int is_bf16) {
   const int P = F::PER / 4;
@@ -410,7 +413,7 @@ __device__ __forceinline__ void mwtop_burst_held(const typename F::Chunk* qs, co
         ga[u * P + h] = u < valid ? ((const float4*)g)[(i0 + 32 * u) * P + h] : zero;
   }
 #pragma unroll
-  for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) {
+  for (int j = 0; j < NR; ++j) {
     if (j < n) {
       const float4* xj = (const float4*)(src + (unsigned long long)j * cols);
       float4 xa[MWTOP_GEMV_BURST * P];
@@ -442,7 +445,7 @@ __device__ __forceinline__ void mwtop_burst_held(const typename F::Chunk* qs, co
   }
 }
 
-template <class F>
+template <class F, int NR>
 __device__ void mwtop_gemv(const void* w, const float* x, float* y, const float* add,
     const float* aux, float eps, int rows, int cols, int n, int is_bf16, int vec, int mode,
     int staged, float* tee_y, float* tee_x) {
@@ -466,14 +469,14 @@ __device__ void mwtop_gemv(const void* w, const float* x, float* y, const float*
   }
   MWTOP_AFTER_PREVIOUS();
   const float* g = 0;
-  float sc[MWTOP_GEMV_ROWS];
+  float sc[NR];
   // Unstaged, vec means x's rows are 16-byte aligned.
-  const float* src = mwtop_gemv_input(x, n, cols, mode, aux, eps, staged, sx, tee_x, live, lane,
+  const float* src = mwtop_gemv_input<NR>(x, n, cols, mode, aux, eps, staged, sx, tee_x, live, lane,
       &g, sc, vec && !staged);
   if (!live) return;
-  float acc[MWTOP_GEMV_ROWS];
+  float acc[NR];
 #pragma unroll
-  for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) acc[j] = 0.f;
+  for (int j = 0; j < NR; ++j) acc[j] = 0.f;
   if (vec) {
     // Each lane's sum runs over chunks lane, lane + 32, ... in order; a
     // burst of loads is in flight before its products.
@@ -482,9 +485,9 @@ __device__ void mwtop_gemv(const void* w, const float* x, float* y, const float*
       // the registers (205 against 122), halving the warps that stream a
       // large model's weights.
       if (MWTOP_GEMV_HOIST && F::PER == 4)
-        mwtop_burst_held<F>(qs, src, g, sc, acc, n, cols, nc, i0, is_bf16);
+        mwtop_burst_held<F, NR>(qs, src, g, sc, acc, n, cols, nc, i0, is_bf16);
       else
-        mwtop_burst<F>(qs, src, g, sc, acc, n, cols, nc, i0, is_bf16);
+        mwtop_burst<F, NR>(qs, src, g, sc, acc, n, cols, nc, i0, is_bf16);
       i0 += 32 * MWTOP_GEMV_BURST;
       if (i0 >= nc) break;
 #pragma unroll
@@ -498,7 +501,7 @@ __device__ void mwtop_gemv(const void* w, const float* x, float* y, const float*
     for (int c = lane; c < cols; c += 32) {
       float wv = F::one(w, base + c, is_bf16);
 #pragma unroll
-      for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) {
+      for (int j = 0; j < NR; ++j) {
         if (j < n) {
           const float* xj = src + (unsigned long long)j * cols;
           float a = g ? sc[j] * xj[c] * g[c] : xj[c];
@@ -507,20 +510,27 @@ __device__ void mwtop_gemv(const void* w, const float* x, float* y, const float*
       }
     }
   }
-  mwtop_gemv_store(acc, n, rows, row, lane, add, y, tee_y);
+  mwtop_gemv_store<NR>(acc, n, rows, row, lane, add, y, tee_y);
 }
 
-extern "C" __global__ void mwtop_gemv32(const float* w, const float* x, float* y,
-    const float* add, const float* aux, float eps, int rows, int cols, int n, int is_bf16,
-    int vec, int mode, int staged, float* tee_y, float* tee_x) {
-  mwtop_gemv<MwtopW32>(w, x, y, add, aux, eps, rows, cols, n, is_bf16, vec, mode, staged, tee_y, tee_x);
-}
-
-extern "C" __global__ void mwtop_gemv16(const unsigned short* w, const float* x, float* y,
-    const float* add, const float* aux, float eps, int rows, int cols, int n, int is_bf16,
-    int vec, int mode, int staged, float* tee_y, float* tee_x) {
-  mwtop_gemv<MwtopW16>(w, x, y, add, aux, eps, rows, cols, n, is_bf16, vec, mode, staged, tee_y, tee_x);
-}
+// Each kernel in three builds by the most rows it takes: the general one
+// (up to MWTOP_GEMV_ROWS), and one for a single row and one for two (the
+// A/B pair), which hold only those rows' sums and inputs in registers.
+// The sums run in the same order in all three.
+#define MWTOP_GEMV_KERNEL(NAME, F, WT, NR)                                                   \
+  extern "C" __global__ void NAME(const WT* w, const float* x, float* y, const float* add,   \
+      const float* aux, float eps, int rows, int cols, int n, int is_bf16, int vec, int mode, \
+      int staged, float* tee_y, float* tee_x) {                                               \
+    mwtop_gemv<F, NR>(w, x, y, add, aux, eps, rows, cols, n, is_bf16, vec, mode, staged,     \
+        tee_y, tee_x);                                                                        \
+  }
+MWTOP_GEMV_KERNEL(mwtop_gemv32, MwtopW32, float, MWTOP_GEMV_ROWS)
+MWTOP_GEMV_KERNEL(mwtop_gemv32_r1, MwtopW32, float, 1)
+MWTOP_GEMV_KERNEL(mwtop_gemv32_r2, MwtopW32, float, 2)
+MWTOP_GEMV_KERNEL(mwtop_gemv16, MwtopW16, unsigned short, MWTOP_GEMV_ROWS)
+MWTOP_GEMV_KERNEL(mwtop_gemv16_r1, MwtopW16, unsigned short, 1)
+MWTOP_GEMV_KERNEL(mwtop_gemv16_r2, MwtopW16, unsigned short, 2)
+#undef MWTOP_GEMV_KERNEL
 
 // GGUF's quantized blocks (ggml's formats, by their GGUF type ids), read
 // as candle's CPU dequantization reads them: each weight is formed by the
@@ -776,7 +786,7 @@ extern "C" __global__ void mwtop_dequant(const unsigned char* w, float* out, int
 // over units slot, slot + 8, ... in order, each lane's sum in one order
 // whatever n is (so a row of a batch equals that row alone, as in
 // mwtop_gemv); x rows 16-byte aligned (or staged).
-template <int F>
+template <int F, int NR>
 __device__ void mwtop_gemvq_t(const unsigned char* w, const float* x, float* y, const float* add,
     const float* aux, float eps, int rows, int cols, int n, int mode, int staged, float* tee_y,
     float* tee_x) {
@@ -793,14 +803,14 @@ __device__ void mwtop_gemvq_t(const unsigned char* w, const float* x, float* y, 
   if (live && slot < units) mwtop_part_load<F>(wr, slot, p, &next);
   MWTOP_AFTER_PREVIOUS();
   const float* g = 0;
-  float sc[MWTOP_GEMV_ROWS];
+  float sc[NR];
   // Unstaged, x's rows are 16-byte aligned (the host checks).
-  const float* src = mwtop_gemv_input(x, n, cols, mode, aux, eps, staged, sx, tee_x, live, lane,
+  const float* src = mwtop_gemv_input<NR>(x, n, cols, mode, aux, eps, staged, sx, tee_x, live, lane,
       &g, sc, 1);
   if (!live) return;
-  float acc[MWTOP_GEMV_ROWS];
+  float acc[NR];
 #pragma unroll
-  for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) acc[j] = 0.f;
+  for (int j = 0; j < NR; ++j) acc[j] = 0.f;
   for (int u = slot; u < units; u += 8) {
     MwtopRaw raw = next;
     if (u + 8 < units) mwtop_part_load<F>(wr, u + 8, p, &next);
@@ -809,7 +819,7 @@ __device__ void mwtop_gemvq_t(const unsigned char* w, const float* x, float* y, 
     mwtop_part_form<F>(&raw, u, p, ws);
     mwtop_part_x<F>(u, p, &i0, &i1);
 #pragma unroll
-    for (int j = 0; j < MWTOP_GEMV_ROWS; ++j) {
+    for (int j = 0; j < NR; ++j) {
       if (j < n) {
         const float* xj = src + (unsigned long long)j * cols;
         float4 a = mwtop_act4(xj, g, sc[j], i0);
@@ -825,26 +835,34 @@ __device__ void mwtop_gemvq_t(const unsigned char* w, const float* x, float* y, 
       }
     }
   }
-  mwtop_gemv_store(acc, n, rows, row, lane, add, y, tee_y);
+  mwtop_gemv_store<NR>(acc, n, rows, row, lane, add, y, tee_y);
 }
 
-extern "C" __global__ void mwtop_gemvq(const unsigned char* w, const float* x, float* y,
-    const float* add, const float* aux, float eps, int rows, int cols, int n, int fmt, int mode,
-    int staged, float* tee_y, float* tee_x) {
-#define MWTOP_GEMVQ_CASE(F) \
-  case F: mwtop_gemvq_t<F>(w, x, y, add, aux, eps, rows, cols, n, mode, staged, tee_y, tee_x); break;
-  switch (fmt) {
-    MWTOP_GEMVQ_CASE(MWTOP_Q4_0)
-    MWTOP_GEMVQ_CASE(MWTOP_Q4_1)
-    MWTOP_GEMVQ_CASE(MWTOP_Q5_0)
-    MWTOP_GEMVQ_CASE(MWTOP_Q5_1)
-    MWTOP_GEMVQ_CASE(MWTOP_Q8_0)
-    MWTOP_GEMVQ_CASE(MWTOP_Q4_K)
-    MWTOP_GEMVQ_CASE(MWTOP_Q5_K)
-    MWTOP_GEMVQ_CASE(MWTOP_Q6_K)
+// By format, in the same three builds by rows as mwtop_gemv32.
+#define MWTOP_GEMVQ_KERNEL(NAME, NR)                                                            \
+  extern "C" __global__ void NAME(const unsigned char* w, const float* x, float* y,           \
+      const float* add, const float* aux, float eps, int rows, int cols, int n, int fmt,        \
+      int mode, int staged, float* tee_y, float* tee_x) {                                       \
+    switch (fmt) {                                                                              \
+      MWTOP_GEMVQ_CASE(MWTOP_Q4_0, NR)                                                          \
+      MWTOP_GEMVQ_CASE(MWTOP_Q4_1, NR)                                                          \
+      MWTOP_GEMVQ_CASE(MWTOP_Q5_0, NR)                                                          \
+      MWTOP_GEMVQ_CASE(MWTOP_Q5_1, NR)                                                          \
+      MWTOP_GEMVQ_CASE(MWTOP_Q8_0, NR)                                                          \
+      MWTOP_GEMVQ_CASE(MWTOP_Q4_K, NR)                                                          \
+      MWTOP_GEMVQ_CASE(MWTOP_Q5_K, NR)                                                          \
+      MWTOP_GEMVQ_CASE(MWTOP_Q6_K, NR)                                                          \
+    }                                                                                           \
   }
+#define MWTOP_GEMVQ_CASE(F, NR)                                                                 \
+  case F:                                                                                       \
+    mwtop_gemvq_t<F, NR>(w, x, y, add, aux, eps, rows, cols, n, mode, staged, tee_y, tee_x);    \
+    break;
+MWTOP_GEMVQ_KERNEL(mwtop_gemvq, MWTOP_GEMV_ROWS)
+MWTOP_GEMVQ_KERNEL(mwtop_gemvq_r1, 1)
+MWTOP_GEMVQ_KERNEL(mwtop_gemvq_r2, 2)
 #undef MWTOP_GEMVQ_CASE
-}
+#undef MWTOP_GEMVQ_KERNEL
 
 // RMSNorm of each row of x (rows, cols) times w: one block of 256 threads
 // per row (candle's gives a row of fewer than 1,024 one warp, which waits

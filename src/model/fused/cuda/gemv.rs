@@ -53,6 +53,29 @@ fn stage_plain() -> bool {
     *ON.get_or_init(|| std::env::var("MWTOP_GEMV_STAGE").is_ok_and(|v| v == "1"))
 }
 
+/// Whether every product takes the general kernel, whatever its rows
+/// (`MWTOP_GEMV_GENERAL=1`, to measure the one- and two-row builds against
+/// it; the sums run in the same order in all of them).
+fn general_only() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("MWTOP_GEMV_GENERAL").is_ok_and(|v| v == "1"))
+}
+
+/// The kernel for `n` rows: the build for exactly one or two rows (a
+/// decode step, the A/B pair), which holds fewer sums and inputs in
+/// registers than the general one.
+fn kernel_name(base: &'static str, n: usize) -> &'static str {
+    match (n, general_only(), base) {
+        (1, false, "mwtop_gemvq") => "mwtop_gemvq_r1",
+        (2, false, "mwtop_gemvq") => "mwtop_gemvq_r2",
+        (1, false, "mwtop_gemv16") => "mwtop_gemv16_r1",
+        (2, false, "mwtop_gemv16") => "mwtop_gemv16_r2",
+        (1, false, "mwtop_gemv32") => "mwtop_gemv32_r1",
+        (2, false, "mwtop_gemv32") => "mwtop_gemv32_r2",
+        _ => base,
+    }
+}
+
 /// The matrix and everything the kernel reads or writes beside x.
 struct Gemv {
     /// Dense (rows, cols), or GGUF blocks' bytes (rows, row bytes).
@@ -130,7 +153,7 @@ impl CustomOp1 for Gemv {
             (None, true) => "mwtop_gemv16",
             (None, false) => "mwtop_gemv32",
         };
-        let (func, overlapped) = function(dev, name)?;
+        let (func, overlapped) = function(dev, kernel_name(name, n))?;
         let block_rows = rows_per_block();
         let shared = if self.staged { n * cols * 4 } else { 0 };
         allow_shared(&func, shared)?;
