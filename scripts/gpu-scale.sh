@@ -16,17 +16,8 @@ mkdir -p "$OUT"
 [ -f "$M/config.json" ] || python3 scripts/write_scale_model.py "$M" | tee "$OUT/write.txt"
 du -sb "$M" | tee "$OUT/size.txt"
 PROMPT=$(head -c 200 assets/eval.txt)
-step() { # NAME COMMAND...: stdout into OUT/NAME.json; wall seconds and peak GPU MiB into OUT/NAME.txt
-  local name=$1; shift
-  local base; base=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1)
-  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > "$OUT/$name.smi" &
-  local smi=$! t0; t0=$(date +%s.%N)
-  "$@" > "$OUT/$name.json"
-  local t1; t1=$(date +%s.%N)
-  kill "$smi"; wait "$smi" 2>/dev/null || true
-  echo "wall_s $(python3 -c "print(round($t1 - $t0, 2))") peak_mib $(( $(sort -n "$OUT/$name.smi" | tail -1) - base ))" | tee "$OUT/$name.txt"
-  rm -f "$OUT/$name.smi"
-}
+# step NAME COMMAND...: stdout into OUT/NAME.json; wall seconds and peak GPU MiB into OUT/NAME.txt
+. "$(dirname "$0")/gpu-step.sh"
 gen() { "$BIN" generate "$M" --prompt "$PROMPT" --max-tokens 64 --no-stop --device cuda --json "$@"; }
 # The first CUDA run on a fresh machine waits while the driver compiles
 # candle's PTX (bf16 kernels included) into its cache: timed apart.
