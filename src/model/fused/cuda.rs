@@ -47,21 +47,22 @@ fn ptx() -> Option<&'static str> {
 
 pub(super) fn prepare(dev: &candle_core::CudaDevice) -> Result<()> {
     if let Some(ptx) = ptx() {
-        for name in [
+        let names = [
             "mwtop_masked_softmax",
             "mwtop_softmax_bwd",
             "mwtop_rmsnorm_bwd",
             "mwtop_gated",
-            "mwtop_gemv16",
-            "mwtop_gemv32",
-            "mwtop_gemvq",
             "mwtop_dequant",
             "mwtop_rmsnorm",
             "mwtop_decode_attention",
-        ] {
-            dev.get_or_load_custom_func(name, "mwtop_fused", ptx)?;
+        ]
+        .map(String::from)
+        .into_iter()
+        .chain(gemv::kernel_names());
+        for name in names {
+            dev.get_or_load_custom_func(&name, "mwtop_fused", ptx)?;
             // The module the decode kernels launch from on this device.
-            launch::function(dev, name)?;
+            launch::function(dev, &name)?;
         }
     }
     Ok(())
@@ -562,16 +563,18 @@ mod tests {
     #[test]
     fn the_kernels_compile() {
         let ptx = super::nvrtc::compile_ptx(super::SOURCE).expect("NVRTC compiles the kernels");
-        for name in [
-            "mwtop_gemv16",
-            "mwtop_gemv32",
-            "mwtop_gemvq",
+        let names = [
             "mwtop_dequant",
             "mwtop_rmsnorm",
             "mwtop_gated",
             "mwtop_decode_attention",
-        ] {
-            assert!(ptx.to_src().contains(name), "{name}");
+        ]
+        .map(String::from)
+        .into_iter()
+        .chain(super::gemv::kernel_names());
+        for name in names {
+            let entry = format!(".entry {name}(");
+            assert!(ptx.to_src().contains(&entry), "{name}");
         }
     }
 }

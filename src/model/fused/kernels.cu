@@ -781,6 +781,20 @@ extern "C" __global__ void mwtop_dequant(const unsigned char* w, float* out, int
 #undef MWTOP_DEQUANT_CASE
 }
 
+// Parts a lane loads before forming any of them: its units u, u + 8, ...
+// (up to MWTOP_GEMVQ_BURST of them), so that a large row's bytes stream
+// with several loads in flight per lane instead of one.
+#ifndef MWTOP_GEMVQ_BURST
+#define MWTOP_GEMVQ_BURST 8
+#endif
+template <int F>
+__device__ __forceinline__ void mwtop_parts_load(const unsigned char* wr, int u0, int units, int p,
+    MwtopRaw* raw) {
+#pragma unroll
+  for (int k = 0; k < MWTOP_GEMVQ_BURST; ++k)
+    if (u0 + 8 * k < units) mwtop_part_load<F>(wr, u0 + 8 * k, p, &raw[k]);
+}
+
 // mwtop_gemv over blocks of format F: a warp per weight row, four lanes
 // per unit (8 weights each, see mwtop_part), the warp's eight unit slots
 // over units slot, slot + 8, ... in order, each lane's sum in one order
@@ -798,9 +812,9 @@ __device__ void mwtop_gemvq_t(const unsigned char* w, const float* x, float* y, 
   int row_bytes = (cols / mwtop_block_weights(F)) * mwtop_block_bytes(F);
   const unsigned char* wr = w + (unsigned long long)(live ? row : 0) * row_bytes;
   int units = cols / 32, slot = lane >> 2, p = lane & 3;
-  // This lane's first part: the weights depend on no kernel before.
-  MwtopRaw next;
-  if (live && slot < units) mwtop_part_load<F>(wr, slot, p, &next);
+  // This lane's first burst of parts: the weights depend on no kernel before.
+  MwtopRaw raw[MWTOP_GEMVQ_BURST];
+  if (live) mwtop_parts_load<F>(wr, slot, units, p, raw);
   MWTOP_AFTER_PREVIOUS();
   const float* g = 0;
   float sc[NR];
@@ -811,57 +825,61 @@ __device__ void mwtop_gemvq_t(const unsigned char* w, const float* x, float* y, 
   float acc[NR];
 #pragma unroll
   for (int j = 0; j < NR; ++j) acc[j] = 0.f;
-  for (int u = slot; u < units; u += 8) {
-    MwtopRaw raw = next;
-    if (u + 8 < units) mwtop_part_load<F>(wr, u + 8, p, &next);
-    float ws[8];
-    int i0, i1;
-    mwtop_part_form<F>(&raw, u, p, ws);
-    mwtop_part_x<F>(u, p, &i0, &i1);
+  for (int u0 = slot; u0 < units; u0 += 8 * MWTOP_GEMVQ_BURST) {
 #pragma unroll
-    for (int j = 0; j < NR; ++j) {
-      if (j < n) {
-        const float* xj = src + (unsigned long long)j * cols;
-        float4 a = mwtop_act4(xj, g, sc[j], i0);
-        float4 c = mwtop_act4(xj, g, sc[j], i1);
-        acc[j] = fmaf(ws[0], a.x, acc[j]);
-        acc[j] = fmaf(ws[1], a.y, acc[j]);
-        acc[j] = fmaf(ws[2], a.z, acc[j]);
-        acc[j] = fmaf(ws[3], a.w, acc[j]);
-        acc[j] = fmaf(ws[4], c.x, acc[j]);
-        acc[j] = fmaf(ws[5], c.y, acc[j]);
-        acc[j] = fmaf(ws[6], c.z, acc[j]);
-        acc[j] = fmaf(ws[7], c.w, acc[j]);
+    for (int k = 0; k < MWTOP_GEMVQ_BURST; ++k) {
+      int u = u0 + 8 * k;
+      if (u >= units) break;
+      float ws[8];
+      int i0, i1;
+      mwtop_part_form<F>(&raw[k], u, p, ws);
+      mwtop_part_x<F>(u, p, &i0, &i1);
+#pragma unroll
+      for (int j = 0; j < NR; ++j) {
+        if (j < n) {
+          const float* xj = src + (unsigned long long)j * cols;
+          float4 a = mwtop_act4(xj, g, sc[j], i0);
+          float4 c = mwtop_act4(xj, g, sc[j], i1);
+          acc[j] = fmaf(ws[0], a.x, acc[j]);
+          acc[j] = fmaf(ws[1], a.y, acc[j]);
+          acc[j] = fmaf(ws[2], a.z, acc[j]);
+          acc[j] = fmaf(ws[3], a.w, acc[j]);
+          acc[j] = fmaf(ws[4], c.x, acc[j]);
+          acc[j] = fmaf(ws[5], c.y, acc[j]);
+          acc[j] = fmaf(ws[6], c.z, acc[j]);
+          acc[j] = fmaf(ws[7], c.w, acc[j]);
+        }
       }
     }
+    if (u0 + 8 * MWTOP_GEMVQ_BURST < units)
+      mwtop_parts_load<F>(wr, u0 + 8 * MWTOP_GEMVQ_BURST, units, p, raw);
   }
   mwtop_gemv_store<NR>(acc, n, rows, row, lane, add, y, tee_y);
 }
 
-// By format, in the same three builds by rows as mwtop_gemv32.
-#define MWTOP_GEMVQ_KERNEL(NAME, NR)                                                            \
-  extern "C" __global__ void NAME(const unsigned char* w, const float* x, float* y,           \
-      const float* add, const float* aux, float eps, int rows, int cols, int n, int fmt,        \
-      int mode, int staged, float* tee_y, float* tee_x) {                                       \
-    switch (fmt) {                                                                              \
-      MWTOP_GEMVQ_CASE(MWTOP_Q4_0, NR)                                                          \
-      MWTOP_GEMVQ_CASE(MWTOP_Q4_1, NR)                                                          \
-      MWTOP_GEMVQ_CASE(MWTOP_Q5_0, NR)                                                          \
-      MWTOP_GEMVQ_CASE(MWTOP_Q5_1, NR)                                                          \
-      MWTOP_GEMVQ_CASE(MWTOP_Q8_0, NR)                                                          \
-      MWTOP_GEMVQ_CASE(MWTOP_Q4_K, NR)                                                          \
-      MWTOP_GEMVQ_CASE(MWTOP_Q5_K, NR)                                                          \
-      MWTOP_GEMVQ_CASE(MWTOP_Q6_K, NR)                                                          \
-    }                                                                                           \
+// A kernel per format (named by its GGUF type id, mwtop_gemvq<id>, so that
+// each takes only the registers its format needs), in the same three
+// builds by rows as mwtop_gemv32.
+#define MWTOP_GEMVQ_KERNEL(NAME, F, NR)                                                          \
+  extern "C" __global__ void NAME(const unsigned char* w, const float* x, float* y,             \
+      const float* add, const float* aux, float eps, int rows, int cols, int n, int mode,        \
+      int staged, float* tee_y, float* tee_x) {                                                  \
+    mwtop_gemvq_t<F, NR>(w, x, y, add, aux, eps, rows, cols, n, mode, staged, tee_y, tee_x);     \
   }
-#define MWTOP_GEMVQ_CASE(F, NR)                                                                 \
-  case F:                                                                                       \
-    mwtop_gemvq_t<F, NR>(w, x, y, add, aux, eps, rows, cols, n, mode, staged, tee_y, tee_x);    \
-    break;
-MWTOP_GEMVQ_KERNEL(mwtop_gemvq, MWTOP_GEMV_ROWS)
-MWTOP_GEMVQ_KERNEL(mwtop_gemvq_r1, 1)
-MWTOP_GEMVQ_KERNEL(mwtop_gemvq_r2, 2)
-#undef MWTOP_GEMVQ_CASE
+#define MWTOP_GEMVQ_FORMAT(ID)                                      \
+  MWTOP_GEMVQ_KERNEL(mwtop_gemvq##ID, ID, MWTOP_GEMV_ROWS)          \
+  MWTOP_GEMVQ_KERNEL(mwtop_gemvq##ID##_r1, ID, 1)                   \
+  MWTOP_GEMVQ_KERNEL(mwtop_gemvq##ID##_r2, ID, 2)
+// The ids of MWTOP_Q4_0 ... MWTOP_Q6_K (token pasting needs the numbers).
+MWTOP_GEMVQ_FORMAT(2)
+MWTOP_GEMVQ_FORMAT(3)
+MWTOP_GEMVQ_FORMAT(6)
+MWTOP_GEMVQ_FORMAT(7)
+MWTOP_GEMVQ_FORMAT(8)
+MWTOP_GEMVQ_FORMAT(12)
+MWTOP_GEMVQ_FORMAT(13)
+MWTOP_GEMVQ_FORMAT(14)
+#undef MWTOP_GEMVQ_FORMAT
 #undef MWTOP_GEMVQ_KERNEL
 
 // RMSNorm of each row of x (rows, cols) times w: one block of 256 threads

@@ -61,19 +61,30 @@ fn general_only() -> bool {
     *ON.get_or_init(|| std::env::var("MWTOP_GEMV_GENERAL").is_ok_and(|v| v == "1"))
 }
 
-/// The kernel for `n` rows: the build for exactly one or two rows (a
-/// decode step, the A/B pair), which holds fewer sums and inputs in
+/// GGUF type ids with a block GEMV kernel, `mwtop_gemvq<id>` in kernels.cu
+/// (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K).
+const BLOCK_FORMAT_IDS: [i32; 8] = [2, 3, 6, 7, 8, 12, 13, 14];
+
+/// The kernel of `base` (`mwtop_gemv32`, `mwtop_gemv16` or
+/// `mwtop_gemvq<id>`) for `n` rows: the build for exactly one or two rows
+/// (a decode step, the A/B pair), which holds fewer sums and inputs in
 /// registers than the general one.
-fn kernel_name(base: &'static str, n: usize) -> &'static str {
-    match (n, general_only(), base) {
-        (1, false, "mwtop_gemvq") => "mwtop_gemvq_r1",
-        (2, false, "mwtop_gemvq") => "mwtop_gemvq_r2",
-        (1, false, "mwtop_gemv16") => "mwtop_gemv16_r1",
-        (2, false, "mwtop_gemv16") => "mwtop_gemv16_r2",
-        (1, false, "mwtop_gemv32") => "mwtop_gemv32_r1",
-        (2, false, "mwtop_gemv32") => "mwtop_gemv32_r2",
-        _ => base,
+fn kernel_name(base: &str, n: usize) -> String {
+    match (n, general_only()) {
+        (1, false) => format!("{base}_r1"),
+        (2, false) => format!("{base}_r2"),
+        _ => base.to_string(),
     }
+}
+
+/// Every GEMV kernel's name, to load them up front.
+pub(super) fn kernel_names() -> Vec<String> {
+    let bases = ["mwtop_gemv32".to_string(), "mwtop_gemv16".to_string()]
+        .into_iter()
+        .chain(BLOCK_FORMAT_IDS.iter().map(|id| format!("mwtop_gemvq{id}")));
+    bases
+        .flat_map(|base| ["", "_r1", "_r2"].map(|s| format!("{base}{s}")))
+        .collect()
 }
 
 /// The matrix and everything the kernel reads or writes beside x.
@@ -149,11 +160,11 @@ impl CustomOp1 for Gemv {
         let out = unsafe { dev.alloc::<f32>(n * rows)? };
         let is_16 = matches!(self.w.dtype(), DType::BF16 | DType::F16);
         let name = match (self.format, is_16) {
-            (Some(_), _) => "mwtop_gemvq",
-            (None, true) => "mwtop_gemv16",
-            (None, false) => "mwtop_gemv32",
+            (Some(id), _) => format!("mwtop_gemvq{id}"),
+            (None, true) => "mwtop_gemv16".to_string(),
+            (None, false) => "mwtop_gemv32".to_string(),
         };
-        let (func, overlapped) = function(dev, kernel_name(name, n))?;
+        let (func, overlapped) = function(dev, &kernel_name(&name, n))?;
         let block_rows = rows_per_block();
         let shared = if self.staged { n * cols * 4 } else { 0 };
         allow_shared(&func, shared)?;
@@ -176,7 +187,7 @@ impl CustomOp1 for Gemv {
             .i32(cols as i32)
             .i32(n as i32);
         match self.format {
-            Some(format) => args.i32(format),
+            Some(_) => &mut args,
             None => {
                 let per = if is_16 { 8 } else { 4 };
                 // Staged, the products read x from shared memory (aligned).
@@ -252,7 +263,10 @@ pub(in super::super) fn gemv(
         Matrix::Dense(w) if matches!(w.dtype(), DType::F32 | DType::BF16 | DType::F16) => (w, None),
         // The kernel reads a block's fields with loads of up to 8 bytes,
         // aligned for rows that start at a multiple of 16 bytes.
-        Matrix::Blocks(b) if b.bytes.layout().start_offset().is_multiple_of(16) => {
+        Matrix::Blocks(b)
+            if b.bytes.layout().start_offset().is_multiple_of(16)
+                && BLOCK_FORMAT_IDS.contains(&(ggml_dtype_id(b.format) as i32)) =>
+        {
             (&b.bytes, Some(ggml_dtype_id(b.format) as i32))
         }
         _ => return Ok(None),
