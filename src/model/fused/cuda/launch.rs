@@ -39,6 +39,15 @@ fn ptx_sm90() -> Option<&'static str> {
         if unhoisted {
             options.push("-DMWTOP_GEMV_HOIST=0".into());
         }
+        // `MWTOP_GEMVQ_BURST=N` (1 to 16): the parts a lane of the block
+        // GEMV loads before forming them (8 by default; the same sums).
+        if let Some(b) = std::env::var("MWTOP_GEMVQ_BURST")
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok())
+            .filter(|b| (1..=16).contains(b))
+        {
+            options.push(format!("-DMWTOP_GEMVQ_BURST={b}"));
+        }
         let opts = nvrtc::CompileOptions {
             arch: Some("compute_90"),
             options,
