@@ -118,6 +118,10 @@ __device__ __forceinline__ float mwtop_widen(unsigned short h, int is_bf16) {
 #define MWTOP_GEMV_BURST 8
 #endif
 
+#ifndef MWTOP_GEMV_EXACT_N
+#define MWTOP_GEMV_EXACT_N 1
+#endif
+
 // What the product's input is, in(x):
 #define MWTOP_IN_PLAIN 0 // x (n, cols)
 #define MWTOP_IN_NORM 1  // RMSNorm(x) * g, g = aux (cols)
@@ -452,6 +456,11 @@ __device__ void mwtop_gemv(const void* w, const float* x, float* y, const float*
   // staged: 0 no, 1 with 4-byte loads of x, 2 with 16-byte loads.
   extern __shared__ __align__(16) float sx[];
   typedef typename F::Chunk Chunk;
+  // The one- and two-row builds take exactly their rows (the host picks
+  // them so): a count known when compiling lets each row's loads issue
+  // beside the other's, with no test of n between them. (The host may set
+  // MWTOP_GEMV_EXACT_N 0 when it compiles the kernels, to measure it.)
+  if (MWTOP_GEMV_EXACT_N && NR < MWTOP_GEMV_ROWS) n = NR;
   MWTOP_LET_NEXT_START();
   int row = blockIdx.x * blockDim.y + threadIdx.y;
   int lane = threadIdx.x;
@@ -805,6 +814,7 @@ __device__ void mwtop_gemvq_t(const unsigned char* w, const float* x, float* y, 
     const float* aux, float eps, int rows, int cols, int n, int mode, int staged, float* tee_y,
     float* tee_x) {
   extern __shared__ __align__(16) float sx[];
+  if (MWTOP_GEMV_EXACT_N && NR < MWTOP_GEMV_ROWS) n = NR; // as in mwtop_gemv
   MWTOP_LET_NEXT_START();
   int row = blockIdx.x * blockDim.y + threadIdx.y;
   int lane = threadIdx.x;

@@ -39,6 +39,11 @@ fn ptx_sm90() -> Option<&'static str> {
         if unhoisted {
             options.push("-DMWTOP_GEMV_HOIST=0".into());
         }
+        // `MWTOP_GEMV_EXACT=0`: the one- and two-row GEMV builds test the
+        // row count at run time, as the general one does (to measure it).
+        if std::env::var("MWTOP_GEMV_EXACT").as_deref() == Ok("0") {
+            options.push("-DMWTOP_GEMV_EXACT_N=0".into());
+        }
         // `MWTOP_GEMVQ_BURST=N` (1 to 16): the parts a lane of the block
         // GEMV loads before forming them (8 by default; the same sums).
         if let Some(b) = std::env::var("MWTOP_GEMVQ_BURST")
