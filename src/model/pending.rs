@@ -57,10 +57,10 @@ impl PendingCaptures {
         if let Some(queued) = pinned.queue_copies(slabs)? {
             let free = pinned.free.clone();
             rayon::spawn(move || {
-                let (set, dims) = queued;
-                let out =
-                    read_pinned(&set, &dims).map(|host| reduce_slabs(&host, &requests, n_layers));
-                free.lock().unwrap_or_else(|e| e.into_inner()).push(set);
+                let out = read_pinned(&queued).map(|host| reduce_slabs(&host, &requests, n_layers));
+                free.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(queued.set);
                 // The receiver may be gone (a caller that dropped the step).
                 let _ = send.send(out);
             });
@@ -90,10 +90,15 @@ impl PendingCaptures {
 /// A set of pinned buffers with its slabs' copies queued, and the slabs'
 /// points and dims.
 #[cfg(feature = "cuda")]
-type QueuedSet = (
-    Vec<candle_core::cuda::cudarc::driver::PinnedHostSlice<f32>>,
-    Vec<(HookPoint, SlabDims)>,
-);
+struct QueuedSet {
+    set: Vec<candle_core::cuda::cudarc::driver::PinnedHostSlice<f32>>,
+    dims: Vec<(HookPoint, SlabDims)>,
+    /// Recorded on the stream after the copies: the buffers hold the step's
+    /// states once it completes. (The buffers' own events are recorded only
+    /// where cudarc manages synchronization across streams, which candle's
+    /// single stream turns off.)
+    copied: candle_core::cuda::cudarc::driver::CudaEvent,
+}
 
 #[cfg(feature = "cuda")]
 impl PinnedSets {
@@ -166,23 +171,31 @@ impl PinnedSets {
                 .map_err(candle_core::Error::wrap)?;
             dims.push((*point, slab.dims4()?));
         }
-        Ok(Some((set, dims)))
+        let copied = stream
+            .record_event(Some(
+                candle_core::cuda::cudarc::driver::sys::CUevent_flags::CU_EVENT_BLOCKING_SYNC,
+            ))
+            .map_err(candle_core::Error::wrap)?;
+        Ok(Some(QueuedSet { set, dims, copied }))
     }
 }
 
 /// The pinned buffers as host slabs, once their copies are done.
 #[cfg(feature = "cuda")]
-fn read_pinned<'a>(
-    set: &'a [candle_core::cuda::cudarc::driver::PinnedHostSlice<f32>],
-    dims: &[(HookPoint, SlabDims)],
-) -> Result<Vec<(HookPoint, &'a [f32], SlabDims)>> {
-    if let Some(buf) = set.first() {
+fn read_pinned(queued: &QueuedSet) -> Result<Vec<(HookPoint, &[f32], SlabDims)>> {
+    if let Some(buf) = queued.set.first() {
         buf.context()
             .bind_to_thread()
             .map_err(candle_core::Error::wrap)?;
     }
-    set.iter()
-        .zip(dims)
+    queued
+        .copied
+        .synchronize()
+        .map_err(candle_core::Error::wrap)?;
+    queued
+        .set
+        .iter()
+        .zip(&queued.dims)
         .map(|(buf, (point, d))| {
             let values = buf.as_slice().map_err(candle_core::Error::wrap)?;
             Ok((*point, values, *d))
