@@ -23,7 +23,7 @@ use super::fused::StepRope;
 use super::hooks::{CaptureRequest, Captured, HookPoint};
 use super::intervention::Interventions;
 use super::kv::{Cache, LayerKv};
-use super::pending::{host_slabs, reduce_slabs, PendingCaptures, PinnedSets, POINTS};
+use super::pending::{host_slabs, reduce_slabs, PendingCaptures, POINTS};
 use super::plan::Plan;
 #[cfg(feature = "cuda")]
 use super::ModelError;
@@ -58,8 +58,6 @@ struct StepIo {
     slabs: Vec<(HookPoint, Tensor)>,
     /// The plan's d_ff masks (the recorded kernels read them).
     _masks: Vec<Tensor>,
-    /// Host buffers the slabs' deferred copies land in.
-    pinned: PinnedSets,
 }
 
 /// A static decode step for one cache: its buffers and, on a GPU, its graph.
@@ -152,12 +150,8 @@ impl Model {
         let graph = cache.graph.as_ref().expect("set above");
         let logits = graph.io.logits.as_ref().map(Tensor::copy).transpose()?;
         if opts.defer_captures && !opts.capture.is_empty() {
-            let pending = PendingCaptures::take(
-                &graph.io.slabs,
-                &opts.capture,
-                self.config.n_layers,
-                &graph.io.pinned,
-            )?;
+            let pending =
+                PendingCaptures::take(&graph.io.slabs, &opts.capture, self.config.n_layers)?;
             return Ok(ForwardOutput {
                 logits,
                 captures: Vec::new(),
@@ -312,11 +306,7 @@ impl Model {
         let began = std::time::Instant::now();
         let host = host_slabs(&io.slabs)?;
         let copied = began.elapsed();
-        let views: Vec<_> = host
-            .iter()
-            .map(|(p, v, d)| (*p, v.as_slice(), *d))
-            .collect();
-        let reduced = reduce_slabs(&views, &opts.capture, self.config.n_layers);
+        let reduced = reduce_slabs(&host, &opts.capture, self.config.n_layers);
         tracing::debug!(
             wait_us = (began - waited).as_micros() as u64,
             copy_us = copied.as_micros() as u64,
@@ -418,7 +408,6 @@ impl StepIo {
                 .transpose()?,
             slabs,
             _masks: plan.mask_tensors(),
-            pinned: PinnedSets::default(),
         })
     }
 
