@@ -28,6 +28,7 @@ pub mod lora;
 mod matrix;
 mod options;
 mod pending;
+mod split_matmul;
 mod placement;
 mod plan;
 pub mod rope;

@@ -391,10 +391,14 @@ impl<'a> Plan<'a> {
                 super::frozen::frozen_matmul(&x.reshape((b * t, d))?, &l.weight.dense(x.dtype())?)?
                     .reshape((b, t, out))?
             }
-            None => x
-                .reshape((b * t, d))?
-                .matmul(&l.weight.dense(x.dtype())?.t()?)?
-                .reshape((b, t, out))?,
+            None => {
+                let (x, w) = (x.reshape((b * t, d))?, l.weight.dense(x.dtype())?);
+                match super::split_matmul::matmul_t(&x, &w)? {
+                    Some(y) => y,
+                    None => x.matmul(&w.t()?)?,
+                }
+                .reshape((b, t, out))?
+            }
         };
         if let Some(bias) = &l.bias {
             y = y.broadcast_add(bias)?;
