@@ -120,7 +120,20 @@ impl Model {
         // one matrix, so each kv head is one batched matmul.
         let rep = c.n_heads / c.n_kv_heads;
         let q = q.reshape((b, c.n_kv_heads, rep * t, c.head_dim))?;
-        let mut scores = q.matmul(&k.t()?)?;
+        // On the CPU outside training, each product's rows split over the
+        // pool at once (see `split_matmul`); elsewhere candle's matmul.
+        let product = |a: &Tensor, b: &Tensor| -> Result<Tensor> {
+            let split = if differentiable {
+                None
+            } else {
+                super::split_matmul::batched(a, b)?
+            };
+            Ok(match split {
+                Some(y) => y,
+                None => a.matmul(b)?,
+            })
+        };
+        let mut scores = product(&q, &k.t()?)?;
         // Gemma 2 caps the scaled scores before the mask: cap * tanh(s / cap),
         // the 1 / cap already in q's scale.
         if let Some(cap) = self.family.attn_softcap {
@@ -131,8 +144,7 @@ impl Model {
             Some(m) => super::fused::masked_softmax(&scores, m, t)?,
             None => candle_nn::ops::softmax_last_dim(&scores)?,
         };
-        Ok(probs
-            .matmul(v)?
+        Ok(product(&probs, v)?
             .reshape((b, c.n_heads, t, c.head_dim))?
             .transpose(1, 2)?
             .reshape((b, t, c.n_heads * c.head_dim))?)

@@ -28,10 +28,10 @@ pub mod lora;
 mod matrix;
 mod options;
 mod pending;
-mod split_matmul;
 mod placement;
 mod plan;
 pub mod rope;
+mod split_matmul;
 mod weights;
 
 use candle_core::{DType, Device, Tensor, D};

@@ -16,6 +16,13 @@ use rayon::prelude::*;
 /// to split.
 const MIN_WORK: usize = 1 << 20;
 
+/// Whether the split applies: `MWTOP_CPU_SPLIT=0` leaves every product to
+/// candle (to measure it; the results are the same bits).
+fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("MWTOP_CPU_SPLIT").as_deref() != Ok("0"))
+}
+
 /// The destination, shared by the parts: each writes only its own columns.
 struct Dst(*mut f32);
 // SAFETY: the parts write disjoint columns of the destination, which lives
@@ -28,7 +35,8 @@ unsafe impl Sync for Dst {}
 /// where it does not apply (other devices or dtypes, strided W, a small
 /// product, one thread).
 pub(super) fn matmul_t(x: &Tensor, w: &Tensor) -> candle_core::Result<Option<Tensor>> {
-    if !matches!(w.device(), Device::Cpu)
+    if !enabled()
+        || !matches!(w.device(), Device::Cpu)
         || !matches!(x.device(), Device::Cpu)
         || w.dtype() != DType::F32
         || x.dtype() != DType::F32
@@ -92,6 +100,91 @@ pub(super) fn matmul_t(x: &Tensor, w: &Tensor) -> candle_core::Result<Option<Ten
     Tensor::from_vec(y, (m, n), &Device::Cpu).map(Some)
 }
 
+/// a (d0, d1, m, k) times b (d0, d1, k, n), f32 on the CPU, each matrix
+/// with any strides (a transposed view of k, a row range of a longer cache),
+/// into a contiguous (d0, d1, m, n): every matrix's rows split over the
+/// pool, one fork for the whole batch (attention's scores and weighted
+/// values). None where it does not apply.
+pub(super) fn batched(a: &Tensor, b: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    if !enabled()
+        || !matches!(a.device(), Device::Cpu)
+        || !matches!(b.device(), Device::Cpu)
+        || a.dtype() != DType::F32
+        || b.dtype() != DType::F32
+        || a.rank() != 4
+        || b.rank() != 4
+    {
+        return Ok(None);
+    }
+    let (d0, d1, m, k) = a.dims4()?;
+    let (e0, e1, bk, n) = b.dims4()?;
+    let threads = rayon::current_num_threads();
+    let batch = d0 * d1;
+    if (d0, d1, k) != (e0, e1, bk) || threads < 2 || batch * m * n * k < MIN_WORK {
+        return Ok(None);
+    }
+    let (as_, al) = a.storage_and_layout();
+    let (bs, bl) = b.storage_and_layout();
+    let (Storage::Cpu(CpuStorage::F32(ad)), Storage::Cpu(CpuStorage::F32(bd))) = (&*as_, &*bs)
+    else {
+        return Ok(None);
+    };
+    let (sa, sb) = (al.stride(), bl.stride());
+    let (a0, b0) = (
+        ad[al.start_offset()..].as_ptr(),
+        bd[bl.start_offset()..].as_ptr(),
+    );
+    let mut y = vec![0f32; batch * m * n];
+    let dst = Dst(y.as_mut_ptr());
+    let (a0, b0) = (Src(a0), Src(b0));
+    // Each matrix in as many row ranges as threads (one when rows are few).
+    let parts = threads.min(m.div_ceil(16)).max(1);
+    let rows = m.div_ceil(parts);
+    (0..batch * parts).into_par_iter().for_each(|task| {
+        let (bi, p) = (task / parts, task % parts);
+        let (r0, r1) = (p * rows, ((p + 1) * rows).min(m));
+        if r0 >= r1 {
+            return;
+        }
+        let (i, j) = (bi / d1, bi % d1);
+        let (dst, a0, b0) = (&dst, &a0, &b0);
+        // SAFETY: the offsets follow the layouts' strides within their
+        // storages (candle's invariant for a tensor's view); rows r0..r1 of
+        // matrix bi of y are written by this task only.
+        unsafe {
+            gemm::gemm(
+                r1 - r0,
+                n,
+                k,
+                dst.0.add(bi * m * n + r0 * n),
+                1,
+                n as isize,
+                false,
+                a0.0.add(i * sa[0] + j * sa[1] + r0 * sa[2]),
+                sa[3] as isize,
+                sa[2] as isize,
+                b0.0.add(i * sb[0] + j * sb[1]),
+                sb[3] as isize,
+                sb[2] as isize,
+                0f32,
+                1f32,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            )
+        }
+    });
+    drop((as_, bs));
+    Tensor::from_vec(y, (d0, d1, m, n), &Device::Cpu).map(Some)
+}
+
+/// An operand's first element, shared by the parts that read it.
+struct Src(*const f32);
+// SAFETY: read only, while the tensor it points into is held.
+unsafe impl Send for Src {}
+unsafe impl Sync for Src {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,6 +226,53 @@ mod tests {
                 .fold(0f32, f32::max);
             assert_eq!(worst, 0.0, "({m}, {n}, {k})");
         }
+    }
+
+    /// Batched products over strided views (k transposed, a row range of
+    /// a longer buffer) equal candle's matmul to the bit.
+    #[test]
+    fn batched_product_over_views_equals_candles_matmul() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let q = tensor(2 * 3 * 99, 64, 3).reshape((2, 3, 99, 64)).unwrap();
+        // Keys: 40 of a 50-row buffer, viewed transposed (64, 40).
+        let keys = tensor(2 * 3 * 50, 64, 4).reshape((2, 3, 50, 64)).unwrap();
+        let k = keys.narrow(2, 0, 40).unwrap();
+        let kt = k.t().unwrap();
+        let scores = pool.install(|| batched(&q, &kt)).unwrap().expect("applies");
+        let want = q.matmul(&kt).unwrap();
+        assert_eq!(scores.dims(), want.dims());
+        let diff = (scores - &want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(diff, 0.0);
+        // Weighted values: (2, 3, 99, 40) times the 40-row range (40, 64).
+        let probs = want;
+        let out = pool
+            .install(|| batched(&probs, &k))
+            .unwrap()
+            .expect("applies");
+        let want = probs.matmul(&k).unwrap();
+        let diff = (out - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(diff, 0.0);
     }
 
     #[test]
