@@ -497,7 +497,9 @@ mod tests {
             (Activation::GeluTanh, gate.gelu().unwrap()),
         ] {
             let want = (composed * &up).unwrap();
-            let got = gated(&gate_up, d_ff, act).unwrap().expect("applies on the CPU");
+            let got = gated(&gate_up, d_ff, act)
+                .unwrap()
+                .expect("applies on the CPU");
             assert_eq!(got.dims(), want.dims());
             let (a, b) = (
                 got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
