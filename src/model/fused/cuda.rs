@@ -56,13 +56,12 @@ pub(super) fn prepare(dev: &candle_core::CudaDevice) -> Result<()> {
             "mwtop_rmsnorm",
             "mwtop_decode_attention",
         ]
-        .map(String::from)
         .into_iter()
-        .chain(gemv::kernel_names());
+        .chain(gemv::kernel_names().iter().map(String::as_str));
         for name in names {
-            dev.get_or_load_custom_func(&name, "mwtop_fused", ptx)?;
+            dev.get_or_load_custom_func(name, "mwtop_fused", ptx)?;
             // The module the decode kernels launch from on this device.
-            launch::function(dev, &name)?;
+            launch::function(dev, name)?;
         }
     }
     Ok(())
@@ -569,9 +568,8 @@ mod tests {
             "mwtop_gated",
             "mwtop_decode_attention",
         ]
-        .map(String::from)
         .into_iter()
-        .chain(super::gemv::kernel_names());
+        .chain(super::gemv::kernel_names().iter().map(String::as_str));
         for name in names {
             let entry = format!(".entry {name}(");
             assert!(ptx.to_src().contains(&entry), "{name}");

@@ -79,26 +79,31 @@ fn general_only() -> bool {
 /// (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K).
 const BLOCK_FORMAT_IDS: [i32; 8] = [2, 3, 6, 7, 8, 12, 13, 14];
 
-/// The kernel of `base` (`mwtop_gemv32`, `mwtop_gemv16` or
-/// `mwtop_gemvq<id>`) for `n` rows: the build for exactly one or two rows
-/// (a decode step, the A/B pair), which holds fewer sums and inputs in
-/// registers than the general one.
-fn kernel_name(base: &str, n: usize) -> String {
-    match (n, general_only()) {
-        (1, false) => format!("{base}_r1"),
-        (2, false) => format!("{base}_r2"),
-        _ => base.to_string(),
-    }
+/// Every GEMV kernel's name, built once: per weight kind (f32, 16-bit,
+/// then each block format of [`BLOCK_FORMAT_IDS`]) the general build, then
+/// those for exactly one and two rows (`_r1`, `_r2`).
+pub(super) fn kernel_names() -> &'static [String] {
+    static NAMES: OnceLock<Vec<String>> = OnceLock::new();
+    NAMES.get_or_init(|| {
+        ["mwtop_gemv32".to_string(), "mwtop_gemv16".to_string()]
+            .into_iter()
+            .chain(BLOCK_FORMAT_IDS.iter().map(|id| format!("mwtop_gemvq{id}")))
+            .flat_map(|base| ["", "_r1", "_r2"].map(|s| format!("{base}{s}")))
+            .collect()
+    })
 }
 
-/// Every GEMV kernel's name, to load them up front.
-pub(super) fn kernel_names() -> Vec<String> {
-    let bases = ["mwtop_gemv32".to_string(), "mwtop_gemv16".to_string()]
-        .into_iter()
-        .chain(BLOCK_FORMAT_IDS.iter().map(|id| format!("mwtop_gemvq{id}")));
-    bases
-        .flat_map(|base| ["", "_r1", "_r2"].map(|s| format!("{base}{s}")))
-        .collect()
+/// The kernel for weights of `kind` (0 f32, 1 16-bit, 2 + i the i-th block
+/// format) and `n` rows: the build for exactly one or two rows (a decode
+/// step, the A/B pair), which holds fewer sums and inputs in registers than
+/// the general one.
+fn kernel_name(kind: usize, n: usize) -> &'static str {
+    let build = match (n, general_only()) {
+        (1, false) => 1,
+        (2, false) => 2,
+        _ => 0,
+    };
+    &kernel_names()[3 * kind + build]
 }
 
 /// The matrix and everything the kernel reads or writes beside x.
@@ -173,12 +178,17 @@ impl CustomOp1 for Gemv {
         // SAFETY: every element of y is written by the kernel.
         let out = unsafe { dev.alloc::<f32>(n * rows)? };
         let is_16 = matches!(self.w.dtype(), DType::BF16 | DType::F16);
-        let name = match (self.format, is_16) {
-            (Some(id), _) => format!("mwtop_gemvq{id}"),
-            (None, true) => "mwtop_gemv16".to_string(),
-            (None, false) => "mwtop_gemv32".to_string(),
+        let kind = match (self.format, is_16) {
+            (Some(id), _) => {
+                let Some(i) = BLOCK_FORMAT_IDS.iter().position(|&f| f == id) else {
+                    candle_core::bail!("gemv: no kernel for GGUF type {id}")
+                };
+                2 + i
+            }
+            (None, true) => 1,
+            (None, false) => 0,
         };
-        let (func, overlapped) = function(dev, &kernel_name(&name, n))?;
+        let (func, overlapped) = function(dev, kernel_name(kind, n))?;
         let block_rows = rows_per_block(cols);
         let shared = if self.staged { n * cols * 4 } else { 0 };
         allow_shared(&func, shared)?;
