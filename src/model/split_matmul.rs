@@ -23,12 +23,53 @@ fn enabled() -> bool {
     *ON.get_or_init(|| std::env::var("MWTOP_CPU_SPLIT").as_deref() != Ok("0"))
 }
 
-/// The destination, shared by the parts: each writes only its own columns.
-struct Dst(*mut f32);
-// SAFETY: the parts write disjoint columns of the destination, which lives
-// until every part has joined.
-unsafe impl Send for Dst {}
-unsafe impl Sync for Dst {}
+/// A pointer the pool's parts share: the destination, which they write in
+/// disjoint blocks, or an operand they only read. It lives until every
+/// part has joined.
+struct Shared<P>(P);
+// SAFETY: see the type's docs; each use says why its accesses are disjoint.
+unsafe impl<P> Send for Shared<P> {}
+unsafe impl<P> Sync for Shared<P> {}
+
+/// dst (m, n), rows `dst_rs` apart and columns adjacent, = lhs (m, k) times
+/// rhs (k, n), each operand given by its first element and its (row,
+/// column) strides: gemm on this thread alone.
+///
+/// # Safety
+/// Every element the strides reach must lie in its buffer, and no other
+/// thread may touch dst's block meanwhile.
+#[allow(clippy::too_many_arguments)]
+unsafe fn part(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    dst_rs: usize,
+    lhs: *const f32,
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: *const f32,
+    (rhs_rs, rhs_cs): (usize, usize),
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        false,
+        lhs,
+        lhs_cs as isize,
+        lhs_rs as isize,
+        rhs,
+        rhs_cs as isize,
+        rhs_rs as isize,
+        0f32,
+        1f32,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    )
+}
 
 /// y (m, n) = x (m, k) W^T for f32 W (n, k) contiguous and x f32 on the CPU,
 /// with the pool's threads each taking an equal share of W's rows. None
@@ -60,39 +101,27 @@ pub(super) fn matmul_t(x: &Tensor, w: &Tensor) -> candle_core::Result<Option<Ten
     let xv = &xd[xl.start_offset()..xl.start_offset() + m * k];
     let wv = &wd[wl.start_offset()..wl.start_offset() + n * k];
     let mut y = vec![0f32; m * n];
-    let dst = Dst(y.as_mut_ptr());
-    let part = n.div_ceil(threads);
+    let dst = Shared(y.as_mut_ptr());
+    let share = n.div_ceil(threads);
     (0..threads).into_par_iter().for_each(|p| {
-        let (j0, j1) = (p * part, ((p + 1) * part).min(n));
+        let (j0, j1) = (p * share, ((p + 1) * share).min(n));
         if j0 >= j1 {
             return;
         }
         let dst = &dst;
         // SAFETY: x is (m, k) row-major, W's rows j0..j1 are (j1 - j0, k)
-        // row-major read as the (k, j1 - j0) matrix W^T (column stride k),
-        // and the destination block is columns j0..j1 of y (m, n), which
-        // only this part writes. read_dst is false: y's zeros are not read.
+        // row-major read as the (k, j1 - j0) matrix W^T (row stride 1,
+        // column stride k), and the destination block is columns j0..j1 of
+        // y (m, n), which only this part writes.
         unsafe {
-            gemm::gemm(
-                m,
-                j1 - j0,
-                k,
+            part(
+                (m, j1 - j0, k),
                 dst.0.add(j0),
-                1,
-                n as isize,
-                false,
+                n,
                 xv.as_ptr(),
-                1,
-                k as isize,
+                (k, 1),
                 wv.as_ptr().add(j0 * k),
-                k as isize,
-                1,
-                0f32,
-                1f32,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
+                (1, k),
             )
         }
     });
@@ -135,8 +164,8 @@ pub(super) fn batched(a: &Tensor, b: &Tensor) -> candle_core::Result<Option<Tens
         bd[bl.start_offset()..].as_ptr(),
     );
     let mut y = vec![0f32; batch * m * n];
-    let dst = Dst(y.as_mut_ptr());
-    let (a0, b0) = (Src(a0), Src(b0));
+    let dst = Shared(y.as_mut_ptr());
+    let (a0, b0) = (Shared(a0), Shared(b0));
     // Each matrix in as many row ranges as threads (one when rows are few).
     let parts = threads.min(m.div_ceil(16)).max(1);
     let rows = m.div_ceil(parts);
@@ -152,38 +181,20 @@ pub(super) fn batched(a: &Tensor, b: &Tensor) -> candle_core::Result<Option<Tens
         // storages (candle's invariant for a tensor's view); rows r0..r1 of
         // matrix bi of y are written by this task only.
         unsafe {
-            gemm::gemm(
-                r1 - r0,
-                n,
-                k,
+            part(
+                (r1 - r0, n, k),
                 dst.0.add(bi * m * n + r0 * n),
-                1,
-                n as isize,
-                false,
+                n,
                 a0.0.add(i * sa[0] + j * sa[1] + r0 * sa[2]),
-                sa[3] as isize,
-                sa[2] as isize,
+                (sa[2], sa[3]),
                 b0.0.add(i * sb[0] + j * sb[1]),
-                sb[3] as isize,
-                sb[2] as isize,
-                0f32,
-                1f32,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
+                (sb[2], sb[3]),
             )
         }
     });
     drop((as_, bs));
     Tensor::from_vec(y, (d0, d1, m, n), &Device::Cpu).map(Some)
 }
-
-/// An operand's first element, shared by the parts that read it.
-struct Src(*const f32);
-// SAFETY: read only, while the tensor it points into is held.
-unsafe impl Send for Src {}
-unsafe impl Sync for Src {}
 
 #[cfg(test)]
 mod tests {
