@@ -166,23 +166,39 @@ fn decode(
     // next step computes; every step's are read before the clock stops.
     let mut previous: Option<StepCaptures> = None;
     let mut captured = 0;
+    // Where the caller's time goes, for the debug log: in `forward`, waiting
+    // for the previous step's reductions, and sampling.
+    let (mut waiting, mut sampling) = (0.0, 0.0);
     for _ in 0..n {
         let step = Instant::now();
         let mut out = model.forward(&next, Some(&mut cache), &opts)?;
-        in_forward += step.elapsed().as_secs_f64();
+        let forwarded = step.elapsed().as_secs_f64();
+        in_forward += forwarded;
         if let Some(p) = previous.take() {
             captured += p.wait()?.len();
         }
+        let waited = step.elapsed().as_secs_f64();
+        waiting += waited - forwarded;
         previous = Some(out.take_captures());
         let logits = out.logits.expect("logits");
         let ids = logits.squeeze(1)?.argmax(1)?.to_vec1::<u32>()?;
+        sampling += step.elapsed().as_secs_f64() - waited;
         next = ids.into_iter().map(|id| vec![id]).collect();
     }
     if let Some(p) = previous {
         captured += p.wait()?.len();
     }
     let seconds = t.elapsed().as_secs_f64();
-    tracing::debug!(captured, "decode timed");
+    let per_step_us = |s: f64| (s * 1e6 / n.max(1) as f64) as u64;
+    tracing::debug!(
+        captured,
+        rows = b,
+        step_us = per_step_us(seconds),
+        forward_us = per_step_us(in_forward),
+        wait_us = per_step_us(waiting),
+        sample_us = per_step_us(sampling),
+        "decode timed"
+    );
     Ok((n as f64 / seconds, in_forward / n as f64))
 }
 

@@ -23,7 +23,7 @@ use super::fused::StepRope;
 use super::hooks::{CaptureRequest, Captured, HookPoint};
 use super::intervention::Interventions;
 use super::kv::{Cache, LayerKv};
-use super::pending::{host_slabs, reduce_slabs, PendingCaptures, POINTS};
+use super::pending::{reduce_slabs, PendingCaptures, SlabSet};
 use super::plan::Plan;
 #[cfg(feature = "cuda")]
 use super::ModelError;
@@ -54,8 +54,8 @@ struct StepIo {
     closed: Tensor,
     /// (batch, 1, vocab) f32.
     logits: Option<Tensor>,
-    /// Per captured hook point: (layers, batch, 1, width).
-    slabs: Vec<(HookPoint, Tensor)>,
+    /// The captured hook points' states, where anything is captured.
+    slabs: Option<SlabSet>,
     /// The plan's d_ff masks (the recorded kernels read them).
     _masks: Vec<Tensor>,
 }
@@ -149,9 +149,8 @@ impl Model {
         cache.len = start + 1;
         let graph = cache.graph.as_ref().expect("set above");
         let logits = graph.io.logits.as_ref().map(Tensor::copy).transpose()?;
-        if opts.defer_captures && !opts.capture.is_empty() {
-            let pending =
-                PendingCaptures::take(&graph.io.slabs, &opts.capture, self.config.n_layers)?;
+        if let (true, Some(slabs)) = (opts.defer_captures, &graph.io.slabs) {
+            let pending = PendingCaptures::take(slabs, &opts.capture, self.config.n_layers)?;
             return Ok(ForwardOutput {
                 logits,
                 captures: Vec::new(),
@@ -298,13 +297,13 @@ impl Model {
     /// The step's captures, reduced on the host in the order an eager
     /// forward takes them.
     fn read_captures(&self, io: &StepIo, opts: &RunOptions) -> Result<Vec<Captured>> {
-        if opts.capture.is_empty() {
+        let Some(slabs) = &io.slabs else {
             return Ok(Vec::new());
-        }
+        };
         let waited = std::time::Instant::now();
         self.device().synchronize()?;
         let began = std::time::Instant::now();
-        let host = host_slabs(&io.slabs)?;
+        let host = slabs.to_host()?;
         let copied = began.elapsed();
         let reduced = reduce_slabs(&host, &opts.capture, self.config.n_layers);
         tracing::debug!(
@@ -376,18 +375,7 @@ impl StepIo {
     fn new(model: &Model, key: &StepKey, plan: &Plan) -> Result<Self> {
         let c = &model.config;
         let (dev, dtype, cap, b) = (model.device(), model.dtype, key.capacity, key.batch);
-        let slabs = POINTS
-            .into_iter()
-            .filter(|&p| (0..c.n_layers).any(|l| key.capture.iter().any(|r| r.wants(l, p))))
-            .map(|p| {
-                let width = if p == HookPoint::MlpPost {
-                    c.d_ff
-                } else {
-                    c.d_model
-                };
-                Ok((p, Tensor::zeros((c.n_layers, b, 1, width), dtype, dev)?))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let slabs = SlabSet::new(&key.capture, (c.n_layers, b, c.d_model, c.d_ff), dtype, dev)?;
         Ok(Self {
             inputs: Tensor::zeros(b + 1, DType::U32, dev)?,
             positions: Tensor::arange(0u32, cap as u32, dev)?,
@@ -413,16 +401,15 @@ impl StepIo {
 
     /// The slab row a kernel may write a hook's state into itself.
     fn sink(&self, layer: usize, point: HookPoint) -> Option<Tensor> {
-        let (_, slab) = self.slabs.iter().find(|(p, _)| *p == point)?;
-        slab.get(layer).ok()
+        self.slabs.as_ref()?.row(layer, point)
     }
 
-    /// Copies a hook's state into its slab row when a capture wants it.
+    /// Copies a hook's state into its slab row where the slabs keep one.
     fn record_hook(&self, layer: usize, point: HookPoint, x: &Tensor) -> Result<()> {
-        if let Some((_, slab)) = self.slabs.iter().find(|(p, _)| *p == point) {
-            slab.slice_set(&x.unsqueeze(0)?, 0, layer)?;
+        match &self.slabs {
+            Some(slabs) => slabs.record(layer, point, x),
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 
@@ -494,6 +481,7 @@ mod tests {
                 CaptureRequest::every_layer(HookPoint::ResidMid, hooks::Reduction::MedianAbs),
                 CaptureRequest::at(2, HookPoint::MlpPost, hooks::Reduction::Position(0)),
                 CaptureRequest::at(0, HookPoint::ResidPre, hooks::Reduction::Full),
+                CaptureRequest::every_layer(HookPoint::ResidPre, hooks::Reduction::TopK(3)),
             ],
             interventions: vec![Interventions::none(), attacked],
             logits: LogitsMode::Last,
@@ -514,7 +502,7 @@ mod tests {
             assert!(diff < 1e-4, "step {step}: logits differ by {diff}");
         }
         for (e, s) in eager_caps.iter().zip(&static_caps) {
-            assert_eq!(e.len(), 3 + 1 + 3 + 1 + 1);
+            assert_eq!(e.len(), 3 + 1 + 3 + 1 + 1 + 3);
             assert_eq!(e.len(), s.len());
             for (a, b) in e.iter().zip(s) {
                 assert_eq!(
@@ -531,6 +519,40 @@ mod tests {
                 assert!(diff < 1e-4, "{:?} {:?}: {diff}", a.hook, a.reduction);
             }
         }
+    }
+
+    /// Block inputs alone (no block output wanted): the step keeps block
+    /// 0's and reads the rest from the block outputs it keeps for them.
+    #[test]
+    fn static_step_block_inputs_equal_eager_ones() {
+        let model = planted_model();
+        let opts = RunOptions {
+            capture: vec![CaptureRequest::every_layer(
+                HookPoint::ResidPre,
+                hooks::Reduction::Full,
+            )],
+            logits: LogitsMode::Last,
+            ..Default::default()
+        };
+        let prompt = vec![256u32, 72, 101, 108, 108, 111];
+        let (_, eager) = decode(&model, &prompt, &opts, 1, 4, false);
+        let (_, replayed) = decode(&model, &prompt, &opts, 1, 4, true);
+        assert_eq!(eager.len(), replayed.len());
+        for (e, s) in eager.iter().zip(&replayed) {
+            assert_eq!(e.len(), Spec::planted().n_layers);
+            for (a, b) in e.iter().zip(s) {
+                assert_eq!((a.hook, &a.shape), (b.hook, &b.shape));
+                let diff = a
+                    .values
+                    .iter()
+                    .zip(&b.values)
+                    .map(|(x, y)| (x - y).abs() / x.abs().max(1.0))
+                    .fold(0f32, f32::max);
+                assert!(diff < 1e-5, "{:?}: {diff}", a.hook);
+            }
+        }
+        // Each block's input differs from the one before it.
+        assert_ne!(replayed[0][1].values, replayed[0][2].values);
     }
 
     /// Every family's fixture (written by transformers) decodes the same

@@ -1,9 +1,10 @@
-//! A replayed decode step's captures, reduced off the caller's path: the
-//! step's slabs are copied to the host as the step ends (as before), and
-//! their dozens of small reductions run on a pool thread, so the caller
-//! samples and launches the next step meanwhile instead of after them.
+//! A replayed decode step's captures: where the step keeps them (one device
+//! buffer), and their reduction off the caller's path. The buffer is copied
+//! to the host as the step ends, and its dozens of small reductions run on
+//! a pool thread, so the caller samples and launches the next step
+//! meanwhile instead of after them.
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use super::hooks::{self, CaptureRequest, Captured, HookName, HookPoint};
 use super::Result;
@@ -16,8 +17,112 @@ pub(super) const POINTS: [HookPoint; 4] = [
     HookPoint::ResidPost,
 ];
 
-/// One hook point's states on the host: (point, values, (layers, batch, tokens, width)).
-pub(super) type HostSlab = (HookPoint, Vec<f32>, (usize, usize, usize, usize));
+/// A slab's dims: (layers, batch, tokens, width).
+type SlabDims = (usize, usize, usize, usize);
+
+/// One block's state in a slab: (batch, tokens, width).
+type StateDims = (usize, usize, usize);
+
+/// A static step's capture slabs, all views of one device buffer, so the
+/// step's states reach the host in one copy (one wait) instead of one per
+/// hook point. Block i's input is block i-1's output, so the residual
+/// stream entering a block is kept only for block 0 and read from the
+/// previous block's output row for the rest: a step with captures records
+/// the same kernels as one without, less one copy per layer.
+pub(super) struct SlabSet {
+    buffer: Tensor,
+    /// Per captured point: its view of `buffer`, and that view's start in it.
+    parts: Vec<(HookPoint, Tensor, usize)>,
+}
+
+impl SlabSet {
+    /// Slabs for every point some request of `capture` wants at some layer
+    /// (and the block outputs, where only block inputs are wanted). None
+    /// where nothing is captured.
+    pub(super) fn new(
+        capture: &[CaptureRequest],
+        (n_layers, batch, d_model, d_ff): (usize, usize, usize, usize),
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<Option<Self>> {
+        let wanted = |p: HookPoint| (0..n_layers).any(|l| capture.iter().any(|r| r.wants(l, p)));
+        let shapes: Vec<(HookPoint, SlabDims)> = POINTS
+            .into_iter()
+            .filter(|&p| wanted(p) || (p == HookPoint::ResidPost && wanted(HookPoint::ResidPre)))
+            .map(|p| match p {
+                HookPoint::ResidPre => (p, (1, batch, 1, d_model)),
+                HookPoint::MlpPost => (p, (n_layers, batch, 1, d_ff)),
+                _ => (p, (n_layers, batch, 1, d_model)),
+            })
+            .collect();
+        if shapes.is_empty() {
+            return Ok(None);
+        }
+        let size = |(l, b, t, w): SlabDims| l * b * t * w;
+        let total = shapes.iter().map(|&(_, d)| size(d)).sum::<usize>();
+        let buffer = Tensor::zeros(total, dtype, dev)?;
+        let mut start = 0;
+        let mut parts = Vec::with_capacity(shapes.len());
+        for (point, dims) in shapes {
+            let view = buffer.narrow(0, start, size(dims))?.reshape(dims)?;
+            parts.push((point, view, start));
+            start += size(dims);
+        }
+        Ok(Some(Self { buffer, parts }))
+    }
+
+    /// The slab row a kernel may write block `layer`'s state at `point`
+    /// into itself. None for block inputs after the first: the previous
+    /// block's output row holds them.
+    pub(super) fn row(&self, layer: usize, point: HookPoint) -> Option<Tensor> {
+        if point == HookPoint::ResidPre && layer > 0 {
+            return None;
+        }
+        let (_, slab, _) = self.parts.iter().find(|(p, ..)| *p == point)?;
+        slab.get(layer).ok()
+    }
+
+    /// Copies a state into its slab row, where the set keeps one for it.
+    pub(super) fn record(&self, layer: usize, point: HookPoint, x: &Tensor) -> Result<()> {
+        if let Some(row) = self.row(layer, point) {
+            row.slice_set(x, 0, 0)?;
+        }
+        Ok(())
+    }
+
+    /// The whole buffer on the host as f32, in one copy (which waits for
+    /// the step that wrote it).
+    pub(super) fn to_host(&self) -> Result<HostSlabs> {
+        let values = self.buffer.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let parts = self
+            .parts
+            .iter()
+            .map(|(p, slab, start)| Ok((*p, *start, slab.dims4()?)))
+            .collect::<Result<_>>()?;
+        Ok(HostSlabs { values, parts })
+    }
+}
+
+/// A step's slabs on the host: the buffer's values and, per point, where
+/// its slab starts and its dims.
+pub(super) struct HostSlabs {
+    values: Vec<f32>,
+    parts: Vec<(HookPoint, usize, SlabDims)>,
+}
+
+impl HostSlabs {
+    /// Block `layer`'s state at `point`, (batch, tokens, width) values.
+    fn state(&self, layer: usize, point: HookPoint) -> Option<(&[f32], StateDims)> {
+        let (point, layer) = match point {
+            HookPoint::ResidPre if layer > 0 => (HookPoint::ResidPost, layer - 1),
+            p => (p, layer),
+        };
+        let &(_, start, (_, b, t, w)) = self.parts.iter().find(|(p, ..)| *p == point)?;
+        let size = b * t * w;
+        let from = start + layer * size;
+        Some((self.values.get(from..from + size)?, (b, t, w)))
+    }
+}
 
 /// A step's captures being reduced (see the module docs).
 pub struct PendingCaptures {
@@ -28,16 +133,26 @@ impl PendingCaptures {
     /// Copies `slabs` to the host (waiting for the step that wrote them)
     /// and starts reducing them on the pool.
     pub(super) fn take(
-        slabs: &[(HookPoint, Tensor)],
+        slabs: &SlabSet,
         requests: &[CaptureRequest],
         n_layers: usize,
     ) -> Result<Self> {
-        let host = host_slabs(slabs)?;
+        let began = std::time::Instant::now();
+        let host = slabs.to_host()?;
+        let copied = began.elapsed();
         let requests = requests.to_vec();
         let (send, reduced) = std::sync::mpsc::sync_channel(1);
         rayon::spawn(move || {
+            let queued = began.elapsed();
+            let out = reduce_slabs(&host, &requests, n_layers);
+            tracing::trace!(
+                copy_us = copied.as_micros() as u64,
+                start_us = (queued - copied).as_micros() as u64,
+                reduce_us = (began.elapsed() - queued).as_micros() as u64,
+                "a step's captures copied and reduced"
+            );
             // The receiver may be gone (a caller that dropped the step).
-            let _ = send.send(reduce_slabs(&host, &requests, n_layers));
+            let _ = send.send(out);
         });
         Ok(Self { reduced })
     }
@@ -50,24 +165,11 @@ impl PendingCaptures {
     }
 }
 
-/// Each slab copied to the host as f32: one copy per hook point, each
-/// layer's state a slice of it.
-pub(super) fn host_slabs(slabs: &[(HookPoint, Tensor)]) -> Result<Vec<HostSlab>> {
-    slabs
-        .iter()
-        .map(|(point, slab)| {
-            let dims = slab.dims4()?;
-            let values = slab.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-            Ok((*point, values, dims))
-        })
-        .collect()
-}
-
-/// Every (layer, point, request) of `requests` over the host copies of a
+/// Every (layer, point, request) of `requests` over the host copy of a
 /// step's slabs, in the order an eager forward takes them, reduced in
 /// parallel: dozens of small reductions per token.
 pub(super) fn reduce_slabs(
-    host: &[HostSlab],
+    host: &HostSlabs,
     requests: &[CaptureRequest],
     n_layers: usize,
 ) -> Vec<Captured> {
@@ -83,14 +185,8 @@ pub(super) fn reduce_slabs(
     use rayon::prelude::*;
     jobs.into_par_iter()
         .map(|(layer, point, req)| {
-            let (_, values, (_, b, t, d)) = host.iter().find(|(p, ..)| *p == point).expect("slab");
-            let size = b * t * d;
-            hooks::reduce_host(
-                HookName::new(layer, point),
-                req.reduction,
-                &values[layer * size..(layer + 1) * size],
-                (*b, *t, *d),
-            )
+            let (values, dims) = host.state(layer, point).expect("a wanted point has a slab");
+            hooks::reduce_host(HookName::new(layer, point), req.reduction, values, dims)
         })
         .collect()
 }
